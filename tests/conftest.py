@@ -1,0 +1,30 @@
+"""Test-session setup: 8 fake CPU devices, no hub access, fp32 matmuls, a persistent compile cache.
+
+All of this must happen before JAX initialises a backend, hence at import time.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # otherwise hub ids retry DNS for minutes
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+_cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+SPLITS = SHARED / "data" / "difashion_splits"
+
+
+@pytest.fixture(scope="session")
+def splits_dir() -> pathlib.Path:
+    """The real DiFashion split files (read-only, never copied into the repo)."""
+    if not SPLITS.is_dir():
+        pytest.skip(f"real split files not found at {SPLITS} (point ../shared at a DiFashion download)")
+    return SPLITS
