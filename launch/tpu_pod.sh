@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# TPU pod slice: runs the SAME command on every host with `gcloud compute tpus tpu-vm ssh --worker=all`.
+# Each host calls jax.distributed.initialize() (TPU metadata gives coordinator/process ids automatically).
+#   launch/tpu_pod.sh --tpu NAME --zone ZONE [--project P] --config configs/stage1_sd3_medium.py \
+#                     --workdir gs://bucket/run [--preset v5p|v6e] [--repo-dir ~/dualfashion_jax] [--setup] [--dry-run]
+# --setup first installs the project on every worker (git checkout must already be there: rsync/clone it).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+TPU="" ZONE="" PROJECT="" CONFIG="" WORKDIR="" PRESET="v5p" REPO_DIR="~/dualfashion_jax" SETUP=0 EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tpu) TPU="$2"; shift 2 ;;
+    --zone) ZONE="$2"; shift 2 ;;
+    --project) PROJECT="$2"; shift 2 ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    --workdir) WORKDIR="$2"; shift 2 ;;
+    --preset) PRESET="$2"; shift 2 ;;
+    --repo-dir) REPO_DIR="$2"; shift 2 ;;
+    --setup) SETUP=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) die "unknown flag $1 (see the header of $0)" ;;
+  esac
+done
+for v in TPU ZONE CONFIG WORKDIR; do [ -n "${!v}" ] || die "--$(echo "$v" | tr 'A-Z' 'a-z') is required"; done
+load_preset "$PRESET"
+GCLOUD=(gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all)
+[ -n "$PROJECT" ] && GCLOUD+=(--project "$PROJECT")
+if [ "$SETUP" = 1 ]; then
+  run_or_print "${GCLOUD[@]}" --command "cd $REPO_DIR && python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[tpu]'"
+fi
+TRAIN="cd $REPO_DIR && ${PRESET_EXPORTS} export DUALFASHION_DISTRIBUTED=1; .venv/bin/dualfashion-jax train --config $CONFIG --workdir $WORKDIR"
+[ ${#EXTRA[@]} -gt 0 ] && TRAIN+=" ${EXTRA[*]}"
+run_or_print "${GCLOUD[@]}" --command "$TRAIN"
