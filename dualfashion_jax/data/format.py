@@ -1,0 +1,445 @@
+"""The project's safe on-disk dataset format (docs/ARCHITECTURE.md): one folder per dataset, npz/json only.
+
+Nothing in a dataset folder is pickled: numeric tables are `.npz` read with `allow_pickle=False`, everything
+else is JSON. Both the real-data converter (`data/difashion.py`) and the synthetic generator write through
+`DatasetWriter`; everything downstream reads through `SafeDataset`, which checks each file's structure
+(keys, dtypes, shapes, id ranges) as it loads it and raises `FormatError` naming the file and field.
+Cross-file consistency (ids resolve, categories agree, FITB rows align) lives in `data/validate.py`.
+
+Layout:
+  meta.json, categories.json, items.npz, image_paths.json, images/,
+  splits/{<split>.npz, fitb_<split>.npz, fitb_<split>_candidates.npz, <split>_history.json},
+  text/{item_info.json, <split>_preference.json, stage1.json, augmented.json}, latents/ (encode-latents)
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+OUTFIT_SIZE = 4
+NUM_CANDIDATES = 5
+CAPTION_KEYS = ("Color", "Material", "Design features", "Clothing Fashion Style")
+META_REQUIRED = ("name", "format_version", "num_items", "num_categories", "image_size", "source")
+
+
+class FormatError(ValueError):
+    """A dataset file is missing, truncated or does not match the safe format; the message names the file."""
+
+
+def sentence_text(category_name: str) -> str:
+    """The per-category instruction sentence (spec §3)."""
+    return f"Recommend a fashion {category_name} item, on white background."
+
+
+@dataclass(frozen=True)
+class OutfitTable:
+    """Rows of (user, outfit) interactions: uids/oids [N], outfits/category [N, 4] (int64)."""
+
+    uids: np.ndarray
+    oids: np.ndarray
+    outfits: np.ndarray
+    category: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.uids.shape[0])
+
+    def take(self, rows: np.ndarray) -> "OutfitTable":
+        return OutfitTable(self.uids[rows], self.oids[rows], self.outfits[rows], self.category[rows])
+
+
+@dataclass(frozen=True)
+class CandidateTable:
+    """Retrieval candidates per FITB row: uids/oids [N], candidates [N, 5] (index 0 = ground truth)."""
+
+    uids: np.ndarray
+    oids: np.ndarray
+    candidates: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.uids.shape[0])
+
+    def take(self, rows: np.ndarray) -> "CandidateTable":
+        return CandidateTable(self.uids[rows], self.oids[rows], self.candidates[rows])
+
+
+# ----------------------------------------------------------------------------------------------- low-level IO
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (tmp file + rename) so a crash never leaves a truncated file behind."""
+    data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    _atomic_write_bytes(Path(path), lambda f: f.write(data))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an uncompressed .npz atomically; object arrays are refused (they would need pickle)."""
+    for k, a in arrays.items():
+        if np.asarray(a).dtype == object:
+            raise FormatError(f"{path}: field {k!r} is an object array; the safe format stores numeric arrays only")
+    _atomic_write_bytes(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, turning a missing/truncated/invalid file into a FormatError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from None
+
+
+def read_npz(path: Path, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """Read the named fields of an .npz with allow_pickle=False; errors name the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in fields if k not in z.files]
+            if missing:
+                raise FormatError(f"{path}: missing field(s) {missing}; found {sorted(z.files)}")
+            return {k: np.asarray(z[k]) for k in fields}
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise FormatError(f"{path}: cannot read .npz (truncated or corrupt?): {type(e).__name__}: {e}") from None
+
+
+def _as_int(path: Path, field: str, a: Any, ndim: int, width: int | None = None, dtype=np.int64) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
+        raise FormatError(f"{path}: field {field!r} must be integer, got dtype {a.dtype}")
+    if a.ndim != ndim or (width is not None and a.shape[-1] != width):
+        want = "[N]" if ndim == 1 else f"[N, {width}]"
+        raise FormatError(f"{path}: field {field!r} must have shape {want}, got {list(a.shape)}")
+    return a.astype(dtype)
+
+
+def _check_rows(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    lengths = {k: int(v.shape[0]) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise FormatError(f"{path}: fields have different row counts {lengths}")
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise FormatError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return split
+
+
+def _check_outfit_table(path: Path, uids, oids, outfits, category, *, allow_zero: bool) -> OutfitTable:
+    t = OutfitTable(
+        _as_int(path, "uids", uids, 1), _as_int(path, "oids", oids, 1),
+        _as_int(path, "outfits", outfits, 2, OUTFIT_SIZE), _as_int(path, "category", category, 2, OUTFIT_SIZE))
+    _check_rows(path, {"uids": t.uids, "oids": t.oids, "outfits": t.outfits, "category": t.category})
+    low = 0 if allow_zero else 1
+    if t.outfits.size and t.outfits.min() < low:
+        r = int(np.argwhere(t.outfits < low)[0, 0])
+        raise FormatError(f"{path}: field 'outfits' row {r} has item id < {low}: {t.outfits[r].tolist()}")
+    if t.category.size and t.category.min() < 0:
+        r = int(np.argwhere(t.category < 0)[0, 0])
+        raise FormatError(f"{path}: field 'category' row {r} has a negative category: {t.category[r].tolist()}")
+    return t
+
+
+def _int_keyed(path: Path, d: Any, what: str) -> dict[int, Any]:
+    if not isinstance(d, dict):
+        raise FormatError(f"{path}: expected a JSON object of {what}, got {type(d).__name__}")
+    try:
+        return {int(k): v for k, v in d.items()}
+    except ValueError:
+        bad = next(k for k in d if not str(k).lstrip("-").isdigit())
+        raise FormatError(f"{path}: key {bad!r} is not an integer id ({what})") from None
+
+
+# ------------------------------------------------------------------------------------------------------ writer
+class DatasetWriter:
+    """Writes one dataset folder in the safe format; every method validates its input before writing."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    def write_meta(self, *, name: str, num_items: int, num_categories: int, image_size: int | None,
+                   source: str, **extra: Any) -> None:
+        meta = {"name": str(name), "format_version": FORMAT_VERSION, "num_items": int(num_items),
+                "num_categories": int(num_categories), "image_size": None if image_size is None else int(image_size),
+                "source": str(source), **extra}
+        write_json(self.root / "meta.json", meta)
+
+    def write_categories(self, categories: Mapping[int, str]) -> None:
+        out = {}
+        for k, v in categories.items():
+            if not isinstance(v, str) or not v:
+                raise FormatError(f"categories: category {k!r} must map to a non-empty name, got {v!r}")
+            out[str(int(k))] = v
+        write_json(self.root / "categories.json", out)
+
+    def write_items(self, iid_category: np.ndarray) -> None:
+        """iid_category [num_items+1]: category of each item id; index 0 (the blank) must be -1."""
+        a = _as_int(self.root / "items.npz", "iid_category", iid_category, 1, dtype=np.int32)
+        if a.size == 0 or a[0] != -1:
+            raise FormatError(f"{self.root / 'items.npz'}: iid_category[0] (the blank item) must be -1")
+        write_npz(self.root / "items.npz", iid_category=a)
+
+    def write_image_paths(self, paths: Sequence[str]) -> None:
+        """paths[iid] relative to images/ ("" for iid 0 and for items without an image)."""
+        paths = [str(p) for p in paths]
+        if paths and paths[0] != "":
+            raise FormatError("image_paths.json: entry 0 (the blank item) must be ''")
+        write_json(self.root / "image_paths.json", paths)
+
+    def write_split(self, split: str, uids, oids, outfits, category) -> None:
+        p = self.root / "splits" / f"{_check_split(split)}.npz"
+        t = _check_outfit_table(p, uids, oids, outfits, category, allow_zero=False)
+        write_npz(p, uids=t.uids, oids=t.oids, outfits=t.outfits, category=t.category)
+
+    def write_fitb(self, split: str, uids, oids, outfits, category) -> None:
+        p = self.root / "splits" / f"fitb_{_check_split(split)}.npz"
+        t = _check_outfit_table(p, uids, oids, outfits, category, allow_zero=True)
+        write_npz(p, uids=t.uids, oids=t.oids, outfits=t.outfits, category=t.category)
+
+    def write_candidates(self, split: str, uids, oids, candidates) -> None:
+        p = self.root / "splits" / f"fitb_{_check_split(split)}_candidates.npz"
+        c = CandidateTable(_as_int(p, "uids", uids, 1), _as_int(p, "oids", oids, 1),
+                           _as_int(p, "candidates", candidates, 2, NUM_CANDIDATES))
+        _check_rows(p, {"uids": c.uids, "oids": c.oids, "candidates": c.candidates})
+        write_npz(p, uids=c.uids, oids=c.oids, candidates=c.candidates)
+
+    def write_history(self, split: str, history: Mapping[int, Mapping[int, Sequence[int]]]) -> None:
+        """history {uid: {cid: [iid, ...]}} (DiFashion caps each list at 10)."""
+        out = {str(int(u)): {str(int(c)): [int(i) for i in items] for c, items in per.items()}
+               for u, per in history.items()}
+        write_json(self.root / "splits" / f"{_check_split(split)}_history.json", out)
+
+    def write_item_info(self, item_info: Mapping[int, Mapping[str, Any]]) -> None:
+        """item_info {iid: {"elements": {4 caption keys: value}}}."""
+        write_json(self.root / "text" / "item_info.json", {str(int(k)): v for k, v in item_info.items()})
+
+    def write_preference(self, split: str, prefs: Mapping[int, Mapping[int, Mapping[str, Any]]]) -> None:
+        """prefs {uid: {cid: {"Frequency": {4 caption keys: value}}}}."""
+        out = {str(int(u)): {str(int(c)): v for c, v in per.items()} for u, per in prefs.items()}
+        write_json(self.root / "text" / f"{_check_split(split)}_preference.json", out)
+
+    def write_stage1(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """records [{"iid", "caption", "re_caption"}] (stage-1 image/caption pairs)."""
+        out = []
+        for n, r in enumerate(records):
+            if not {"iid", "caption", "re_caption"} <= set(r):
+                raise FormatError(f"text/stage1.json: record {n} needs keys iid, caption, re_caption; got {sorted(r)}")
+            out.append({**r, "iid": int(r["iid"])})
+        write_json(self.root / "text" / "stage1.json", out)
+
+    def write_augmented(self, augmented: Mapping[int, Sequence[str]]) -> None:
+        """augmented {iid: [caption json str, ...]} (stage 3)."""
+        write_json(self.root / "text" / "augmented.json",
+                   {str(int(k)): [str(s) for s in v] for k, v in augmented.items()})
+
+
+# ------------------------------------------------------------------------------------------------------ reader
+class SafeDataset:
+    """Reads a safe-format folder lazily; each accessor validates the structure of the file it loads."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FormatError(f"{self.root}: dataset folder not found")
+        self._cache: dict[str, Any] = {}
+        self.meta = self._read_meta()
+
+    # -- core files
+    def _read_meta(self) -> dict:
+        p = self.root / "meta.json"
+        meta = read_json(p)
+        if not isinstance(meta, dict):
+            raise FormatError(f"{p}: expected a JSON object")
+        missing = [k for k in META_REQUIRED if k not in meta]
+        if missing:
+            raise FormatError(f"{p}: missing key(s) {missing}")
+        if meta["format_version"] != FORMAT_VERSION:
+            raise FormatError(f"{p}: format_version {meta['format_version']!r}, this code reads {FORMAT_VERSION}")
+        for k in ("num_items", "num_categories"):
+            if not isinstance(meta[k], int) or meta[k] < 0:
+                raise FormatError(f"{p}: {k!r} must be a non-negative int, got {meta[k]!r}")
+        return meta
+
+    def _cached(self, key: str, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.meta["num_items"])
+
+    @property
+    def image_size(self) -> int | None:
+        return self.meta["image_size"]
+
+    @property
+    def categories(self) -> dict[int, str]:
+        def load():
+            p = self.root / "categories.json"
+            cats = _int_keyed(p, read_json(p), "category id -> name")
+            bad = [k for k, v in cats.items() if not isinstance(v, str) or not v]
+            if bad:
+                raise FormatError(f"{p}: category {bad[0]} must map to a non-empty string")
+            return cats
+        return self._cached("categories", load)
+
+    @property
+    def iid_category(self) -> np.ndarray:
+        def load():
+            p = self.root / "items.npz"
+            a = _as_int(p, "iid_category", read_npz(p, ["iid_category"])["iid_category"], 1, dtype=np.int32)
+            if a.shape[0] != self.num_items + 1:
+                raise FormatError(f"{p}: iid_category has {a.shape[0]} entries, meta.json num_items+1 = "
+                                  f"{self.num_items + 1}")
+            if a[0] != -1:
+                raise FormatError(f"{p}: iid_category[0] (the blank item) must be -1, got {a[0]}")
+            return a
+        return self._cached("iid_category", load)
+
+    @property
+    def has_image_paths(self) -> bool:
+        return (self.root / "image_paths.json").is_file()
+
+    @property
+    def image_paths(self) -> list[str]:
+        def load():
+            p = self.root / "image_paths.json"
+            paths = read_json(p)
+            if not isinstance(paths, list) or not all(isinstance(s, str) for s in paths):
+                raise FormatError(f"{p}: expected a JSON list of strings")
+            if len(paths) != self.num_items + 1:
+                raise FormatError(f"{p}: {len(paths)} entries, expected num_items+1 = {self.num_items + 1}")
+            return paths
+        return self._cached("image_paths", load)
+
+    def image_file(self, iid: int) -> Path | None:
+        """Absolute path of item `iid`'s image, or None for the blank / an item without an image path."""
+        rel = self.image_paths[int(iid)] if 0 < int(iid) <= self.num_items else ""
+        return self.root / "images" / rel if rel else None
+
+    # -- splits
+    def available_splits(self) -> list[str]:
+        return [s for s in SPLITS if (self.root / "splits" / f"{s}.npz").is_file()]
+
+    def split(self, split: str) -> OutfitTable:
+        p = self.root / "splits" / f"{_check_split(split)}.npz"
+        return self._cached(f"split/{split}", lambda: _check_outfit_table(
+            p, **read_npz(p, ["uids", "oids", "outfits", "category"]), allow_zero=False))
+
+    def has_fitb(self, split: str) -> bool:
+        return (self.root / "splits" / f"fitb_{split}.npz").is_file()
+
+    def fitb(self, split: str) -> OutfitTable:
+        p = self.root / "splits" / f"fitb_{_check_split(split)}.npz"
+        return self._cached(f"fitb/{split}", lambda: _check_outfit_table(
+            p, **read_npz(p, ["uids", "oids", "outfits", "category"]), allow_zero=True))
+
+    def candidates(self, split: str) -> CandidateTable:
+        p = self.root / "splits" / f"fitb_{_check_split(split)}_candidates.npz"
+
+        def load():
+            d = read_npz(p, ["uids", "oids", "candidates"])
+            c = CandidateTable(_as_int(p, "uids", d["uids"], 1), _as_int(p, "oids", d["oids"], 1),
+                               _as_int(p, "candidates", d["candidates"], 2, NUM_CANDIDATES))
+            _check_rows(p, {"uids": c.uids, "oids": c.oids, "candidates": c.candidates})
+            return c
+        return self._cached(f"candidates/{split}", load)
+
+    def history(self, split: str) -> dict[int, dict[int, list[int]]]:
+        p = self.root / "splits" / f"{_check_split(split)}_history.json"
+
+        def load():
+            out = {}
+            for u, per in _int_keyed(p, read_json(p), "user id -> history").items():
+                per = _int_keyed(p, per, f"category id -> items (user {u})")
+                for c, items in per.items():
+                    if not isinstance(items, list) or not all(isinstance(i, int) and i > 0 for i in items):
+                        raise FormatError(f"{p}: user {u} category {c}: expected a list of positive item ids")
+                out[u] = per
+            return out
+        return self._cached(f"history/{split}", load)
+
+    # -- text (all optional)
+    def has_text(self, name: str) -> bool:
+        return (self.root / "text" / name).is_file()
+
+    @property
+    def item_info(self) -> dict[int, dict]:
+        p = self.root / "text" / "item_info.json"
+
+        def load():
+            info = _int_keyed(p, read_json(p), "item id -> info")
+            for iid, v in info.items():
+                if not isinstance(v, dict) or not isinstance(v.get("elements"), dict):
+                    raise FormatError(f"{p}: item {iid}: expected {{'elements': {{...}}}}, got {str(v)[:80]!r}")
+            return info
+        return self._cached("item_info", load)
+
+    def preference(self, split: str) -> dict[int, dict[int, dict]]:
+        p = self.root / "text" / f"{_check_split(split)}_preference.json"
+
+        def load():
+            return {u: _int_keyed(p, per, f"category id -> preference (user {u})")
+                    for u, per in _int_keyed(p, read_json(p), "user id -> preferences").items()}
+        return self._cached(f"preference/{split}", load)
+
+    @property
+    def stage1(self) -> list[dict]:
+        p = self.root / "text" / "stage1.json"
+
+        def load():
+            recs = read_json(p)
+            if not isinstance(recs, list):
+                raise FormatError(f"{p}: expected a JSON list of records")
+            for n, r in enumerate(recs):
+                if not isinstance(r, dict) or not {"iid", "caption", "re_caption"} <= set(r):
+                    raise FormatError(f"{p}: record {n} must be an object with iid, caption, re_caption")
+                if not isinstance(r["iid"], int) or not 0 < r["iid"] <= self.num_items:
+                    raise FormatError(f"{p}: record {n}: iid {r['iid']!r} is not in 1..{self.num_items}")
+            return recs
+        return self._cached("stage1", load)
+
+    @property
+    def augmented(self) -> dict[int, list[str]]:
+        p = self.root / "text" / "augmented.json"
+
+        def load():
+            aug = _int_keyed(p, read_json(p), "item id -> augmented captions")
+            for iid, v in aug.items():
+                if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
+                    raise FormatError(f"{p}: item {iid}: expected a non-empty list of caption strings")
+            return aug
+        return self._cached("augmented", load)
+
+    @property
+    def latents_dir(self) -> Path:
+        return self.root / "latents"
