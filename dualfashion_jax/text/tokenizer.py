@@ -1,0 +1,227 @@
+"""T5 caption tokenizer: structured attribute captions -> token ids, attention mask and label mask (spec §1.3, §3).
+
+Wraps a transformers T5 tokenizer loaded from a local directory (pad = EOS `</s>`, every segment padded or
+truncated to `max_length` with EOS appended). The label mask marks the tokens that spell the VALUES of the four
+target attributes; the masked text diffusion loss only scores those tokens. Also holds the canonical caption
+formatter, the evaluators' lenient caption parser, and a small on-the-fly sentencepiece tokenizer for tests and
+the demo (no real T5 vocabulary can be downloaded here).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+CAPTION_KEYS = ("Color", "Material", "Design features", "Clothing Fashion Style")
+MASK_TOKEN = "<extra_id_0>"
+UNKNOWN = "Unknown"
+MIN_BASE_VOCAB = 16  # the transformers "silent stub" has 4 base pieces + 100 extra ids
+
+# `"<Key>"\s*:\s*"(value)"` per target key; the value group allows escaped quotes.
+_VALUE_RES = {k: re.compile(r'"' + re.escape(k) + r'"\s*:\s*"((?:[^"\\]|\\.)*)"') for k in CAPTION_KEYS}
+
+
+class CaptionError(ValueError):
+    """A caption string is not the expected JSON object; the message quotes the caption's start."""
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory is missing, a stub, or lacks the mask token."""
+
+
+def _quote(text: str, n: int = 80) -> str:
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
+
+# --------------------------------------------------------------------------------------- caption text helpers
+def caption_json(attrs: Mapping[str, Any]) -> str:
+    """Canonical caption string: the 4 target keys in fixed order, `json.dumps(d, ensure_ascii=False)`.
+
+    The original's `_safe_json_dumps` is unknown (spec §7.3); we use Python's default separators
+    (", " and ": ") and keep non-ASCII characters as-is. Missing or empty values become "Unknown" (spec §3).
+    """
+    out = {}
+    for k in CAPTION_KEYS:
+        v = attrs.get(k)
+        out[k] = str(v).strip() if v is not None and str(v).strip() else UNKNOWN
+    return json.dumps(out, ensure_ascii=False)
+
+
+def parse_caption(text: str) -> dict[str, str]:
+    """Lenient parse of a (generated) caption, as the evaluators do; returns only the 4 keys with non-empty values.
+
+    Steps: strip; add missing braces; single -> double quotes; drop trailing commas; `json.loads`; if that fails,
+    fall back to the per-key regex. Never raises on garbage: it returns what it can read (possibly `{}`).
+    """
+    s = str(text).strip()
+    if not s.startswith("{"):
+        s = "{" + s
+    if not s.endswith("}"):
+        s = s + "}"
+    s = s.replace("'", '"')
+    s = re.sub(r",\s*([}\]])", r"\1", s)
+    found: dict[str, Any] = {}
+    try:
+        obj = json.loads(s)
+        if isinstance(obj, dict):
+            found = obj
+    except json.JSONDecodeError:
+        for k, rx in _VALUE_RES.items():
+            m = rx.search(s)
+            if m:
+                found[k] = m.group(1)
+    return {k: found[k].strip() for k in CAPTION_KEYS if isinstance(found.get(k), str) and found[k].strip()}
+
+
+def value_spans(caption: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the 4 target keys' values in the raw caption string (all occurrences)."""
+    spans = []
+    for rx in _VALUE_RES.values():
+        spans += [m.span(1) for m in rx.finditer(caption)]
+    return sorted(spans)
+
+
+def check_caption(caption: str, *, require_keys: bool = True) -> dict:
+    """Parse a caption strictly: it must be a JSON object (and, if `require_keys`, hold the 4 keys as strings)."""
+    if not isinstance(caption, str):
+        raise CaptionError(f"caption must be a str, got {type(caption).__name__}: {_quote(str(caption))}")
+    try:
+        obj = json.loads(caption)
+    except json.JSONDecodeError as e:
+        raise CaptionError(f"caption {_quote(caption)} is not valid JSON: {e.msg} at char {e.pos}") from None
+    if not isinstance(obj, dict):
+        raise CaptionError(f"caption {_quote(caption)} must be a JSON object, got {type(obj).__name__}")
+    if require_keys:
+        missing = [k for k in CAPTION_KEYS if not isinstance(obj.get(k), str)]
+        if missing:
+            raise CaptionError(f"caption {_quote(caption)} lacks string value(s) for {missing}; "
+                               f"expected keys {list(CAPTION_KEYS)}")
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------- tokenizer
+class CaptionTokenizer:
+    """A T5 tokenizer with the DualFashion conventions: pad = EOS, fixed length, looked-up mask id, label masks."""
+
+    def __init__(self, hf_tokenizer, *, max_length: int = 256, min_base_vocab: int = MIN_BASE_VOCAB,
+                 source: str = "<in-memory>"):
+        tok = hf_tokenizer
+        n_extra = sum(1 for t in tok.get_vocab() if t.startswith("<extra_id_"))
+        base = len(tok) - n_extra
+        if base < min_base_vocab:
+            raise TokenizerError(
+                f"tokenizer from {source} has only {base} base pieces (+{n_extra} extra ids); this looks like "
+                f"transformers' silent stub, not a real vocabulary (need >= {min_base_vocab}). Point to a directory "
+                "holding spiece.model / tokenizer.json (e.g. the SD3 checkpoint's tokenizer_3/)")
+        mask_id = tok.convert_tokens_to_ids(MASK_TOKEN)
+        if mask_id is None or mask_id == tok.unk_token_id:
+            raise TokenizerError(f"tokenizer from {source} has no {MASK_TOKEN!r} token (needed as the MASK id); "
+                                 "load it with extra ids (T5 has 100)")
+        if tok.eos_token is None:
+            raise TokenizerError(f"tokenizer from {source} has no EOS token")
+        tok.pad_token = tok.eos_token  # DualFashion pads with </s> (spec §1.3)
+        self.hf = tok
+        self.max_length = int(max_length)
+        self.mask_id = int(mask_id)
+        self.pad_id = int(tok.pad_token_id)
+        self.eos_id = int(tok.eos_token_id)
+        self.vocab_size = len(tok)
+        self.source = source
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, max_length: int = 256, **kw) -> "CaptionTokenizer":
+        """Load from a LOCAL directory only (hub ids could silently yield a stub, deps.md gotcha 7)."""
+        p = Path(path)
+        if not p.is_dir():
+            raise TokenizerError(f"tokenizer directory {p} not found (expected spiece.model and/or tokenizer.json)")
+        if not any((p / f).is_file() for f in ("spiece.model", "tokenizer.json")):
+            raise TokenizerError(f"{p}: neither spiece.model nor tokenizer.json present")
+        from transformers import T5Tokenizer
+
+        try:
+            tok = T5Tokenizer.from_pretrained(str(p))
+        except (OSError, ValueError) as e:
+            raise TokenizerError(f"{p}: cannot load a T5 tokenizer: {e}") from None
+        return cls(tok, max_length=max_length, source=str(p), **kw)
+
+    def _call(self, texts: Sequence[str], offsets: bool):
+        return self.hf(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                       add_special_tokens=True, return_offsets_mapping=offsets)
+
+    def encode(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """texts -> (ids [N, max_length] int32, attention_mask [N, max_length] int32)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        enc = self._call(texts, offsets=False)
+        return (np.asarray(enc["input_ids"], np.int32).reshape(len(texts), self.max_length),
+                np.asarray(enc["attention_mask"], np.int32).reshape(len(texts), self.max_length))
+
+    def encode_captions(self, captions: Sequence[str], *, require_keys: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Caption JSON strings -> (ids, attention_mask, label_mask), each [N, max_length] int32."""
+        captions = list(captions)
+        for c in captions:
+            check_caption(c, require_keys=require_keys)
+        enc = self._call(captions, offsets=True)
+        ids = np.asarray(enc["input_ids"], np.int32).reshape(len(captions), self.max_length)  # [N, L]
+        attn = np.asarray(enc["attention_mask"], np.int32).reshape(ids.shape)  # [N, L]
+        labels = np.zeros_like(ids)
+        for n, (cap, offs) in enumerate(zip(captions, enc["offset_mapping"])):
+            spans = value_spans(cap)
+            if not spans:
+                continue
+            offs = np.asarray(offs, np.int64).reshape(-1, 2)  # [L, 2] char [start, end)
+            for vs, ve in spans:
+                labels[n] |= ((offs[:, 0] < ve) & (offs[:, 1] > vs)).astype(np.int32)
+        return ids, attn, labels * attn
+
+    def encode_caption(self, json_str: str, *, require_keys: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One caption JSON string -> (ids, attention_mask, label_mask), each [max_length] int32."""
+        ids, attn, labels = self.encode_captions([json_str], require_keys=require_keys)
+        return ids[0], attn[0], labels[0]
+
+    def decode(self, ids: np.ndarray | Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
+        """ids [N, L] -> N strings (padding, EOS and, by default, MASK/extra ids dropped)."""
+        ids = np.asarray(ids)
+        ids = ids[None] if ids.ndim == 1 else ids
+        return self.hf.batch_decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+
+
+# --------------------------------------------------------------------------------------- test tokenizer builder
+def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vocab_size: int = 256,
+                         extra_ids: int = 100, max_length: int = 256) -> CaptionTokenizer:
+    """Train a small sentencepiece unigram model with T5's id layout (pad 0, eos 1, unk 2, no bos) and save it.
+
+    Writes `out_dir/spiece.model` plus the transformers files, so `CaptionTokenizer.from_pretrained(out_dir)`
+    reloads it. `vocab_size` is a soft limit (small corpora yield fewer pieces). Used by tests and the demo.
+    """
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("build_test_tokenizer: no training texts given")
+    if extra_ids < 1:
+        raise ValueError(f"build_test_tokenizer: extra_ids must be >= 1 (the MASK is <extra_id_0>), got {extra_ids}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buf, vocab_size=int(vocab_size), model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, character_coverage=1.0,
+        minloglevel=2, num_threads=1)
+    (out / "spiece.model").write_bytes(buf.getvalue())
+    tok = T5Tokenizer.from_pretrained(str(out), extra_ids=int(extra_ids))
+    n_extra = sum(1 for t in tok.get_vocab() if t.startswith("<extra_id_"))
+    if n_extra != extra_ids:
+        raise TokenizerError(f"{out}: expected {extra_ids} extra ids after loading, found {n_extra}")
+    tok.save_pretrained(str(out))
+    wrapped = CaptionTokenizer.from_pretrained(out, max_length=max_length)
+    if wrapped.vocab_size != len(tok):
+        raise TokenizerError(f"{out}: reloaded vocab {wrapped.vocab_size} != trained {len(tok)}")
+    return wrapped
