@@ -1,0 +1,91 @@
+"""Training metrics sinks: JSON lines (always), TensorBoard via tensorboardX, and a final loss-curve PNG.
+
+Only process 0 writes; other processes get a no-op writer, so call sites need no `if`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+
+class MetricWriter:
+    """Appends `{"step": s, **metrics}` to `<workdir>/metrics.jsonl` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+            if tensorboard:
+                try:
+                    from tensorboardX import SummaryWriter
+                    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                except ImportError:
+                    log.warning("tensorboardX not installed: TensorBoard logging off (metrics.jsonl still written)")
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self._tb.add_scalar(f"train/{k}", v, int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._f.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Rows of a metrics.jsonl; for resumed runs the last row per step wins (steps may repeat)."""
+    rows: dict[int, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
+            rows[int(row["step"])] = row
+    return [rows[s] for s in sorted(rows)]
+
+
+def plot_loss_curve(metrics_path: str, out_png: str, keys: tuple[str, ...] = ("loss",)) -> str | None:
+    """Writes a loss-vs-step PNG (matplotlib, Agg backend); returns its path, or None without data."""
+    if not os.path.exists(metrics_path):
+        return None
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    extra = sorted(k for k in rows[-1] if k.startswith("loss_"))
+    for k in tuple(keys) + tuple(extra):
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        if pts:
+            ax.plot(*zip(*pts), label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log" if all(r.get("loss", 1) > 0 for r in rows) else "linear")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,227 @@
+"""The training loop, big_vision style: read it top to bottom.
+
+Sections: config + workdir | mesh | data | model + optimizer shapes | shardings + sharded init |
+resume (own workdir > config.init_from > scratch) | step fn (jit, AOT) | loop (tqdm, metrics, NaN guard,
+checkpoints, SIGTERM) | final checkpoint + loss-curve PNG. Stage specifics live in `tasks.py`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import dualfashion_jax.models  # noqa: F401  (switches off eager sharding before modules are built)
+from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules as rules_lib
+from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss or gradient norm; names the step and the batch's example ids."""
+
+
+def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.State, list[str]]:
+    """Copies every loaded param whose path and shape match into `fresh`; returns the paths kept fresh."""
+    flat_loaded = {tuple(map(str, k)): v for k, v in _flatten(loaded)}
+    kept = []
+
+    def one(path, x):
+        key = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+        v = flat_loaded.get(key)
+        if v is None:
+            v = flat_loaded.get(key + ("value",))
+        if v is None or tuple(v.shape) != tuple(x.shape):
+            kept.append("/".join(key))
+            return x
+        return jax.device_put(np.asarray(v, dtype=x.dtype), x.sharding)
+
+    merged = jax.tree_util.tree_map_with_path(one, fresh)
+    if len(kept) == len(jax.tree.leaves(fresh)):
+        raise ValueError(f"config.init_from={source}: no parameter matched the model (wrong stage/size?)")
+    return merged, kept
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, prefix + (k,))
+    else:
+        yield prefix, tree
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns a summary dict."""
+    # ------------------------------------------------------------------------------------------------
+    # Config and workdir.
+    # ------------------------------------------------------------------------------------------------
+    primary = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    config_json = json.loads(config.to_json_best_effort())
+    if primary:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config_json, f, indent=2)
+    stop = {"sigterm": False}
+    prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) \
+        if _in_main_thread() else None
+
+    # ------------------------------------------------------------------------------------------------
+    # Mesh and sharding rules.
+    # ------------------------------------------------------------------------------------------------
+    mesh = mesh_lib.make_mesh(dict(config.mesh))
+    rules = rules_lib.get(config.sharding.rules, dict(config.sharding.get("overrides", {}) or {}))
+    replicated = NamedSharding(mesh, P())
+    log.info("mesh %s over %d devices (%d processes), rules %r", dict(mesh.shape), mesh.size,
+             jax.process_count(), config.sharding.rules)
+
+    # ------------------------------------------------------------------------------------------------
+    # Data (host-local rows; assembled into global arrays sharded over (data, fsdp)).
+    # ------------------------------------------------------------------------------------------------
+    task = tasks.build(config)
+    partition.check_batch_divisible(task.global_batch, mesh)
+    if task.global_batch % config.grad_accum:
+        raise ValueError(f"config.batch_size={task.global_batch} not divisible by grad_accum={config.grad_accum}")
+    data = task.make_data(jax.process_index(), jax.process_count())
+
+    # ------------------------------------------------------------------------------------------------
+    # Model and optimizer shapes (no memory allocated).
+    # ------------------------------------------------------------------------------------------------
+    abs_model = nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(config.seed)))
+    graphdef, abs_params, abs_rest = nnx.split(abs_model, nnx.Param, ...)
+    tx, schedule = optim.make_optimizer(config.optim)
+    use_ema = config.optim.ema_decay is not None
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
+    log.info("model: %.2fM trainable params", n_params / 1e6)
+
+    # ------------------------------------------------------------------------------------------------
+    # Shardings and sharded init (params are created directly on their shards).
+    # ------------------------------------------------------------------------------------------------
+    p_sh = partition.state_shardings(abs_params, mesh, rules)
+    state_sh = {
+        "params": p_sh, "rest": partition.state_shardings(abs_rest, mesh, rules),
+        "opt": partition.opt_state_shardings(tx, abs_params, p_sh, mesh),
+        "ema": p_sh if use_ema else {}, "step": replicated, "rng": replicated,
+    }
+
+    def init_state():
+        _, params, rest = nnx.split(task.model_factory(nnx.Rngs(config.seed)), nnx.Param, ...)
+        return step_lib.init_state(params, rest, tx, config.seed, use_ema)
+
+    abs_state = jax.eval_shape(init_state)
+    frozen_gd, frozen_sh, frozen = {}, {}, {}
+    for name, factory in task.frozen.items():
+        gd, abs_fz = nnx.split(nnx.eval_shape(factory))
+        frozen_gd[name], frozen_sh[name] = gd, partition.state_shardings(abs_fz, mesh, rules)
+        frozen[name] = partition.sharded_init(lambda f=factory: nnx.split(f())[1], frozen_sh[name])
+
+    # ------------------------------------------------------------------------------------------------
+    # Resume: own workdir > config.init_from (params only) > scratch.
+    # ------------------------------------------------------------------------------------------------
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    restored = ckpt.restore(abs_state, state_sh)
+    if restored is not None:
+        start, state, data_state, _ = restored
+        data.set_state(data_state)
+        log.info("resumed from %s/%d", ckpt.directory, start)
+    else:
+        state = partition.sharded_init(init_state, state_sh)
+        start = 0
+        if config.get("init_from"):
+            src_step, loaded = ckpt_lib.load_params(config.init_from, use_ema=config.get("init_from_ema", False))
+            params, fresh = _merge_init_from(state["params"], loaded, config.init_from)
+            state["params"] = params
+            if use_ema:
+                state["ema"] = jax.tree.map(jnp.copy, params)
+            log.info("init_from %s step %d; %d params kept fresh: %s", config.init_from, src_step, len(fresh),
+                     fresh[:20])
+
+    # ------------------------------------------------------------------------------------------------
+    # The step function: jit with explicit shardings, state donated, compiled ahead of time.
+    # ------------------------------------------------------------------------------------------------
+    step_fn = step_lib.make_step_fn(graphdef, frozen_gd, task.loss_fn, tx, schedule, config.optim,
+                                    config.grad_accum, mesh)
+    jitted = step_lib.jit_step(step_fn, state_sh, partition.batch_sharding(mesh), frozen_sh, mesh)
+    compiled = None
+
+    # ------------------------------------------------------------------------------------------------
+    # The loop.
+    # ------------------------------------------------------------------------------------------------
+    writer = metrics_lib.MetricWriter(workdir, enabled=primary, tensorboard=config.get("tensorboard", True))
+    total = int(config.total_steps)
+    bar = tqdm.tqdm(total=total, initial=start, disable=not primary or not config.get("progress_bar", True),
+                    unit="step", dynamic_ncols=True)
+    last: dict[str, float] = {}
+    step_no, exit_reason = start, "done"
+    t_last = time.perf_counter()
+    try:
+        for step_no in range(start + 1, total + 1):
+            host_batch = next(data)
+            ids = np.asarray(host_batch.pop("ids")) if "ids" in host_batch else None
+            batch = partition.put_batch(host_batch, mesh)
+            if compiled is None:
+                t0 = time.perf_counter()
+                compiled = jitted.lower(state, batch, frozen).compile()
+                _log_compiled(compiled, time.perf_counter() - t0)
+            state, m = compiled(state, batch, frozen)
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+                raise NonFiniteLossError(
+                    f"step {step_no}: non-finite loss={m['loss']} grad_norm={m['grad_norm']}; "
+                    f"batch ids on process {jax.process_index()}: {None if ids is None else ids.tolist()}")
+            now = time.perf_counter()
+            m["steps_per_s"] = 1.0 / max(now - t_last, 1e-9)
+            t_last = now
+            last = m
+            if step_no % config.log_every == 0 or step_no == total:
+                writer.write(step_no, m)
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", steps_per_s=f"{m['steps_per_s']:.2f}")
+            if step_no % config.checkpoint.every_steps == 0 or step_no == total or stop["sigterm"]:
+                ckpt.save(step_no, state, data.get_state(), config_json, wait=stop["sigterm"])
+            if stop["sigterm"]:
+                exit_reason = "sigterm"
+                log.warning("SIGTERM: saved checkpoint %d, exiting cleanly", step_no)
+                break
+            if config.get("debug_step_delay_s", 0):
+                time.sleep(float(config.debug_step_delay_s))  # tests: leaves time to kill between steps
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        if prev_handler is not None:
+            signal.signal(signal.SIGTERM, prev_handler)
+
+    # ------------------------------------------------------------------------------------------------
+    # Final: loss curve.
+    # ------------------------------------------------------------------------------------------------
+    png = None
+    if primary:
+        png = metrics_lib.plot_loss_curve(writer.path, os.path.join(workdir, "loss_curve.png"))
+    return {"step": step_no, "start_step": start, "metrics": last, "exit": exit_reason, "state": state,
+            "loss_curve": png}
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _log_compiled(compiled, seconds: float) -> None:
+    """Logs compile time and XLA's per-device memory estimate (AOT `memory_analysis`)."""
+    try:
+        mem = compiled.memory_analysis()
+        gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+               - mem.alias_size_in_bytes) / 2**30
+        log.info("train step compiled in %.1fs; per-device memory ~%.3f GiB", seconds, gib)
+    except Exception:  # noqa: BLE001  (memory_analysis is unavailable on some backends)
+        log.info("train step compiled in %.1fs", seconds)
