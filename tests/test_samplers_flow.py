@@ -1,0 +1,123 @@
+"""Euler flow sampler + 4-way guidance vs a diffusers-scheduler-driven loop and NumPy loops on a toy model."""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from dualfashion_jax.diffusion import flow
+from dualfashion_jax.samplers import flow_euler as fe
+
+B, H, W, C, L, D = 2, 4, 4, 3, 5, 6
+_r = np.random.default_rng(0)
+P = {"w": _r.normal(size=C).astype(np.float32), "p": (_r.normal(size=(D, C)) * 0.3).astype(np.float32),
+     "b": _r.normal(size=C).astype(np.float32)}
+
+
+def toy(xp, p):
+    def model_fn(x_img, txt, t, *, heads, text_logits_len):
+        assert heads == ("image",)
+        u = txt[:, : txt.shape[1] // 2].mean(1) @ p["p"] + 2 * txt[:, txt.shape[1] // 2:].mean(1) @ p["p"]
+        return xp.tanh(x_img * p["w"] + u[:, None, None, :] + (t / 1000)[:, None, None, None] * p["b"]), None
+    return model_fn
+
+
+NP_MODEL = toy(np, P)
+J_MODEL = toy(jnp, {k: jnp.asarray(v) for k, v in P.items()})
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    x = _r.normal(size=(B, H, W, C)).astype(np.float32)
+    c = (_r.normal(size=(B, H, W, C)) * 0.5).astype(np.float32)
+    neg, sent, pref = (_r.normal(size=(B, L, D)).astype(np.float32) for _ in range(3))
+    return x, c, neg, sent, pref
+
+
+def np_guided_v(x, sigma, c, neg, sent, pref, scales=(8.0, 7.0, 8.0), lam=0.1, mode="four_way", train=False,
+                cfg_scale=7.0):
+    """Transcription of the original loop body (spec §5.1); train=True: the (1-lam) x + lam c variant."""
+    t = np.full(x.shape[0], sigma * 1000, np.float32)
+    plain, ctx = ((1 - lam) * x, (1 - lam) * x + lam * c) if train else (x, x + lam * c)
+    run = lambda lat, a, b: NP_MODEL(lat, np.concatenate([a, b], 1), t, heads=("image",),  # noqa: E731
+                                     text_logits_len=None)[0]
+    if mode == "none":
+        return run(ctx, pref, sent)
+    if mode == "cfg":
+        v0, vp = run(plain, neg, neg), run(ctx, pref, sent)
+        return v0 + cfg_scale * (vp - v0)
+    v0, vt, vm, vp = run(plain, neg, neg), run(plain, neg, sent), run(ctx, neg, sent), run(ctx, pref, sent)
+    st, sm, sp = scales
+    return v0 + st * (vt - v0) + sm * (vm - vt) + sp * (vp - vm)
+
+
+@pytest.mark.torch
+def test_sigmas_equal_diffusers():
+    pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    for n, shift in ((28, 3.0), (50, 3.0), (7, 1.0)):
+        s = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+        s.set_timesteps(n)
+        np.testing.assert_array_equal(flow.inference_sigmas(n, shift), s.sigmas.numpy())  # exact
+    sig = flow.inference_sigmas(28, 3.0)
+    assert sig[0] == 1.0 and sig[-1] == 0.0 and abs(sig[-2] - 0.00893) < 1e-5 and abs(sig[-3] - 0.1109) < 1e-4
+
+
+@pytest.mark.torch
+def test_four_way_matches_diffusers_loop(inputs):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    x, c, neg, sent, pref = inputs
+    n = 6
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(n)
+    lat = torch.from_numpy(x.copy())
+    for i, t in enumerate(sched.timesteps):
+        v = np_guided_v(lat.numpy(), float(sched.sigmas[i]), c, neg, sent, pref)
+        lat = sched.step(torch.from_numpy(v.astype(np.float32)), t, lat).prev_sample
+    cfg = fe.GuidanceConfig(num_steps=n)
+    got = fe.sample_images(J_MODEL, jnp.asarray(x), jnp.asarray(c), jnp.asarray(neg), jnp.asarray(sent),
+                           jnp.asarray(pref), cfg)
+    np.testing.assert_allclose(np.asarray(got), lat.numpy(), rtol=1e-4, atol=1e-4)  # fp32, 6 steps x scale ~23
+
+
+@pytest.mark.parametrize("mode,train", [("four_way", True), ("cfg", False), ("none", False)])
+def test_modes_match_numpy_euler(inputs, mode, train):
+    x, c, neg, sent, pref = inputs
+    n = 5
+    sig = flow.inference_sigmas(n, 3.0)
+    ref = x.copy()
+    for i in range(n):
+        ref = ref + (sig[i + 1] - sig[i]) * np_guided_v(ref, sig[i], c, neg, sent, pref, mode=mode, train=train)
+    cfg = fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=train)
+    got = jax.jit(lambda *a: fe.sample_images(J_MODEL, *a, cfg))(*map(jnp.asarray, (x, c, neg, sent, pref)))
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_scales_run_only_the_preference_branch(inputs):
+    x, c, neg, sent, pref = map(jnp.asarray, inputs)
+    zero = fe.GuidanceConfig(num_steps=3, text_scale=0, context_scale=0, preference_scale=0)
+    assert zero.num_branches == 1
+    a = fe.sample_images(J_MODEL, x, c, neg, sent, pref, zero)
+    b = fe.sample_images(J_MODEL, x, c, neg, sent, pref, fe.GuidanceConfig(num_steps=3, mode="none"))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_initial_noise_is_per_request_deterministic():
+    shape = (3, H, W, C)
+    a = fe.initial_noise(7, jnp.asarray([1, 1, 2]), jnp.asarray([5, 5, 5]), jnp.asarray([0, 1, 0]), shape)
+    single = fe.initial_noise(7, 1, 5, 1, (1, H, W, C))
+    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(single[0]))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(7), 2), 5), 0)
+    np.testing.assert_array_equal(np.asarray(a[2]), np.asarray(jax.random.normal(key, (H, W, C))))
+    assert not np.allclose(np.asarray(a[0]), np.asarray(a[1]))
+    assert not np.allclose(np.asarray(a[0]), np.asarray(fe.initial_noise(8, 1, 5, 0, (1, H, W, C))[0]))
+
+
+def test_bad_inputs(inputs):
+    x, c, neg, sent, pref = map(jnp.asarray, inputs)
+    with pytest.raises(ValueError, match="pref_emb"):
+        fe.sample_images(J_MODEL, x, c, neg, sent, pref[:, :3], fe.GuidanceConfig(num_steps=2))
+    with pytest.raises(ValueError, match="context offset"):
+        fe.sample_images(J_MODEL, x, c[:1], neg, sent, pref, fe.GuidanceConfig(num_steps=2))
+    with pytest.raises(ValueError, match="mode"):
+        fe.GuidanceConfig(mode="triple")
