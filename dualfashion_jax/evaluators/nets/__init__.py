@@ -1,0 +1,1 @@
+"""Evaluator networks (Flax NNX, NHWC): Inception-v3 classifier (IS family), TF-FID Inception, LPIPS-VGG16."""
