@@ -1,0 +1,105 @@
+"""Masked-diffusion caption sampler (MDLM "ddpm_cache", spec §5.2) as one `lax.fori_loop`.
+
+Prior: template tokens where kept, MASK elsewhere. For t on linspace(1, 1e-5, steps+1) and s = t - dt:
+p = exp(SUBS log-probs(model(x))), q(v) = p(v)(t - s), q(MASK) = s, draw argmax(q / E) with
+E = 1e-10 - log(U + 1e-10), U ~ U(0,1) (the original's exponential race); positions already unmasked are
+copied through. Finally any MASK left becomes argmax p.
+
+The original reuses p when a step changed nothing (the model is time-agnostic). Recomputing gives the
+same p, so `use_cache=True` keeps that optimisation exactly with a `lax.cond` (one branch runs on
+CPU/GPU/TPU), and `use_cache=False` always recomputes.
+
+Padding (spec §7.2 item 11): by default only label positions are masked and padding keeps its EOS,
+as in training; `mask_padding=True` is the original prior (everything outside attention-and-not-label is
+masked, so the model fills padding with free text).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dualfashion_jax.diffusion import masked_text
+from dualfashion_jax.diffusion.conditioning import concat_segments
+
+LogitsFn = Callable[[jax.Array], jax.Array]  # x_t [B, L] int32 -> logits [B, >=L, V]
+
+
+def caption_prior(template_ids: jax.Array, attention_mask: jax.Array, label_mask: jax.Array, mask_id: int,
+                  mask_padding: bool = False) -> jax.Array:
+    """The sampler's x_1: template where kept, MASK elsewhere. int32 [B, L]."""
+    if not template_ids.shape == attention_mask.shape == label_mask.shape:
+        raise ValueError(f"caption prior: template ids {template_ids.shape}, attention_mask {attention_mask.shape}"
+                         f" and label_mask {label_mask.shape} must all be [B, L]")
+    label = label_mask > 0
+    keep = (attention_mask > 0) & ~label if mask_padding else ~label
+    return jnp.where(keep, template_ids.astype(jnp.int32), jnp.int32(mask_id))
+
+
+def time_grid(steps: int, t_min: float = 1e-5) -> tuple[np.ndarray, float]:
+    """(t_i float32 [steps + 1] = linspace(1, t_min), dt = (1 - t_min) / steps), as the original."""
+    if steps < 1:
+        raise ValueError(f"caption sampler: steps must be >= 1, got {steps}")
+    return np.linspace(1.0, t_min, steps + 1).astype(np.float32), (1.0 - t_min) / steps
+
+
+def caption_logits_fn(model_fn: Callable[..., tuple[Any, Any]], t5_fn: Callable[[jax.Array, Any], jax.Array],
+                      image: jax.Array | None, cond_segments: Sequence[jax.Array], length: int) -> LogitsFn:
+    """The caption branch (spec §1.6): image stream = context latent (or None = null tokens) at t = 0,
+    text = [T5(x_t) (no mask), *cond_segments]; logits of the first `length` positions."""
+    def logits_fn(x_t):
+        b = x_t.shape[0]
+        txt = concat_segments(t5_fn(x_t, None), *cond_segments)  # [B, L * (1 + n), D]
+        _, logits = model_fn(image, txt, jnp.zeros((b,), jnp.float32), heads=("text",), text_logits_len=length)
+        return logits
+    return logits_fn
+
+
+def _probs(logits_fn: LogitsFn, x: jax.Array, mask_id: int) -> jax.Array:
+    logits = logits_fn(x)[:, : x.shape[1]]  # [B, L, V]
+    return jnp.exp(masked_text.subs_log_probs(logits, x, mask_id))
+
+
+def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask: jax.Array, label_mask: jax.Array,
+                   *, mask_id: int, key: jax.Array | None = None, uniforms: jax.Array | None = None,
+                   steps: int = 64, t_min: float = 1e-5, mask_padding: bool = False,
+                   use_cache: bool = True) -> jax.Array:
+    """Samples caption token ids int32 [B, L] (no MASK left).
+
+    Randomness: `key` (U for step i from fold_in(key, i)) or explicit `uniforms` [steps, B, L, V] (tests).
+    """
+    if (key is None) == (uniforms is None):
+        raise ValueError("sample_caption: pass exactly one of key= or uniforms=")
+    ts, dt = time_grid(steps, t_min)
+    ts = jnp.asarray(ts)
+    x = caption_prior(template_ids, attention_mask, label_mask, mask_id, mask_padding)  # [B, L]
+    p0 = _probs(logits_fn, x, mask_id)  # [B, L, V]
+    vocab = p0.shape[-1]
+    if uniforms is not None and uniforms.shape != (steps,) + p0.shape:
+        raise ValueError(f"sample_caption: uniforms must be [steps, B, L, V] = {(steps,) + p0.shape}, "
+                         f"got {uniforms.shape}")
+    is_mask_col = jnp.arange(vocab) == mask_id  # [V]
+
+    def body(i, carry):
+        x, p, fresh = carry
+        if use_cache:
+            p = jax.lax.cond(fresh, lambda: p, lambda: _probs(logits_fn, x, mask_id))
+        else:
+            p = _probs(logits_fn, x, mask_id)
+        t = ts[i]
+        s = t - dt
+        q = jnp.where(is_mask_col, s, p * (t - s))  # [B, L, V]
+        u = uniforms[i] if uniforms is not None else jax.random.uniform(jax.random.fold_in(key, i), p.shape)
+        e = 1e-10 - jnp.log(u + 1e-10)
+        draw = jnp.argmax(q / e, axis=-1).astype(jnp.int32)  # [B, L]
+        x_next = jnp.where(x != mask_id, x, draw)
+        return x_next, p, jnp.all(x_next == x)
+
+    x, p, fresh = jax.lax.fori_loop(0, steps, body, (x, p0, jnp.bool_(True)))
+    if use_cache:
+        p = jax.lax.cond(fresh, lambda: p, lambda: _probs(logits_fn, x, mask_id))
+    else:
+        p = _probs(logits_fn, x, mask_id)
+    return jnp.where(x == mask_id, jnp.argmax(p, axis=-1).astype(jnp.int32), x)

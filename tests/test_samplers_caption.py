@@ -1,0 +1,132 @@
+"""Masked caption sampler vs a straight NumPy transcription of the original ddpm_cache loop (same uniforms)."""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from dualfashion_jax.samplers import masked_caption as mc
+
+B, L, V, D, MASK, EOS, STEPS = 3, 10, 13, 4, 12, 1, 8
+_r = np.random.default_rng(0)
+P = {"emb": _r.normal(size=(V, D)).astype(np.float32), "wt": (_r.normal(size=(D, V)) * 2).astype(np.float32),
+     "wc": _r.normal(size=(D, V)).astype(np.float32), "pos": _r.normal(size=(L, V)).astype(np.float32)}
+
+
+def toy_logits(xp, p):
+    def logits_fn(x):  # depends on every position, so unmasking changes p elsewhere
+        h = p["emb"][x]  # [B, L, D]
+        return h @ p["wt"] + (h.mean(1) @ p["wc"])[:, None, :] + p["pos"]
+    return logits_fn
+
+
+NP_LOGITS = toy_logits(np, P)
+J_LOGITS = toy_logits(jnp, {k: jnp.asarray(v) for k, v in P.items()})
+
+
+def np_sample(template, attn, label, uniforms, steps=STEPS, eps=1e-5, mask_padding=False):
+    """The original algorithm written out plainly (MDLM _ddpm_caching_update + noise removal), float32."""
+    keep = (attn > 0) & (label == 0) if mask_padding else label == 0
+    x = np.where(keep, template, MASK)
+    timesteps = np.linspace(1.0, eps, steps + 1).astype(np.float32)
+    dt = (1 - eps) / steps
+
+    def p_x0(x):
+        lg = NP_LOGITS(x).astype(np.float32)
+        lg[:, :, MASK] += np.float32(-1e6)
+        lg = lg - lg.max(-1, keepdims=True)
+        lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+        for b in range(x.shape[0]):
+            for l in range(x.shape[1]):
+                if x[b, l] != MASK:
+                    lp[b, l, :] = -1e6
+                    lp[b, l, x[b, l]] = 0.0
+        return np.exp(lp)
+
+    cache, stats = None, {"cache_hits": 0}
+    for i in range(steps):
+        t = timesteps[i]
+        if cache is None:
+            cache = p_x0(x)
+        else:
+            stats["cache_hits"] += 1
+        q = cache * (t - (t - dt))
+        q[:, :, MASK] = t - dt
+        gumbel_norm = 1e-10 - np.log(uniforms[i] + 1e-10)
+        x_new = np.argmax(q / gumbel_norm, axis=-1)
+        copy = x != MASK
+        x_next = np.where(copy, x, x_new)
+        if not np.array_equal(x_next, x):
+            cache = None
+        x = x_next
+    stats["left_for_removal"] = int(np.sum(x == MASK))
+    return np.where(x == MASK, np.argmax(p_x0(x), -1), x), stats
+
+
+@pytest.fixture(scope="module")
+def case():
+    template = _r.integers(2, MASK, size=(B, L))
+    attn = np.ones((B, L), np.int32)
+    attn[0, 7:] = 0
+    attn[1, 5:] = 0
+    template[attn == 0] = EOS
+    label = np.zeros((B, L), np.int32)
+    label[0, 2:5] = 1
+    label[1, 1:3] = 1
+    label[2, 3:9] = 1
+    uniforms = _r.uniform(size=(STEPS, B, L, V)).astype(np.float32)
+    return template, attn, label, uniforms
+
+
+@pytest.mark.parametrize("mask_padding,t_min", [(False, 1e-5), (True, 1e-5), (False, 0.4)])
+def test_matches_numpy_transcription_exactly(case, mask_padding, t_min):
+    template, attn, label, uniforms = case
+    ref, stats = np_sample(template, attn, label, uniforms, eps=t_min, mask_padding=mask_padding)
+    # The cases exercise the cached steps and (with a large final t) the final MASK -> argmax p removal.
+    assert stats["cache_hits"] > 0 if t_min < 1e-3 else stats["left_for_removal"] > 0
+    run = jax.jit(lambda u, cache: mc.sample_caption(J_LOGITS, jnp.asarray(template), jnp.asarray(attn),
+                                                     jnp.asarray(label), mask_id=MASK, uniforms=u, steps=STEPS,
+                                                     t_min=t_min, mask_padding=mask_padding, use_cache=cache),
+                  static_argnums=1)
+    for cache in (True, False):
+        got = np.asarray(run(jnp.asarray(uniforms), cache))
+        np.testing.assert_array_equal(got, ref)  # exact token ids
+    assert not np.any(got == MASK)
+    keep = (attn > 0) & (label == 0) if mask_padding else label == 0
+    np.testing.assert_array_equal(got[keep], template[keep])  # template tokens survive
+    if not mask_padding:
+        assert np.all(got[attn == 0] == EOS)  # the fix: padding stays EOS
+
+
+def test_prior_and_key_path(case):
+    template, attn, label, _ = case
+    prior = np.asarray(mc.caption_prior(jnp.asarray(template), jnp.asarray(attn), jnp.asarray(label), MASK))
+    np.testing.assert_array_equal(prior == MASK, label > 0)
+    orig = np.asarray(mc.caption_prior(jnp.asarray(template), jnp.asarray(attn), jnp.asarray(label), MASK, True))
+    np.testing.assert_array_equal(orig == MASK, (label > 0) | (attn == 0))
+    args = (J_LOGITS, jnp.asarray(template), jnp.asarray(attn), jnp.asarray(label))
+    a = mc.sample_caption(*args, mask_id=MASK, key=jax.random.key(3), steps=STEPS)
+    b = mc.sample_caption(*args, mask_id=MASK, key=jax.random.key(3), steps=STEPS)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.any(np.asarray(a) == MASK)
+    with pytest.raises(ValueError, match="exactly one of"):
+        mc.sample_caption(*args, mask_id=MASK, steps=STEPS)
+    with pytest.raises(ValueError, match="uniforms must be"):
+        mc.sample_caption(*args, mask_id=MASK, uniforms=jnp.zeros((STEPS, B, L, V - 1)), steps=STEPS)
+
+
+def test_caption_logits_fn_wiring():
+    seen = {}
+
+    def model_fn(x_img, txt, t, *, heads, text_logits_len):
+        seen.update(img=x_img, txt=txt, t=t, heads=heads, n=text_logits_len)
+        return None, jnp.zeros((txt.shape[0], text_logits_len, V))
+
+    t5_fn = lambda ids, mask: jnp.broadcast_to(ids[..., None].astype(jnp.float32), ids.shape + (D,))  # noqa: E731
+    seg = jnp.ones((B, L, D)) * 7
+    img = jnp.ones((B, 2, 2, 3))
+    fn = mc.caption_logits_fn(model_fn, t5_fn, img, (seg, seg), L)
+    out = fn(jnp.full((B, L), 5, jnp.int32))
+    assert out.shape == (B, L, V) and seen["heads"] == ("text",) and seen["n"] == L
+    assert seen["txt"].shape == (B, 3 * L, D) and float(seen["txt"][0, 0, 0]) == 5 and float(seen["txt"][0, L, 0]) == 7
+    np.testing.assert_array_equal(np.asarray(seen["t"]), np.zeros(B))
+    assert seen["img"] is img
