@@ -6,16 +6,18 @@ checkpoints, SIGTERM) | final checkpoint + loss-curve PNG. Stage specifics live 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -60,6 +62,39 @@ def _flatten(tree, prefix=()):
         yield prefix, tree
 
 
+@dataclasses.dataclass
+class StateSpec:
+    """Everything about the train state that is known before allocating it."""
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    use_ema: bool
+    abstract: dict          # ShapeDtypeStructs of the train state (step.init_state layout)
+    shardings: dict         # NamedShardings, same structure
+    init: Callable[[], dict]  # builds a fresh state (run it under jit with out_shardings)
+
+
+def build_state_spec(config, task: tasks.Task, mesh, rules) -> StateSpec:
+    """Model/optimizer shapes via eval_shape and their shardings (params, opt moments, EMA, rest)."""
+    abs_model = nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(config.seed)))
+    graphdef, abs_params, abs_rest = nnx.split(abs_model, nnx.Param, ...)
+    tx, schedule = optim.make_optimizer(config.optim)
+    use_ema = config.optim.ema_decay is not None
+    replicated = NamedSharding(mesh, P())
+    p_sh = partition.state_shardings(abs_params, mesh, rules)
+    shardings = {
+        "params": p_sh, "rest": partition.state_shardings(abs_rest, mesh, rules),
+        "opt": partition.opt_state_shardings(tx, abs_params, p_sh, mesh),
+        "ema": p_sh if use_ema else {}, "step": replicated, "rng": replicated,
+    }
+
+    def init():
+        _, params, rest = nnx.split(task.model_factory(nnx.Rngs(config.seed)), nnx.Param, ...)
+        return step_lib.init_state(params, rest, tx, config.seed, use_ema)
+
+    return StateSpec(graphdef, tx, schedule, use_ema, jax.eval_shape(init), shardings, init)
+
+
 def run(config, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints); returns a summary dict."""
     # ------------------------------------------------------------------------------------------------
@@ -80,7 +115,6 @@ def run(config, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------------------------------------
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     rules = rules_lib.get(config.sharding.rules, dict(config.sharding.get("overrides", {}) or {}))
-    replicated = NamedSharding(mesh, P())
     log.info("mesh %s over %d devices (%d processes), rules %r", dict(mesh.shape), mesh.size,
              jax.process_count(), config.sharding.rules)
 
@@ -94,30 +128,12 @@ def run(config, workdir: str) -> dict[str, Any]:
     data = task.make_data(jax.process_index(), jax.process_count())
 
     # ------------------------------------------------------------------------------------------------
-    # Model and optimizer shapes (no memory allocated).
+    # Model and optimizer shapes (no memory allocated), shardings, and the sharded init function.
     # ------------------------------------------------------------------------------------------------
-    abs_model = nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(config.seed)))
-    graphdef, abs_params, abs_rest = nnx.split(abs_model, nnx.Param, ...)
-    tx, schedule = optim.make_optimizer(config.optim)
-    use_ema = config.optim.ema_decay is not None
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
+    spec = build_state_spec(config, task, mesh, rules)
+    tx, use_ema, abs_state, state_sh = spec.tx, spec.use_ema, spec.abstract, spec.shardings
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_state["params"]))
     log.info("model: %.2fM trainable params", n_params / 1e6)
-
-    # ------------------------------------------------------------------------------------------------
-    # Shardings and sharded init (params are created directly on their shards).
-    # ------------------------------------------------------------------------------------------------
-    p_sh = partition.state_shardings(abs_params, mesh, rules)
-    state_sh = {
-        "params": p_sh, "rest": partition.state_shardings(abs_rest, mesh, rules),
-        "opt": partition.opt_state_shardings(tx, abs_params, p_sh, mesh),
-        "ema": p_sh if use_ema else {}, "step": replicated, "rng": replicated,
-    }
-
-    def init_state():
-        _, params, rest = nnx.split(task.model_factory(nnx.Rngs(config.seed)), nnx.Param, ...)
-        return step_lib.init_state(params, rest, tx, config.seed, use_ema)
-
-    abs_state = jax.eval_shape(init_state)
     frozen_gd, frozen_sh, frozen = {}, {}, {}
     for name, factory in task.frozen.items():
         gd, abs_fz = nnx.split(nnx.eval_shape(factory))
@@ -134,7 +150,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         data.set_state(data_state)
         log.info("resumed from %s/%d", ckpt.directory, start)
     else:
-        state = partition.sharded_init(init_state, state_sh)
+        state = partition.sharded_init(spec.init, state_sh)
         start = 0
         if config.get("init_from"):
             src_step, loaded = ckpt_lib.load_params(config.init_from, use_ema=config.get("init_from_ema", False))
@@ -148,7 +164,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------------------------------------
     # The step function: jit with explicit shardings, state donated, compiled ahead of time.
     # ------------------------------------------------------------------------------------------------
-    step_fn = step_lib.make_step_fn(graphdef, frozen_gd, task.loss_fn, tx, schedule, config.optim,
+    step_fn = step_lib.make_step_fn(spec.graphdef, frozen_gd, task.loss_fn, tx, spec.schedule, config.optim,
                                     config.grad_accum, mesh)
     jitted = step_lib.jit_step(step_fn, state_sh, partition.batch_sharding(mesh), frozen_sh, mesh)
     compiled = None

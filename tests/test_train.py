@@ -1,0 +1,145 @@
+"""Optimizer, EMA, averaged gradient accumulation, NaN guard, config overrides, distributed env parsing,
+metrics sinks. Tolerances: fp32, rtol 1e-5 / atol 1e-6 for accumulated-vs-full-batch params."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+import dualfashion_jax.models  # noqa: F401
+from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules
+from dualfashion_jax.training import distributed, main as main_lib, metrics, optim, step as step_lib, toy, train
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "toy_cpu.py")
+OCFG = mlc.ConfigDict(dict(lr=1e-3, warmup_steps=4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, clip_norm=2.0,
+                           ema_decay=0.5, ema_start_step=2))
+
+
+def test_schedule_warmup_then_constant():
+    s = optim.lr_schedule(3e-5, 2000)
+    np.testing.assert_allclose([s(jnp.int32(c)) for c in (0, 999, 1999, 5000)], [1.5e-8, 1.5e-5, 3e-5, 3e-5],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="config.optim.lr"):
+        optim.lr_schedule(0.0, 10)
+
+
+def test_adamw_matches_torch_formula_and_clips():
+    """One step by hand: clip to norm 2, Adam bias-corrected m/(sqrt(v)+eps), decoupled wd * lr."""
+    tx, _ = optim.make_optimizer(OCFG)
+    p = {"w": jnp.array([1.0, -2.0])}
+    g = {"w": jnp.array([30.0, 40.0])}  # norm 50 -> scaled to 2
+    upd, _ = tx.update(g, tx.init(p), p)
+    lr = 1e-3 * 1 / 4
+    gc = np.array([30.0, 40.0]) * 2 / 50
+    expected = -lr * (gc / (np.abs(gc) + 1e-8) + 1e-2 * np.array([1.0, -2.0]))
+    np.testing.assert_allclose(upd["w"], expected, rtol=1e-5)
+
+
+def test_ema_is_copy_before_start_then_decays():
+    e, p = {"w": jnp.array(0.0)}, {"w": jnp.array(4.0)}
+    assert float(optim.ema_update(e, p, jnp.int32(2), 0.5, 2)["w"]) == 4.0  # step <= start: copy
+    assert float(optim.ema_update(e, p, jnp.int32(3), 0.5, 2)["w"]) == 2.0  # then decay
+
+
+def _det_loss(model, frozen, batch, key):
+    vec, logits = model(batch["x"])
+    return jnp.mean(jnp.square(vec - batch["y"])), {}
+
+
+def _one_step(accum, loss_fn):
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    r = rules.get("fsdp_tp")
+    factory = lambda: toy.ToyModel(8, 32, 2, 16, rngs=nnx.Rngs(0))  # noqa: E731
+    g, ap, ar = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+    tx, sched = optim.make_optimizer(OCFG)
+    psh = partition.state_shardings(ap, mesh, r)
+    rep = jax.sharding.NamedSharding(mesh, P())
+    ssh = {"params": psh, "rest": partition.state_shardings(ar, mesh, r),
+           "opt": partition.opt_state_shardings(tx, ap, psh, mesh), "ema": psh, "step": rep, "rng": rep}
+    state = partition.sharded_init(
+        lambda: step_lib.init_state(*nnx.split(factory(), nnx.Param, ...)[1:], tx, 0, True), ssh)
+    fn = step_lib.jit_step(step_lib.make_step_fn(g, {}, loss_fn, tx, sched, OCFG, accum, mesh), ssh,
+                           partition.batch_sharding(mesh), {}, mesh)
+    b = next(toy.ToyData(16, 8, 16, 0))
+    b.pop("ids")
+    state, m = fn(state, partition.put_batch(b, mesh), {})
+    return m, jax.tree.map(np.asarray, state["params"]), state
+
+
+def test_accumulation_averages_micro_batch_grads():
+    """4 micro-batches of 4 == one batch of 16 (sum would be 4x the gradient), for a mean-reduced loss."""
+    m1, p1, s1 = _one_step(1, _det_loss)
+    m4, p4, _ = _one_step(4, _det_loss)
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p4, p1)
+    assert int(s1["step"]) == 1 and np.isclose(float(m1["lr"]), 1e-3 / 4)
+    with pytest.raises(ValueError, match="not divisible by grad_accum=3"):
+        step_lib.split_micro({"x": jnp.zeros((16, 2))}, 3)
+
+
+def _toy_config(**kw):
+    c = main_lib.load_config(CONFIG + ":steps=4")
+    c.progress_bar = False
+    c.tensorboard = True
+    for k, v in kw.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def test_nan_guard_names_step_and_batch_ids(tmp_path):
+    c = _toy_config(**{"data.nan_at_step": 2, "checkpoint.every_steps": 100})
+    with pytest.raises(train.NonFiniteLossError, match=r"step 3: non-finite loss.*batch ids .*\[32, 33"):
+        train.run(c, str(tmp_path))  # data step index 2 = the 3rd optimizer step, ids 32..47
+    assert not os.path.exists(tmp_path / "checkpoints" / "3")
+
+
+def test_train_run_writes_metrics_tensorboard_png(tmp_path):
+    out = train.run(_toy_config(**{"grad_accum": 2}), str(tmp_path))
+    rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and out["exit"] == "done"
+    assert rows[-1]["loss"] < rows[0]["loss"] and {"grad_norm", "lr", "loss_vec", "loss_txt"} <= set(rows[0])
+    assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+    assert json.loads((tmp_path / "config.json").read_text())["stage"] == "toy"
+
+
+def test_config_overrides_are_type_checked():
+    c = main_lib.load_config(CONFIG)
+    main_lib.apply_overrides(c, ["--config.optim.lr=1e-4", "--config.mesh.tensor=2", "--config.init_from=/x"])
+    assert c.optim.lr == 1e-4 and c.mesh.tensor == 2 and c.init_from == "/x"
+    for bad, msg in [("--config.optim.lrr=1", "no field 'lrr'"), ("--config.optim.lr=abc", "not a Python literal"),
+                     ("--config.total_steps=1.5", "expected int"), ("--optim.lr=1", "unrecognized argument")]:
+        with pytest.raises(ValueError, match=msg):
+            main_lib.apply_overrides(c, [bad])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        main_lib.load_config("configs/nope.py")
+    assert main_lib.main(["--config", CONFIG, "--workdir", "/tmp/x", "--config.nope=1"]) == 2
+
+
+def test_distributed_settings_from_env_and_slurm():
+    assert distributed.resolve(env={}) is None
+    d = distributed.resolve(env={"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+                                 "JAX_PROCESS_ID": "3"})
+    assert (d.coordinator, d.num_processes, d.process_id) == ("10.0.0.1:1234", 4, 3)
+    d = distributed.resolve(env={"SLURM_JOB_NODELIST": "gpu[07-10,12]", "SLURM_NTASKS": "5", "SLURM_PROCID": "2"})
+    assert (d.coordinator, d.num_processes, d.process_id) == ("gpu07:12345", 5, 2)
+    d = distributed.resolve("h:1", 2, 1, env={"JAX_COORDINATOR_ADDRESS": "other:9"})
+    assert d.coordinator == "h:1"
+    assert distributed.resolve(env={"DUALFASHION_DISTRIBUTED": "1"}).auto
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+        distributed.resolve(env={"JAX_COORDINATOR_ADDRESS": "h:1"})
+    with pytest.raises(ValueError, match="outside"):
+        distributed.resolve("h:1", 2, 2, env={})
+    with pytest.raises(ValueError, match="host:port"):
+        distributed.resolve("h", 2, 0, env={})
