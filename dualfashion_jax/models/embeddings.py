@@ -1,0 +1,102 @@
+"""Input embeddings of the MMDiT: patch embedding + cropped 2D sincos positions, and the timestep MLP.
+
+The position grid is computed exactly like diffusers' `get_2d_sincos_pos_embed` (float64 frequencies,
+stored fp32) and kept in a `PosEmbedBuffer` variable -- not a trainable Param -- that the converter
+overwrites with the checkpoint's `pos_embed.pos_embed` buffer.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dualfashion_jax.models import layers
+from dualfashion_jax.models.mmdit_config import MMDiTConfig
+from dualfashion_jax.sharding import axes
+
+
+class PosEmbedBuffer(nnx.Variable):
+    """A persistent, non-trainable buffer (the torch `register_buffer(..., persistent=True)` analogue)."""
+
+
+def sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
+    """[M] positions -> [M, embed_dim] as [sin | cos] with omega_k = 10000^(-k / (embed_dim/2)) (float64)."""
+    omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
+    omega = 1.0 / 10000 ** omega
+    out = np.outer(pos.reshape(-1).astype(np.float64), omega)  # [M, D/2]
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d_pos_embed(embed_dim: int, grid_size: int, *, base_size: int,
+                        interpolation_scale: float = 1.0) -> np.ndarray:
+    """diffusers `get_2d_sincos_pos_embed`: [grid_size**2, embed_dim] float32, row-major (row, col) tokens.
+
+    The first half of the channels encodes the column coordinate, the second half the row coordinate.
+    """
+    coords = np.arange(grid_size, dtype=np.float32) / np.float32(grid_size / base_size) / np.float32(interpolation_scale)
+    col, row = np.meshgrid(coords, coords, indexing="xy")  # [G, G] each; col varies along axis 1
+    emb = np.concatenate([sincos_1d(embed_dim // 2, col), sincos_1d(embed_dim // 2, row)], axis=1)
+    return emb.astype(np.float32)
+
+
+def timestep_features(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
+    """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: t [B] -> [cos | sin] [B, dim] fp32."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class PatchEmbed(nnx.Module):
+    """diffusers `PatchEmbed` (SD3 cropping form): stride-p conv as a matmul over patches + centre-cropped pos-embed."""
+
+    def __init__(self, cfg: MMDiTConfig, *, rngs: nnx.Rngs):
+        p, c, d = cfg.patch_size, cfg.in_channels, cfg.hidden_size
+        self.patch_size = p
+        self.max_size = cfg.pos_embed_max_size
+        self.dtype = cfg.dtype
+        # HWIO conv kernel [p, p, C, D]; torch's default conv init (fan_in = p*p*C).
+        kinit = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 1, 2), out_axis=3)
+        self.kernel = nnx.Param(nnx.with_partitioning(kinit, (None, None, axes.CONV_IN, axes.EMBED))(
+            rngs.params(), (p, p, c, d), cfg.param_dtype))
+        self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), (axes.EMBED,))(
+            rngs.params(), (d,), cfg.param_dtype))
+        grid = sincos_2d_pos_embed(d, cfg.pos_embed_max_size, base_size=cfg.sample_size // p,
+                                   interpolation_scale=cfg.interpolation_scale)
+        self.pos_embed = PosEmbedBuffer(jnp.asarray(grid, dtype=cfg.param_dtype), out_sharding=(None, axes.EMBED))
+
+    def cropped_pos_embed(self, h: int, w: int) -> jax.Array:
+        """The centred h x w window of the stored grid, flattened row-major: [h*w, D]."""
+        m = self.max_size
+        if h > m or w > m:
+            raise ValueError(f"latent grid {h}x{w} patches exceeds pos_embed_max_size {m} "
+                             f"(latent side must be <= {m * self.patch_size})")
+        top, left = (m - h) // 2, (m - w) // 2
+        grid = self.pos_embed[...].reshape(m, m, -1)[top:top + h, left:left + w]  # [h, w, D]
+        return grid.reshape(h * w, -1)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, hh, ww, c = x.shape  # [B, H, W, C] NHWC
+        p = self.patch_size
+        h, w = hh // p, ww // p
+        patches = x.reshape(b, h, p, w, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * w, p * p * c)  # [B, N, p*p*C]
+        kernel = self.kernel[...].reshape(p * p * c, -1).astype(self.dtype)  # (kh, kw, C) order == patch order
+        tokens = jnp.einsum("bnk,kd->bnd", patches.astype(self.dtype), kernel) + self.bias[...].astype(self.dtype)
+        return tokens + self.cropped_pos_embed(h, w).astype(self.dtype)[None]  # [B, N, D]
+
+
+class TimestepEmbedder(nnx.Module):
+    """DualFashion `TimestepProjEmbeddings`: 256-d sinusoid of t (0..1000) -> Linear, SiLU, Linear -> temb [B, D]."""
+
+    def __init__(self, cfg: MMDiTConfig, *, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.num_features = cfg.timestep_features
+        self.linear_1 = layers.linear(cfg.timestep_features, d, (axes.COND, axes.EMBED), cfg, rngs=rngs)
+        self.linear_2 = layers.linear(d, d, (None, axes.EMBED), cfg, rngs=rngs)
+
+    def __call__(self, t: jax.Array) -> jax.Array:
+        feats = timestep_features(t, self.num_features)  # [B, 256] fp32
+        return self.linear_2(jax.nn.silu(self.linear_1(feats)))  # [B, D]

@@ -1,0 +1,80 @@
+"""Small building blocks of the MMDiT: annotated Linear, affine-free LayerNorm, AdaLN modulators, GELU FF.
+
+Each mirrors one diffusers module (names noted) so checkpoints map 1:1; every parameter carries logical
+axis names, params are `param_dtype`, matmuls run in the config's compute `dtype`, norms in fp32.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from dualfashion_jax.models.mmdit_config import MMDiTConfig
+from dualfashion_jax.sharding import axes
+
+# torch.nn.Linear's default init (kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))).
+torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def linear(in_features: int, out_features: int, logical: tuple[str | None, str | None], cfg: MMDiTConfig,
+           *, rngs: nnx.Rngs, kernel_init=torch_default_init, bias_init=nnx.initializers.zeros_init(),
+           preferred_element_type=None) -> nnx.Linear:
+    """nnx.Linear (kernel [in, out] + bias [out]) with logical axis names and the config's dtypes."""
+    return nnx.Linear(
+        in_features, out_features, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=nnx.with_partitioning(kernel_init, logical),
+        bias_init=nnx.with_partitioning(bias_init, (logical[1],)),
+        preferred_element_type=preferred_element_type, rngs=rngs)
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """LayerNorm without affine params (diffusers `elementwise_affine=False`); statistics in fp32."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """x * (1 + scale) + shift with per-example shift/scale `[B, D]` broadcast over tokens of x `[B, L, D]`."""
+    return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+class AdaLayerNormZero(nnx.Module):
+    """diffusers `AdaLayerNormZero`: SiLU(temb) -> Linear(D -> 6D) -> modulated LN + gates (AdaLN-Zero)."""
+
+    def __init__(self, cfg: MMDiTConfig, *, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.linear = linear(d, 6 * d, (axes.EMBED, axes.MOD), cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, temb: jax.Array):
+        emb = self.linear(jax.nn.silu(temb))  # [B, 6D]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(emb, 6, axis=-1)
+        return modulate(layer_norm(x), shift_msa, scale_msa), gate_msa, shift_mlp, scale_mlp, gate_mlp
+
+
+class AdaLayerNormContinuous(nnx.Module):
+    """diffusers `AdaLayerNormContinuous`: Linear(SiLU(temb)) -> (scale, shift) in that order; LN(x)*(1+scale)+shift."""
+
+    def __init__(self, cfg: MMDiTConfig, *, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.linear = linear(d, 2 * d, (axes.EMBED, axes.MOD), cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
+        scale, shift = jnp.split(self.linear(jax.nn.silu(temb)), 2, axis=-1)  # [B, D] each
+        return modulate(layer_norm(x), shift, scale)
+
+
+class FeedForward(nnx.Module):
+    """diffusers `FeedForward(activation_fn="gelu-approximate")`: Linear D->4D, tanh-GELU, Linear 4D->D."""
+
+    def __init__(self, cfg: MMDiTConfig, *, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.proj_in = linear(d, 4 * d, (axes.EMBED, axes.MLP), cfg, rngs=rngs)    # torch ff.net.0.proj
+        self.proj_out = linear(4 * d, d, (axes.MLP, axes.EMBED), cfg, rngs=rngs)   # torch ff.net.2
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.gelu(self.proj_in(x), approximate=True)  # [B, L, 4D]
+        h = checkpoint_name(h, "mlp_hidden")
+        return self.proj_out(h)
