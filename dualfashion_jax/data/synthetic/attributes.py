@@ -52,6 +52,9 @@ COLOR_RGB = np.array([
     [240, 115, 175],
     [30, 30, 30],
 ], dtype=np.float32)  # [K_col, 3]
+# Whether a colour's pattern shade is lighter (mixed with white) or darker (scaled to black): whichever gives
+# more contrast without landing near another palette colour.
+SHADE_LIGHTER = (False, False, False, True, True, True, False, True)
 NEUTRAL_COLORS = (4, 7)  # navy blue, black: harmonise with every colour
 # Harmonious pairs of non-neutral colours (analogous on the colour wheel); any other pair of distinct
 # non-neutral colours clashes.
@@ -127,7 +130,7 @@ def parse_value(key: str, value: str) -> int:
 def _check_tables() -> None:
     """Import-time consistency check of the hand-written tables (cheap; catches edit mistakes early)."""
     k_col, k_mat = len(COLORS), len(MATERIALS)
-    assert COLOR_RGB.shape == (k_col, 3) and STYLE_TABLE.shape == (k_col, k_mat)
+    assert COLOR_RGB.shape == (k_col, 3) and len(SHADE_LIGHTER) == k_col and STYLE_TABLE.shape == (k_col, k_mat)
     assert set(np.unique(STYLE_TABLE)) == set(range(len(STYLES)))
     for key, vocab in VOCAB.items():
         assert tuple(s[0] for s in SYNONYMS[key]) == vocab, key

@@ -19,14 +19,14 @@ MIN_SIZE, MAX_SIZE = 16, 256
 # Procedural silhouettes: polygons in garment coordinates (u right, v down, both in [0, 1]).
 _TEE = [(0.33, 0.22), (0.44, 0.20), (0.50, 0.25), (0.56, 0.20), (0.67, 0.22), (0.88, 0.34), (0.82, 0.46),
         (0.68, 0.40), (0.68, 0.84), (0.32, 0.84), (0.32, 0.40), (0.18, 0.46), (0.12, 0.34)]
-_PANTS = [(0.30, 0.10), (0.70, 0.10), (0.72, 0.92), (0.54, 0.92), (0.50, 0.36), (0.46, 0.92), (0.28, 0.92)]
+_PANTS = [(0.26, 0.10), (0.74, 0.10), (0.77, 0.92), (0.54, 0.92), (0.50, 0.36), (0.46, 0.92), (0.23, 0.92)]
 _SWEATER = [(0.32, 0.20), (0.44, 0.18), (0.50, 0.22), (0.56, 0.18), (0.68, 0.20), (0.86, 0.40), (0.88, 0.80),
             (0.77, 0.80), (0.70, 0.46), (0.70, 0.82), (0.30, 0.82), (0.30, 0.46), (0.23, 0.80), (0.12, 0.80),
             (0.14, 0.40)]
 _DRESS = [(0.40, 0.08), (0.60, 0.08), (0.62, 0.38), (0.80, 0.92), (0.20, 0.92), (0.38, 0.38)]
 _COAT = [(0.30, 0.08), (0.70, 0.08), (0.90, 0.26), (0.92, 0.66), (0.80, 0.66), (0.76, 0.36), (0.76, 0.95),
          (0.24, 0.95), (0.24, 0.36), (0.20, 0.66), (0.08, 0.66), (0.10, 0.26)]
-_SHOE = [(0.10, 0.58), (0.36, 0.56), (0.52, 0.64), (0.86, 0.70), (0.92, 0.78), (0.90, 0.84), (0.10, 0.84)]
+_SHOE = [(0.08, 0.50), (0.36, 0.48), (0.52, 0.58), (0.86, 0.64), (0.93, 0.74), (0.92, 0.86), (0.08, 0.86)]
 _BAG = [(0.18, 0.42), (0.82, 0.42), (0.86, 0.86), (0.14, 0.86)]
 _BOOT = [(0.26, 0.16), (0.56, 0.16), (0.58, 0.58), (0.84, 0.68), (0.88, 0.86), (0.26, 0.86)]
 BAG = 6
@@ -56,11 +56,10 @@ class Jitter:
                 "rgb": [round(x, 4) for x in self.rgb]}
 
 
-def pattern_shade(colour: int, strength: float = 0.45) -> np.ndarray:
-    """The contrasting shade a pattern is drawn in: darker for bright colours, lighter for dark ones. [3]"""
+def pattern_shade(colour: int, strength: float = 0.5) -> np.ndarray:
+    """The contrasting shade a pattern is drawn in: lighter or darker per `attributes.SHADE_LIGHTER`. [3]"""
     base = A.COLOR_RGB[colour]
-    luminance = float(base @ np.array([0.299, 0.587, 0.114], np.float32))
-    if luminance < 70.0:
+    if A.SHADE_LIGHTER[colour]:
         return base + (255.0 - base) * strength
     return base * (1.0 - strength)
 
@@ -83,8 +82,8 @@ def _pattern(material: int, pu: np.ndarray, pv: np.ndarray) -> np.ndarray:
     """Where the material's pattern shade goes, in output-pixel units of garment space. [H, W] bool."""
     if material == 0:  # cotton: solid
         return np.zeros(pu.shape, dtype=bool)
-    if material == 1:  # denim: diagonal twill lines, period 6 px
-        return np.mod(pu + pv, 6.0) < 2.0
+    if material == 1:  # denim: diagonal twill lines, period 8 px along u + v (5.7 px across the lines)
+        return np.mod(pu + pv, 8.0) < 3.0
     if material == 2:  # striped knit: horizontal stripes, period 6 px
         return np.mod(pv, 6.0) < 3.0
     if material == 3:  # plaid wool: checks, period 8 px

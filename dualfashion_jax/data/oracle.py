@@ -1,0 +1,332 @@
+"""Oracle for the synthetic outfits dataset: decode category/colour/material from pixels, score generations.
+
+`decode_attributes(images)` reads garments back from uint8 [N, S, S, 3] images (fast numpy, no learning
+framework): colour = vote of foreground pixels for the nearest colour segment [base, pattern shade] of the
+palette; material = a shared-covariance Gaussian (LDA) classifier on pattern-map statistics (shade coverage,
+directional differences, autocorrelation at the pattern periods); category = 5-nearest-neighbour template
+matching of the silhouette's coverage map. The classifiers are calibrated at first use, per (image size,
+shapes), on renders from `data/synthetic/render.py` with random blur and noise, so they tolerate the blurry
+output of a weak generator. The metric functions return plain dicts of floats (the evaluators wrap them).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from dualfashion_jax.data.synthetic import attributes as A
+from dualfashion_jax.data.synthetic import captions as C
+from dualfashion_jax.data.synthetic import fashion_mnist, render
+from dualfashion_jax.data.synthetic.truth import Truth
+
+FOREGROUND_DIST = 60.0  # RGB distance from white above which a pixel is garment
+# Autocorrelation lags (dy, dx): directions of stripes/twill/checks and the half/full pattern periods.
+_LAGS = ((0, 1), (1, 0), (1, 1), (1, -1), (0, 2), (2, 0), (2, 2), (2, -2), (0, 3), (3, 0), (3, 3), (3, -3),
+         (0, 4), (4, 0), (4, 4), (4, -4), (0, 6), (6, 0))
+_GRID = 16  # category templates are compared at 16x16
+_K = 5
+_SEG_A = A.COLOR_RGB  # [K, 3] segment starts (base colours)
+_SEG_B = np.stack([render.pattern_shade(k) for k in range(len(A.COLORS))])  # [K, 3] pattern shades
+
+
+def degrade(images: np.ndarray, rng: np.random.Generator, blur_sigma: float | np.ndarray = 1.0,
+            noise_sigma: float | np.ndarray = 8.0) -> np.ndarray:
+    """Gaussian blur (sigma in px) + gaussian noise (uint8 units), per image; imitates a weak generator."""
+    imgs = _check_images(images).astype(np.float32)
+    n = imgs.shape[0]
+    blur = np.broadcast_to(np.asarray(blur_sigma, np.float32), (n,))
+    noise = np.broadcast_to(np.asarray(noise_sigma, np.float32), (n,))
+    out = np.empty_like(imgs)
+    for i in range(n):
+        out[i] = ndimage.gaussian_filter(imgs[i], (blur[i], blur[i], 0)) if blur[i] > 0 else imgs[i]
+    out += rng.standard_normal(out.shape).astype(np.float32) * noise[:, None, None, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    a = np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"images must be [N, S, S, 3] RGB (NHWC), got shape {list(a.shape)}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 in [0, 255], got dtype {a.dtype} (convert with "
+                         "np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8) for [-1, 1] floats)")
+    if not render.MIN_SIZE <= a.shape[1] <= render.MAX_SIZE:
+        raise ValueError(f"image size {a.shape[1]} out of range [{render.MIN_SIZE}, {render.MAX_SIZE}]")
+    return a
+
+
+def _colour_and_pattern_map(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: colour [N], colour confidence [N], pattern map t in [0, 1] [N, S, S], interior mask [N, S, S]."""
+    x = imgs.astype(np.float32)
+    fg = np.linalg.norm(255.0 - x, axis=-1) > FOREGROUND_DIST  # [N, S, S]
+    it = max(1, imgs.shape[1] // 32)
+    interior = ndimage.binary_erosion(fg, structure=np.ones((1, 3, 3), bool), iterations=it)
+    small = interior.reshape(interior.shape[0], -1).sum(1) < 4
+    interior[small] = fg[small]  # tiny garments: fall back to the un-eroded mask
+    d = _SEG_B - _SEG_A  # [K, 3]
+    t = np.einsum("nhwc,kc->nhwk", x, d) - (_SEG_A * d).sum(-1)  # [N, S, S, K]
+    t = np.clip(t / (d * d).sum(-1), 0.0, 1.0)
+    proj = _SEG_A + t[..., None] * d  # [N, S, S, K, 3]
+    dist = np.linalg.norm(x[..., None, :] - proj, axis=-1)  # [N, S, S, K]
+    nearest = dist.argmin(-1)  # [N, S, S]
+    k = len(A.COLORS)
+    votes = np.stack([((nearest == c) & interior).sum((1, 2)) for c in range(k)], -1).astype(np.float32)  # [N, K]
+    total = votes.sum(-1)
+    colour = np.where(total > 0, votes.argmax(-1), -1)
+    conf = np.where(total > 0, votes.max(-1) / np.maximum(total, 1.0), 0.0)
+    pmap = np.take_along_axis(t, np.maximum(colour, 0)[:, None, None, None], -1)[..., 0]  # [N, S, S]
+    return colour, conf, pmap, interior
+
+
+def _shifted_pairs(a: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """a[:, y, x] and a[:, y + dy, x + dx] over the overlapping window. [N, H', W'] each."""
+    s = a.shape[1]
+    ys, xs = slice(max(0, -dy), s - max(0, dy)), slice(max(0, -dx), s - max(0, dx))
+    ys2, xs2 = slice(max(0, dy), s - max(0, -dy)), slice(max(0, dx), s - max(0, -dx))
+    return a[:, ys, xs], a[:, ys2, xs2]
+
+
+def _pattern_features(pmap: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Statistics of the pattern map inside the garment. [N, F] float64."""
+    m = mask.astype(np.float64)
+    cnt = np.maximum(m.sum((1, 2)), 1.0)
+    mean = (pmap * m).sum((1, 2)) / cnt
+    cen = (pmap - mean[:, None, None]) * m
+    var = (cen ** 2).sum((1, 2)) / cnt
+    feats = [mean, np.sqrt(var)]
+    for dy, dx in _LAGS:  # normalised autocorrelation at the pattern periods
+        (c1, c2), (m1, m2) = _shifted_pairs(cen, dy, dx), _shifted_pairs(m, dy, dx)
+        w = m1 * m2
+        cov = (c1 * c2).sum((1, 2)) / np.maximum(w.sum((1, 2)), 1.0)
+        feats.append(cov / np.maximum(var, 1e-3))
+    return np.stack(feats, -1)
+
+
+def _coverage(imgs: np.ndarray) -> np.ndarray:
+    """Soft silhouette at 16x16, unit-normalised. [N, 256]"""
+    cov = np.clip(np.linalg.norm(255.0 - imgs.astype(np.float32), axis=-1) / 120.0, 0.0, 1.0)  # [N, S, S]
+    s = cov.shape[1]
+    if s % _GRID == 0:
+        f = s // _GRID
+        small = cov.reshape(-1, _GRID, f, _GRID, f).mean((2, 4))
+    else:
+        small = np.stack([np.asarray(Image.fromarray(c).resize((_GRID, _GRID), Image.BILINEAR)) for c in cov])
+    flat = small.reshape(cov.shape[0], -1)
+    return flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-6)
+
+
+class Oracle:
+    """Attribute decoder calibrated on degraded renders of one image size and shape source."""
+
+    def __init__(self, image_size: int = 32, shapes: str = "procedural", per_combo: int = 2, seed: int = 1234):
+        if shapes not in ("procedural", "fashion_mnist"):
+            raise ValueError(f"shapes must be 'procedural' or 'fashion_mnist', got {shapes!r}")
+        self.image_size, self.shapes = image_size, shapes
+        rng = np.random.default_rng(seed)
+        if shapes == "fashion_mnist":
+            fm_images, fm_labels = fashion_mnist.load()
+            pools = fashion_mnist.pool_by_category(fm_labels)
+        combos = [(c, k, m) for c in range(len(A.CATEGORIES)) for k in range(len(A.COLORS))
+                  for m in range(len(A.MATERIALS))] * per_combo
+        imgs, cats, mats = [], [], []
+        for c, k, m in combos:
+            sil = None
+            if shapes == "fashion_mnist":
+                sil = fashion_mnist.silhouette(fm_images[pools[c][rng.integers(len(pools[c]))]])
+            imgs.append(render.render_item(c, k, m, int(rng.integers(len(A.FEATURES))),
+                                           render.Jitter.sample(rng), image_size, silhouette=sil))
+            cats.append(c)
+            mats.append(m)
+        imgs = np.stack(imgs)
+        n = imgs.shape[0]
+        clean = rng.random(n) < 0.3
+        imgs = degrade(imgs, rng, np.where(clean, 0.0, rng.uniform(0.5, 1.5, n)),
+                       np.where(clean, 0.0, rng.uniform(0.0, 12.0, n)))
+        self._templates = _coverage(imgs)  # [M, 256]
+        self._template_cat = np.asarray(cats)
+        _, _, pmap, mask = _colour_and_pattern_map(imgs)
+        self._fit_lda(_pattern_features(pmap, mask), np.asarray(mats))
+
+    def _fit_lda(self, x: np.ndarray, y: np.ndarray, shrink: float = 0.05) -> None:
+        """Shared-covariance Gaussian classifier with diagonal shrinkage, on standardised features."""
+        self._mu, self._sd = x.mean(0), x.std(0) + 1e-6
+        z = (x - self._mu) / self._sd
+        means = np.stack([z[y == m].mean(0) for m in range(len(A.MATERIALS))])  # [K_mat, F]
+        resid = z - means[y]
+        cov = resid.T @ resid / z.shape[0]
+        cov = (1 - shrink) * cov + shrink * np.eye(cov.shape[0])
+        prec = np.linalg.inv(cov)
+        self._lda_w = means @ prec  # [K_mat, F]
+        self._lda_b = -0.5 * np.einsum("kf,kf->k", self._lda_w, means)
+
+    def decode(self, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+        """category/colour/material/style int64 [N] (-1 for a blank image) and their *_conf float [N]."""
+        imgs = _check_images(images)
+        if imgs.shape[1] != self.image_size:
+            raise ValueError(f"oracle calibrated for {self.image_size}px images, got {imgs.shape[1]}px")
+        parts = [self._decode(imgs[i:i + batch]) for i in range(0, imgs.shape[0], batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _decode(self, imgs: np.ndarray) -> dict[str, np.ndarray]:
+        colour, colour_conf, pmap, mask = _colour_and_pattern_map(imgs)
+        z = (_pattern_features(pmap, mask) - self._mu) / self._sd
+        logits = z @ self._lda_w.T + self._lda_b  # [N, K_mat]
+        post = np.exp(logits - logits.max(-1, keepdims=True))
+        post /= post.sum(-1, keepdims=True)
+        sims = _coverage(imgs) @ self._templates.T  # [N, M]
+        top = np.argsort(-sims, axis=-1)[:, :_K]
+        votes = np.stack([(self._template_cat[top] == c).sum(-1) for c in range(len(A.CATEGORIES))], -1)
+        blank = colour < 0
+        category = np.where(blank, -1, votes.argmax(-1))
+        material = np.where(blank, -1, post.argmax(-1))
+        style = np.where(blank, -1, A.STYLE_TABLE[np.maximum(colour, 0), np.maximum(material, 0)])
+        return {"category": category.astype(np.int64), "colour": colour.astype(np.int64),
+                "material": material.astype(np.int64), "style": style.astype(np.int64),
+                "category_conf": np.where(blank, 0.0, votes.max(-1) / _K),
+                "colour_conf": colour_conf.astype(np.float64), "material_conf": np.where(blank, 0.0, post.max(-1))}
+
+
+@functools.lru_cache(maxsize=4)
+def get_oracle(image_size: int = 32, shapes: str = "procedural") -> Oracle:
+    """The calibrated oracle for (image size, shapes), built once per process (about a second at 32 px).
+
+    Fashion-MNIST silhouettes vary within a class, so that mode keeps 3x more category templates.
+    """
+    return Oracle(image_size, shapes, per_combo=6 if shapes == "fashion_mnist" else 2)
+
+
+def decode_attributes(images: np.ndarray, shapes: str = "procedural") -> dict[str, np.ndarray]:
+    """Decode uint8 [N, S, S, 3] garment images -> {category, colour, material, style, *_conf} arrays [N]."""
+    imgs = _check_images(images)
+    return get_oracle(int(imgs.shape[1]), shapes).decode(imgs)
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+def _rate(hits: np.ndarray) -> float:
+    return float(np.mean(hits)) if hits.size else float("nan")
+
+
+def attribute_accuracy(decoded: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
+    """Fraction of images whose decoded attribute equals the truth, for every attribute present in both."""
+    out = {}
+    for key in ("category", "colour", "material", "style"):
+        if key in decoded and key in true:
+            d, t = np.asarray(decoded[key]), np.asarray(true[key])
+            if d.shape != t.shape:
+                raise ValueError(f"attribute {key!r}: decoded shape {d.shape} != truth shape {t.shape}")
+            out[f"{key}_acc"] = _rate(d == t)
+    if not out:
+        raise ValueError(f"no common attribute between decoded {sorted(decoded)} and truth {sorted(true)}")
+    return out
+
+
+def item_truth(truth: Truth, iids: np.ndarray) -> dict[str, np.ndarray]:
+    """Ground-truth attributes of items `iids` (any shape) from truth/items.json."""
+    iids = np.asarray(iids, np.int64)
+    n = truth.item["category"].shape[0] - 1
+    if iids.size and (iids.min() < 1 or iids.max() > n):
+        raise ValueError(f"item ids must be in 1..{n}, got range [{iids.min()}, {iids.max()}]")
+    return {k: v[iids] for k, v in truth.item.items()}
+
+
+def caption_agreement(captions: Sequence[str], decoded: dict[str, np.ndarray]) -> dict[str, float]:
+    """How often a caption's Color / Material / Style agrees with the attributes decoded from its image.
+
+    Unparsable or unknown values count as disagreement; style is compared with the style implied by the
+    decoded colour x material (`attributes.STYLE_TABLE`).
+    """
+    if len(captions) != np.asarray(decoded["colour"]).shape[0]:
+        raise ValueError(f"{len(captions)} captions for {np.asarray(decoded['colour']).shape[0]} decoded images")
+    keys = {"Color": "colour", "Material": "material", "Clothing Fashion Style": "style"}
+    hits = {k: np.zeros(len(captions), bool) for k in keys}
+    parsed = np.zeros(len(captions), bool)
+    for i, text in enumerate(captions):
+        values = C.parse_caption(text)
+        parsed[i] = all(k in values for k in A.CAPTION_KEYS)
+        for key, field in keys.items():
+            if key in values:
+                hits[key][i] = A.parse_value(key, values[key]) == int(decoded[field][i]) >= 0
+    return {"caption_parse_rate": _rate(parsed), "caption_colour_agreement": _rate(hits["Color"]),
+            "caption_material_agreement": _rate(hits["Material"]),
+            "caption_style_agreement": _rate(hits["Clothing Fashion Style"])}
+
+
+def preference_match(decoded: dict[str, np.ndarray], uids: np.ndarray, categories: np.ndarray,
+                     truth: Truth) -> dict[str, float]:
+    """Rate at which generated colour/material equal the user's latent favourite for the requested category.
+
+    `*_chance` is the rate a non-personalised generator sampling the train outfits' attribute prior of that
+    category would get; `*_lift` = match / chance.
+    """
+    uids, categories = np.asarray(uids).reshape(-1), np.asarray(categories, np.int64).reshape(-1)
+    if not uids.shape == categories.shape == np.asarray(decoded["colour"]).shape:
+        raise ValueError(f"uids {uids.shape}, categories {categories.shape} and decoded "
+                         f"{np.asarray(decoded['colour']).shape} must have one entry per generated image")
+    rows = truth.user_rows(uids)
+    out = {}
+    for field, fav, prior in (("colour", truth.fav_colour, truth.colour_prior),
+                              ("material", truth.fav_material, truth.material_prior)):
+        if field not in decoded:
+            continue
+        target = fav[rows, categories]
+        match, chance = _rate(np.asarray(decoded[field]) == target), _rate(prior[categories, target])
+        out[f"pref_{field}_match"], out[f"pref_{field}_chance"] = match, chance
+        out[f"pref_{field}_lift"] = match / chance if chance > 0 else float("nan")
+    return out
+
+
+def compatible_batch(category: np.ndarray, colour: np.ndarray, material: np.ndarray) -> np.ndarray:
+    """Vectorised `world.rule_compatible` for outfits [N, 4] of attribute indices (-1 = undecodable). [N] bool"""
+    cat, col, mat = (np.asarray(x, np.int64) for x in (category, colour, material))
+    valid = (cat >= 0).all(-1) & (col >= 0).all(-1) & (mat >= 0).all(-1)
+    cat, col, mat = np.maximum(cat, 0), np.maximum(col, 0), np.maximum(mat, 0)
+    role_id = {r: i for i, r in enumerate(dict.fromkeys(A.ROLES))}
+    roles = np.asarray([role_id[r] for r in A.ROLES])[cat]  # [N, 4]
+    distinct = (roles[:, :, None] != roles[:, None, :]).sum((1, 2)) == 12
+    harmony = A.harmony_matrix()[col[:, :, None], col[:, None, :]].all((1, 2))
+    bold = np.isin(mat, A.BOLD_MATERIALS).sum(-1) <= 1
+    style = A.STYLE_TABLE[col, mat]  # [N, 4]
+    majority = np.stack([(style == s).sum(-1) for s in range(len(A.STYLES))], -1).max(-1) >= 3
+    return valid & distinct & harmony & bold & majority
+
+
+def outfit_compatibility(outfits: np.ndarray, generated: dict[str, np.ndarray], truth: Truth) -> dict[str, float]:
+    """Rule-compatibility rate of outfits whose 0 slots are filled by generated items.
+
+    outfits [N, 4] item ids with 0 where an item was generated (PFITB: one 0; GOR: all 0); `generated` holds
+    decoded "category", "colour", "material" arrays [N, 4] (read at the 0 slots). For rows with exactly one
+    generated slot, `compat_chance` is the rate for a random catalogue item of the same decoded category.
+    """
+    outfits = np.asarray(outfits, np.int64)
+    if outfits.ndim != 2 or outfits.shape[1] != 4:
+        raise ValueError(f"outfits must be [N, 4] item ids, got {list(outfits.shape)}")
+    gen = {k: np.asarray(generated[k], np.int64) for k in ("category", "colour", "material")}
+    for k, v in gen.items():
+        if v.shape != outfits.shape:
+            raise ValueError(f"generated[{k!r}] must be [N, 4] like outfits {list(outfits.shape)}, got {list(v.shape)}")
+    ctx = item_truth(truth, np.maximum(outfits, 1))
+    is_gen = outfits == 0
+    attrs = {k: np.where(is_gen, gen[k], ctx[k]) for k in gen}
+    ok = compatible_batch(attrs["category"], attrs["colour"], attrs["material"])
+    out = {"compat_rate": _rate(ok), "generated_items": float(is_gen.sum())}
+    single = np.flatnonzero(is_gen.sum(-1) == 1)
+    if single.size:
+        item_cat = truth.item["category"][1:]
+        rates = []
+        for r in single:
+            slot = int(np.flatnonzero(is_gen[r])[0])
+            pool = np.flatnonzero(item_cat == attrs["category"][r, slot]) + 1
+            if pool.size == 0:
+                rates.append(0.0)
+                continue
+            tiled = {k: np.repeat(attrs[k][r][None], pool.size, 0) for k in attrs}
+            for k in tiled:
+                tiled[k][:, slot] = truth.item[k][pool]
+            rates.append(compatible_batch(tiled["category"], tiled["colour"], tiled["material"]).mean())
+        out["compat_chance"] = float(np.mean(rates))
+    return out
