@@ -164,19 +164,18 @@ def load_image_paths(path: Path, num_items: int, image_root: Path) -> list[str]:
         seq = {int(k): v for k, v in obj.items()}
     else:
         seq = dict(enumerate(np.asarray(obj, dtype=object).ravel().tolist()))
-    root = image_root.resolve()
+    root = str(image_root.resolve())
     out = [""] * (num_items + 1)
     for i, p in seq.items():
         if not 0 < i <= num_items or p is None or str(p) in ("", "None"):
             continue
-        p = Path(str(p))
-        if p.is_absolute():
-            try:
-                p = p.resolve().relative_to(root)
-            except ValueError:
-                raise ConversionInputError(f"{path}: item {i} path {str(p)!r} is not under the image root "
-                                           f"{root}") from None
-        out[i] = str(p)
+        p = str(p)
+        if os.path.isabs(p):
+            rel = os.path.relpath(os.path.realpath(p), root)
+            if rel.startswith(".."):
+                raise ConversionInputError(f"{path}: item {i} path {p!r} is not under the image root {root}")
+            p = rel
+        out[i] = p
     return out
 
 
@@ -244,13 +243,15 @@ def convert_real(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str
     else:
         rep.found["image_paths"] = f"{ip.name} (root {root})"
         paths = load_image_paths(ip, num_items, root)
-        ok = np.array([bool(p) and (root / p).is_file() for p in paths])
-        ok[0] = True
         used = set()
         for e in tables.values():
             used |= set(e["gt"].outfits.ravel().tolist())
             used |= set(e["cand"].candidates.ravel().tolist()) if "cand" in e else set()
             used |= {i for per in e.get("history", {}).values() for v in per.values() for i in v}
+        ok = np.zeros(num_items + 1, bool)  # only referenced items are checked (stat calls are slow)
+        ok[0] = True
+        for i in used:
+            ok[i] = bool(paths[i]) and os.path.isfile(os.path.join(root, paths[i]))
         rep.missing_images = sorted(i for i in used if not ok[i])
         if rep.missing_images and missing_images == "error":
             first = [(i, paths[i] or "<no path>") for i in rep.missing_images[:5]]

@@ -29,9 +29,9 @@ class UntrustedPickleError(PermissionError):
     """Raised when conversion is attempted without explicitly trusting the pickled inputs."""
 
 
-def require_trust(trust_pickle: bool, *, stream=sys.stderr) -> None:
-    """Print the pickle notice; refuse to continue unless the caller explicitly trusts the inputs."""
-    print(PICKLE_NOTICE, file=stream, flush=True)
+def require_trust(trust_pickle: bool, *, stream=None) -> None:
+    """Print the pickle notice (stderr by default); refuse to continue unless the caller trusts the inputs."""
+    print(PICKLE_NOTICE, file=stream if stream is not None else sys.stderr, flush=True)
     if not trust_pickle:
         raise UntrustedPickleError("refusing to unpickle the source .npy files without --trust-pickle "
                                    "(trust_pickle=True); see the notice above")
