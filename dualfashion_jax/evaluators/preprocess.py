@@ -20,13 +20,14 @@ INCEPTION_SIZE = 299
 @functools.lru_cache(maxsize=64)
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] interpolation weights of torch's bilinear, align_corners=False (1-D, half-pixel centres)."""
-    scale = n_in / n_out
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)                       # torch clamps negative source coordinates to 0
+    # fp32 arithmetic on purpose: torch computes the scale and source coordinates in float for float images.
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))           # torch clamps negative source coordinates to 0
     i0 = np.floor(src).astype(np.int64)
     i0 = np.minimum(i0, n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (src - i0).astype(np.float32)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
     m = np.zeros((n_out, n_in), np.float32)
     rows = np.arange(n_out)
     np.add.at(m, (rows, i0), 1.0 - w1)

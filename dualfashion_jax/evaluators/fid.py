@@ -1,0 +1,126 @@
+"""FID: TF-FID Inception pool3 statistics and the Frechet distance (pytorch-fid's `calculate_frechet_distance`).
+
+Protocol (difashion_eval.md §2.1): generated images vs the GT images of the same slots; images in [0, 1] ->
+bilinear 299 (align_corners=False) -> [-1, 1] -> `FIDInception` -> 2048-d features; mu = mean, sigma =
+`np.cov(rowvar=False)` (ddof 1); FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)). Statistics are fp64.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import warnings
+
+import jax
+import numpy as np
+from flax import nnx
+from scipy import linalg
+
+from dualfashion_jax.evaluators import batched, preprocess
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), as pytorch-fid computes it.
+
+    scipy `sqrtm(S1 @ S2)`; if the result is not finite (near-singular covariances), retries with
+    `eps * I` added to both covariances; a complex result keeps its real part (ValueError if the diagonal's
+    imaginary part exceeds 1e-3, which means the statistics are broken).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"frechet_distance: mean vectors differ in shape, {mu1.shape} vs {mu2.shape}")
+    if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):
+        raise ValueError(f"frechet_distance: covariances {sigma1.shape} / {sigma2.shape} do not match "
+                         f"the mean dimension {mu1.shape[0]}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        warnings.warn(f"frechet_distance: sqrtm(S1 S2) is singular; adding {eps} to the covariance diagonals")
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"frechet_distance: sqrtm has an imaginary component of magnitude "
+                             f"{np.max(np.abs(covmean.imag)):.3g} (degenerate statistics)")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+@dataclasses.dataclass(frozen=True)
+class FIDFeatures:
+    """Gaussian statistics of one image set: mu [D], sigma [D, D] (fp64) and the number of images n."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+
+    @classmethod
+    def from_features(cls, features: np.ndarray) -> "FIDFeatures":
+        """features [N, D] (N >= 2) -> statistics."""
+        f = np.asarray(features, np.float64)
+        if f.ndim != 2 or f.shape[0] < 2:
+            raise ValueError(f"FIDFeatures.from_features needs features [N >= 2, D], got shape {f.shape}")
+        return cls(mu=f.mean(axis=0), sigma=np.cov(f, rowvar=False), n=int(f.shape[0]))
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike) -> "FIDFeatures":
+        """Reads `mu`, `sigma` (and optional `n`) from an .npz (pytorch-fid's `--save-stats` format works)."""
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: FID statistics file does not exist")
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("mu", "sigma") if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; missing {missing}")
+            mu, sigma = z["mu"], z["sigma"]
+            n = int(z["n"]) if "n" in z.files else -1
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"{path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} are not [D] and [D, D]")
+        return cls(mu=mu.astype(np.float64), sigma=sigma.astype(np.float64), n=n)
+
+    def save_npz(self, path: str | os.PathLike) -> None:
+        np.savez(path, mu=self.mu, sigma=self.sigma, n=np.int64(self.n))
+
+    def distance(self, other: "FIDFeatures") -> float:
+        return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
+
+
+def feature_fn(model):
+    """Jitted [b, H, W, 3] images in [0, 1] -> [b, 2048] pool3 features (resize + range inside the jit)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def fn(state, images01):  # state is an argument, not a baked-in constant
+        return nnx.merge(graphdef, state)(preprocess.inception_input(images01))  # [b, 2048]
+
+    return lambda images01: fn(state, images01)
+
+
+def extract_features(model, images01: np.ndarray, *, batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
+    """images [N, H, W, 3] in [0, 1] (float or uint8 -> /255) -> features [N, 2048] float32."""
+    images01 = _as_unit(images01, "extract_features")
+    return batched.map_batches(feature_fn(model), images01, batch_size=batch_size, desc="FID features",
+                               show_progress=show_progress)
+
+
+def fid(model, images_a: np.ndarray, images_b: np.ndarray, *, batch_size: int = 32,
+        show_progress: bool = True) -> float:
+    """FID between two image sets [N, H, W, 3] in [0, 1] (or uint8) with a `FIDInception` model."""
+    fa = FIDFeatures.from_features(extract_features(model, images_a, batch_size=batch_size, show_progress=show_progress))
+    fb = FIDFeatures.from_features(extract_features(model, images_b, batch_size=batch_size, show_progress=show_progress))
+    return fa.distance(fb)
+
+
+def _as_unit(images: np.ndarray, name: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{name} expects NHWC RGB images [N, H, W, 3], got shape {images.shape}")
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    images = images.astype(np.float32)
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
+        raise ValueError(f"{name} expects float images in [0, 1] (or uint8), got values in [{lo:.3g}, {hi:.3g}]")
+    return images
