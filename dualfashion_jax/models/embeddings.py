@@ -6,6 +6,7 @@ overwrites with the checkpoint's `pos_embed.pos_embed` buffer.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -30,16 +31,20 @@ def sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
+@functools.lru_cache(maxsize=8)
 def sincos_2d_pos_embed(embed_dim: int, grid_size: int, *, base_size: int,
                         interpolation_scale: float = 1.0) -> np.ndarray:
     """diffusers `get_2d_sincos_pos_embed`: [grid_size**2, embed_dim] float32, row-major (row, col) tokens.
 
     The first half of the channels encodes the column coordinate, the second half the row coordinate.
+    Cached (read-only result): the SD3 grid is 192*192 x 1536 and every model construction needs it.
     """
     coords = np.arange(grid_size, dtype=np.float32) / np.float32(grid_size / base_size) / np.float32(interpolation_scale)
     col, row = np.meshgrid(coords, coords, indexing="xy")  # [G, G] each; col varies along axis 1
     emb = np.concatenate([sincos_1d(embed_dim // 2, col), sincos_1d(embed_dim // 2, row)], axis=1)
-    return emb.astype(np.float32)
+    emb = emb.astype(np.float32)
+    emb.flags.writeable = False
+    return emb
 
 
 def timestep_features(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
