@@ -10,6 +10,7 @@ posterior like DualFashion's training (key = fold_in(key(seed), batch index), so
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -32,10 +33,28 @@ def load_vae(ckpt: str | os.PathLike):
     from dualfashion_jax.models import vae
 
     meta, flat = load_converted(ckpt, kind="vae")
-    cfg_cls = type(vae.get_config("tiny"))
-    cfg = cfg_cls.from_dict(meta["config"], source=str(Path(ckpt) / "config.json"))
+    cfg = vae.VAEConfig.from_dict(meta["config"], source=str(Path(ckpt) / "config.json"))
     model = build_from_flat(lambda: vae.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), flat, source=str(ckpt))
     return model, cfg
+
+
+@functools.lru_cache(maxsize=8)
+def _encoder(graphdef, vae_cfg, mode: str):
+    """A jitted (state, uint8 images [B, S, S, 3], key) -> model-space latents [B, h, w, C]; cached per model."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from dualfashion_jax.models import vae
+
+    @jax.jit
+    def encode(state, x, key):
+        model = nnx.merge(graphdef, state)
+        post = model.encode(x.astype(jnp.float32) / 127.5 - 1.0)
+        z = post.mode() if mode == "mean" else post.sample(key)
+        return vae.to_model_latents(z, vae_cfg).astype(jnp.float32)
+
+    return encode
 
 
 def encode_dataset(data_dir: str | os.PathLike, ae, vae_cfg, *, mode: str = "sample", seed: int = 0,
@@ -46,8 +65,6 @@ def encode_dataset(data_dir: str | os.PathLike, ae, vae_cfg, *, mode: str = "sam
     import jax.numpy as jnp
     from flax import nnx
 
-    from dualfashion_jax.models import vae
-
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     ds = SafeDataset(data_dir)
@@ -56,13 +73,7 @@ def encode_dataset(data_dir: str | os.PathLike, ae, vae_cfg, *, mode: str = "sam
     paths = ds.image_paths
     todo = np.array([i for i in range(1, n + 1) if paths[i]], np.int64)
     graphdef, state = nnx.split(ae)
-
-    @jax.jit
-    def encode(state, x, key):  # x: [B, S, S, 3] uint8
-        model = nnx.merge(graphdef, state)
-        post = model.encode(x.astype(jnp.float32) / 127.5 - 1.0)
-        z = post.mode() if mode == "mean" else post.sample(key)
-        return vae.to_model_latents(z, vae_cfg).astype(jnp.float32)  # [B, h, w, C]
+    encode = _encoder(graphdef, vae_cfg, mode)
 
     x0 = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8)
     out_shape = jax.eval_shape(encode, state, x0, jax.random.key(0)).shape[1:]
