@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.data.validate import validate_dataset
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic import captions as C
 from dualfashion_jax.data.synthetic import load_truth, make_dataset, rule_compatible, rule_violations
@@ -55,6 +56,8 @@ def test_default_is_fast_and_deterministic(built, tmp_path):
 def test_safe_format_structure(built):
     out, _ = built
     ds = SafeDataset(out)
+    rep = validate_dataset(ds)  # the data part's cross-file checks (ids, categories, FITB alignment, images)
+    assert not rep.missing_images and "fitb_test_candidates" in rep.checked
     assert ds.meta["source"] == "synthetic" and ds.num_items == 960 and ds.image_size == 32
     assert ds.categories == dict(enumerate(A.CATEGORIES))
     cat_of = ds.iid_category

@@ -68,12 +68,13 @@ def _colour_and_pattern_map(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     interior = ndimage.binary_erosion(fg, structure=np.ones((1, 3, 3), bool), iterations=it)
     small = interior.reshape(interior.shape[0], -1).sum(1) < 4
     interior[small] = fg[small]  # tiny garments: fall back to the un-eroded mask
-    d = _SEG_B - _SEG_A  # [K, 3]
-    t = np.einsum("nhwc,kc->nhwk", x, d) - (_SEG_A * d).sum(-1)  # [N, S, S, K]
-    t = np.clip(t / (d * d).sum(-1), 0.0, 1.0)
-    proj = _SEG_A + t[..., None] * d  # [N, S, S, K, 3]
-    dist = np.linalg.norm(x[..., None, :] - proj, axis=-1)  # [N, S, S, K]
-    nearest = dist.argmin(-1)  # [N, S, S]
+    a, d = _SEG_A, _SEG_B - _SEG_A  # [K, 3] segment start and direction
+    dd = (d * d).sum(-1)  # [K]
+    xd = np.einsum("nhwc,kc->nhwk", x, d) - (a * d).sum(-1)  # <x - a, d>  [N, S, S, K]
+    t = np.clip(xd / dd, 0.0, 1.0)
+    xa2 = (x * x).sum(-1, keepdims=True) - 2.0 * np.einsum("nhwc,kc->nhwk", x, a) + (a * a).sum(-1)  # |x - a|^2
+    dist2 = xa2 - 2.0 * t * xd + t * t * dd  # |x - (a + t d)|^2  [N, S, S, K]
+    nearest = dist2.argmin(-1)  # [N, S, S]
     k = len(A.COLORS)
     votes = np.stack([((nearest == c) & interior).sum((1, 2)) for c in range(k)], -1).astype(np.float32)  # [N, K]
     total = votes.sum(-1)
@@ -149,8 +150,8 @@ class Oracle:
                        np.where(clean, 0.0, rng.uniform(0.0, 12.0, n)))
         self._templates = _coverage(imgs)  # [M, 256]
         self._template_cat = np.asarray(cats)
-        _, _, pmap, mask = _colour_and_pattern_map(imgs)
-        self._fit_lda(_pattern_features(pmap, mask), np.asarray(mats))
+        feats = [_pattern_features(*_colour_and_pattern_map(imgs[i:i + 256])[2:]) for i in range(0, n, 256)]
+        self._fit_lda(np.concatenate(feats), np.asarray(mats))
 
     def _fit_lda(self, x: np.ndarray, y: np.ndarray, shrink: float = 0.05) -> None:
         """Shared-covariance Gaussian classifier with diagonal shrinkage, on standardised features."""
@@ -195,9 +196,11 @@ class Oracle:
 def get_oracle(image_size: int = 32, shapes: str = "procedural") -> Oracle:
     """The calibrated oracle for (image size, shapes), built once per process (about a second at 32 px).
 
-    Fashion-MNIST silhouettes vary within a class, so that mode keeps 3x more category templates.
+    Fashion-MNIST silhouettes vary within a class, so that mode keeps more category templates; from 64 px
+    up one render per combination suffices (and keeps calibration around a second).
     """
-    return Oracle(image_size, shapes, per_combo=6 if shapes == "fashion_mnist" else 2)
+    per_combo = 3 if shapes == "fashion_mnist" else (2 if image_size < 64 else 1)
+    return Oracle(image_size, shapes, per_combo=per_combo)
 
 
 def decode_attributes(images: np.ndarray, shapes: str = "procedural") -> dict[str, np.ndarray]:
