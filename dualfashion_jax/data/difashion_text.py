@@ -100,12 +100,13 @@ def convert_stage1(path: Path, num_items: int, image_paths: list[str] | None) ->
             if iid is None:
                 raise ConversionInputError(f"{path}: record {n}: no item id field {_IID_KEYS} and its image path "
                                            f"{p!r} is not in all_item_image_paths")
-        re_cap = r.get("re_caption", cap)
-        for c in (cap, re_cap):
-            try:
-                check_caption(c, require_keys=False)
-            except CaptionError as e:
-                raise ConversionInputError(f"{path}: record {n}: {e}") from None
+        re_cap = r.get("re_caption", cap)  # the t2i prompt: free text allowed
+        if not isinstance(re_cap, str):
+            raise ConversionInputError(f"{path}: record {n}: 're_caption' must be a string")
+        try:
+            check_caption(cap, require_keys=False)
+        except CaptionError as e:
+            raise ConversionInputError(f"{path}: record {n}: {e}") from None
         out.append({"iid": _iid(iid, path, num_items), "caption": cap, "re_caption": re_cap})
     return out
 

@@ -3,7 +3,7 @@
 Each `Stage*Source` is a random-access source (`len`, `[i]` -> dict of numpy arrays) for `grain.MapDataset`.
 Visuals are uint8 images `[S, S, 3]` (key suffix `_image(s)`) or, when `latents/` exists, precomputed
 latents `[h, w, C]` float32 (suffix `_latent(s)`). Token fields are int32 `[L]` (L = tokenizer.max_length):
-  stage 1: image|latent, caption_{ids,mask,labels} (i2t target), re_caption_{ids,mask,labels} (t2i prompt), iid
+  stage 1: image|latent, caption_{ids,mask,labels} (i2t target, JSON), re_caption_{ids,mask} (t2i prompt, free text), iid
   stage 2: target_image|target_latent, context_images|context_latents [3, ...], caption_{ids,mask,labels} (the
            target's 4-key caption), pref_{ids,mask}, sentence_{ids,mask}, uid, oid, iid, cid
   stage 3: caption_{ids,mask,labels} [n_aug, L], pref_{ids,mask}, sentence_{ids,mask}, iid, cid
@@ -76,10 +76,9 @@ class Stage1Source:
     def __getitem__(self, i: int) -> dict:
         iid, cap, re_cap = self.records[i]
         c_ids, c_mask, c_lab = self.texts.caption(cap)
-        r_ids, r_mask, r_lab = self.texts.caption(re_cap)
+        r_ids, r_mask = self.texts.text(re_cap)  # the t2i prompt: free text, no label mask (spec §2.3)
         return {self.kind: self.visual(iid), "caption_ids": c_ids, "caption_mask": c_mask, "caption_labels": c_lab,
-                "re_caption_ids": r_ids, "re_caption_mask": r_mask, "re_caption_labels": r_lab,
-                "iid": np.int64(iid)}
+                "re_caption_ids": r_ids, "re_caption_mask": r_mask, "iid": np.int64(iid)}
 
 
 class Stage2Source:

@@ -69,7 +69,9 @@ def make_tiny_dataset(root: str | os.PathLike, *, num_items: int = 60, num_users
         w.write_history(s, {u: {c: rng.choice(by_cat[c], min(10, len(by_cat[c])), replace=False).tolist()
                                 for c in range(n_cat)} for u in users})
         w.write_preference(s, {u: {c: {"Frequency": _attrs(rng)} for c in range(n_cat)} for u in users})
-    w.write_stage1([{"iid": i, "caption": caption_json(infos[i]["elements"]), "re_caption": caption_json(_attrs(rng))}
+    el = {i: infos[i]["elements"] for i in infos}
+    w.write_stage1([{"iid": i, "caption": caption_json(el[i]),
+                     "re_caption": f"A {el[i]['Color']} {el[i]['Material']} item, {el[i]['Clothing Fashion Style']} style."}
                     for i in range(1, num_items + 1)])
     w.write_augmented({i: [caption_json(_attrs(rng)) for _ in range(3)] for i in range(1, num_items + 1)})
     return root
