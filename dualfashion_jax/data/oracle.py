@@ -252,8 +252,9 @@ def caption_agreement(captions: Sequence[str], decoded: dict[str, np.ndarray]) -
         values = C.parse_caption(text)
         parsed[i] = all(k in values for k in A.CAPTION_KEYS)
         for key, field in keys.items():
-            if key in values:
-                hits[key][i] = A.parse_value(key, values[key]) == int(decoded[field][i]) >= 0
+            pixel_value = int(decoded[field][i])
+            if key in values and pixel_value >= 0:
+                hits[key][i] = A.parse_value(key, values[key]) == pixel_value
     return {"caption_parse_rate": _rate(parsed), "caption_colour_agreement": _rate(hits["Color"]),
             "caption_material_agreement": _rate(hits["Material"]),
             "caption_style_agreement": _rate(hits["Clothing Fashion Style"])}

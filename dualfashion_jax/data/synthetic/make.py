@@ -92,9 +92,10 @@ def _truth(w: W.World, fm_index: np.ndarray) -> tuple[dict, dict, dict]:
     items = {str(i + 1): {**cat.attrs(i + 1), "jitter": cat.jitter[i].to_json(), "fm_index": int(fm_index[i])}
              for i in range(len(cat))}
     r6 = lambda a: np.round(a, 6).tolist()  # noqa: E731  (compact, deterministic floats)
-    user_json = {str(int(u)): {"dominant_style": int(users.dominant_style[r]), "style_taste": r6(users.style_taste[r]),
-                               "colour_pref": r6(users.colour_pref[r]), "material_pref": r6(users.material_pref[r]),
-                               "fav_colour": users.fav_colour[r].tolist(), "fav_material": users.fav_material[r].tolist()}
+    user_json = {str(int(u)): {"dominant_style": int(users.dominant_style[r]),
+                               "style_taste": r6(users.style_taste[r]), "colour_pref": r6(users.colour_pref[r]),
+                               "material_pref": r6(users.material_pref[r]), "fav_colour": users.fav_colour[r].tolist(),
+                               "fav_material": users.fav_material[r].tolist()}
                  for r, u in enumerate(users.uids)}
     pad = lambda a: np.concatenate([[-1], a])  # noqa: E731  index by iid
     col, mat = truth.priors_from(pad(cat.category), pad(cat.colour), pad(cat.material), w.splits["train"].outfits)

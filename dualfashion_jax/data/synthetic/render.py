@@ -2,8 +2,8 @@
 
 A garment is a filled silhouette (one shape family per category, or a Fashion-MNIST shape) centred on a white
 background, tinted with its colour, overlaid with its material's pattern in a contrasting shade of the same
-colour, plus a small design-feature mark. Drawn with 3x3 (2x2 from 64 px) supersampling so edges are anti-aliased; the pattern
-periods are in pixels of the output size, chosen coarse enough (6-8 px) to survive the blur of a weak generator.
+colour, plus a small design-feature mark. Drawn with 3x3 (2x2 from 64 px) supersampling so edges are
+anti-aliased; the pattern periods are in output pixels, coarse enough (6-8 px) to survive a weak generator's blur.
 """
 from __future__ import annotations
 

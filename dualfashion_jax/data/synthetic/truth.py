@@ -98,7 +98,8 @@ def load_truth(root: str | os.PathLike) -> Truth:
         fav_m = np.asarray([users[str(u)]["fav_material"] for u in uids], np.int64)
         pref = np.asarray([users[str(u)]["colour_pref"] for u in uids], np.float64)
     except (ValueError, KeyError, TypeError) as e:
-        raise FormatError(f"{users_p}: expected {{'<uid>': {{fav_colour, fav_material, colour_pref}}}}: {e!r}") from None
+        raise FormatError(f"{users_p}: expected {{'<uid>': {{fav_colour, fav_material, colour_pref}}}}: "
+                          f"{e!r}") from None
     n_cat = len(A.CATEGORIES)
     if fav_c.shape != (uids.size, n_cat) or pref.shape != (uids.size, n_cat, len(A.COLORS)):
         raise FormatError(f"{users_p}: fav_colour/colour_pref shapes {fav_c.shape}/{pref.shape}, expected "
