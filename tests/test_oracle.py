@@ -58,6 +58,14 @@ def test_decode_blurred_and_noisy(every_combo):
         assert dec[k].shape == (320,) and 0.0 <= dec[k].min() and dec[k].max() <= 1.0
 
 
+def test_off_white_background_and_tint(every_combo):
+    """A generator's grey/tinted background is white-balanced away instead of read as garment."""
+    imgs, truth = every_combo
+    shifted = np.clip(imgs.astype(np.float32) * np.array([0.86, 0.88, 0.92]), 0, 255).astype(np.uint8)
+    acc = O.attribute_accuracy(O.decode_attributes(shifted), truth)
+    assert min(acc.values()) >= DEGRADED_MATERIAL_MIN, acc
+
+
 def test_blank_and_bad_inputs(every_combo):
     white = np.full((2, 32, 32, 3), 255, np.uint8)
     dec = O.decode_attributes(white)

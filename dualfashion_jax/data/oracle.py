@@ -1,12 +1,13 @@
 """Oracle for the synthetic outfits dataset: decode category/colour/material from pixels, score generations.
 
 `decode_attributes(images)` reads garments back from uint8 [N, S, S, 3] images (fast numpy, no learning
-framework): colour = vote of foreground pixels for the nearest colour segment [base, pattern shade] of the
-palette; material = a shared-covariance Gaussian (LDA) classifier on pattern-map statistics (shade coverage,
-directional differences, autocorrelation at the pattern periods); category = 5-nearest-neighbour template
-matching of the silhouette's coverage map. The classifiers are calibrated at first use, per (image size,
-shapes), on renders from `data/synthetic/render.py` with random blur and noise, so they tolerate the blurry
-output of a weak generator. The metric functions return plain dicts of floats (the evaluators wrap them).
+framework). Images are first white-balanced on their border. Colour = vote of the garment's interior pixels
+for the nearest palette segment [base colour, pattern shade]; material = a shared-covariance Gaussian (LDA)
+classifier on statistics of the pattern map (shade coverage, autocorrelation along the stripe/twill/check
+directions at the pattern periods); category = 5-nearest-neighbour template matching of the silhouette's
+coverage map. The classifiers are calibrated at first use, per (image size, shapes), on renders from
+`data/synthetic/render.py` with random blur and noise, so they tolerate the blurry output of a weak
+generator. Style follows from colour x material. The metric functions return plain dicts of floats.
 """
 from __future__ import annotations
 
@@ -60,9 +61,21 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return a
 
 
+def _white_balance(imgs: np.ndarray) -> np.ndarray:
+    """Scale each channel so the background (median of the 1-px border ring) becomes white. float32 [N, S, S, 3]
+
+    Generators often paint an off-white or slightly tinted background; without this, the whole frame would
+    count as garment. The gain is clamped to [1, 2] so non-white-background images are left roughly alone.
+    """
+    x = imgs.astype(np.float32)
+    ring = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)  # [N, 4S-4, 3]
+    gain = np.clip(255.0 / np.maximum(np.median(ring, axis=1), 1.0), 1.0, 2.0)  # [N, 3]
+    return np.minimum(x * gain[:, None, None, :], 255.0)
+
+
 def _colour_and_pattern_map(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per image: colour [N], colour confidence [N], pattern map t in [0, 1] [N, S, S], interior mask [N, S, S]."""
-    x = imgs.astype(np.float32)
+    x = _white_balance(imgs)
     fg = np.linalg.norm(255.0 - x, axis=-1) > FOREGROUND_DIST  # [N, S, S]
     it = max(1, imgs.shape[1] // 32)
     interior = ndimage.binary_erosion(fg, structure=np.ones((1, 3, 3), bool), iterations=it)
@@ -110,7 +123,7 @@ def _pattern_features(pmap: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _coverage(imgs: np.ndarray) -> np.ndarray:
     """Soft silhouette at 16x16, unit-normalised. [N, 256]"""
-    cov = np.clip(np.linalg.norm(255.0 - imgs.astype(np.float32), axis=-1) / 120.0, 0.0, 1.0)  # [N, S, S]
+    cov = np.clip(np.linalg.norm(255.0 - _white_balance(imgs), axis=-1) / 120.0, 0.0, 1.0)  # [N, S, S]
     s = cov.shape[1]
     if s % _GRID == 0:
         f = s // _GRID
