@@ -74,6 +74,10 @@ def test_stage2_example_contents(ds, tok, stage2):
     want = tok.encode_caption(tk.caption_json(ds.item_info[iid]["elements"]))
     for got, exp in zip((ex["caption_ids"], ex["caption_mask"], ex["caption_labels"]), want):
         np.testing.assert_array_equal(got, exp)
+    cached = E.Stage2Source(ds, tok, split="train", use_latents=False, cache_items=64)
+    for _ in range(2):  # miss, then hit
+        got = cached[4 * 3 + 2]
+        assert all(np.array_equal(got[k], ex[k]) for k in ex)
 
 
 def test_stage3_and_task_rows(ds, tok):

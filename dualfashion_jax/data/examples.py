@@ -10,6 +10,7 @@ latents `[h, w, C]` float32 (suffix `_latent(s)`). Token fields are int32 `[L]` 
 Stage-2 example i is (row i // 4, target slot i % 4): every outfit item is a target once per epoch, the
 other three items are the context. Preference text = the user's per-category "Frequency" attributes as a
 4-key caption JSON ("Unknown" where absent). Stage-3 preference is all-"Unknown" (no user; inferred, §7.3).
+`cache_items=N` keeps N decoded images in memory (small datasets such as the demo load several times faster).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class _Texts:
         self.ds, self.tok = ds, tok
         self.prefs = ds.preference(pref_split) if pref_split and ds.has_text(f"{pref_split}_preference.json") else {}
         self.caption = functools.lru_cache(maxsize=65536)(self._caption)
+        self.item_caption = functools.lru_cache(maxsize=65536)(self._item_caption)
         self.text = functools.lru_cache(maxsize=65536)(self._text)
 
     def _caption(self, s: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,7 +43,7 @@ class _Texts:
         ids, mask = self.tok.encode([s])
         return ids[0], mask[0]
 
-    def item_caption(self, iid: int) -> str:
+    def _item_caption(self, iid: int) -> str:
         info = self.ds.item_info.get(int(iid))
         if info is None:
             raise KeyError(f"item {iid} has no caption in {self.ds.root / 'text' / 'item_info.json'}")
@@ -60,9 +62,9 @@ class Stage1Source:
     """Stage 1 image/caption pairs from text/stage1.json (or, if absent, one pair per item_info entry)."""
 
     def __init__(self, ds: SafeDataset, tok: CaptionTokenizer, *, use_latents: str | bool = "auto",
-                 image_size: int | None = None):
+                 image_size: int | None = None, cache_items: int = 0):
         self.ds, self.texts = ds, _Texts(ds, tok, None)
-        self.visual, self.kind = item_visuals(ds, use_latents, image_size)
+        self.visual, self.kind = item_visuals(ds, use_latents, image_size, cache_items)
         if ds.has_text("stage1.json"):
             self.records = [(int(r["iid"]), r["caption"], r["re_caption"]) for r in ds.stage1]
         elif ds.has_text("item_info.json"):
@@ -85,10 +87,10 @@ class Stage2Source:
     """Stage 2: (target item, 3 context items, preference, sentence, target caption) per (row, slot)."""
 
     def __init__(self, ds: SafeDataset, tok: CaptionTokenizer, *, split: str = "train",
-                 use_latents: str | bool = "auto", image_size: int | None = None):
+                 use_latents: str | bool = "auto", image_size: int | None = None, cache_items: int = 0):
         self.ds, self.table = ds, ds.split(split)
         self.texts = _Texts(ds, tok, split)
-        self.visual, self.kind = item_visuals(ds, use_latents, image_size)
+        self.visual, self.kind = item_visuals(ds, use_latents, image_size, cache_items)
         missing = sorted(set(self.table.outfits.ravel().tolist()) - set(ds.item_info))
         if missing:
             raise KeyError(f"{ds.root / 'text' / 'item_info.json'}: {len(missing)} item(s) of split {split!r} have "

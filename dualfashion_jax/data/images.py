@@ -6,6 +6,7 @@ The blank item (iid 0) is an all-white image, as in DiFashion's image list (a wh
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def to_model_range(images) -> "np.ndarray":
 class ItemImages:
     """Random access to item images of a safe-format dataset at a fixed resolution (blank -> white)."""
 
-    def __init__(self, ds: SafeDataset, size: int | None = None):
+    def __init__(self, ds: SafeDataset, size: int | None = None, *, cache_items: int = 0):
+        """`cache_items` > 0 keeps that many decoded images in memory (LRU); worth it for small datasets."""
         size = size or ds.image_size
         if not size:
             raise FormatError(f"{ds.root / 'meta.json'}: image_size is not set; pass an explicit size")
@@ -61,8 +63,13 @@ class ItemImages:
             raise FormatError(f"{ds.root}: image_paths.json absent; this dataset has no images "
                               "(convert with an image root, or run encode-latents on one that has)")
         self.ds, self.size = ds, int(size)
+        if cache_items > 0:
+            self._load = functools.lru_cache(maxsize=int(cache_items))(self._load)
 
     def __call__(self, iid: int) -> np.ndarray:
+        return self._load(int(iid))
+
+    def _load(self, iid: int) -> np.ndarray:
         if int(iid) <= 0:
             return blank_image(self.size)
         p = self.ds.image_file(int(iid))
@@ -97,8 +104,8 @@ class ItemLatents:
         return np.asarray(self.array[np.maximum(np.asarray(iids, np.int64), 0)], np.float32)  # [K, h, w, C]
 
 
-def item_visuals(ds: SafeDataset, use_latents: str | bool = "auto", size: int | None = None):
+def item_visuals(ds: SafeDataset, use_latents: str | bool = "auto", size: int | None = None, cache_items: int = 0):
     """(loader, kind): precomputed latents when `latents/` exists (or is required), else images."""
     if use_latents == "auto":
         use_latents = (ds.latents_dir / "latents.npy").is_file()
-    return (ItemLatents(ds), "latent") if use_latents else (ItemImages(ds, size), "image")
+    return (ItemLatents(ds), "latent") if use_latents else (ItemImages(ds, size, cache_items=cache_items), "image")
