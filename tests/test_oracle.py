@@ -1,6 +1,9 @@
 """Oracle: attribute decoding from pixels (clean and degraded) and the oracle metrics on hand-made cases."""
+import json
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from dualfashion_jax.data import oracle as O
 from dualfashion_jax.data.format import SafeDataset
@@ -201,3 +204,24 @@ def test_decode_fashion_mnist_shapes():
     dec = O.decode_attributes(_render(cat, col, mat, rng, silhouettes=sils), shapes="fashion_mnist")
     acc = O.attribute_accuracy(dec, {"category": cat, "colour": col, "material": mat})
     assert acc["category_acc"] >= 0.7 and acc["colour_acc"] >= 0.95 and acc["material_acc"] >= 0.85, acc
+
+
+def test_task_summaries_on_ground_truth(dataset):
+    """PFITB/GOR summaries on the dataset's own item images: everything the oracle can check agrees."""
+    ds, truth = dataset
+    t, f = ds.split("test").take(np.arange(40)), ds.fitb("test").take(np.arange(40))
+    load = lambda iid: np.asarray(Image.open(ds.image_file(int(iid))))  # noqa: E731
+    gt = t.outfits[f.outfits == 0]
+    caps = [json.dumps(ds.item_info[int(i)]["elements"]) for i in gt]
+    got = O.pfitb_oracle_metrics(np.stack([load(i) for i in gt]), f.uids, f.outfits, f.category, truth,
+                                 captions=caps, gt_outfits=t.outfits)
+    for key in ("category_match", "compat_rate", "gt_colour_match", "gt_material_match", "caption_colour_agreement",
+                "caption_material_agreement", "caption_style_agreement"):
+        assert got[key] >= 0.95, (key, got)
+    assert 0.0 < got["compat_chance"] < got["compat_rate"] and got["caption_parse_rate"] == 1.0
+    gor = O.gor_oracle_metrics(np.stack([[load(i) for i in row] for row in t.outfits]), t.uids, t.category, truth)
+    assert gor["category_match"] >= 0.95 and gor["compat_rate"] >= 0.9 and gor["generated_items"] == 160.0, gor
+    with pytest.raises(ValueError, match="exactly one 0"):
+        O.pfitb_oracle_metrics(np.stack([load(i) for i in gt]), f.uids, t.outfits, f.category, truth)
+    with pytest.raises(ValueError, match=r"\[N, 4, S, S, 3\]"):
+        O.gor_oracle_metrics(np.stack([load(i) for i in gt]), t.uids, t.category, truth)

@@ -347,3 +347,46 @@ def outfit_compatibility(outfits: np.ndarray, generated: dict[str, np.ndarray], 
             rates.append(compatible_batch(tiled["category"], tiled["colour"], tiled["material"]).mean())
         out["compat_chance"] = float(np.mean(rates))
     return out
+
+
+# --------------------------------------------------------------------------------------- task-level summaries
+def pfitb_oracle_metrics(images: np.ndarray, uids: np.ndarray, fitb_outfits: np.ndarray, categories: np.ndarray,
+                         truth: Truth, captions: Sequence[str] | None = None, shapes: str = "procedural",
+                         gt_outfits: np.ndarray | None = None) -> dict[str, float]:
+    """All oracle metrics for PFITB: one generated image [N, S, S, 3] per FITB row (outfits with one 0)."""
+    fitb_outfits, categories = np.asarray(fitb_outfits, np.int64), np.asarray(categories, np.int64)
+    blank = fitb_outfits == 0
+    if fitb_outfits.shape != categories.shape or not (blank.sum(-1) == 1).all():
+        raise ValueError(f"fitb_outfits {list(fitb_outfits.shape)} and categories {list(categories.shape)} must be "
+                         "[N, 4] with exactly one 0 (the blank) per row")
+    dec = decode_attributes(images, shapes)
+    if dec["colour"].shape[0] != fitb_outfits.shape[0]:
+        raise ValueError(f"{dec['colour'].shape[0]} images for {fitb_outfits.shape[0]} FITB rows")
+    want = categories[blank]  # [N] the requested category
+    out = {"category_match": _rate(dec["category"] == want)}
+    out.update(preference_match(dec, uids, want, truth))
+    out.update(outfit_compatibility(fitb_outfits, {k: np.where(blank, dec[k][:, None], 0)
+                                                   for k in ("category", "colour", "material")}, truth))
+    if gt_outfits is not None:
+        gt = item_truth(truth, np.asarray(gt_outfits, np.int64)[blank])
+        out.update({f"gt_{k}_match": _rate(dec[k] == gt[k]) for k in ("colour", "material", "style")})
+    if captions is not None:
+        out.update(caption_agreement(captions, dec))
+    return out
+
+
+def gor_oracle_metrics(images: np.ndarray, uids: np.ndarray, categories: np.ndarray, truth: Truth,
+                       shapes: str = "procedural") -> dict[str, float]:
+    """All oracle metrics for GOR: 4 generated images [N, 4, S, S, 3] per row of requested categories [N, 4]."""
+    imgs, categories = np.asarray(images), np.asarray(categories, np.int64)
+    if imgs.ndim != 5 or imgs.shape[:2] != categories.shape or categories.shape[1:] != (4,):
+        raise ValueError(f"GOR images must be [N, 4, S, S, 3] matching categories [N, 4]; got images "
+                         f"{list(imgs.shape)}, categories {list(categories.shape)}")
+    n = imgs.shape[0]
+    dec = {k: v.reshape(n, 4) for k, v in decode_attributes(imgs.reshape(n * 4, *imgs.shape[2:]), shapes).items()}
+    out = {"category_match": _rate(dec["category"] == categories)}
+    flat = {k: v.reshape(-1) for k, v in dec.items()}
+    out.update(preference_match(flat, np.repeat(np.asarray(uids), 4), categories.reshape(-1), truth))
+    comp = outfit_compatibility(np.zeros((n, 4), np.int64), dec, truth)
+    out.update({k: v for k, v in comp.items() if k != "compat_chance"})
+    return out
