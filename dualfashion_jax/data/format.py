@@ -13,14 +13,17 @@ Layout:
 """
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from dualfashion_jax.data.safe_io import FormatError, read_json, read_npz, write_json, write_npz
+
+__all__ = ["FORMAT_VERSION", "SPLITS", "CAPTION_KEYS", "FormatError", "OutfitTable", "CandidateTable",
+           "DatasetWriter", "SafeDataset", "sentence_text", "read_json", "read_npz", "write_json", "write_npz"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -28,10 +31,6 @@ OUTFIT_SIZE = 4
 NUM_CANDIDATES = 5
 CAPTION_KEYS = ("Color", "Material", "Design features", "Clothing Fashion Style")
 META_REQUIRED = ("name", "format_version", "num_items", "num_categories", "image_size", "source")
-
-
-class FormatError(ValueError):
-    """A dataset file is missing, truncated or does not match the safe format; the message names the file."""
 
 
 def sentence_text(category_name: str) -> str:
@@ -68,58 +67,6 @@ class CandidateTable:
 
     def take(self, rows: np.ndarray) -> "CandidateTable":
         return CandidateTable(self.uids[rows], self.oids[rows], self.candidates[rows])
-
-
-# ----------------------------------------------------------------------------------------------- low-level IO
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (tmp file + rename) so a crash never leaves a truncated file behind."""
-    data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    _atomic_write_bytes(Path(path), lambda f: f.write(data))
-
-
-def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write an uncompressed .npz atomically; object arrays are refused (they would need pickle)."""
-    for k, a in arrays.items():
-        if np.asarray(a).dtype == object:
-            raise FormatError(f"{path}: field {k!r} is an object array; the safe format stores numeric arrays only")
-    _atomic_write_bytes(Path(path), lambda f: np.savez(f, **arrays))
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file, turning a missing/truncated/invalid file into a FormatError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from None
-
-
-def read_npz(path: Path, fields: Sequence[str]) -> dict[str, np.ndarray]:
-    """Read the named fields of an .npz with allow_pickle=False; errors name the file and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in fields if k not in z.files]
-            if missing:
-                raise FormatError(f"{path}: missing field(s) {missing}; found {sorted(z.files)}")
-            return {k: np.asarray(z[k]) for k in fields}
-    except FormatError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise FormatError(f"{path}: cannot read .npz (truncated or corrupt?): {type(e).__name__}: {e}") from None
 
 
 def _as_int(path: Path, field: str, a: Any, ndim: int, width: int | None = None, dtype=np.int64) -> np.ndarray:
