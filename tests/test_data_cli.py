@@ -1,5 +1,4 @@
 """`dualfashion-jax data` CLI end to end on the built-in synthetic dataset: make-demo, validate, info, examples."""
-import numpy as np
 import pytest
 
 from dualfashion_jax.cli import main as top_main
