@@ -163,6 +163,19 @@ def test_mini_source_converts_with_text(mini_src, tmp_path):
     assert rep.rows == {"test": 2} and "train (train.npy/train_grd_dict.npy)" in rep.absent
 
 
+def test_reconversion_clears_stale_files_and_foreign_folders_are_refused(mini_src, tmp_path):
+    src, _ = mini_src
+    out = tmp_path / "out"
+    difashion.convert_real(src, out, dataset="polyvore", trust_pickle=True, log=_quiet)
+    (out / "splits" / "train.npz").write_bytes(b"stale")
+    difashion.convert_real(src, out, dataset="polyvore", trust_pickle=True, log=_quiet)
+    assert not (out / "splits" / "train.npz").exists() and SafeDataset(out).available_splits() == ["test"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not an earlier real-data conversion"):
+        difashion.convert_real(src, tmp_path / "mine", dataset="polyvore", trust_pickle=True, log=_quiet)
+
+
 def test_untrusted_pickle_refused(mini_src, tmp_path, capsys):
     src, _ = mini_src
     with pytest.raises(UntrustedPickleError, match="--trust-pickle"):

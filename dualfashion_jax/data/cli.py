@@ -58,7 +58,7 @@ def _info(a) -> int:
 def _make_demo(a) -> int:
     from dualfashion_jax.data.synthetic import make_dataset
 
-    make_dataset(a.out, seed=a.seed, image_size=a.image_size)
+    make_dataset(a.out, seed=a.seed, image_size=a.image_size, shapes=a.shapes)
     return 0
 
 
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--image-size", type=int, default=32)
+    d.add_argument("--shapes", default="procedural",
+                   help="procedural | fashion_mnist (real Fashion-MNIST silhouettes; apt-get install dataset-fashion-mnist)")
     d.set_defaults(fn=_make_demo)
     return p
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (FormatError, ValueError, FileNotFoundError, KeyError) as e:
+    except (FormatError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -16,6 +16,7 @@ Inputs found in `src` (all optional except the category maps and at least one sp
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -198,6 +199,7 @@ def convert_real(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} not found")
     require_trust(trust_pickle)
+    _prepare_out(out)
     rep = ConversionReport()
     cats, iid_category = load_category_maps(src, rep, log)
     num_items = iid_category.shape[0] - 1
@@ -297,6 +299,32 @@ def convert_real(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str
     validate_dataset(SafeDataset(out), check_images=paths is not None)
     log(rep.summary())
     return rep
+
+
+_OWNED = ("meta.json", "categories.json", "items.npz", "image_paths.json", "images", "splits", "text", "latents")
+
+
+def _prepare_out(out: Path) -> None:
+    """Refuse a non-empty folder that is not an earlier conversion; clear an earlier conversion's files
+    (stale splits or latents from a previous run would otherwise survive silently)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    meta = out / "meta.json"
+    try:
+        source = str(json.loads(meta.read_text()).get("source", "")) if meta.is_file() else ""
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        source = ""
+    if not source.startswith("difashion:"):
+        raise FileExistsError(f"{out} is a non-empty folder that is not an earlier real-data conversion; "
+                              "choose an empty or new --out folder")
+    for name in _OWNED:
+        p = out / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)
 
 
 def _place_images(root: Path, dst: Path, *, copy: bool, paths: list[str]) -> None:
