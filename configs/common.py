@@ -53,3 +53,19 @@ def base(stage: str, total_steps: int, batch_size: int) -> mlc.ConfigDict:
     c.model = mlc.ConfigDict()
     c.data = mlc.ConfigDict()
     return c
+
+
+def stage_blocks(c: mlc.ConfigDict, *, model: str, dtype: str, t5: str, t5_checkpoint: str, vae: str,
+                 vae_checkpoint: str, data: str, tokenizer: str) -> mlc.ConfigDict:
+    """The real-model blocks shared by stage configs: model, frozen T5/VAE, data, loss (LossConfig defaults)."""
+    c.model = mlc.ConfigDict(dict(preset=model, dtype=dtype, attention_backend="xla", remat_policy="none",
+                                  vocab_from_tokenizer=False, latent_from_data=False,
+                                  overrides={}))
+    c.t5 = mlc.ConfigDict(dict(preset=t5, checkpoint=t5_checkpoint, dtype=dtype, seed=0, overrides={}))
+    c.vae = mlc.ConfigDict(dict(preset=vae, checkpoint=vae_checkpoint, dtype=dtype, seed=0, overrides={}))
+    c.data = mlc.ConfigDict(dict(dir=data, tokenizer=tokenizer, max_length=256, use_latents="auto", seed=0,
+                                 split="train", n_aug=0))
+    c.loss = mlc.ConfigDict(dict(caption_weight=0.2, text_dropout=0.1, matching_lambda=0.1, context_dropout=0.5,
+                                 preference_dropout=0.5, preference_dropout_mode="per_sample",
+                                 text_loss_norm="batch_len", stage3_loss="brier"))
+    return c

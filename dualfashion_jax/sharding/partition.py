@@ -109,6 +109,21 @@ def put_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return out
 
 
+def place_flat(abstract_state: nnx.State, shardings: nnx.State, flat: Mapping[str, np.ndarray],
+               source: str) -> nnx.State:
+    """Puts converted flat params ({"a/b/kernel": array}) on their shards; keys/shapes validated first."""
+    from dualfashion_jax.conversion import common
+
+    def key(path):
+        parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
+
+    expected = {key(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    common.validate(dict(flat), expected, source=source)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, leaf, sh: jax.device_put(np.asarray(flat[key(p)], dtype=leaf.dtype), sh), abstract_state, shardings)
+
+
 def sharded_init(init_fn: Callable[[], Any], out_shardings: Any) -> Any:
     """Runs `init_fn` under jit with `out_shardings` so parameters are born on their shards."""
     return jax.jit(init_fn, out_shardings=out_shardings)()

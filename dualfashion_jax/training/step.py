@@ -1,8 +1,9 @@
 """The jitted, sharded train step: averaged gradient accumulation, AdamW update, EMA, metrics.
 
 Functional NNX pattern: the model is `nnx.split` once (graphdef, params, rest) outside; inside the step,
-`nnx.merge` rebuilds it for the loss. Frozen modules (T5, VAE) are passed as separate, non-differentiated
-arguments, so they are never in the optimizer. The train state is a plain dict pytree:
+`nnx.merge` rebuilds it for the loss. Frozen modules (T5, VAE) and constants are passed as a separate,
+non-differentiated argument (`frozen`: module states for names in `frozen_graphdefs`, plain arrays otherwise),
+so they are never in the optimizer. The train state is a plain dict pytree:
   {"params", "rest" (non-Param model state, e.g. dropout RNG counters), "opt", "ema", "step", "rng"}.
 """
 from __future__ import annotations
@@ -55,7 +56,7 @@ def make_step_fn(graphdef: nnx.GraphDef, frozen_graphdefs: Mapping[str, nnx.Grap
 
     def loss_of(params, rest, frozen, mb, key):
         model = nnx.merge(graphdef, params, rest)
-        fz = {n: nnx.merge(g, frozen[n]) for n, g in frozen_graphdefs.items()}
+        fz = {n: nnx.merge(frozen_graphdefs[n], v) if n in frozen_graphdefs else v for n, v in frozen.items()}
         loss, metrics = loss_fn(model, fz, mb, key)
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
         return loss.astype(jnp.float32), (metrics, new_rest)

@@ -15,15 +15,27 @@ from dualfashion_jax.training.step import LossFn
 
 
 @dataclasses.dataclass
+class Frozen:
+    """A frozen module (T5, VAE): built by `factory`, weights from converted `params` (flat "a/b/kernel"
+    numpy dict) or, when None, the factory's own (seeded) random init. Never in the optimizer."""
+    factory: Callable[[], nnx.Module]
+    params: Mapping[str, Any] | None = None
+    source: str = ""
+
+
+@dataclasses.dataclass
 class Task:
-    """model_factory(rngs) -> trained module; frozen[name]() -> frozen module (e.g. T5), never optimized;
+    """model_factory(rngs) -> trained module; frozen[name] -> frozen module spec;
     make_data(process_index, process_count) -> iterator of host-local numpy batch dicts with `ids`
-    and get_state()/set_state(); global_batch = rows per step across all processes."""
+    and get_state()/set_state(); global_batch = rows per step across all processes;
+    make_consts(frozen modules) -> {name: array} computed once (e.g. T5 null-prompt embeddings), passed
+    to the loss next to the frozen modules."""
     model_factory: Callable[[nnx.Rngs], nnx.Module]
-    frozen: Mapping[str, Callable[[], nnx.Module]]
+    frozen: Mapping[str, Frozen]
     loss_fn: LossFn
     make_data: Callable[[int, int], Iterator[dict[str, Any]]]
     global_batch: int
+    make_consts: Callable[[Mapping[str, nnx.Module]], Mapping[str, Any]] | None = None
 
 
 def build_toy(config) -> Task:

@@ -135,10 +135,18 @@ def run(config, workdir: str) -> dict[str, Any]:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_state["params"]))
     log.info("model: %.2fM trainable params", n_params / 1e6)
     frozen_gd, frozen_sh, frozen = {}, {}, {}
-    for name, factory in task.frozen.items():
-        gd, abs_fz = nnx.split(nnx.eval_shape(factory))
+    for name, fz in task.frozen.items():
+        gd, abs_fz = nnx.split(nnx.eval_shape(fz.factory))
         frozen_gd[name], frozen_sh[name] = gd, partition.state_shardings(abs_fz, mesh, rules)
-        frozen[name] = partition.sharded_init(lambda f=factory: nnx.split(f())[1], frozen_sh[name])
+        if fz.params is None:
+            frozen[name] = partition.sharded_init(lambda f=fz.factory: nnx.split(f())[1], frozen_sh[name])
+        else:
+            frozen[name] = partition.place_flat(abs_fz, frozen_sh[name], fz.params, fz.source or name)
+    if task.make_consts is not None:
+        replicated = NamedSharding(mesh, P())
+        consts = task.make_consts({n: nnx.merge(frozen_gd[n], frozen[n]) for n in frozen_gd})
+        for k, v in consts.items():
+            frozen[k], frozen_sh[k] = jax.device_put(v, replicated), replicated
 
     # ------------------------------------------------------------------------------------------------
     # Resume: own workdir > config.init_from (params only) > scratch.
