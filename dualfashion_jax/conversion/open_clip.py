@@ -147,6 +147,7 @@ def load_clip(path: str | os.PathLike, dtype=None, config=None):
         config = config.with_dtype(dtype)
     import dualfashion_jax.models  # noqa: F401
 
-    model = CLIP(config, rngs=nnx.Rngs(0))
+    # Fill an abstract model: eager random init of ViT-H-14 would cost minutes of CPU for nothing.
+    model = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
     load_flat_into(model, flat)
     return model, config, source

@@ -1,0 +1,126 @@
+"""DualFashion's text metrics on generated attribute captions (spec §6 items 5-7, difashion_eval.md §5).
+
+Captions are parsed leniently with `text.tokenizer.parse_caption` (the 4 keys Color, Material, Design features,
+Clothing Fashion Style). `encode_text` is any `texts -> [N, E]` function (normally `ClipEncoder.texts`).
+  * parse rate: fraction of captions from which all 4 keys were read.
+  * text personalisation (per key): cos(E("Key: gen_value"), E("Key: pref_value")), pairs where both exist.
+  * text diversity D_s: mean over rows (one blank) with >= 2 captions of the mean pairwise 1 - cos of full-caption
+    embeddings (CLIP truncates at 77 tokens); D_a: per-key entropy (nats) of value frequencies (lower-cased values),
+    reported per key, as a mean over keys, and count-weighted by the number of values per key.
+  * image-text alignment (per key): cos(E_img(g), E("Key: value")) with the value read from g's OWN generated
+    caption (the original read a never-produced `extracted_caption.json`), no x100, as in DualFashion.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from dualfashion_jax.evaluators.clip_metrics import cosine
+from dualfashion_jax.text.tokenizer import CAPTION_KEYS, parse_caption
+
+EncodeText = Callable[[Sequence[str]], np.ndarray]
+
+
+def _slug(key: str) -> str:
+    return key.lower().replace(" ", "_")
+
+
+def key_text(key: str, value: str) -> str:
+    """The per-attribute text DualFashion embeds: 'Key: value'."""
+    return f"{key}: {value}"
+
+
+def parse_rate(captions: Sequence[str | None]) -> dict[str, float]:
+    """Fraction of captions with all 4 attribute keys parsed (None = not generated, counts as a failure)."""
+    ok = [c is not None and len(parse_caption(c)) == len(CAPTION_KEYS) for c in captions]
+    return {"caption_parse_rate": float(np.mean(ok)) if ok else float("nan"), "n": len(ok)}
+
+
+def _per_key_cos(pairs: Mapping[str, list[tuple[str, str]]], encode_text: EncodeText, prefix: str) -> dict[str, float]:
+    out, means = {}, []
+    for key in CAPTION_KEYS:
+        p = pairs.get(key, [])
+        if p:
+            a = encode_text([x for x, _ in p])
+            b = encode_text([y for _, y in p])
+            v = float(cosine(a, b).mean())
+            means.append(v)
+            out[f"{prefix}_{_slug(key)}"] = v
+        out[f"{prefix}_{_slug(key)}_n"] = len(p)
+    out[prefix] = float(np.mean(means)) if means else float("nan")
+    return out
+
+
+def text_personalization(captions: Sequence[str | None], preferences: Sequence[str | None],
+                         encode_text: EncodeText) -> dict[str, float]:
+    """Per-key cos of CLIP text embeddings of 'Key: gen_value' vs 'Key: pref_value' (and their mean)."""
+    if len(captions) != len(preferences):
+        raise ValueError(f"text_personalization: {len(captions)} captions vs {len(preferences)} preferences")
+    pairs: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+    for cap, pref in zip(captions, preferences):
+        if cap is None or pref is None:
+            continue
+        g, p = parse_caption(cap), parse_caption(pref)
+        for key in CAPTION_KEYS:
+            if key in g and key in p:
+                pairs[key].append((key_text(key, g[key]), key_text(key, p[key])))
+    return _per_key_cos(pairs, encode_text, "text_personalization")
+
+
+def text_image_alignment(captions: Sequence[str | None], image_emb: np.ndarray,
+                         encode_text: EncodeText) -> dict[str, float]:
+    """Per-key cos(E_img(g), E_txt('Key: value')) with values from g's own generated caption."""
+    image_emb = np.asarray(image_emb, np.float32)
+    if len(captions) != len(image_emb):
+        raise ValueError(f"text_image_alignment: {len(captions)} captions vs {len(image_emb)} image embeddings")
+    out, means = {}, []
+    parsed = [parse_caption(c) if c is not None else {} for c in captions]
+    for key in CAPTION_KEYS:
+        rows = [i for i, p in enumerate(parsed) if key in p]
+        if rows:
+            t = encode_text([key_text(key, parsed[i][key]) for i in rows])
+            v = float(cosine(image_emb[rows], t).mean())
+            means.append(v)
+            out[f"text_align_{_slug(key)}"] = v
+        out[f"text_align_{_slug(key)}_n"] = len(rows)
+    out["text_align"] = float(np.mean(means)) if means else float("nan")
+    return out
+
+
+def semantic_diversity(captions_by_row: Sequence[Sequence[str]], encode_text: EncodeText) -> dict[str, float]:
+    """D_s: mean over rows with >= 2 captions of mean pairwise (1 - cos) of full-caption text embeddings."""
+    per_row = []
+    for caps in captions_by_row:
+        caps = [c for c in caps if c is not None]
+        if len(caps) < 2:
+            continue
+        emb = encode_text(caps)
+        i, j = zip(*itertools.combinations(range(len(caps)), 2))
+        per_row.append(max(0.0, float(np.mean(1.0 - cosine(emb[list(i)], emb[list(j)])))))  # >= 0 up to rounding
+    return {"text_diversity_semantic": float(np.mean(per_row)) if per_row else float("nan"),
+            "text_diversity_rows": len(per_row)}
+
+
+def attribute_entropy(captions: Sequence[str | None]) -> dict[str, float]:
+    """D_a: per-key entropy (nats) of the value distribution; mean over keys and count-weighted mean."""
+    counts = {k: collections.Counter() for k in CAPTION_KEYS}
+    for c in captions:
+        if c is None:
+            continue
+        for k, v in parse_caption(c).items():
+            counts[k][v.strip().lower()] += 1
+    out, ents, weights = {}, [], []
+    for k, cnt in counts.items():
+        n = sum(cnt.values())
+        if n:
+            h = -sum((m / n) * math.log(m / n) for m in cnt.values())
+            out[f"attr_entropy_{_slug(k)}"] = h
+            ents.append(h)
+            weights.append(n)
+    out["attr_entropy_mean"] = float(np.mean(ents)) if ents else float("nan")
+    out["attr_entropy_weighted"] = float(np.average(ents, weights=weights)) if ents else float("nan")
+    return out

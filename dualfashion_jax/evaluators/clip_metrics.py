@@ -1,0 +1,177 @@
+"""CLIP-based recommendation metrics (difashion_eval.md §2.3-§2.9): CLIP score, CLIP image score, personalisation,
+FITB retrieval accuracy, GOR grounding recall; plus `ClipEncoder`, the batched + jitted embedding front end.
+
+All metric functions take UNnormalised embeddings (as DiFashion stores them) and normalise where the original does.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dualfashion_jax.evaluators import batched
+from dualfashion_jax.evaluators.nets import clip_vit
+
+PAIR_WORDS = ("shoes", "pants", "sneakers", "boots", "earrings", "slippers", "sandals")
+RECALL_KS = (10, 20, 50, 100)
+COLLAGE_SIZE = 1024
+
+
+def eval_prompt(category_name: str) -> str:
+    """DiFashion's CLIP-score prompt: 'pair of' when the name contains any of PAIR_WORDS as a substring."""
+    if any(w in category_name for w in PAIR_WORDS):
+        return f"A photo of a pair of {category_name}, on white background"
+    return f"A photo of a {category_name}, on white background"
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@jax.jit
+def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.sum(_unit(a) * _unit(b), axis=-1)  # [..., E] x [..., E] -> [...]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two embedding arrays of equal shape [..., E]."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.shape != b.shape:
+        raise ValueError(f"cosine: embedding shapes differ {a.shape} vs {b.shape}")
+    return np.asarray(_cos(a, b)) if a.size else np.zeros(a.shape[:-1], np.float32)
+
+
+class ClipEncoder:
+    """Jitted, fixed-batch CLIP embedding of images (uint8 NHWC, any size) and texts (cached per string)."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, show_progress: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.show_progress = batch_size, show_progress
+        size = model.config.vision.image_size
+        graphdef, state = nnx.split(model)
+        self._img = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode_image(clip_vit.preprocess(x, size)))
+        self._txt = jax.jit(lambda s, ids: nnx.merge(graphdef, s).encode_text(ids))
+        self._state = state
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    def images(self, images: np.ndarray, desc: str = "CLIP images") -> np.ndarray:
+        """uint8 [N, H, W, 3] -> UNnormalised image embeddings [N, E]."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"ClipEncoder.images: expected [N, H, W, 3] RGB images, got {images.shape}")
+        return batched.map_batches(lambda x: self._img(self._state, x), images, batch_size=self.batch_size,
+                                   desc=desc, show_progress=self.show_progress)
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """texts -> UNnormalised text embeddings [N, E] (each distinct string encoded once)."""
+        todo = sorted({t for t in texts if t not in self._text_cache})
+        if todo:
+            ids = self.tokenizer(todo)
+            emb = batched.map_batches(lambda x: self._txt(self._state, x), ids, batch_size=self.batch_size,
+                                      desc="CLIP texts", show_progress=self.show_progress)
+            self._text_cache.update(zip(todo, emb))
+        dim = self.model.config.text.output_dim
+        return np.stack([self._text_cache[t] for t in texts]) if len(texts) else np.zeros((0, dim), np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def clip_score(image_emb: np.ndarray, text_emb: np.ndarray) -> dict[str, float]:
+    """CS = mean 100 * cos(E_img(g), E_txt(prompt(c_g)))."""
+    s = 100.0 * cosine(image_emb, text_emb)
+    return {"clip_score": float(s.mean()), "n": int(s.size)}
+
+
+def clip_image_score(gen_emb: np.ndarray, gt_emb: np.ndarray) -> dict[str, float]:
+    """CIS = mean 100 * cos(E_img(g), E_img(r)) (GOR: embeddings of 2x2 collages)."""
+    s = 100.0 * cosine(gen_emb, gt_emb)
+    return {"clip_image_score": float(s.mean()), "n": int(s.size)}
+
+
+def history_means(catalogue_emb: np.ndarray, history: Mapping[int, Mapping[int, Sequence[int]]],
+                  uids: np.ndarray, cids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """h(u, c) = mean of the UNnormalised catalogue embeddings of u's history items of category c.
+
+    Returns (means [N, E], has_history [N] bool); rows without history get zeros.
+    """
+    catalogue_emb = np.asarray(catalogue_emb, np.float32)
+    means = np.zeros((len(uids), catalogue_emb.shape[1]), np.float32)
+    has = np.zeros(len(uids), bool)
+    for i, (u, c) in enumerate(zip(np.asarray(uids).tolist(), np.asarray(cids).tolist())):
+        items = list(history.get(int(u), {}).get(int(c), []))
+        if items:
+            if max(items) >= len(catalogue_emb) or min(items) < 0:
+                raise ValueError(f"history of user {u}, category {c} holds item ids outside the catalogue "
+                                 f"[0, {len(catalogue_emb)})")
+            means[i], has[i] = catalogue_emb[items].mean(0), True
+    return means, has
+
+
+def personalization_sim(gen_emb: np.ndarray, hist_mean: np.ndarray, has_history: np.ndarray) -> dict[str, float]:
+    """Personal Sim = mean over rows with history of 100 * cos(E_img(g), h(u, c)); skipped rows counted."""
+    has_history = np.asarray(has_history, bool)
+    s = 100.0 * cosine(np.asarray(gen_emb)[has_history], np.asarray(hist_mean)[has_history])
+    return {"personal_sim": float(s.mean()) if s.size else float("nan"), "n": int(s.size),
+            "skipped_no_history": int((~has_history).sum())}
+
+
+@jax.jit
+def _retrieval_pred(gen: jax.Array, cands: jax.Array) -> jax.Array:
+    return jnp.argmax(jnp.einsum("be,bke->bk", _unit(gen), _unit(cands)), axis=-1)   # [B]
+
+
+def fitb_retrieval(gen_emb: np.ndarray, cand_emb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """5-way FITB retrieval: pred = argmax_j cos(g, cand_j); candidates index 0 = GT. Returns (metrics, preds)."""
+    gen_emb, cand_emb = np.asarray(gen_emb, np.float32), np.asarray(cand_emb, np.float32)
+    if cand_emb.ndim != 3 or cand_emb.shape[0] != gen_emb.shape[0] or cand_emb.shape[2] != gen_emb.shape[1]:
+        raise ValueError(f"fitb_retrieval: candidates {cand_emb.shape} must be [N, K, E] for gen {gen_emb.shape}")
+    pred = np.asarray(_retrieval_pred(gen_emb, cand_emb))
+    return {"retrieval_acc": float(np.mean(pred == 0)), "n": int(len(pred)),
+            "chance": 1.0 / cand_emb.shape[1]}, pred
+
+
+@jax.jit
+def _target_rank(q: jax.Array, cat: jax.Array, target: jax.Array, items: jax.Array, item_cat: jax.Array) -> jax.Array:
+    sims = _unit(q) @ _unit(items).T                                         # [B, I]
+    t = jnp.take_along_axis(sims, target[:, None], axis=1)                   # [B, 1]
+    same = item_cat[None, :] == cat[:, None]                                 # [B, I]
+    return jnp.sum(same & (sims > t), axis=1)                                # [B] 0 = top-1
+
+
+def grounding_recall(gen_emb: np.ndarray, categories: np.ndarray, gt_iids: np.ndarray, catalogue_emb: np.ndarray,
+                     item_category: np.ndarray, ks: Sequence[int] = RECALL_KS, batch_size: int = 64) -> dict[str, float]:
+    """GOR grounding: rank all catalogue items of the same category by cos to g; Recall@K of the GT item."""
+    gt_iids, categories = np.asarray(gt_iids, np.int32), np.asarray(categories, np.int32)
+    item_category = np.asarray(item_category, np.int32)
+    if item_category.shape[0] != len(catalogue_emb):
+        raise ValueError(f"grounding_recall: item_category {item_category.shape} must index the catalogue "
+                         f"({len(catalogue_emb)} rows)")
+    if (item_category[gt_iids] != categories).any():
+        raise ValueError("grounding_recall: some GT items' catalogue category differs from the record's category")
+    items, icat = jnp.asarray(catalogue_emb, jnp.float32), jnp.asarray(item_category)
+    stacked = np.concatenate([np.asarray(gen_emb, np.float32), categories[:, None].astype(np.float32),
+                              gt_iids[:, None].astype(np.float32)], axis=1)
+    ranks = batched.map_batches(
+        lambda b: _target_rank(b[:, :-2], b[:, -2].astype(jnp.int32), b[:, -1].astype(jnp.int32), items, icat),
+        stacked, batch_size=batch_size, desc="grounding recall", show_progress=False)
+    out = {f"recall@{k}": float(np.mean(ranks < k)) for k in ks}
+    out["n"] = int(len(ranks))
+    return out
+
+
+def collage_2x2(images: np.ndarray, size: int = COLLAGE_SIZE) -> np.ndarray:
+    """4 images [4, H, W, 3] uint8 -> one size x size white-canvas collage, slots row-major (DiFashion GOR CIS)."""
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.shape[0] != 4 or images.ndim != 4:
+        raise ValueError(f"collage_2x2: expected 4 images [4, H, W, 3], got {images.shape}")
+    half = size // 2
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    for k, img in enumerate(images):
+        tile = Image.fromarray(np.asarray(img, np.uint8)).resize((half, half), Image.BILINEAR)
+        canvas.paste(tile, ((k % 2) * half, (k // 2) * half))
+    return np.asarray(canvas)

@@ -1,0 +1,215 @@
+"""Everything one `evaluate` run shares between metrics: records, dataset, images, networks, embeddings (lazy).
+
+Generated entries are flattened in a fixed order (records order, then sample, then slot), so that every per-image
+array (`uids`, `categories`, `gt_iids`, captions, images, embeddings) lines up. Networks are built on first use:
+from a checkpoint when one is given (labelled real-weight), else a seeded random-init stand-in (random-weight: not
+paper-comparable). Every network used is recorded in `ctx.networks` for the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from dualfashion_jax.evaluators import records as R
+
+REAL, RANDOM, TRAINED = "real-weight", "random-weight", "trained-here"
+
+
+@dataclasses.dataclass
+class NetworkInfo:
+    name: str
+    weights: str        # REAL | RANDOM | TRAINED
+    source: str
+    config: dict
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    checkpoints: dict[str, str | None] = dataclasses.field(default_factory=dict)  # clip/inception/fid/lpips/compat
+    split: str | None = None
+    batch_size: int = 16
+    seed: int = 0
+    clip_preset: str = "tiny"          # architecture of the random CLIP stand-in
+    gt_size: int | None = None         # resize GT images (Polyvore 291 -> 512); default: the generated size
+    catalogue_features: str | None = None  # precomputed [num_items+1, E] CLIP features (.npy, no pickle)
+    compat_train_steps: int = 0        # >0: train a compat evaluator on the train split when no --compat is given
+    original_gor_indexing: bool = False
+    llm_judge: bool = False
+    show_progress: bool = True
+
+
+class EvalContext:
+    def __init__(self, results_dir: str | os.PathLike, data_dir: str | os.PathLike, options: EvalOptions):
+        from dualfashion_jax.data.format import SafeDataset
+
+        self.results_dir, self.data_dir, self.opt = pathlib.Path(results_dir), pathlib.Path(data_dir), options
+        self.records, self.settings = R.read_records(self.results_dir)
+        self.task = self.records[0].task
+        self.dataset = SafeDataset(self.data_dir)
+        self.split = options.split or str(self.settings.get("split", "test"))
+        self.networks: dict[str, NetworkInfo] = {}
+        self._cache: dict[str, Any] = {}
+        self.entries = [(ri, g) for ri, r in enumerate(self.records) for g in sorted(r.gen, key=lambda g: (g.sample, g.slot))]
+        rec = [self.records[ri] for ri, _ in self.entries]
+        self.uids = np.asarray([r.uid for r in rec], np.int64)
+        self.slots = np.asarray([g.slot for _, g in self.entries], np.int64)
+        self.categories = np.asarray([r.categories[g.slot] for r, (_, g) in zip(rec, self.entries)], np.int64)
+        self.gt_iids = np.asarray([r.outfit[g.slot] for r, (_, g) in zip(rec, self.entries)], np.int64)
+        self.captions = [g.caption for _, g in self.entries]
+        self.preferences = [r.preference.get(g.slot) for r, (_, g) in zip(rec, self.entries)]
+        n_items = self.dataset.num_items
+        if self.gt_iids.max() > n_items:
+            raise R.RecordError(f"{self.results_dir / R.RECORDS_FILE}: item id {self.gt_iids.max()} exceeds the "
+                                f"dataset's {n_items} items ({self.data_dir}); wrong --data?")
+
+    # ---------------------------------------------------------------------------------------------- helpers
+    def cached(self, key: str, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def category_names(self) -> dict[int, str]:
+        return self.dataset.categories
+
+    def groups(self) -> dict[tuple[int, int], list[int]]:
+        """(record index, sample) -> entry indices in slot order (one outfit/row per generated sample)."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, (ri, g) in enumerate(self.entries):
+            out.setdefault((ri, g.sample), []).append(i)
+        return out
+
+    # ---------------------------------------------------------------------------------------------- images
+    def gen_images(self) -> np.ndarray:
+        """uint8 [N, H, W, 3] generated images in entry order."""
+        return self.cached("gen_images", lambda: R.load_images(self.results_dir, [g.image for _, g in self.entries]))
+
+    def item_image(self, iid: int, size: int | None) -> np.ndarray:
+        path = self.dataset.image_file(int(iid))
+        if path is None:
+            raise FileNotFoundError(f"{self.data_dir}: item {iid} has no image (image_paths.json)")
+        return R.load_image(path.parent, path.name, size)
+
+    def gt_images(self) -> np.ndarray:
+        """uint8 [N, H, W, 3] GT image per generated entry (results-dir copy if recorded, else the dataset's),
+        resized to `--gt-size` or to the generated images' size."""
+        def load():
+            size = self.opt.gt_size or self.gen_images().shape[1]
+            out = []
+            for ri, g in self.entries:
+                grd = {e.slot: e for e in self.records[ri].grd}.get(g.slot)
+                if grd is not None and grd.image:
+                    out.append(R.load_image(self.results_dir, grd.image, size))
+                else:
+                    out.append(self.item_image(self.records[ri].outfit[g.slot], size))
+            return np.stack(out)
+        return self.cached("gt_images", load)
+
+    # ---------------------------------------------------------------------------------------------- networks
+    def clip(self):
+        """ClipEncoder (real weights from --clip, else a seeded random stand-in of preset `--clip-config`)."""
+        def build():
+            from flax import nnx
+
+            import dualfashion_jax.models  # noqa: F401
+            from dualfashion_jax.evaluators.clip_metrics import ClipEncoder
+            from dualfashion_jax.evaluators.nets import clip_text, clip_tokenizer
+
+            path = self.opt.checkpoints.get("clip")
+            bpe = None
+            if path:
+                from dualfashion_jax.conversion.open_clip import load_clip
+
+                model, config, source = load_clip(path)
+                p = pathlib.Path(path)
+                if p.is_dir() and (p / clip_tokenizer.BPE_FILENAME).is_file():
+                    bpe = p
+                info = NetworkInfo("clip", REAL, source, config.to_json())
+            else:
+                config = clip_text.get_config(self.opt.clip_preset)
+                model = clip_text.CLIP(config, rngs=nnx.Rngs(self.opt.seed))
+                info = NetworkInfo("clip", RANDOM, f"random init, preset {self.opt.clip_preset!r}, seed "
+                                   f"{self.opt.seed}", config.to_json())
+            tok = clip_tokenizer.CLIPTokenizer(bpe, context_length=config.text.context_length)
+            if tok.vocab_size > config.text.vocab_size:
+                raise ValueError(f"CLIP tokenizer ({tok.bpe_path}) has {tok.vocab_size} tokens but the text tower "
+                                 f"only {config.text.vocab_size}")
+            info.config["tokenizer"] = str(tok.bpe_path)
+            self.networks["clip"] = info
+            return ClipEncoder(model, tok, batch_size=self.opt.batch_size, show_progress=self.opt.show_progress)
+        return self.cached("clip", build)
+
+    def compat(self):
+        """FashionEvaluator from --compat, else trained here (--compat-train-steps) or a random stand-in."""
+        def build():
+            from flax import nnx
+
+            import dualfashion_jax.models  # noqa: F401
+            from dualfashion_jax.evaluators import compatibility
+            from dualfashion_jax.evaluators.nets.compat_net import CompatConfig, FashionEvaluator
+
+            path = self.opt.checkpoints.get("compat")
+            dim = self.catalogue_clip().shape[1]
+            if path:
+                from dualfashion_jax.conversion.compat_net import load_compat
+
+                model, config, source = load_compat(path)
+                if config.feat_dim != dim:
+                    raise ValueError(f"--compat {path}: evaluator expects {config.feat_dim}-d item features but "
+                                     f"the CLIP network gives {dim}-d")
+                self.networks["compat"] = NetworkInfo("compat", REAL, source, config.to_json())
+                return model
+            config = CompatConfig(feat_dim=dim)
+            if self.opt.compat_train_steps > 0:
+                train = self.dataset.split("train")
+                model, info = compatibility.train_compat_evaluator(
+                    self.catalogue_clip(), train.outfits, config=config, item_category=self.dataset.iid_category,
+                    steps=self.opt.compat_train_steps, seed=self.opt.seed)
+                info.pop("loss")
+                self.networks["compat"] = NetworkInfo("compat", TRAINED, f"trained on {self.data_dir} train split "
+                                                      f"with this run's CLIP features", {**config.to_json(), **info})
+                return model
+            model = FashionEvaluator(config, rngs=nnx.Rngs(self.opt.seed))
+            model.eval()
+            self.networks["compat"] = NetworkInfo("compat", RANDOM, f"random init, seed {self.opt.seed}",
+                                                  config.to_json())
+            return model
+        return self.cached("compat", build)
+
+    # ---------------------------------------------------------------------------------------------- embeddings
+    def gen_clip(self) -> np.ndarray:
+        return self.cached("gen_clip", lambda: self.clip().images(self.gen_images(), "CLIP generated"))
+
+    def gt_clip(self) -> np.ndarray:
+        return self.cached("gt_clip", lambda: self.clip().images(self.gt_images(), "CLIP ground truth"))
+
+    def catalogue_clip(self) -> np.ndarray:
+        """[num_items + 1, E] UNnormalised CLIP features of every catalogue item (row 0 = blank = zeros)."""
+        def load():
+            if self.opt.catalogue_features:
+                feats = np.load(self.opt.catalogue_features, allow_pickle=False)
+                if feats.ndim != 2 or feats.shape[0] != self.dataset.num_items + 1:
+                    raise ValueError(f"{self.opt.catalogue_features}: expected [{self.dataset.num_items + 1}, E] "
+                                     f"features (row = item id), got {feats.shape}")
+                return feats.astype(np.float32)
+            enc = self.clip()
+            size = self.gen_images().shape[1]
+            iids = range(1, self.dataset.num_items + 1)
+            imgs = np.stack([self.item_image(i, size) for i in iids])
+            emb = enc.images(imgs, "CLIP catalogue")
+            return np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb])
+        return self.cached("catalogue_clip", load)
+
+    def settings_record(self) -> dict:
+        """Everything needed to reproduce the numbers (goes into the report)."""
+        return {"results_dir": str(self.results_dir), "data_dir": str(self.data_dir), "task": self.task,
+                "split": self.split, "num_records": len(self.records), "num_generated": len(self.entries),
+                "batch_size": self.opt.batch_size, "seed": self.opt.seed,
+                "gt_resize": self.opt.gt_size or "to generated size (bilinear)",
+                "clip_view": "resize shorter side to 224 (bicubic, antialias), centre crop, CLIP mean/std",
+                "catalogue_features": self.opt.catalogue_features or "computed with this run's CLIP",
+                "original_gor_indexing": self.opt.original_gor_indexing,
+                "generation_settings": self.settings}

@@ -1,0 +1,87 @@
+"""Metric registry: name -> where its runner lives (import path, loaded lazily), the networks it needs, the tasks
+it applies to, its table group and a one-line description. The CLI and report are driven by this table only."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+GROUPS = ("Fidelity", "Personalization", "Compatibility", "Retrieval", "Text", "Oracle")
+_RUNNERS = "dualfashion_jax.evaluators.runners"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    module: str
+    function: str
+    networks: tuple[str, ...]
+    tasks: tuple[str, ...]
+    group: str
+    description: str
+
+    def load(self) -> Callable:
+        """Imports the runner (`fn(ctx) -> dict`) only when the metric is requested."""
+        return getattr(importlib.import_module(self.module), self.function)
+
+
+def _spec(name, networks, tasks, group, description, function=None, module=_RUNNERS):
+    return MetricSpec(name, module, function or f"run_{name}", tuple(networks), tuple(tasks), group, description)
+
+
+METRICS: dict[str, MetricSpec] = {s.name: s for s in (
+    _spec("fid", ["fid"], ["pfitb", "gor"], "Fidelity", "FID (TF-FID Inception pool3) generated vs GT images of the same slots"),
+    _spec("inception_score", ["inception"], ["pfitb", "gor"], "Fidelity",
+          "IS family: top-1/top-3 category accuracy, uniform-prior IS (DiFashion), standard IS, entropy"),
+    _spec("clip_score", ["clip"], ["pfitb", "gor"], "Fidelity",
+          "100*cos(CLIP image, 'A photo of a [pair of] {name}, on white background'); also on GT images"),
+    _spec("clip_image_score", ["clip"], ["pfitb", "gor"], "Fidelity",
+          "100*cos(CLIP gen, CLIP GT); GOR on 2x2 collages (1024 px, white canvas)"),
+    _spec("lpips", ["lpips"], ["pfitb", "gor"], "Fidelity", "LPIPS-VGG generated vs GT (GOR on 2x2 collages)"),
+    _spec("lpips_diversity", ["lpips"], ["pfitb", "gor"], "Fidelity",
+          "DualFashion: mean pairwise LPIPS among the K samples of each blank (needs K >= 2)"),
+    _spec("personal_sim", ["clip"], ["pfitb", "gor"], "Personalization",
+          "100*cos(CLIP gen, mean UNnormalised CLIP of the user's history items of that category)"),
+    _spec("compatibility", ["clip", "compat"], ["pfitb", "gor"], "Compatibility",
+          "mean sigmoid of the outfit compatibility net (PFITB: 3 GT + generated; GOR: 4 generated); + GT outfits"),
+    _spec("retrieval_acc", ["clip"], ["pfitb"], "Retrieval", "5-way FITB retrieval accuracy by CLIP cosine (chance 0.2)"),
+    _spec("grounding_recall", ["clip"], ["gor"], "Retrieval",
+          "Recall@{10,20,50,100} of the GT item among all same-category catalogue items by CLIP cosine"),
+    _spec("caption_parse_rate", [], ["pfitb", "gor"], "Text", "fraction of generated captions with all 4 attributes parsed"),
+    _spec("text_align", ["clip"], ["pfitb", "gor"], "Text",
+          "cos(CLIP image, CLIP text 'Key: value') per attribute, values from the image's own caption"),
+    _spec("text_personalization", ["clip"], ["pfitb", "gor"], "Text",
+          "cos(CLIP 'Key: generated value', CLIP 'Key: preference value') per attribute"),
+    _spec("text_diversity", ["clip"], ["pfitb", "gor"], "Text",
+          "D_s: pairwise 1-cos of caption embeddings per blank (K >= 2); D_a: attribute value entropy (nats)"),
+    _spec("llm_judge", [], ["pfitb", "gor"], "Text",
+          "Gemini 1-10 rubric per attribute vs the incomplete outfit (only with --llm-judge and GEMINI_API_KEY)"),
+    _spec("oracle", [], ["pfitb", "gor"], "Oracle",
+          "synthetic data only: attribute accuracy, preference match/lift, caption agreement, rule compatibility"),
+)}
+
+DEFAULT_METRICS = {
+    "pfitb": ("clip_score", "clip_image_score", "personal_sim", "compatibility", "retrieval_acc",
+              "caption_parse_rate", "text_align", "text_personalization", "text_diversity"),
+    "gor": ("clip_score", "clip_image_score", "personal_sim", "compatibility", "grounding_recall",
+            "caption_parse_rate", "text_align", "text_personalization", "text_diversity"),
+}
+
+
+def resolve(names: str | None, task: str) -> list[MetricSpec]:
+    """'a,b,c' (or None/'default', or 'all') -> specs, with a clear error for unknown or wrong-task names."""
+    if task not in DEFAULT_METRICS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(DEFAULT_METRICS)}")
+    if names in (None, "", "default"):
+        wanted = list(DEFAULT_METRICS[task])
+    elif names == "all":
+        wanted = [n for n, s in METRICS.items() if task in s.tasks and n != "llm_judge"]
+    else:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; available: {', '.join(METRICS)}")
+    wrong = [n for n in wanted if task not in METRICS[n].tasks]
+    if wrong:
+        raise ValueError(f"metric(s) {wrong} do not apply to task {task!r}")
+    return [METRICS[n] for n in dict.fromkeys(wanted)]

@@ -1,0 +1,108 @@
+"""Evaluation report: one JSON document plus a markdown table laid out like the papers' tables
+(Fidelity | Personalization | Compatibility | Retrieval | Text [| Oracle]), with every network labelled
+**real-weight** / **random-weight** / **trained-here** and every setting needed to reproduce the numbers."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any, Mapping
+
+from dualfashion_jax.evaluators.registry import GROUPS, METRICS
+
+# metric -> headline (key, column label) pairs for the paper-style table; everything else goes to "Details".
+HEADLINE = {
+    "fid": [("fid", "FID↓")], "inception_score": [("is_acc_top1", "IS-acc"), ("is_uniform", "IS")],
+    "clip_score": [("clip_score", "CS"), ("grd_clip_score", "Grd CS")], "clip_image_score": [("clip_image_score", "CIS")],
+    "lpips": [("lpips_to_gt", "LPIPS↓")], "lpips_diversity": [("lpips_diversity", "LPIPS div.")],
+    "personal_sim": [("personal_sim", "Personal Sim")],
+    "compatibility": [("compatibility", "Compat."), ("grd_compatibility", "Grd Compat.")],
+    "retrieval_acc": [("retrieval_acc", "Acc")],
+    "grounding_recall": [("recall@10", "R@10"), ("recall@20", "R@20"), ("recall@50", "R@50"), ("recall@100", "R@100")],
+    "caption_parse_rate": [("caption_parse_rate", "Parse")], "text_align": [("text_align", "Text Align")],
+    "text_personalization": [("text_personalization", "Text Pers.")],
+    "text_diversity": [("text_diversity_semantic", "D_s"), ("attr_entropy_mean", "D_a")],
+    "llm_judge": [("llm_judge", "LLM judge")],
+    "oracle": [("oracle_category_acc", "Cat. acc"), ("oracle_colour_acc", "Colour acc"),
+               ("oracle_pref_colour_lift", "Pref lift"), ("oracle_compat_rate", "Rule compat")],
+}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else (f"{v:.2f}" if abs(v) >= 10 else f"{v:.4f}")
+    return str(v)
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(v, Mapping):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def build_report(*, task: str, model_name: str, results: Mapping[str, dict], errors: Mapping[str, str],
+                 networks: Mapping[str, Any], settings: Mapping[str, Any], timings: Mapping[str, float]) -> dict:
+    nets = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else dict(v) for k, v in networks.items()}
+    comparable = bool(nets) and all(n["weights"] == "real-weight" for n in nets.values())
+    return _clean({"task": task, "model": model_name, "metrics": dict(results), "errors": dict(errors),
+                   "networks": nets, "paper_comparable_networks": comparable, "settings": dict(settings),
+                   "seconds": dict(timings)})
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    task, metrics = report["task"].upper(), report["metrics"]
+    cols: list[tuple[str, str, str]] = []  # (group, label, value)
+    for group in GROUPS:
+        for name, spec in METRICS.items():
+            if spec.group == group and name in metrics:
+                for key, label in HEADLINE.get(name, []):
+                    if key in metrics[name]:
+                        cols.append((group, label, _fmt(metrics[name][key] if metrics[name][key] is not None
+                                                        else float("nan"))))
+    lines = [f"# DualFashion evaluation: {task}", ""]
+    s = report["settings"]
+    lines.append(f"Results `{s.get('results_dir')}`, data `{s.get('data_dir')}`, split `{s.get('split')}`, "
+                 f"{s.get('num_records')} rows, {s.get('num_generated')} generated images.")
+    lines.append("")
+    if cols:
+        groups_row, prev = [], None
+        for g, _, _ in cols:
+            groups_row.append(g if g != prev else "")
+            prev = g
+        lines.append("| | " + " | ".join(groups_row) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        lines.append("| **Model** | " + " | ".join(f"**{lab}**" for _, lab, _ in cols) + " |")
+        lines.append(f"| {report['model']} | " + " | ".join(v for _, _, v in cols) + " |")
+        lines.append("")
+    if not report["paper_comparable_networks"]:
+        lines += ["**Not paper-comparable:** at least one network below is a random-weight stand-in or was trained "
+                  "here; numbers only compare runs evaluated with the same networks and settings.", ""]
+    lines += ["## Networks", "", "| network | weights | source |", "|---|---|---|"]
+    for name, n in report["networks"].items():
+        lines.append(f"| {name} | **{n['weights']}** | {n['source']} |")
+    lines += ["", "## Details", "", "| metric | key | value |", "|---|---|---|"]
+    for name, vals in metrics.items():
+        for k, v in vals.items():
+            lines.append(f"| {name} | {k} | {_fmt(v if v is not None else float('nan'))} |")
+    if report["errors"]:
+        lines += ["", "## Failed metrics", ""] + [f"- `{k}`: {v}" for k, v in report["errors"].items()]
+    lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: Mapping[str, Any], out_json: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Writes report.json and the markdown next to it (same stem, .md)."""
+    out_json = pathlib.Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(report, indent=1, default=str))
+    md = out_json.with_suffix(".md")
+    md.write_text(to_markdown(report))
+    return out_json, md

