@@ -176,6 +176,27 @@ def test_reconversion_clears_stale_files_and_foreign_folders_are_refused(mini_sr
         difashion.convert_real(src, tmp_path / "mine", dataset="polyvore", trust_pickle=True, log=_quiet)
 
 
+def test_stage1_records_resolve_ids_and_image_paths(tmp_path):
+    from dualfashion_jax.data import difashion_text as T
+
+    cap = '{"Category": "skirt", "Color": "red", "Material": "wool"}'
+    p = tmp_path / "text_to_image_30k.json"
+    p.write_text(json.dumps([{"org_caption": cap, "re_caption": "A red wool skirt.", "image": "0/b.jpg"},
+                             {"caption": cap, "item_id": 3}]))
+    recs = T.convert_stage1(p, 4, ["", "0/a.jpg", "x/b.jpg", "1/c.jpg", ""])
+    assert recs == [{"iid": 2, "caption": cap, "re_caption": "A red wool skirt."},  # matched by file name
+                    {"iid": 3, "caption": cap, "re_caption": cap}]
+    p.write_text(json.dumps([{"caption": cap, "image": "nowhere.jpg"}]))
+    with pytest.raises(ConversionInputError, match=r"record 0: no item id field .* 'nowhere.jpg' is not in"):
+        T.convert_stage1(p, 4, ["", "0/a.jpg"])
+    p.write_text(json.dumps([{"caption": "{Color: red", "iid": 1}]))
+    with pytest.raises(ConversionInputError, match=r"text_to_image_30k.json: record 0: caption '\{Color: red' is not"):
+        T.convert_stage1(p, 4, None)
+    p.write_text(json.dumps([{"caption": cap, "iid": 1}])[:-9])
+    with pytest.raises(ConversionInputError, match=r"not valid JSON \(truncated\?\)"):
+        T.convert_stage1(p, 4, None)
+
+
 def test_untrusted_pickle_refused(mini_src, tmp_path, capsys):
     src, _ = mini_src
     with pytest.raises(UntrustedPickleError, match="--trust-pickle"):
