@@ -38,7 +38,7 @@ def toy(xp, p):
             h = h * (0.5 + 0.5 * mask[..., None])
         return h + 0.1 * h.mean(1, keepdims=True)
 
-    def offset_fn(ctx):
+    def offset_fn(ctx, key=None):  # key: the dropout key (unused by the toy)
         return xp.tanh(ctx + p["r_c"])
 
     return model_fn, t5_fn, offset_fn
@@ -107,7 +107,8 @@ def data():
     draws = {"image": {"sigma_normal": _r.normal(size=B) * 1.5, "noise": _r.normal(size=(B, H, W, C)),
                        "text_drop": np.array([0.05, 0.5, 0.7, 0.3])},
              "text": {"t_uniform": _r.uniform(size=B), "mask_uniform": _r.uniform(size=(B, L))},
-             "context_drop": np.array([0.2, 0.9, 0.6, 0.1]), "pref_drop": np.array([0.8, 0.3, 0.6, 0.1])}
+             "context_drop": np.array([0.2, 0.9, 0.6, 0.1]), "pref_drop": np.array([0.8, 0.3, 0.6, 0.1]),
+             "dropout_key": np.zeros(2, np.uint32)}
     nulls = {"null_emb": _r.normal(size=(L, D)), "null_emb_2x": _r.normal(size=(2 * L, D))}
     return batch, draws, nulls
 

@@ -4,12 +4,16 @@ Callables (all pure w.r.t. the arrays they get; pass the NNX modules' bound meth
   model_fn(x_img [B,H,W,C] | None, txt [B,L,D], t [B], *, heads, text_logits_len) -> (img_out, logits)
       -- the `DualMMDiT.__call__` signature (docs/ARCHITECTURE.md); t on the 0..1000 scale.
   t5_fn(ids [B,L] int32, attention_mask [B,L] | None) -> [B,L,D]   -- the frozen T5 encoder.
-  offset_fn(ctx_mean [B,H,W,C]) -> c [B,H,W,C]   -- stage 2: `lambda m: model.stage2.offset(m, deterministic=False)`.
+  offset_fn(ctx_mean [B,H,W,C], dropout_key) -> c [B,H,W,C]   -- stage 2, train mode:
+      `lambda m, k: model.stage2.offset(m, deterministic=False, rngs=k)` (explicit dropout key: no module RNG
+      state is mutated, so it also works when the model is merged outside the grad trace).
 
 Each `stageN_loss(key, batch, ...)` draws its randomness with `draw_stageN` and calls `stageN_loss_given`,
 which is deterministic in the draws (tests pass fixed draws). Both return (scalar loss, metrics dict);
 the scalar is a mean of per-example terms, so averaging equal micro-batches is exact.
 T5 is run INSIDE the loss on the noised caption x_t (spec §1.3); its outputs are `stop_gradient`-ed.
+NNX modules passed as model_fn / t5_fn are wrapped by `pure_fn.as_pure` (safe under lax.cond and under grad
+when merged outside it); pass the module itself, not a lambda around it.
 
 Batch keys (ids int32, masks int/bool, latents fp32 NHWC model-space latents):
   stage 1: t2i_latents [B,H,W,C], t2i_ids [B,L] (T5'd without mask), i2t_latents [B',H,W,C],
@@ -31,6 +35,7 @@ import jax.numpy as jnp
 
 from dualfashion_jax.diffusion import conditioning as cond
 from dualfashion_jax.diffusion import flow, losses, masked_text
+from dualfashion_jax.diffusion.pure_fn import as_pure
 
 ModelFn = Callable[..., tuple[Any, Any]]
 T5Fn = Callable[[jax.Array, Any], jax.Array]
@@ -160,6 +165,7 @@ def draw_stage1(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any
 
 def stage1_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn, null_emb: jax.Array,
                       cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     _require(batch, STAGE1_KEYS, "stage-1")
     x0 = batch["t2i_latents"].astype(jnp.float32)
     _check_latents(x0, "t2i_latents")
@@ -191,14 +197,15 @@ STAGE2_KEYS = ("target_latents", "context_latents", "caption_ids", "caption_labe
 
 
 def draw_stage2(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
-    k1, k2, k3, k4 = jax.random.split(key, 4)
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
     b = batch["target_latents"].shape[0]
     return {"image": draw_image(k1, batch["target_latents"].shape), "text": draw_text(k2, batch["caption_ids"].shape),
             "context_drop": jax.random.uniform(k3, (b,), jnp.float32),
-            "pref_drop": jax.random.uniform(k4, (b,), jnp.float32)}
+            "pref_drop": jax.random.uniform(k4, (b,), jnp.float32), "dropout_key": k5}
 
 
-def stage2_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn, offset_fn: Callable[[jax.Array], jax.Array],
+def stage2_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn,
+                      offset_fn: Callable[[jax.Array, jax.Array], jax.Array],
                       target_role: jax.Array, null_emb: jax.Array, null_emb_2x: jax.Array,
                       cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Stage-2 objective. Preference dropout (static shapes, spec §7.2 item 8):
@@ -209,12 +216,13 @@ def stage2_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn, offset_fn
       T5(sentence) alone (L tokens, null replacement by null_emb). Both layouts are traced, `lax.cond`
       runs one of them.
     """
+    model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     _require(batch, STAGE2_KEYS, "stage-2")
     x0 = batch["target_latents"].astype(jnp.float32)
     _check_latents(x0, "target_latents")
     b = x0.shape[0]
     ctx = cond.context_mean(batch["context_latents"])  # [B, H, W, C]
-    c = offset_fn(ctx)  # MatchingMLP(ctx + r_c), train mode (dropout) -- outside any lax.cond
+    c = offset_fn(ctx, draws["dropout_key"])  # MatchingMLP(ctx + r_c), train-mode dropout; outside any lax.cond
     keep = cond.context_keep(draws["context_drop"], cfg.context_dropout)  # [B]
     d = draws["image"]
     sigma, timestep = _sigma(d, cfg)
@@ -275,6 +283,7 @@ def draw_stage3(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any
 def stage3_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn,
                       cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Stage-3 caption loss ("brier" original, or "mdlm"); A augmentations per row reuse that row's pref/sentence."""
+    model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     _require(batch, STAGE3_KEYS, "stage-3")
     ids, lm, reps = _flatten_aug(batch)  # [B*A, L]
     pref = jnp.repeat(_t5(t5_fn, batch["pref_ids"], batch["pref_mask"]), reps, axis=0)  # [B*A, L, D]

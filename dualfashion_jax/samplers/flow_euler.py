@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from dualfashion_jax.diffusion.flow import NUM_TRAIN_TIMESTEPS, inference_sigmas
+from dualfashion_jax.diffusion.pure_fn import as_pure
 
 GUIDANCE_MODES = ("four_way", "cfg", "none")
 
@@ -130,6 +131,7 @@ def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, o
     the three text embeddings are T5 segments [B, L, D] (with attention masks, spec §1.3).
     """
     _check(x_init, offset, neg_emb, sentence_emb, pref_emb)
+    model_fn = as_pure(model_fn)  # an nnx.Module is re-merged inside the loop (see diffusion/pure_fn.py)
     sigmas = jnp.asarray(inference_sigmas(cfg.num_steps, cfg.shift))  # [n + 1]
     nb = cfg.num_branches * x_init.shape[0]
 

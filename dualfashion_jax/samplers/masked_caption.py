@@ -23,6 +23,7 @@ import numpy as np
 
 from dualfashion_jax.diffusion import masked_text
 from dualfashion_jax.diffusion.conditioning import concat_segments
+from dualfashion_jax.diffusion.pure_fn import as_pure
 
 LogitsFn = Callable[[jax.Array], jax.Array]  # x_t [B, L] int32 -> logits [B, >=L, V]
 
@@ -48,7 +49,9 @@ def time_grid(steps: int, t_min: float = 1e-5) -> tuple[np.ndarray, float]:
 def caption_logits_fn(model_fn: Callable[..., tuple[Any, Any]], t5_fn: Callable[[jax.Array, Any], jax.Array],
                       image: jax.Array | None, cond_segments: Sequence[jax.Array], length: int) -> LogitsFn:
     """The caption branch (spec §1.6): image stream = context latent (or None = null tokens) at t = 0,
-    text = [T5(x_t) (no mask), *cond_segments]; logits of the first `length` positions."""
+    text = [T5(x_t) (no mask), *cond_segments]; logits of the first `length` positions.
+    NNX modules are wrapped by `as_pure` so the result is safe inside the sampler's fori_loop / cond."""
+    model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     def logits_fn(x_t):
         b = x_t.shape[0]
         txt = concat_segments(t5_fn(x_t, None), *cond_segments)  # [B, L * (1 + n), D]
@@ -69,6 +72,8 @@ def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask:
     """Samples caption token ids int32 [B, L] (no MASK left).
 
     Randomness: `key` (U for step i from fold_in(key, i)) or explicit `uniforms` [steps, B, L, V] (tests).
+    logits_fn runs inside lax.fori_loop/cond: build it with `caption_logits_fn` (or keep it free of NNX modules
+    created outside, see diffusion/pure_fn.py).
     """
     if (key is None) == (uniforms is None):
         raise ValueError("sample_caption: pass exactly one of key= or uniforms=")
