@@ -4,9 +4,9 @@ Why a one-off conversion into npz/json read through grain, rather than a TFDS bu
 pickles (code execution on load) and the model needs random access by item id (context items, history,
 candidates) across many small tables, which a flat example stream does not give. The safe folder is read with
 `allow_pickle=False`, validated by `data/validate.py`, and fed to `grain.MapDataset` (random access, seeded
-per-epoch shuffles, checkpointable iterator state; `data/pipeline.py`). A TFDS ArrayRecord builder would add a
-second copy of the images and a TF-style feature spec without making loading faster on CPU hosts; it is not
-provided (decoding stage examples on the fly from the safe folder costs ~ms per example, see benchmarks/).
+per-epoch shuffles, checkpointable iterator state; `data/pipeline.py`). A TFDS ArrayRecord copy of the stage
+examples adds a second copy of the images without making loading faster on CPU hosts, so it is optional
+(`data/tfds_builder.py`, for TFDS tooling); decoding examples from the safe folder costs ~ms per example.
 
 Inputs found in `src` (all optional except the category maps and at least one split):
   id_cate_dict.npy | new_id_cate_dict.npy, map/cate_iid_dict.npy, map/iid_cate_dict.npy (iFashion's is a 2-byte
