@@ -214,6 +214,13 @@ def test_wrong_category_in_source_is_named(mini_src, tmp_path):
         difashion.convert_real(src, tmp_path / "out", dataset="polyvore", trust_pickle=True, log=_quiet)
 
 
+def test_user_without_history_is_named(mini_src, tmp_path):
+    src, _ = mini_src
+    _save(src / "test_history.npy", {5: {0: [1, 2], 1: [3]}})
+    with pytest.raises(ValidationError, match=r"test_history.npy: row 1 \(uid 6, oid 11\): user 6 has no history"):
+        difashion.convert_real(src, tmp_path / "out", dataset="polyvore", trust_pickle=True, log=_quiet)
+
+
 def test_truncated_npy_is_named(mini_src, tmp_path):
     src, _ = mini_src
     p = src / "fitb_test.npy"

@@ -29,7 +29,8 @@ from dualfashion_jax.data import difashion_text
 from dualfashion_jax.data.format import SPLITS, CandidateTable, DatasetWriter, OutfitTable, SafeDataset
 from dualfashion_jax.data.pickled import ConversionInputError, load_pickled, load_pickled_dict, require_trust
 from dualfashion_jax.data.validate import (ValidationError, check_candidates, check_fitb_alignment,
-                                           check_history, check_outfits, validate_dataset)
+                                           check_history, check_history_users, check_outfits,
+                                           validate_dataset)
 
 DATASETS = ("ifashion", "polyvore")
 GT_FILES = {"train": ("train.npy", "train_grd_dict.npy"), "valid": ("valid_grd_dict.npy",),
@@ -229,6 +230,7 @@ def convert_real(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str
         if hp.is_file():
             entry["history"] = history_from_dict(load_pickled_dict(hp), hp)
             check_history(entry["history"], iid_category, where=str(hp))
+            check_history_users(gt, entry["history"], where=str(hp))
             rep.found[f"history_{s}"] = hp.name
         tables[s] = entry
     if not tables:

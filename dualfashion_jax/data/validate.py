@@ -117,6 +117,15 @@ def check_history(history: dict[int, dict[int, list[int]]], iid_category: np.nda
                                           f"{int(iid_category[i])} in the category map")
 
 
+def check_history_users(t: OutfitTable, history: dict, *, where: str) -> None:
+    """Every row's user has a history (the model conditions on it; true for all shipped DiFashion splits)."""
+    missing = ~np.isin(t.uids, np.fromiter(history.keys(), np.int64, len(history)))
+    if missing.any():
+        r = int(np.argwhere(missing)[0, 0])
+        raise ValidationError(f"{where}: {_row(t, r)}: user {int(t.uids[r])} has no history "
+                              f"({int(missing.sum())} rows affected)")
+
+
 @dataclass
 class ValidationReport:
     """What `validate_dataset` checked and found (missing images are listed, not fatal, under policy 'skip')."""
@@ -174,7 +183,9 @@ def validate_dataset(ds: SafeDataset, *, check_images: bool = True,
                                  where=str(ds.root / "splits" / f"fitb_{s}_candidates.npz"))
                 rep.checked.append(f"fitb_{s}_candidates")
         if (ds.root / "splits" / f"{s}_history.json").is_file():
-            check_history(ds.history(s), iid_cat, where=str(ds.root / "splits" / f"{s}_history.json"))
+            hwhere = str(ds.root / "splits" / f"{s}_history.json")
+            check_history(ds.history(s), iid_cat, where=hwhere)
+            check_history_users(gt, ds.history(s), where=hwhere)
             rep.checked.append(f"{s}_history")
     for name in ("item_info", "stage1", "augmented"):
         if ds.has_text(f"{name}.json"):
