@@ -239,3 +239,16 @@ def test_bad_inputs_are_named(data):
     with pytest.raises(ValueError, match="context_latents"):
         stages.stage2_loss_given(jx(draws), jx(bad), model_fn=J_MODEL, t5_fn=J_T5, offset_fn=J_OFFSET,
                                  target_role=jnp.zeros((1, 1, 1, C)), cfg=CFG, **jx(nulls))
+
+
+def test_micro_batch_average_is_exact(data):
+    """Per-example means: the mean of two half-batch losses equals the full-batch loss (same draws, i.i.d. t)."""
+    batch, draws, nulls = data
+    cfg = stages.LossConfig(mask_id=MASK, antithetic=False, text_loss_norm="masked")
+    keys = stages.STAGE1_KEYS
+    kw = dict(model_fn=J_MODEL, t5_fn=J_T5, null_emb=jnp.asarray(nulls["null_emb"], jnp.float32), cfg=cfg)
+    full, _ = stages.stage1_loss_given(jx(draws), jx({k: batch[k] for k in keys}), **kw)
+    halves = [stages.stage1_loss_given(jx(jax.tree.map(lambda a: a[s], draws)),
+                                       jx({k: batch[k][s] for k in keys}), **kw)[0]
+              for s in (slice(0, B // 2), slice(B // 2, B))]
+    np.testing.assert_allclose(float(full), float(np.mean(halves)), rtol=1e-6)

@@ -34,10 +34,11 @@ def inputs():
 
 
 def np_guided_v(x, sigma, c, neg, sent, pref, scales=(8.0, 7.0, 8.0), lam=0.1, mode="four_way", train=False,
-                cfg_scale=7.0):
+                cfg_scale=7.0, role=None):
     """Transcription of the original loop body (spec §5.1); train=True: the (1-lam) x + lam c variant."""
     t = np.full(x.shape[0], sigma * 1000, np.float32)
-    plain, ctx = ((1 - lam) * x, (1 - lam) * x + lam * c) if train else (x, x + lam * c)
+    z = x if role is None else x + (1 - sigma) * role
+    plain, ctx = ((1 - lam) * z, (1 - lam) * z + lam * c) if train else (x, x + lam * c)
     run = lambda lat, a, b: NP_MODEL(lat, np.concatenate([a, b], 1), t, heads=("image",),  # noqa: E731
                                      text_logits_len=None)[0]
     if mode == "none":
@@ -80,16 +81,21 @@ def test_four_way_matches_diffusers_loop(inputs):
     np.testing.assert_allclose(np.asarray(got), lat.numpy(), rtol=1e-4, atol=1e-4)  # fp32, 6 steps x scale ~23
 
 
-@pytest.mark.parametrize("mode,train", [("four_way", True), ("cfg", False), ("none", False)])
-def test_modes_match_numpy_euler(inputs, mode, train):
+@pytest.mark.parametrize("mode,train,with_role", [("four_way", True, False), ("four_way", True, True),
+                                                  ("cfg", False, False), ("none", False, False)])
+def test_modes_match_numpy_euler(inputs, mode, train, with_role):
     x, c, neg, sent, pref = inputs
+    role = (_r.normal(size=(1, 1, 1, C)) * 0.3).astype(np.float32) if with_role else None
     n = 5
     sig = flow.inference_sigmas(n, 3.0)
     ref = x.copy()
     for i in range(n):
-        ref = ref + (sig[i + 1] - sig[i]) * np_guided_v(ref, sig[i], c, neg, sent, pref, mode=mode, train=train)
+        ref = ref + (sig[i + 1] - sig[i]) * np_guided_v(ref, sig[i], c, neg, sent, pref, mode=mode, train=train,
+                                                        role=role)
     cfg = fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=train)
-    got = jax.jit(lambda *a: fe.sample_images(J_MODEL, *a, cfg))(*map(jnp.asarray, (x, c, neg, sent, pref)))
+    r_t = None if role is None else jnp.asarray(role)
+    got = jax.jit(lambda *a: fe.sample_images(J_MODEL, *a, cfg, target_role=r_t))(
+        *map(jnp.asarray, (x, c, neg, sent, pref)))
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
 
 

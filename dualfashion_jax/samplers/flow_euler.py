@@ -12,7 +12,9 @@ The original feeds x + lam c (no (1-lam), no r_t) although training fed (1-lam) 
 (1-lam) (x + (1-sigma) r_t) + lam m c, with m = 1 for (M, P) and 0 for (0, T), and r_t only if given.
 The velocity is used as returned in both variants.
 Modes: "four_way" (the original; all scales 0 -> "none"), "cfg" (v0 + s (vP - v0)), "none" (vP only).
-Initial noise is a pure function of (seed, uid, oid, sample index), so every sample is reproducible.
+Initial noise is a pure function of (seed, uid, oid, sample index), so every sample is reproducible
+(the original drew unseeded bf16 noise). The state x stays fp32 between steps (the original cast it back to
+bf16 after each fp32 Euler update); the model computes in its configured dtype.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from dualfashion_jax.diffusion.flow import NUM_TRAIN_TIMESTEPS, inference_sigmas
 from dualfashion_jax.diffusion.pure_fn import as_pure
 
 GUIDANCE_MODES = ("four_way", "cfg", "none")
+# The original's negative prompt (spec §5.1); T5-encode it with its attention mask into a [B, L, D] segment.
+NEGATIVE_PROMPT = ("low quality, blurry, low resolution, backlit, cartoon, animated, deformed, oversaturated, "
+                   "undersaturated, out of frame")
 
 
 @dataclasses.dataclass(frozen=True)
