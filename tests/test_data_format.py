@@ -48,6 +48,10 @@ def test_writer_refuses_bad_input(tmp_path):
         F.write_npz(tmp_path / "x.npz", a=np.array([{"a": 1}], dtype=object))
     with pytest.raises(F.FormatError, match="unknown split"):
         w.write_history("training", {})
+    with pytest.raises(F.FormatError, match="ids must be integers"):
+        w.write_history("train", {1: {0: [2.5]}})
+    with pytest.raises(F.FormatError, match="user 1 category 0: item ids must be >= 1"):
+        w.write_history("train", {1: {0: [0]}})
     with pytest.raises(F.FormatError, match=r"iid_category\[0\]"):
         w.write_items(np.array([0, 1, 2]))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from operator import index
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -176,9 +177,16 @@ class DatasetWriter:
 
     def write_history(self, split: str, history: Mapping[int, Mapping[int, Sequence[int]]]) -> None:
         """history {uid: {cid: [iid, ...]}} (DiFashion caps each list at 10)."""
-        out = {str(int(u)): {str(int(c)): [int(i) for i in items] for c, items in per.items()}
-               for u, per in history.items()}
-        write_json(self.root / "splits" / f"{_check_split(split)}_history.json", out)
+        p = self.root / "splits" / f"{_check_split(split)}_history.json"
+        try:  # operator.index: numpy/python ints only (a float id would be silently truncated by int())
+            out = {str(index(u)): {str(index(c)): [index(i) for i in items] for c, items in per.items()}
+                   for u, per in history.items()}
+        except TypeError as e:
+            raise FormatError(f"{p}: ids must be integers: {e}") from None
+        bad = [(u, c) for u, per in out.items() for c, items in per.items() if any(i < 1 for i in items)]
+        if bad:
+            raise FormatError(f"{p}: user {bad[0][0]} category {bad[0][1]}: item ids must be >= 1")
+        write_json(p, out)
 
     def write_item_info(self, item_info: Mapping[int, Mapping[str, Any]]) -> None:
         """item_info {iid: {"elements": {4 caption keys: value}}}."""

@@ -72,6 +72,8 @@ class ItemImages:
     def _load(self, iid: int) -> np.ndarray:
         if int(iid) <= 0:
             return blank_image(self.size)
+        if int(iid) > self.ds.num_items:
+            raise IndexError(f"item id {iid} out of range 0..{self.ds.num_items} ({self.ds.root / 'meta.json'})")
         p = self.ds.image_file(int(iid))
         if p is None:
             raise FileNotFoundError(f"item {iid} has no image path in {self.ds.root / 'image_paths.json'}")
