@@ -86,9 +86,11 @@ def _check_lengths(value_lengths: Mapping[str, int] | int) -> dict[str, int]:
     return {k: int(value_lengths[k]) for k in CAPTION_KEYS}
 
 
-def _text(tokenizer, ids: np.ndarray) -> str:
-    return tokenizer.decode(ids[None], skip_special_tokens=False)[0].replace(tokenizer.hf.pad_token, "").strip() \
-        if hasattr(tokenizer, "hf") else ""
+def _text(tokenizer, ids: np.ndarray, attention_mask: np.ndarray) -> str:
+    """The template as text with its MASK tokens visible (EOS and padding dropped)."""
+    n = int(np.sum(attention_mask))
+    body = ids[: n - 1] if n and ids[n - 1] == tokenizer.eos_id else ids[:n]
+    return tokenizer.decode(np.asarray(body)[None], skip_special_tokens=False)[0].strip()
 
 
 def budget_template(tokenizer, value_lengths: Mapping[str, int] | int) -> CaptionTemplate:
@@ -114,15 +116,15 @@ def budget_template(tokenizer, value_lengths: Mapping[str, int] | int) -> Captio
                          f"than the tokenizer's max_length {length}")
     pad = length - len(out_ids)
     t_ids = np.asarray(out_ids + [tokenizer.pad_id] * pad, np.int32)
-    return CaptionTemplate(t_ids, np.asarray([1] * len(out_ids) + [0] * pad, np.int32),
-                           np.asarray(out_lm + [0] * pad, np.int32), _text(tokenizer, t_ids))
+    t_attn = np.asarray([1] * len(out_ids) + [0] * pad, np.int32)
+    return CaptionTemplate(t_ids, t_attn, np.asarray(out_lm + [0] * pad, np.int32), _text(tokenizer, t_ids, t_attn))
 
 
 def ground_truth_template(tokenizer, caption: str) -> CaptionTemplate:
     """The original template: the GT caption's tokens with its value tokens replaced by MASK (leaks lengths)."""
     ids, attn, lm = (np.asarray(a, np.int32).reshape(-1) for a in tokenizer.encode_caption(caption))
     t_ids = np.where(lm > 0, np.int32(tokenizer.mask_id), ids).astype(np.int32)
-    return CaptionTemplate(t_ids, attn, lm, _text(tokenizer, t_ids))
+    return CaptionTemplate(t_ids, attn, lm, _text(tokenizer, t_ids, attn))
 
 
 def build_template(tokenizer, *, source: str = "budget", value_lengths: Mapping[str, int] | int | None = None,
