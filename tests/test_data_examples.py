@@ -80,6 +80,24 @@ def test_stage2_example_contents(ds, tok, stage2):
         assert all(np.array_equal(got[k], ex[k]) for k in ex)
 
 
+def test_stage2_missing_captions_error_or_skip(ds, tok, tmp_path):
+    import shutil
+
+    from dualfashion_jax.data.format import DatasetWriter
+
+    root = tmp_path / "ds"
+    shutil.copytree(ds.root, root)
+    t = ds.split("train")
+    gone = int(t.outfits[0, 1])
+    DatasetWriter(root).write_item_info({k: v for k, v in ds.item_info.items() if k != gone})
+    with pytest.raises(KeyError, match=rf"item_info.json: 1 item\(s\) of split 'train' have no caption, first: \[{gone}\]"):
+        E.Stage2Source(SafeDataset(root), tok, use_latents=False)
+    src = E.Stage2Source(SafeDataset(root), tok, use_latents=False, missing_captions="skip")
+    n = int((t.outfits == gone).sum())
+    assert src.num_skipped == n and len(src) == 4 * len(t) - n
+    assert gone not in {int(src[i]["iid"]) for i in range(len(src))}
+
+
 def test_stage3_and_task_rows(ds, tok):
     s3 = E.Stage3Source(ds, tok)
     ex = s3[0]

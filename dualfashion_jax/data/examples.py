@@ -87,20 +87,29 @@ class Stage2Source:
     """Stage 2: (target item, 3 context items, preference, sentence, target caption) per (row, slot)."""
 
     def __init__(self, ds: SafeDataset, tok: CaptionTokenizer, *, split: str = "train",
-                 use_latents: str | bool = "auto", image_size: int | None = None, cache_items: int = 0):
+                 use_latents: str | bool = "auto", image_size: int | None = None, cache_items: int = 0,
+                 missing_captions: str = "error"):
+        """`missing_captions`: 'error' if an outfit item has no item_info caption, or 'skip' those targets
+        (they still serve as context); `num_skipped` says how many were left out."""
+        if missing_captions not in ("error", "skip"):
+            raise ValueError(f"missing_captions must be 'error' or 'skip', got {missing_captions!r}")
         self.ds, self.table = ds, ds.split(split)
         self.texts = _Texts(ds, tok, split)
         self.visual, self.kind = item_visuals(ds, use_latents, image_size, cache_items)
-        missing = sorted(set(self.table.outfits.ravel().tolist()) - set(ds.item_info))
-        if missing:
+        info = ds.item_info
+        has = np.array([i in info for i in self.table.outfits.ravel().tolist()], bool)  # [N*4], (row, slot)
+        if not has.all() and missing_captions == "error":
+            missing = sorted(set(self.table.outfits.ravel()[~has].tolist()))
             raise KeyError(f"{ds.root / 'text' / 'item_info.json'}: {len(missing)} item(s) of split {split!r} have "
-                           f"no caption, first: {missing[:5]}")
+                           f"no caption, first: {missing[:5]} (pass missing_captions='skip' to leave them out)")
+        self.index = np.flatnonzero(has)  # example i -> flat (row * 4 + slot)
+        self.num_skipped = int((~has).sum())
 
     def __len__(self) -> int:
-        return 4 * len(self.table)
+        return int(self.index.shape[0])
 
     def __getitem__(self, i: int) -> dict:
-        r, slot = divmod(int(i), 4)
+        r, slot = divmod(int(self.index[i]), 4)
         t = self.table
         outfit, cats = t.outfits[r], t.category[r]
         iid, cid, uid = int(outfit[slot]), int(cats[slot]), int(t.uids[r])
