@@ -214,7 +214,10 @@ class DatasetWriter:
 
 # ------------------------------------------------------------------------------------------------------ reader
 class SafeDataset:
-    """Reads a safe-format folder lazily; each accessor validates the structure of the file it loads."""
+    """Reads a safe-format folder lazily; each accessor validates the structure of the file it loads.
+
+    Loaded tables and dicts are cached and shared: treat them as read-only (copy before modifying).
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
