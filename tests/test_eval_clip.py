@@ -1,7 +1,6 @@
 """CLIP ViT (image + text towers), converter, tokenizer and preprocessing vs open_clip's own torch classes."""
 import gzip
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -176,3 +175,15 @@ def test_bad_inputs_are_named():
         model.encode_text(jnp.zeros((1, 78), jnp.int32))
     with pytest.raises(ValueError, match="unknown CLIP preset"):
         clip_text.get_config("vit_z")
+
+
+def test_bf16_compute_tracks_fp32():
+    """Same fp32 params, bf16 compute: embeddings stay close (cosine > 0.99); params remain fp32."""
+    cfg = clip_text.get_config("tiny")
+    m32 = clip_text.CLIP(cfg, rngs=nnx.Rngs(0))
+    m16 = clip_text.CLIP(cfg.with_dtype(jnp.bfloat16), rngs=nnx.Rngs(0))
+    assert all(v.dtype == np.float32 for v in common.flat_params(m16).values())
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    a, b = np.asarray(m32.encode_image(x)), np.asarray(m16.encode_image(x))
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert b.dtype == np.float32 and (cos > 0.99).all()

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import jax.numpy as jnp
-from flax import nnx
 
 import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.conversion import common, compat_net as cc

