@@ -138,19 +138,22 @@ def _build(config, stage: str) -> Task:
         visual_keys = ("target", "context")
     else:
         src = examples.Stage3Source(ds, tok, n_aug=d.get("n_aug") or None)
-        kind = "latent"
+        kind = "latent" if ds.latents_dir.joinpath("latents.npy").is_file() else "image"
         make_data = lambda pi, pc: _StageData({"main": stream(src, seed)(pi, pc)},  # noqa: E731
                                               lambda ex: _stage3_batch(ex["main"], kind))
         visual_keys = ()
 
     frozen = {"t5": t5_spec}
     latent_hw = None
-    if kind == "image" and visual_keys:
-        frozen["vae"], vae_cfg = _frozen("vae", config.vae, config.vae.seed)
+    if kind == "latent" and ds.latents_dir.joinpath("latents.npy").is_file():
+        from dualfashion_jax.data.images import ItemLatents
+        latent_hw = tuple(int(x) for x in ItemLatents(ds).array.shape[1:3])
+    elif ds.image_size:  # images are VAE-encoded in the step (stage 3 only needs the size, for its model)
+        vae_spec, vae_cfg = _frozen("vae", config.vae, config.vae.seed)
         f = 2 ** (len(vae_cfg.block_out_channels) - 1)
         latent_hw = (ds.image_size // f, ds.image_size // f)
-    elif visual_keys:
-        latent_hw = tuple(int(x) for x in src.visual.array.shape[1:3])
+        if kind == "image" and visual_keys:
+            frozen["vae"] = vae_spec
     mcfg = mmdit_config(config, vocab_size=tok.vocab_size if config.model.get("vocab_from_tokenizer") else None,
                         latent_hw=latent_hw if config.model.get("latent_from_data") else None)
     if mcfg.vocab_size < tok.vocab_size:

@@ -36,19 +36,25 @@ class NonFiniteLossError(FloatingPointError):
 def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.State, list[str]]:
     """Copies every loaded param whose path and shape match into `fresh`; returns the paths kept fresh."""
     flat_loaded = {tuple(map(str, k)): v for k, v in _flatten(loaded)}
-    kept = []
+    kept, mismatched = [], []
 
     def one(path, x):
         key = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
         v = flat_loaded.get(key)
         if v is None:
             v = flat_loaded.get(key + ("value",))
-        if v is None or tuple(v.shape) != tuple(x.shape):
+        if v is None:
             kept.append("/".join(key))
+            return x
+        if tuple(v.shape) != tuple(x.shape):
+            mismatched.append(f"{'/'.join(key)}: checkpoint {tuple(v.shape)} vs model {tuple(x.shape)}")
             return x
         return jax.device_put(np.asarray(v, dtype=x.dtype), x.sharding)
 
     merged = jax.tree_util.tree_map_with_path(one, fresh)
+    if mismatched:
+        raise ValueError(f"config.init_from={source}: {len(mismatched)} parameter(s) have different shapes than "
+                         f"the model (different preset/latent size?): {mismatched[:10]}")
     if len(kept) == len(jax.tree.leaves(fresh)):
         raise ValueError(f"config.init_from={source}: no parameter matched the model (wrong stage/size?)")
     return merged, kept
