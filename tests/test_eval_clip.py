@@ -116,8 +116,10 @@ def test_convert_save_load_roundtrip_and_errors(pair, tmp_path):
     raw = tmp_path / "open_clip_model.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, raw)
     loaded, config, _ = oc_conv.load_clip(raw, config=model.config)
-    out_dir = oc_conv.save_clip(tmp_path / "conv", config, common.flat_params(loaded), source=str(raw))
-    again, _, source = oc_conv.load_clip(out_dir)
+    out_dir = oc_conv.convert(raw, tmp_path / "conv", vision_heads=4, text_heads=4)
+    assert (out_dir / clip_tokenizer.BPE_FILENAME).is_file()  # self-contained: tokenizer travels with the weights
+    again, again_cfg, source = oc_conv.load_clip(out_dir)
+    assert again_cfg == config
     assert source == str(raw)
     x = jnp.ones((1, 32, 32, 3))
     np.testing.assert_array_equal(np.asarray(again.encode_image(x)), np.asarray(model.encode_image(x)))

@@ -104,3 +104,9 @@ def save_compat(out_dir: str | os.PathLike, model, *, source: str, extra: dict |
 
     return save_converted(out_dir, kind=KIND, config=model.config.to_json(), params=flat_params(model),
                           extra={"source": source, **(extra or {})})
+
+
+def convert(src: str | os.PathLike, out_dir: str | os.PathLike) -> pathlib.Path:
+    """DiFashion evaluator .pth -> converted dir (same signature as the other `conversion/*.convert`)."""
+    model, _, source = load_compat(src)
+    return save_compat(out_dir, model, source=source)

@@ -151,3 +151,19 @@ def load_clip(path: str | os.PathLike, dtype=None, config=None):
     model = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
     load_flat_into(model, flat)
     return model, config, source
+
+
+def convert(src: str | os.PathLike, out_dir: str | os.PathLike, *, vision_heads: int | None = None,
+            text_heads: int | None = None) -> pathlib.Path:
+    """open_clip weights file -> converted dir (params + config.json + the CLIP BPE file when it can be found).
+
+    Signature matches the other `conversion/*.convert` functions (for `dualfashion-jax convert`)."""
+    from dualfashion_jax.evaluators.nets.clip_tokenizer import find_bpe_file
+
+    sd = read_weights(src)
+    config, flat = convert_checkpoint(src, infer_config(sd, vision_heads, text_heads))
+    try:
+        bpe = find_bpe_file()
+    except FileNotFoundError:
+        bpe = None
+    return save_clip(out_dir, config, flat, source=str(src), bpe_file=bpe)
