@@ -54,6 +54,8 @@ def test_stage_losses_and_samplers_with_real_modules(setup):
     leaves = jax.tree.leaves(grads)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
     assert float(np.abs(np.asarray(grads["stage2"]["target_role"][...])).sum()) > 0
+    for head in ("image_proj_out", "text_proj_out", "context_embedder"):  # both branches reach the trunk/heads
+        assert float(np.abs(np.asarray(grads[head]["kernel"][...])).sum()) > 0, head
     assert float(np.abs(np.asarray(grads["stage2"]["matching_mlp"]["output_layer"]["kernel"][...])).sum()) > 0
 
     # Image sampler (2 steps, 4-way guidance) and caption sampler (3 steps) on the same modules.

@@ -5,4 +5,5 @@
   losses.py        per-example image flow (x0-space), MDLM and stage-3 Brier losses
   conditioning.py  text segments, classifier-free / preference / context dropout, stage-2 latent input
   stages.py        stage1_loss / stage2_loss / stage3_loss(key, batch, ...) -> (loss, metrics)
+  pure_fn.py       as_pure: an NNX module as a function safe inside lax.cond / fori_loop / grad
 """

@@ -159,12 +159,14 @@ STAGE1_KEYS = ("t2i_latents", "t2i_ids", "i2t_latents", "caption_ids", "caption_
 
 
 def draw_stage1(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+    """All stage-1 randomness: {"image": draw_image(...), "text": draw_text(...)}."""
     k1, k2 = jax.random.split(key)
     return {"image": draw_image(k1, batch["t2i_latents"].shape), "text": draw_text(k2, batch["caption_ids"].shape)}
 
 
 def stage1_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn, null_emb: jax.Array,
                       cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Stage 1: flow loss on t2i latents with T5(t2i_ids) (10% -> null_emb) + caption loss given i2t latents."""
     model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     _require(batch, STAGE1_KEYS, "stage-1")
     x0 = batch["t2i_latents"].astype(jnp.float32)
@@ -197,6 +199,7 @@ STAGE2_KEYS = ("target_latents", "context_latents", "caption_ids", "caption_labe
 
 
 def draw_stage2(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+    """All stage-2 randomness: image/text draws, context/preference dropout uniforms [B], MLP dropout key."""
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
     b = batch["target_latents"].shape[0]
     return {"image": draw_image(k1, batch["target_latents"].shape), "text": draw_text(k2, batch["caption_ids"].shape),
@@ -276,6 +279,7 @@ def _flatten_aug(batch) -> tuple[jax.Array, jax.Array, int]:
 
 
 def draw_stage3(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+    """All stage-3 randomness: text draws over the B*A flattened caption rows."""
     ids, _, _ = _flatten_aug(batch)
     return {"text": draw_text(key, ids.shape)}
 
