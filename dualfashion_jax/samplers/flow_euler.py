@@ -90,10 +90,22 @@ def _check(x, offset, neg, sentence, pref):
                              f"got {e.shape}")
 
 
-def branch_batch(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, neg: jax.Array, sentence: jax.Array,
-                 pref: jax.Array, cfg: GuidanceConfig, target_role: jax.Array | None = None
-                 ) -> tuple[jax.Array, jax.Array]:
-    """Stacks the guidance branches on the batch axis: (latents [nB, H, W, C], text [nB, 2L, D])."""
+def branch_texts(neg: jax.Array, sentence: jax.Array, pref: jax.Array, cfg: GuidanceConfig) -> jax.Array:
+    """The guidance branches' texts stacked on the batch axis: [nB, 2L, D] (constant over the steps)."""
+    cat = lambda *s: jnp.concatenate(s, axis=1)  # noqa: E731  [B, 2L, D]
+    mode = cfg.effective_mode
+    if mode == "four_way":
+        txt = [cat(neg, neg), cat(neg, sentence), cat(neg, sentence), cat(pref, sentence)]
+    elif mode == "cfg":
+        txt = [cat(neg, neg), cat(pref, sentence)]
+    else:
+        txt = [cat(pref, sentence)]
+    return jnp.concatenate(txt, axis=0)
+
+
+def branch_latents(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, cfg: GuidanceConfig,
+                   target_role: jax.Array | None = None) -> jax.Array:
+    """The guidance branches' latent inputs stacked on the batch axis: [nB, H, W, C] (order as branch_texts)."""
     lam = cfg.matching_lambda
     c = jnp.zeros_like(x) if offset is None else offset.astype(jnp.float32)
     if cfg.match_train_input:
@@ -101,16 +113,8 @@ def branch_batch(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, neg: 
         plain, with_ctx = (1.0 - lam) * z, (1.0 - lam) * z + lam * c
     else:
         plain, with_ctx = x, x + lam * c
-    cat = lambda *s: jnp.concatenate(s, axis=1)  # noqa: E731  [B, 2L, D]
-    mode = cfg.effective_mode
-    if mode == "four_way":
-        lat = [plain, plain, with_ctx, with_ctx]
-        txt = [cat(neg, neg), cat(neg, sentence), cat(neg, sentence), cat(pref, sentence)]
-    elif mode == "cfg":
-        lat, txt = [plain, with_ctx], [cat(neg, neg), cat(pref, sentence)]
-    else:
-        lat, txt = [with_ctx], [cat(pref, sentence)]
-    return jnp.concatenate(lat, axis=0), jnp.concatenate(txt, axis=0)
+    lat = {"four_way": [plain, plain, with_ctx, with_ctx], "cfg": [plain, with_ctx], "none": [with_ctx]}
+    return jnp.concatenate(lat[cfg.effective_mode], axis=0)
 
 
 def combine(v: jax.Array, cfg: GuidanceConfig) -> jax.Array:
@@ -140,9 +144,11 @@ def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, o
     sigmas = jnp.asarray(inference_sigmas(cfg.num_steps, cfg.shift))  # [n + 1]
     nb = cfg.num_branches * x_init.shape[0]
 
+    txt = branch_texts(neg_emb, sentence_emb, pref_emb, cfg)  # [nB, 2L, D]
+
     def step(i, x):
         s, s_next = sigmas[i], sigmas[i + 1]
-        lat, txt = branch_batch(x, s, offset, neg_emb, sentence_emb, pref_emb, cfg, target_role)
+        lat = branch_latents(x, s, offset, cfg, target_role)  # [nB, H, W, C]
         t = jnp.full((nb,), s * NUM_TRAIN_TIMESTEPS, jnp.float32)
         v, _ = model_fn(lat, txt, t, heads=("image",), text_logits_len=None)
         return x + (s_next - s) * combine(v, cfg)
