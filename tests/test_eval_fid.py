@@ -173,3 +173,20 @@ def test_extract_features_rejects_bad_ranges():
     with pytest.raises(ValueError, match="NHWC RGB"):
         fid.extract_features(model, np.zeros((1, 3, 8, 8), np.float32))
     assert preprocess.INCEPTION_SIZE == 299
+
+
+@pytest.mark.slow
+def test_real_fid_inception_bf16_compute_close_to_fp32():
+    """bf16 compute (fp32 params) stays close to fp32 features; FID itself should still be computed in fp32."""
+    import jax.numpy as jnp
+    images = fashion_mnist_rgb(10, 2)
+    try:
+        m32 = ev.load_real_fid_inception()
+        m16 = ev.load_real_fid_inception(dtype=jnp.bfloat16)
+    except (FileNotFoundError, ImportError) as e:
+        pytest.skip(f"{e}; run scripts/test_material.sh")
+    f32 = fid.extract_features(m32, images, batch_size=2, show_progress=False)
+    f16 = fid.extract_features(m16, images, batch_size=2, show_progress=False)
+    assert f16.dtype == np.float32 and f16.shape == (2, 2048)
+    rel = np.linalg.norm(f16 - f32) / np.linalg.norm(f32)
+    assert rel < 0.05, rel  # tolerance: 5% relative L2 for bf16 activations through 94 conv layers

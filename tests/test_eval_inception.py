@@ -141,3 +141,14 @@ def test_class_probs_batched_matches_torch(torch_and_flax):
     with torch.no_grad():
         want = torch.softmax(ref(xt), dim=-1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.torch
+def test_load_inception_v3_rejects_pickled_module(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "Inception-finetune-epoch300"
+    torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled module, not a state dict
+    with pytest.raises(common.ConversionError, match=r"(?s)Inception-finetune-epoch300.*model.state_dict\(\)"):
+        ev.load_inception_v3(path)
+    with pytest.raises(FileNotFoundError):
+        ev.load_inception_v3(tmp_path / "missing")

@@ -329,6 +329,13 @@ def load_inception_v3(path: str | os.PathLike, *, num_classes: int = 50, dtype=N
 
     kw = {} if dtype is None else {"dtype": dtype}
     cfg = inception_v3.InceptionV3Config(num_classes=num_classes, **kw)
-    sd = common.read_torch_file(path)
+    try:
+        sd = common.read_torch_file(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # e.g. a whole pickled nn.Module, which weights_only loading refuses
+        raise common.ConversionError(
+            f"{path}: could not be read as a torchvision Inception3 state dict with weights_only=True ({e}); "
+            "re-save it once as `torch.save(model.state_dict(), path)` in a trusted environment") from e
     flat = inception_v3_from_torch(sd, source=str(path))
     return build(lambda: inception_v3.InceptionV3(cfg, rngs=nnx.Rngs(0)), flat, source=str(path))
