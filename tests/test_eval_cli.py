@@ -82,13 +82,18 @@ def test_pfitb_end_to_end(data_dir, clip_ckpt, tmp_path):
     assert rep["settings"]["generation_settings"]["seeds"] == [10, 11]
 
 
-def test_gor_end_to_end_trained_compat(data_dir, tmp_path):
+def test_gor_end_to_end_trained_compat(data_dir, tmp_path, monkeypatch):
     res = _fake_results(data_dir, tmp_path / "gor", "gor", rows=2, samples=1)
+
+    def no_bpe(explicit=None):  # as if open-clip-torch (which ships the BPE file) were not installed
+        raise FileNotFoundError("CLIP BPE merges file not found (test)")
+    monkeypatch.setattr(clip_tokenizer, "find_bpe_file", no_bpe)
     rc = cli.main(["--results", str(res), "--data", str(data_dir), "--metrics",
-                   "compatibility,grounding_recall,clip_image_score", "--compat-train-steps", "20",
+                   "compatibility,grounding_recall,clip_image_score,text_align", "--compat-train-steps", "20",
                    "--original-gor-indexing", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "r.json")])
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rc == 0, rep["errors"]
+    # Without a tokenizer only the text metric fails, by name and with the reason; image metrics still run.
+    assert rc == 1 and list(rep["errors"]) == ["text_align"] and "BPE" in rep["errors"]["text_align"]
     assert rep["networks"]["compat"]["weights"] == "trained-here" and rep["networks"]["clip"]["weights"] == "random-weight"
     assert rep["metrics"]["compatibility"]["gor_indexing"] == "original (bugged)"
     assert rep["metrics"]["compatibility"]["n"] == 2 and rep["metrics"]["clip_image_score"]["n"] == 2  # collages

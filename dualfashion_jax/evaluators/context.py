@@ -43,6 +43,16 @@ class EvalOptions:
     show_progress: bool = True
 
 
+class _MissingTokenizer:
+    """Stands in for the CLIP tokenizer when its BPE file is absent: any text encoding raises the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __call__(self, texts):
+        raise FileNotFoundError(self.reason)
+
+
 class EvalContext:
     def __init__(self, results_dir: str | os.PathLike, data_dir: str | os.PathLike, options: EvalOptions):
         from dualfashion_jax.data.format import SafeDataset
@@ -137,11 +147,16 @@ class EvalContext:
                 model = clip_text.CLIP(config, rngs=nnx.Rngs(self.opt.seed))
                 info = NetworkInfo("clip", RANDOM, f"random init, preset {self.opt.clip_preset!r}, seed "
                                    f"{self.opt.seed}", config.to_json())
-            tok = clip_tokenizer.CLIPTokenizer(bpe, context_length=config.text.context_length)
-            if tok.vocab_size > config.text.vocab_size:
-                raise ValueError(f"CLIP tokenizer ({tok.bpe_path}) has {tok.vocab_size} tokens but the text tower "
-                                 f"only {config.text.vocab_size}")
-            info.config["tokenizer"] = str(tok.bpe_path)
+            try:
+                tok = clip_tokenizer.CLIPTokenizer(bpe, context_length=config.text.context_length)
+            except FileNotFoundError as e:  # image-only metrics still run; text metrics fail with this message
+                tok = _MissingTokenizer(str(e))
+                info.config["tokenizer"] = f"unavailable: {e}"
+            else:
+                if tok.vocab_size > config.text.vocab_size:
+                    raise ValueError(f"CLIP tokenizer ({tok.bpe_path}) has {tok.vocab_size} tokens but the text "
+                                     f"tower only {config.text.vocab_size}")
+                info.config["tokenizer"] = str(tok.bpe_path)
             self.networks["clip"] = info
             return ClipEncoder(model, tok, batch_size=self.opt.batch_size, show_progress=self.opt.show_progress)
         return self.cached("clip", build)
