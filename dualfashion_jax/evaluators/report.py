@@ -13,7 +13,8 @@ from dualfashion_jax.evaluators.registry import GROUPS, METRICS
 
 # metric -> headline (key, column label) pairs for the paper-style table; everything else goes to "Details".
 HEADLINE = {
-    "fid": [("fid", "FID↓")], "inception_score": [("is_acc_top1", "IS-acc"), ("is_uniform", "IS")],
+    "fid": [("fid", "FID↓")],
+    "inception_score": [("is_acc_top1", "IS-acc"), ("is_acc_top3", "IS-acc@3"), ("is_uniform", "IS")],
     "clip_score": [("clip_score", "CS"), ("grd_clip_score", "Grd CS")], "clip_image_score": [("clip_image_score", "CIS")],
     "lpips": [("lpips_to_gt", "LPIPS↓")], "lpips_diversity": [("lpips_diversity", "LPIPS div.")],
     "personal_sim": [("personal_sim", "Personal Sim")],
