@@ -11,6 +11,8 @@ The original feeds x + lam c (no (1-lam), no r_t) although training fed (1-lam) 
 (spec §7.2 item 7). `match_train_input=True` offers the train-consistent input instead: every branch gets
 (1-lam) (x + (1-sigma) r_t) + lam m c, with m = 1 for (M, P) and 0 for (0, T), and r_t only if given.
 The velocity is used as returned in both variants.
+The texts are whatever segments the caller encodes: the original uses the negative prompt NEGATIVE_PROMPT for
+"neg", which training never saw (its unconditional text was T5(" "), spec §7.2 item 9).
 Modes: "four_way" (the original; all scales 0 -> "none"), "cfg" (v0 + s (vP - v0)), "none" (vP only).
 Initial noise is a pure function of (seed, uid, oid, sample index), so every sample is reproducible
 (the original drew unseeded bf16 noise). The state x stays fp32 between steps (the original cast it back to
@@ -138,6 +140,8 @@ def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, o
     model_fn has the DualMMDiT signature (x_img, txt, t, *, heads, text_logits_len) -> (velocity, logits);
     offset is the context offset c = MatchingMLP(mean ctx + r_c) [B, H, W, C] (eval mode), or None (no context);
     the three text embeddings are T5 segments [B, L, D] (with attention masks, spec §1.3).
+    Under jit, pass the model's state as an argument (`jax.jit(lambda st, *a: sample_images(nnx.merge(g, st),
+    *a, cfg))`): a module closed over by jit would be baked into the program as constants.
     """
     _check(x_init, offset, neg_emb, sentence_emb, pref_emb)
     model_fn = as_pure(model_fn)  # an nnx.Module is re-merged inside the loop (see diffusion/pure_fn.py)

@@ -9,6 +9,10 @@ The original reuses p when a step changed nothing (the model is time-agnostic). 
 same p, so `use_cache=True` keeps that optimisation exactly with a `lax.cond` (one branch runs on
 CPU/GPU/TPU), and `use_cache=False` always recomputes.
 
+Conditioning segments are the caller's choice: the original appends [T5(pref), T5(sentence),
+T5(masked template)] (1024 tokens), although training only ever saw [pref, sentence] (spec §7.2 item 10);
+pass `(pref, sentence)` to `caption_logits_fn` for the train-consistent layout.
+
 Padding (spec §7.2 item 11): by default only label positions are masked and padding keeps its EOS,
 as in training; `mask_padding=True` is the original prior (everything outside attention-and-not-label is
 masked, so the model fills padding with free text).
