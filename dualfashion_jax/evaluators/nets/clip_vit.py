@@ -171,10 +171,13 @@ def preprocess(images: jax.Array, image_size: int = 224) -> jax.Array:
     if jnp.issubdtype(images.dtype, jnp.integer):
         x = x / 255.0
     b, h, w, _ = x.shape
-    s = image_size / min(h, w)
-    nh, nw = max(image_size, round(h * s)), max(image_size, round(w * s))
+    # torchvision Resize(int): short side -> S, long side -> int(S * long / short); CenterCrop rounds the offset.
+    if h <= w:
+        nh, nw = image_size, int(image_size * w / h)
+    else:
+        nh, nw = int(image_size * h / w), image_size
     if (nh, nw) != (h, w):
         x = jax.image.resize(x, (b, nh, nw, 3), method="bicubic", antialias=True)
-    top, left = (nh - image_size) // 2, (nw - image_size) // 2
+    top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
     x = jnp.clip(x[:, top:top + image_size, left:left + image_size], 0.0, 1.0)
     return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
