@@ -210,3 +210,34 @@ def test_config_round_trip_and_validation():
         mmdit_config.get("sd3_large")
     with pytest.raises(ValueError, match="latent_size"):
         mmdit_config.get("tiny", latent_size=(8, 7))
+
+
+def test_converted_checkpoint_round_trip_without_torch(model, batch, tmp_path):
+    """save_converted(kind="mmdit") -> DualFashionTransformer.from_pretrained -> same outputs in NCHW layout."""
+    from dualfashion_jax.conversion import common
+    from dualfashion_jax.conversion import mmdit as conv
+    from dualfashion_jax.models import api
+
+    x, txt, t = batch
+    flat = {**common.flat_params(model), conv.POS_EMBED_KEY: np.asarray(model.patch_embed.pos_embed[...])}
+    common.save_converted(tmp_path / "ckpt", kind="mmdit", config=CFG.to_dict(), params=flat)
+    loaded = api.DualFashionTransformer.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config == CFG
+    img, logits = loaded(np.asarray(x).transpose(0, 3, 1, 2), np.asarray(txt), np.asarray(t))
+    ref_img, ref_logits = nnx.jit(lambda m: m(x, txt, t))(model)
+    np.testing.assert_allclose(np.asarray(img), np.asarray(ref_img).transpose(0, 3, 1, 2), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5)
+    with pytest.raises(ValueError, match="holds a 'vae' checkpoint, expected 'mmdit'"):
+        common.save_converted(tmp_path / "vae", kind="vae", config={}, params={"a": np.zeros(1)})
+        api.DualFashionTransformer.from_pretrained(tmp_path / "vae")
+
+
+def test_convert_cli_errors_are_clean(tmp_path, capsys):
+    from dualfashion_jax import cli
+
+    assert cli.main(["convert", "transformer", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
+    assert "transformer checkpoint file or folder does not exist" in capsys.readouterr().err
+    (tmp_path / "w.safetensors").write_bytes(b"\x00" * 4)
+    assert cli.main(["convert", "transformer", str(tmp_path / "w.safetensors"), str(tmp_path / "out")]) == 1
+    assert "no config.json next to the weights" in capsys.readouterr().err
+    assert cli.main(["convert", "vae", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1  # lazily imported

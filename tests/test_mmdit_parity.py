@@ -102,7 +102,7 @@ def test_pos_embed_recomputed_like_diffusers():
 
     from dualfashion_jax.models import embeddings
 
-    for d, grid, base in ((32, 16, 4), (32, 10, 4), (1536, 192, 64)):
+    for d, grid, base in ((32, 16, 4), (32, 10, 4), (1536, 48, 16)):  # SD3: D 1536, grid = 3 x base
         ours = embeddings.sincos_2d_pos_embed(d, grid, base_size=base)
         theirs = get_2d_sincos_pos_embed(d, grid, base_size=base, interpolation_scale=1.0).float().numpy()
         np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
