@@ -96,6 +96,14 @@ def test_shapes_heads_and_logits_slice(model, batch):
     assert null.shape == (2, CFG.num_null_tokens, CFG.hidden_size) and txt_logits.shape == logits.shape
 
 
+def test_unrolled_layers_match_scan(model, batch):
+    x, txt, t = batch
+    unrolled = _with_state(dataclasses.replace(CFG, scan_layers=False), nnx.state(model))
+    fwd = nnx.jit(lambda m: m(x, txt, t))
+    for a, b in zip(fwd(unrolled), fwd(model)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
 def test_non_square_latents_and_crop(model, batch):
     _, txt, t = batch
     x = jnp.ones((2, 4, 12, CFG.in_channels))

@@ -87,10 +87,10 @@ def expected_shapes(cfg) -> dict[str, Any]:
     import jax
     from flax import nnx
 
-    from dualfashion_jax.models import embeddings, mmdit
+    from dualfashion_jax.models import mmdit
 
     abstract = nnx.eval_shape(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract, (nnx.Param, embeddings.PosEmbedBuffer))
+    state = nnx.state(abstract, mmdit.WEIGHTS)
     out = {"/".join(str(p) for p in path): v.get_value() for path, v in state.flat_state()}
     buf = out[POS_EMBED_KEY]
     out[POS_EMBED_KEY] = jax.ShapeDtypeStruct(buf.shape, buf.dtype)
@@ -310,9 +310,9 @@ def model_from_flat(cfg, flat: Mapping[str, np.ndarray], *, seed: int = 0):
     import jax.numpy as jnp
     from flax import nnx
 
-    from dualfashion_jax.models import embeddings, mmdit
+    from dualfashion_jax.models import mmdit
 
-    weights = (nnx.Param, embeddings.PosEmbedBuffer)
+    weights = mmdit.WEIGHTS
     expected = expected_shapes(cfg)
     common.validate(flat, expected, source="converted params")
     abstract = nnx.eval_shape(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(seed)))

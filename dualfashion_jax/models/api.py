@@ -38,9 +38,15 @@ class DualFashionTransformer:
         self.model = model
         self.config: MMDiTConfig = model.config
 
-    def __call__(self, hidden_states, encoder_hidden_states, timestep, *,
+    def __call__(self, hidden_states, encoder_hidden_states, timestep, pooled_projections=None, *,
                  heads: Sequence[str] = mmdit.HEADS, text_logits_len: int | None = None):
-        """hidden_states NCHW latents or None -> (velocity NCHW or trunk null tokens [B, 8, D], fp32 logits)."""
+        """hidden_states NCHW latents or None -> (velocity NCHW or trunk null tokens [B, 8, D], fp32 logits).
+
+        `pooled_projections` is accepted for call-compatibility only; like the original it must be None.
+        """
+        if pooled_projections is not None:
+            raise ValueError("pooled_projections must be None: DualFashion has no pooled-text conditioning "
+                             "(temb depends on the timestep only, spec §1.1)")
         txt = _as_jax(encoder_hidden_states, "encoder_hidden_states")
         if txt.ndim != 3:
             raise ValueError(f"encoder_hidden_states must be [B, L, {self.config.joint_attention_dim}], got {tuple(txt.shape)}")

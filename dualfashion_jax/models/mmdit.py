@@ -20,6 +20,8 @@ from dualfashion_jax.models.stage2 import Stage2
 from dualfashion_jax.sharding import axes
 
 HEADS = ("image", "text")
+# Variables a checkpoint holds: trainable params + the (non-trainable) pos-embed buffer. Optimise only nnx.Param.
+WEIGHTS = (nnx.Param, embeddings.PosEmbedBuffer)
 
 
 def _null_init(dim: int):
@@ -69,13 +71,14 @@ class DualMMDiT(nnx.Module):
                 raise ValueError(f"DualMMDiT: latent H, W {x_img.shape[1:3]} must be multiples of patch_size {p}")
 
     def _trunk(self, img: jax.Array, txt: jax.Array, temb: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """All joint blocks under one `nnx.scan` (remat per block per the config)."""
+        """All joint blocks under one `nnx.scan` over the stacked params (remat per block per the config)."""
         def block_fn(block: JointBlock, carry, temb_):
             return block(carry[0], carry[1], temb_)
 
         block_fn = remat.apply(block_fn, self.config.remat_policy)
 
-        @nnx.scan(in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry)
+        # scan_layers=False fully unrolls the loop (same stacked params; no while loop in the HLO).
+        @nnx.scan(in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry, unroll=True if not self.config.scan_layers else 1)
         def run(block, carry, temb_):
             return block_fn(block, carry, temb_)
 

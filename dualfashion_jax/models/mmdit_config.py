@@ -40,7 +40,7 @@ class MMDiTConfig:
     param_dtype: Any = jnp.float32
     attention_backend: str = "xla"       # see models/attention.py
     remat_policy: str = "none"           # see models/remat.py
-    scan_layers: bool = True             # blocks always run under nnx.scan (kept for config symmetry)
+    scan_layers: bool = True             # False: unroll the layer loop (params stay stacked either way)
 
     def __post_init__(self):
         positive = ("num_layers", "num_heads", "head_dim", "in_channels", "out_channels", "patch_size",
