@@ -160,12 +160,12 @@ def run(config, workdir: str) -> dict[str, Any]:
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     restored = ckpt.restore(abs_state, state_sh)
     if restored is not None:
-        start, state, data_state, _ = restored
+        (start, state, data_state, _), fresh = restored, None
         data.set_state(data_state)
         log.info("resumed from %s/%d", ckpt.directory, start)
     else:
         state = partition.sharded_init(spec.init, state_sh)
-        start = 0
+        start, fresh = 0, None
         if config.get("init_from"):
             src_step, loaded = ckpt_lib.load_params(config.init_from, use_ema=config.get("init_from_ema", False))
             params, fresh = _merge_init_from(state["params"], loaded, config.init_from)
@@ -238,7 +238,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     if primary:
         png = metrics_lib.plot_loss_curve(writer.path, os.path.join(workdir, "loss_curve.png"))
     return {"step": step_no, "start_step": start, "metrics": last, "exit": exit_reason, "state": state,
-            "loss_curve": png}
+            "loss_curve": png, "init_from_fresh": fresh}
 
 
 def _in_main_thread() -> bool:
