@@ -222,3 +222,18 @@ def test_sd3_medium_param_count_matches_torch(stage2):
     expected = conv.expected_shapes(cfg)
     kmap = conv.key_map(cfg, expected)
     assert set(kmap) == set(ref.state_dict())
+
+
+def test_bf16_sharded_export_converts(tmp_path):
+    """The released exports are bf16 (and big ones sharded): both read back to the exact bf16 values in fp32."""
+    cfg = CONFIGS["tiny_nonsquare_mlp"][0]
+    ref = _reference(cfg, seed=5).to(torch.bfloat16)
+    ref.save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    assert len(list((tmp_path / "src").glob("*.safetensors"))) > 1
+    cfg2, flat = conv.load_source(tmp_path / "src")
+    assert cfg2 == cfg
+    w = ref.transformer_blocks[1].attn.to_out[0].weight.detach().float().numpy()
+    np.testing.assert_array_equal(flat["blocks/attn/to_out/kernel"][1], w.T)
+    assert flat["blocks/attn/to_out/kernel"].dtype == np.float32
+    r_c = ref.stage2_context_role_embedding.detach().float().numpy()
+    np.testing.assert_array_equal(flat["stage2/context_role"], r_c.transpose(0, 2, 3, 1))
