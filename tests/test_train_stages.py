@@ -43,6 +43,12 @@ def test_stage2_then_stage3_from_stage2(demo):
         assert np.isfinite(r["loss"]) and {"loss_img", "loss_txt", "grad_norm", "lr"} <= set(r)
     assert out2["state"]["ema"], "stage-2 demo keeps an EMA"
     assert (demo / "stage2" / "checkpoints" / "2").is_dir()
+    data_state = json.loads((demo / "stage2" / "checkpoints" / "2" / "data" / "metadata").read_text())
+    assert set(data_state) == {"main"}  # the grain pipeline's iterator state is checkpointed
+    c = _config(2, demo)
+    c.total_steps = 3
+    resumed = train.run(c, str(demo / "stage2"))  # same command, more steps: resumes at step 2
+    assert resumed["start_step"] == 2 and resumed["step"] == 3 and np.isfinite(resumed["metrics"]["loss"])
     out3 = train.run(_config(3, demo, init_from=demo / "stage2"), str(demo / "stage3"))
     assert out3["init_from_fresh"] == []  # every stage-3 param came from stage 2
     assert np.isfinite(out3["metrics"]["loss"]) and out3["state"]["ema"] == {}  # stage 3: no EMA (spec §4)
