@@ -14,7 +14,6 @@ import warnings
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)

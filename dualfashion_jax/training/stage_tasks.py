@@ -7,7 +7,6 @@ tokenizer dir, max_length, use_latents, seed, split, n_aug) and config.loss (dif
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -60,7 +59,8 @@ def _frozen(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen, An
     if kind == "t5" and "vocab_size" not in over:  # a random demo encoder must embed every tokenizer id
         over["vocab_size"] = max(mod.get_config(block.preset).vocab_size, min_vocab)
     cfg = mod.get_config(block.preset, **over)
-    return Frozen(lambda: cls(cfg, rngs=nnx.Rngs(seed)), None, f"random {kind} (seed {seed})"), cfg
+    return Frozen(lambda: cls(cfg, rngs=nnx.Rngs(seed)), None, f"random {kind} (seed {seed})", kind,
+                  cfg.to_dict()), cfg
 
 
 # host batch key -> loss batch key, per stage (`*_latent(s)` or `*_image(s)` depending on the dataset)

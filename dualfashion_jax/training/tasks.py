@@ -21,6 +21,8 @@ class Frozen:
     factory: Callable[[], nnx.Module]
     params: Mapping[str, Any] | None = None
     source: str = ""
+    kind: str = ""                           # conversion kind ("t5", "vae") for `save_converted`
+    config: Mapping[str, Any] | None = None  # its config dict; a random init is saved to <workdir>/frozen/<name>
 
 
 @dataclasses.dataclass

@@ -146,6 +146,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         frozen_gd[name], frozen_sh[name] = gd, partition.state_shardings(abs_fz, mesh, rules)
         if fz.params is None:
             frozen[name] = partition.sharded_init(lambda f=fz.factory: nnx.split(f())[1], frozen_sh[name])
+            _save_random_frozen(workdir, name, fz, frozen[name])
         else:
             frozen[name] = partition.place_flat(abs_fz, frozen_sh[name], fz.params, fz.source or name)
     if task.make_consts is not None:
@@ -239,6 +240,21 @@ def run(config, workdir: str) -> dict[str, Any]:
         png = metrics_lib.plot_loss_curve(writer.path, os.path.join(workdir, "loss_curve.png"))
     return {"step": step_no, "start_step": start, "metrics": last, "exit": exit_reason, "state": state,
             "loss_curve": png, "init_from_fresh": fresh}
+
+
+def _save_random_frozen(workdir: str, name: str, fz: tasks.Frozen, state: nnx.State) -> None:
+    """A randomly initialised frozen module (demo T5/VAE) is saved once to <workdir>/frozen/<name>
+    (`conversion.common` format), so generation uses exactly the encoder the model was trained with."""
+    out = os.path.join(workdir, "frozen", name)
+    if not fz.kind or fz.config is None or os.path.exists(os.path.join(out, "config.json")):
+        return
+    from dualfashion_jax.conversion import common
+
+    flat = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p[:-1]): np.asarray(jax.device_get(v))
+            for p, v in jax.tree_util.tree_leaves_with_path(state)}
+    if jax.process_index() == 0:
+        common.save_converted(out, kind=fz.kind, config=fz.config, params=flat,
+                              extra={"note": f"random init ({fz.source}); saved by dualfashion-jax train"})
 
 
 def _in_main_thread() -> bool:
