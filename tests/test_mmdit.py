@@ -210,6 +210,9 @@ def test_config_round_trip_and_validation():
         assert mmdit_config.MMDiTConfig.from_dict(cfg.to_dict()) == cfg
     sd3 = mmdit_config.get("sd3_medium")
     assert (sd3.hidden_size, sd3.num_layers, sd3.vocab_size, sd3.latent_hw) == (1536, 24, 32100, (64, 64))
+    assert mmdit_config.get("tiny", dtype="bfloat16").dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="MMDiTConfig.dtype: not a dtype"):
+        mmdit_config.get("tiny", dtype="float99")
     with pytest.raises(ValueError, match="unknown MMDiTConfig field"):
         mmdit_config.MMDiTConfig.from_dict({"num_layer": 3}, source="cfg.json")
     with pytest.raises(ValueError, match="remat_policy must be one of"):

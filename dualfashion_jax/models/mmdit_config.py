@@ -43,6 +43,8 @@ class MMDiTConfig:
     scan_layers: bool = True             # False: unroll the layer loop (params stay stacked either way)
 
     def __post_init__(self):
+        if isinstance(self.latent_size, (list, tuple)):  # JSON gives [H, W]
+            object.__setattr__(self, "latent_size", tuple(int(x) for x in self.latent_size))
         positive = ("num_layers", "num_heads", "head_dim", "in_channels", "out_channels", "patch_size",
                     "sample_size", "pos_embed_max_size", "joint_attention_dim", "vocab_size",
                     "num_null_tokens", "matching_hidden", "timestep_features")
@@ -65,7 +67,11 @@ class MMDiTConfig:
             raise ValueError(f"MMDiTConfig.latent_size {self.latent_size} is not a multiple of patch_size {self.patch_size}")
         if not 0.0 <= self.matching_dropout < 1.0:
             raise ValueError(f"MMDiTConfig.matching_dropout must be in [0, 1), got {self.matching_dropout}")
-        jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # raises TypeError on a bad dtype name
+        for name in ("dtype", "param_dtype"):  # normalise "bfloat16" / jnp.bfloat16 -> np.dtype
+            try:
+                object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
+            except TypeError as e:
+                raise ValueError(f"MMDiTConfig.{name}: not a dtype: {getattr(self, name)!r}") from e
 
     @property
     def hidden_size(self) -> int:
@@ -88,13 +94,13 @@ class MMDiTConfig:
 
     @property
     def compute_dtype(self):
-        return jnp.dtype(self.dtype)
+        return self.dtype
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (dtypes by name, latent size as int or [H, W])."""
         d = dataclasses.asdict(self)
-        d["dtype"] = jnp.dtype(self.dtype).name
-        d["param_dtype"] = jnp.dtype(self.param_dtype).name
+        d["dtype"] = self.dtype.name
+        d["param_dtype"] = self.param_dtype.name
         if not isinstance(self.latent_size, int):
             d["latent_size"] = list(self.latent_hw)
         return d
@@ -106,12 +112,6 @@ class MMDiTConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{source}: unknown MMDiTConfig field(s) {unknown}; known: {sorted(names)}")
-        d = dict(d)
-        for k in ("dtype", "param_dtype"):
-            if isinstance(d.get(k), str):
-                d[k] = jnp.dtype(d[k])
-        if isinstance(d.get("latent_size"), (list, tuple)):
-            d["latent_size"] = tuple(int(x) for x in d["latent_size"])
         return cls(**d)
 
 
