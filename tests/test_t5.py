@@ -184,3 +184,17 @@ def test_full_size_xxl_parameter_count():
     theirs = sum(p.numel() for p in ref.parameters())  # the tied embed_tokens is counted once
     print(f"T5-v1.1-XXL encoder parameters: jax {ours:,} torch {theirs:,}")
     assert ours == theirs
+
+
+def test_sharded_bf16_checkpoint_loads_exactly(torch_t5, tmp_path):
+    """A bf16 checkpoint split into shards (model.safetensors.index.json) converts to the same fp32 values."""
+    model = copy.deepcopy(torch_t5[0]).to(torch.bfloat16)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    (tmp_path / "stray.safetensors").write_bytes(b"")  # not in the index: must be ignored
+    params = common.flat_params(t5.T5Encoder.from_pretrained(tmp_path))
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    np.testing.assert_array_equal(params["shared/embedding"], sd["shared.weight"])
+    wo = sd["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
+    np.testing.assert_array_equal(params["blocks/ffn/wo/kernel"][1], wo.T)
+    np.testing.assert_array_equal(params["blocks/attn_norm/weight"][0], sd["encoder.block.0.layer.0.layer_norm.weight"])

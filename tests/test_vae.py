@@ -123,7 +123,8 @@ def _write(folder, sd, cfg):
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
     (folder / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **cfg}))
     return folder
 
@@ -136,8 +137,8 @@ def test_conversion_errors_name_keys(torch_vae, tmp_path):
         conv.convert(_write(tmp_path / "a", bad, _sd3_style()), tmp_path / "oa")
     bad = dict(sd)
     bad["encoder.mid_block.attentions.0.to_q.weight"] = np.zeros((64, 32), np.float32)
-    with pytest.raises(common.ConversionError,
-                       match=r"encoder\.mid_block\.attentions\.0\.to_q\.weight: checkpoint \(64, 32\) vs model \(64, 64\)"):
+    msg = r"encoder\.mid_block\.attentions\.0\.to_q\.weight: checkpoint \(64, 32\) vs model \(64, 64\)"
+    with pytest.raises(common.ConversionError, match=msg):
         vae.AutoencoderKL.from_pretrained(_write(tmp_path / "b", bad, _sd3_style()))
     bad = {**sd, "quant_conv.weight": np.zeros((32, 32, 1, 1), np.float32), "quant_conv.bias": np.zeros(32, np.float32)}
     with pytest.raises(common.ConversionError, match=r"quant_conv\.bias.*use_quant_conv=False"):

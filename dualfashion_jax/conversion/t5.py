@@ -93,10 +93,13 @@ def torch_to_flax(sd: Mapping[str, np.ndarray], cfg: t5_model.T5Config, *, sourc
            "relative_attention_bias": f32(sd[_REL_BIAS]),
            "final_norm/weight": f32(sd["encoder.final_layer_norm.weight"])}
     for flax_key, suffix in _LAYER_MAP.items():
-        layers = [f32(sd[f"encoder.block.{i}.{suffix}"]) for i in range(cfg.num_layers)]
-        if flax_key.endswith("kernel"):
-            layers = [w.T for w in layers]  # torch Linear [out, in] -> [in, out]
-        out[f"blocks/{flax_key}"] = np.stack(layers)  # [num_layers, ...]
+        first = sd[f"encoder.block.0.{suffix}"]
+        shape = first.shape[::-1] if flax_key.endswith("kernel") else first.shape  # Linear [out, in] -> [in, out]
+        stacked = np.empty((cfg.num_layers, *shape), np.float32)  # [num_layers, ...], filled in place (XXL: GBs)
+        for i in range(cfg.num_layers):
+            w = sd[f"encoder.block.{i}.{suffix}"]
+            stacked[i] = w.T if flax_key.endswith("kernel") else w
+        out[f"blocks/{flax_key}"] = stacked
     return out
 
 
@@ -127,25 +130,44 @@ def apply_mask_emb(params: common.FlatParams, vec: np.ndarray, mask_token_id: in
     params["shared/embedding"] = table
 
 
-def _hf_folder(src: pathlib.Path) -> tuple[dict, pathlib.Path]:
-    """(transformers config dict, weights path) of a T5EncoderModel folder."""
+def _weight_files(src: pathlib.Path) -> list[pathlib.Path]:
+    """The weight files of a transformers folder: model.safetensors, the shards its index names, or a .bin."""
+    if (src / "model.safetensors").is_file():
+        return [src / "model.safetensors"]
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [f for f in files if not (src / f).is_file()]
+        if not files or missing:
+            raise FileNotFoundError(f"{index}: names shards {missing or '(none)'} that are not in {src}")
+        return [src / f for f in files]
+    files = sorted(src.glob("*.safetensors"))
+    if files:
+        return files
+    for name in ("pytorch_model.bin", "model.pth"):
+        if (src / name).is_file():
+            return [src / name]
+    raise FileNotFoundError(f"{src}: no model.safetensors, sharded *.safetensors or pytorch_model.bin found")
+
+
+def _hf_folder(src: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
+    """(transformers config dict, weight files) of a T5EncoderModel folder."""
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         hint = (f"; for an SD3 pipeline folder pass {src / 'text_encoder_3'}"
                 if (src / "text_encoder_3").is_dir() else "")
         raise FileNotFoundError(f"{cfg_path}: missing; expected a transformers T5EncoderModel folder{hint}")
-    hf = json.loads(cfg_path.read_text())
-    if not any(src.glob("*.safetensors")):
-        for name in ("pytorch_model.bin", "model.pth"):
-            if (src / name).is_file():
-                return hf, src / name
-    return hf, src
+    return json.loads(cfg_path.read_text()), _weight_files(src)
 
 
 def _convert_hf(src: pathlib.Path, mask_emb, mask_token_id: int) -> tuple[t5_model.T5Config, common.FlatParams]:
-    hf, weights = _hf_folder(src)
+    hf, files = _hf_folder(src)
     cfg = config_from_hf(hf, source=str(src / "config.json"))
-    params = torch_to_flax(common.read_weights(weights), cfg, source=str(weights))
+    sd: dict[str, np.ndarray] = {}
+    for f in files:
+        sd.update(common.read_weights(f))
+    params = torch_to_flax(sd, cfg, source=str(files[0] if len(files) == 1 else src))
+    del sd
     if mask_emb is not None:
         apply_mask_emb(params, read_mask_emb(mask_emb, cfg.d_model), mask_token_id, source=str(mask_emb))
     expected = common.abstract_params(lambda: t5_model.T5Encoder(cfg, rngs=_rngs()))
