@@ -184,6 +184,10 @@ def test_full_size_xxl_parameter_count():
     theirs = sum(p.numel() for p in ref.parameters())  # the tied embed_tokens is counted once
     print(f"T5-v1.1-XXL encoder parameters: jax {ours:,} torch {theirs:,}")
     assert ours == theirs
+    # full-size forward by shape only: one 256-token segment with its attention mask -> [B, 256, 4096]
+    out = nnx.eval_shape(lambda: t5.T5Encoder(cfg, rngs=nnx.Rngs(0))(jnp.zeros((2, 256), jnp.int32),
+                                                                      jnp.ones((2, 256), jnp.int32)))
+    assert out.shape == (2, 256, 4096) and out.dtype == jnp.float32
 
 
 def test_sharded_bf16_checkpoint_loads_exactly(torch_t5, tmp_path):

@@ -229,3 +229,10 @@ def test_full_size_sd3_parameter_count():
     theirs = sum(p.numel() for p in ref.parameters())
     print(f"SD3 VAE parameters: jax {ours:,} torch {theirs:,}")
     assert ours == theirs
+    # full-size 512 px round trip by shape only: [1, 512, 512, 3] -> [1, 64, 64, 16] -> [1, 512, 512, 3]
+    def round_trip():
+        ae = vae.AutoencoderKL(vae.get_config("sd3"), rngs=nnx.Rngs(0))
+        z = ae.encode(jnp.zeros((1, 512, 512, 3))).mode()
+        return z, ae.decode(z)
+    z, x = nnx.eval_shape(round_trip)
+    assert z.shape == (1, 64, 64, 16) and x.shape == (1, 512, 512, 3)
