@@ -182,6 +182,9 @@ def test_stage2_offset_modes():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(m.stage2.offset(ctx, deterministic=True)))
     b = m.stage2.offset(ctx, deterministic=False)  # dropout from the module's own RNG stream
     assert a.shape == b.shape == ctx.shape and not np.allclose(np.asarray(a), np.asarray(b))
+    k1, k2 = (m.stage2.offset(ctx, deterministic=False, rngs=jax.random.key(9)) for _ in range(2))  # explicit key
+    np.testing.assert_array_equal(np.asarray(k1), np.asarray(k2))
+    assert not np.allclose(np.asarray(k1), np.asarray(a))
     assert float(jnp.max(jnp.abs(a))) <= 1.0  # tanh output
     with pytest.raises(ValueError, match=r"expected latents \[B, 8, 8, 16\]"):
         m.stage2.offset(jnp.ones((2, 4, 4, CFG.in_channels)))

@@ -33,7 +33,7 @@ class MatchingMLP(nnx.Module):
                                           kernel_init=xavier)
         self.dropout = nnx.Dropout(cfg.matching_dropout, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
         if x.shape[1:] != self.shape:
             raise ValueError(f"MatchingMLP: expected latents [B, {', '.join(map(str, self.shape))}] (NHWC, the "
                              f"config's latent_size x in_channels), got {tuple(x.shape)}")
@@ -66,8 +66,12 @@ class Stage2(nnx.Module):
                 rngs.params(), (c,), cfg.param_dtype))
             self.context_gate = nnx.Param(nnx.with_partitioning(zeros, ())(rngs.params(), (), cfg.param_dtype))
 
-    def offset(self, ctx_mean: jax.Array, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Context offset c from the mean context latent `[B, H, W, C]` (dropout only when not deterministic)."""
+    def offset(self, ctx_mean: jax.Array, deterministic: bool = True,
+               rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        """Context offset c from the mean context latent `[B, H, W, C]` (dropout only when not deterministic).
+
+        The dropout key comes from `rngs` (an nnx.Rngs or a PRNG key) or, when None, the module's own stream.
+        """
         if ctx_mean.ndim != 4 or ctx_mean.shape[-1] != self.target_role.shape[-1]:
             raise ValueError(f"Stage2.offset: expected ctx_mean [B, H, W, {self.target_role.shape[-1]}] (NHWC), "
                              f"got {tuple(ctx_mean.shape)}")
