@@ -237,3 +237,16 @@ def test_bf16_sharded_export_converts(tmp_path):
     assert flat["blocks/attn/to_out/kernel"].dtype == np.float32
     r_c = ref.stage2_context_role_embedding.detach().float().numpy()
     np.testing.assert_array_equal(flat["stage2/context_role"], r_c.transpose(0, 2, 3, 1))
+
+
+def test_original_style_config_without_stage2_fields(saved, tmp_path):
+    """The original config.json has no stage2_* fields: the MLP size comes from its weights (square only)."""
+    _, src, _ = saved
+    dconf = {k: v for k, v in json.loads((src / "config.json").read_text()).items()
+             if not k.startswith("stage2_") and k != "num_null_tokens"}
+    weights = common.read_weights(src)
+    with pytest.raises(common.ConversionError, match=r"input size 1536 is not 16\*H\*W with H == W"):
+        conv.config_from_diffusers(dconf, weights, source="config.json", notes=[])
+    square = dict(weights, **{"stage2_matching_mlp.hidden_layer.weight": np.zeros((32, 1024), np.float32)})
+    cfg = conv.config_from_diffusers(dconf, square, source="config.json", notes=[])
+    assert (cfg.latent_size, cfg.matching_hidden, cfg.num_null_tokens, cfg.stage2_variant) == (8, 32, 8, "mlp")

@@ -190,21 +190,20 @@ def _stage2_config(dconf, weights, in_ch: int, *, source: str, variant: str | No
         out["latent_size"] = _latent_size(dconf["stage2_latent_size"])
     if dconf.get("stage2_matching_hidden") is not None:
         out["matching_hidden"] = int(dconf["stage2_matching_hidden"])
-    if variant == "mlp":
-        w = weights.get("stage2_matching_mlp.hidden_layer.weight")
-        if w is None:
-            raise ConversionError(f"{source}: stage2_variant='mlp' but 'stage2_matching_mlp.hidden_layer.weight' is missing")
+    w = weights.get("stage2_matching_mlp.hidden_layer.weight")
+    if variant == "mlp" and w is None:
+        raise ConversionError(f"{source}: stage2_variant='mlp' but 'stage2_matching_mlp.hidden_layer.weight' is missing")
+    if w is not None:  # the MLP's shape fixes the latent size and width (also recorded for the GOR variant)
         hidden, n = int(w.shape[0]), int(w.shape[1])
-        size = out.get("latent_size")
-        if size is None:
+        if "latent_size" not in out:
             side = math.isqrt(n // in_ch)
             if side * side * in_ch != n:
                 raise ConversionError(f"{source}: stage2_matching_mlp input size {n} is not {in_ch}*H*W with H == W; "
                                       "add stage2_latent_size [H, W] to config.json")
-            size = side
-        out.update(latent_size=size, matching_hidden=hidden)
-        if "stage2_dropout" in dconf:
-            out["matching_dropout"] = float(dconf["stage2_dropout"])
+            out["latent_size"] = side
+        out["matching_hidden"] = hidden
+    if "stage2_dropout" in dconf:
+        out["matching_dropout"] = float(dconf["stage2_dropout"])
     notes.append(f"{source}: stage-2 modules converted (variant {variant!r}).")
     return out
 
