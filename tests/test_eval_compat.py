@@ -93,3 +93,20 @@ def test_trainer_learns_synthetic_compatibility():
     assert 0 < r["compatibility"] < 1 and r["n"] == 50
     with pytest.raises(ValueError, match=r"expected item features \[B, 4, 16\]"):
         model(jnp.zeros((2, 3, 16)))
+
+
+@pytest.mark.torch
+def test_convert_cli(torch_pair, tmp_path, capsys):
+    """`dualfashion-jax convert compat SRC OUT` writes a checkpoint that reloads; a bad file exits 1 with its name."""
+    from dualfashion_jax.conversion import cli
+
+    torch, ref, _ = torch_pair
+    torch.save(ref.state_dict(), tmp_path / "ev.pth")
+    assert cli.main(["compat", str(tmp_path / "ev.pth"), str(tmp_path / "out")]) == 0
+    model, _, _ = cc.load_compat(tmp_path / "out")
+    x = np.random.default_rng(1).normal(size=(2, 4, 1024)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(model(jnp.asarray(x))), ref(torch.from_numpy(x)).numpy(), atol=1e-5)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
+    assert cli.main(["compat", str(tmp_path / "bad.pth"), str(tmp_path / "out2")]) == 1
+    assert "feat_layer.weight" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`dualfashion-jax convert {transformer,vae,t5} SRC OUT`: PyTorch/diffusers/transformers weights -> orbax.
+"""`dualfashion-jax convert {transformer,vae,t5,clip,compat} SRC OUT`: PyTorch/diffusers/transformers weights -> orbax.
 
 Each target's converter is imported only when used. Bad input ends with one clear message (exit 1),
 not a traceback.
@@ -29,6 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     t5.add_argument("src")
     t5.add_argument("out")
     t5.add_argument("--mask-emb", default=None, help="aligned mask embedding (.pth/.pt/.safetensors) for row <extra_id_0>")
+    t5.add_argument("--mask-token-id", type=int, default=32099,
+                    help="embedding row of <extra_id_0> in the tokenizer (32099 for the real T5 vocabulary)")
+    c = sub.add_parser("clip", help="open_clip ViT (image + text towers) state dict, e.g. ViT-H-14 laion2b_s32b_b79k")
+    c.add_argument("src")
+    c.add_argument("out")
+    c.add_argument("--vision-heads", type=int, default=None, help="image-tower heads (default: open_clip's convention)")
+    c.add_argument("--text-heads", type=int, default=None, help="text-tower heads (default: open_clip's convention)")
+    k = sub.add_parser("compat", help="DiFashion outfit compatibility evaluator (FashionEvaluator .pth)")
+    k.add_argument("src")
+    k.add_argument("out")
     return p
 
 
@@ -40,9 +50,14 @@ def main(argv: list[str]) -> int:
             out = mod.convert(args.src, args.out, config=args.config, stage2_variant=args.stage2_variant)
         elif args.target == "vae":
             out = importlib.import_module("dualfashion_jax.conversion.vae").convert(args.src, args.out)
+        elif args.target == "t5":
+            out = importlib.import_module("dualfashion_jax.conversion.t5").convert(
+                args.src, args.out, mask_emb=args.mask_emb, mask_token_id=args.mask_token_id)
+        elif args.target == "clip":
+            out = importlib.import_module("dualfashion_jax.conversion.open_clip").convert(
+                args.src, args.out, vision_heads=args.vision_heads, text_heads=args.text_heads)
         else:
-            out = importlib.import_module("dualfashion_jax.conversion.t5").convert(args.src, args.out,
-                                                                                  mask_emb=args.mask_emb)
+            out = importlib.import_module("dualfashion_jax.conversion.compat_net").convert(args.src, args.out)
     except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"dualfashion-jax convert {args.target}: error: {e}", file=sys.stderr)
         return 1
