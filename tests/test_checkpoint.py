@@ -1,6 +1,8 @@
-"""Checkpoints through the real `dualfashion-jax train` process on the toy config:
-6 uninterrupted steps == 3 steps + SIGKILL + resume (bitwise on CPU: losses, params, opt state, EMA);
-SIGTERM saves and exits cleanly; a corrupted latest checkpoint is skipped with a warning."""
+"""Checkpoints through the real `dualfashion-jax train` process:
+6 uninterrupted steps == 3 steps + SIGKILL + resume, bitwise on CPU (losses, params, opt state, EMA, data
+iterator), on the toy config AND on the stage-3 demo config (real DualMMDiT, frozen T5, grain pipeline);
+SIGTERM saves and exits cleanly; a corrupted/partial latest checkpoint is skipped with a warning."""
+import json
 import os
 import shutil
 import signal
@@ -21,13 +23,15 @@ CONFIG = os.path.join(ROOT, "configs", "toy_cpu.py")
 TIMEOUT = 240
 
 
-def _cmd(workdir, *extra):
-    return [sys.executable, "-m", "dualfashion_jax.cli", "train", "--config", CONFIG + ":steps=6",
-            "--workdir", str(workdir), "--config.progress_bar=False", "--config.tensorboard=False", *extra]
+def _cmd(workdir, *extra, config=CONFIG + ":steps=6"):
+    return [sys.executable, "-m", "dualfashion_jax.cli", "train", "--config", config,
+            "--workdir", str(workdir), "--config.progress_bar=False", "--config.tensorboard=False",
+            "--config.log_every=1", *extra]
 
 
-def _run(workdir, *extra):
-    p = subprocess.run(_cmd(workdir, *extra), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+def _run(workdir, *extra, config=CONFIG + ":steps=6"):
+    p = subprocess.run(_cmd(workdir, *extra, config=config), capture_output=True, text=True, timeout=TIMEOUT,
+                       cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 
@@ -52,9 +56,9 @@ def _last_step(workdir):
     return len(rows)
 
 
-def _restore(workdir, step=None):
-    """(step, host state) of a workdir's checkpoint, restored onto one device (a different sharding)."""
-    config = main_lib.load_config(CONFIG + ":steps=6")
+def _restore(workdir, step=None, config=CONFIG + ":steps=6"):
+    """(step, host state, data state) of a workdir's checkpoint, restored onto one device (another sharding)."""
+    config = main_lib.load_config(config)
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     spec = train.build_state_spec(config, tasks.build(config), mesh, rules.get("fsdp"))
     ck = ckpt_lib.Checkpointer(workdir, keep=3)
@@ -62,7 +66,7 @@ def _restore(workdir, step=None):
         out = ck.restore(spec.abstract, spec.shardings, step=step)
     finally:
         ck.close()
-    return None if out is None else (out[0], jax.tree.map(np.asarray, out[1]), out[2])
+    return None if out is None else (out[0], jax.tree.map(np.asarray, ckpt_lib.to_savable(out[1])), out[2])
 
 
 @pytest.fixture(scope="module")
@@ -79,26 +83,51 @@ def _assert_same_state(a, b):
         np.testing.assert_array_equal(x, y)  # bitwise
 
 
+@pytest.fixture(scope="module")
+def stage3(tmp_path_factory):
+    """A tiny synthetic dataset + test tokenizer, the stage-3 demo config on it, and its 6-step reference run."""
+    from dualfashion_jax.data.format import SafeDataset
+    from dualfashion_jax.data.synthetic.make import make_dataset
+    from dualfashion_jax.text import tokenizer as tk
+
+    root = tmp_path_factory.mktemp("s3")
+    ds = SafeDataset(make_dataset(root / "data", seed=0, image_size=32, num_users=16, verbose=False))
+    texts = [json.dumps(v["elements"]) for v in ds.item_info.values()] + list(ds.categories.values())
+    tk.build_test_tokenizer(texts, root / "tokenizer", vocab_size=200, max_length=32)
+    config = (os.path.join(ROOT, "configs", "stage3_demo.py") +
+              f":data={root / 'data'},tokenizer={root / 'tokenizer'},steps=6,init_from=")
+    _run(root / "ref", "--config.checkpoint.every_steps=3", config=config)
+    return config, root / "ref"
+
+
+@pytest.fixture(params=["toy", "stage3_demo"])
+def kill_setup(request, reference):
+    if request.param == "toy":
+        return CONFIG + ":steps=6", reference
+    return request.getfixturevalue("stage3")
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path):
-    proc = subprocess.Popen(_cmd(tmp_path, "--config.debug_step_delay_s=1.0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def test_sigkill_then_resume_is_bitwise_identical(kill_setup, tmp_path):
+    config, reference = kill_setup
+    proc = subprocess.Popen(_cmd(tmp_path, "--config.debug_step_delay_s=1.0", "--config.checkpoint.every_steps=3",
+                                 config=config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     _wait_for(lambda: os.path.isdir(tmp_path / "checkpoints" / "3") and _last_step(tmp_path) >= 3, proc,
               "checkpoint 3")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "checkpoints" / "6").exists(), "killed too late: the run had already finished"
-    resumed = _run(tmp_path)
+    resumed = _run(tmp_path, "--config.checkpoint.every_steps=3", config=config)
     assert "resumed from" in resumed.stderr and "/checkpoints/3" in resumed.stderr
     ref_rows = {r["step"]: r for r in metrics.read_metrics(str(reference / "metrics.jsonl"))}
     new_rows = {r["step"]: r for r in metrics.read_metrics(str(tmp_path / "metrics.jsonl"))}
     assert sorted(new_rows) == [1, 2, 3, 4, 5, 6]
     for s in range(1, 7):
         assert new_rows[s]["loss"] == ref_rows[s]["loss"], (s, new_rows[s]["loss"], ref_rows[s]["loss"])
-    s_ref, st_ref, data_ref = _restore(str(reference))
-    s_new, st_new, data_new = _restore(str(tmp_path))
-    assert s_ref == s_new == 6 and data_ref == data_new == {"step": 6}
+    s_ref, st_ref, data_ref = _restore(str(reference), config=config)
+    s_new, st_new, data_new = _restore(str(tmp_path), config=config)
+    assert s_ref == s_new == 6 and data_ref == data_new and data_ref
     _assert_same_state(st_ref, st_new)
 
 
