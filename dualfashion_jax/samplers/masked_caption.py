@@ -69,13 +69,24 @@ def _probs(logits_fn: LogitsFn, x: jax.Array, mask_id: int) -> jax.Array:
     return jnp.exp(masked_text.subs_log_probs(logits, x, mask_id))
 
 
+def _uniform(key: jax.Array, i, shape: tuple[int, ...]) -> jax.Array:
+    """U(0,1) of `shape` [B, L, V] for step i: one key for the batch, or one key per row (key [B])."""
+    if key.ndim == 0:
+        return jax.random.uniform(jax.random.fold_in(key, i), shape)
+    if key.shape != shape[:1]:
+        raise ValueError(f"sample_caption: per-row keys must be [B] = [{shape[0]}], got {key.shape}")
+    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i), shape[1:]))(key)
+
+
 def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask: jax.Array, label_mask: jax.Array,
                    *, mask_id: int, key: jax.Array | None = None, uniforms: jax.Array | None = None,
                    steps: int = 64, t_min: float = 1e-5, mask_padding: bool = False,
                    use_cache: bool = True) -> jax.Array:
     """Samples caption token ids int32 [B, L] (no MASK left).
 
-    Randomness: `key` (U for step i from fold_in(key, i)) or explicit `uniforms` [steps, B, L, V] (tests).
+    Randomness: `key` (U for step i from fold_in(key, i)), a batch of keys [B] (row b draws from
+    fold_in(key[b], i): each row's caption is independent of the batch it is in, as generation needs for
+    batching/sharding invariance) or explicit `uniforms` [steps, B, L, V] (tests).
     logits_fn runs inside lax.fori_loop/cond: build it with `caption_logits_fn` (or keep it free of NNX modules
     created outside, see diffusion/pure_fn.py).
     """
@@ -100,7 +111,7 @@ def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask:
         t = ts[i]
         s = t - dt
         q = jnp.where(is_mask_col, s, p * (t - s))  # [B, L, V]
-        u = uniforms[i] if uniforms is not None else jax.random.uniform(jax.random.fold_in(key, i), p.shape)
+        u = uniforms[i] if uniforms is not None else _uniform(key, i, p.shape)
         e = 1e-10 - jnp.log(u + 1e-10)
         draw = jnp.argmax(q / e, axis=-1).astype(jnp.int32)  # [B, L]
         x_next = jnp.where(x != mask_id, x, draw)

@@ -1,0 +1,88 @@
+"""`GenSettings`: every knob of a PFITB/GOR run (samples, seed, image guidance, caption sampler, fixes vs original).
+
+Stored verbatim in the results' settings.json and run.json; a resumed run must use identical settings
+(`check_resume`), so one results dir never mixes samples drawn under different settings.
+Per-sample randomness is a pure function of (seed, uid, oid, sample index, stream) (`sample_key`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dualfashion_jax.samplers.flow_euler import GuidanceConfig
+from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
+
+TASKS = ("pfitb", "gor")
+CAPTION_CONDS = ("original", "train")  # [pref, sent, T5(masked template)] (spec §5.2) | [pref, sent] (training)
+GOR_OFFSETS = ("mlp", "projector")
+# Streams folded after (seed, uid, oid, sample): keep image noise, captions, context samples and GOR orders apart.
+STREAM_CAPTION, STREAM_CONTEXT, STREAM_ORDER = 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class GenSettings:
+    """Sampling settings shared by PFITB, GOR and the one-request API (defaults: the original's values)."""
+
+    num_images: int = 1               # N images per blank (GOR: K samples per row, each a full outfit)
+    num_captions: int = 1             # M captions per blank (GOR: one caption per generated item)
+    seed: int = 0
+    guidance: GuidanceConfig = GuidanceConfig()
+    caption_steps: int = 64
+    template_source: str = "budget"   # GT-free length budget (fix of spec §7.2 item 12) | "ground_truth"
+    caption_cond: str = "original"
+    mask_padding: bool = False        # True: the original prior also masks padding (spec §7.2 item 11)
+    context_sample: bool = False      # False: VAE posterior MEAN for context items (fix of §7.2 item 16)
+    gor_offset: str = "mlp"           # GOR: trained MatchingMLP (fix of §7.2 item 13) | original projector/gate
+
+    def __post_init__(self):
+        for name in ("num_images", "num_captions", "caption_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"GenSettings.{name} must be an int >= 1, got {v!r}")
+        if self.template_source not in TEMPLATE_SOURCES:
+            raise ValueError(f"GenSettings.template_source must be one of {TEMPLATE_SOURCES}, got {self.template_source!r}")
+        if self.caption_cond not in CAPTION_CONDS:
+            raise ValueError(f"GenSettings.caption_cond must be one of {CAPTION_CONDS}, got {self.caption_cond!r}")
+        if self.gor_offset not in GOR_OFFSETS:
+            raise ValueError(f"GenSettings.gor_offset must be one of {GOR_OFFSETS}, got {self.gor_offset!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["guidance"] = dataclasses.asdict(self.guidance)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "GenSettings":
+        d = dict(d)
+        d["guidance"] = GuidanceConfig(**d.get("guidance", {}))
+        return cls(**d)
+
+
+def check_resume(previous: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
+    """Raises if a results dir was started with different settings (names every differing field)."""
+    diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    if diff:
+        show = {k: (previous.get(k), current.get(k)) for k in diff[:8]}
+        raise ValueError(f"{where}: this results dir was generated with different settings {show} "
+                         "(field: (before, now)); rerun with the same flags or choose a new --out")
+
+
+def sample_key(seed: int, uid, oid, sample, stream: int) -> jax.Array:
+    """Per-row keys [B]: fold_in(fold_in(fold_in(fold_in(key(seed), uid), oid), sample), stream)."""
+    uid, oid, sample = jnp.broadcast_arrays(*(jnp.asarray(a).astype(jnp.uint32) for a in (uid, oid, sample)))
+
+    def one(u, o, i):
+        k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), u), o), i)
+        return jax.random.fold_in(k, stream)
+
+    return jax.vmap(one)(uid.reshape(-1), oid.reshape(-1), sample.reshape(-1))
+
+
+def gor_order(seed: int, uid: int, oid: int, sample: int, n: int = 4) -> list[int]:
+    """The item generation order of GOR sample `sample` of row (uid, oid): a seeded permutation of range(n)."""
+    key = sample_key(seed, uid, oid, sample, STREAM_ORDER)[0]
+    return [int(i) for i in np.asarray(jax.random.permutation(key, n))]
