@@ -61,8 +61,11 @@ def stage_blocks(c: mlc.ConfigDict, *, model: str, dtype: str, t5: str, t5_check
     c.model = mlc.ConfigDict(dict(preset=model, dtype=dtype, attention_backend="xla", remat_policy="none",
                                   vocab_from_tokenizer=False, latent_from_data=False,
                                   overrides={}))
-    c.t5 = mlc.ConfigDict(dict(preset=t5, checkpoint=t5_checkpoint, dtype=dtype, seed=0, overrides={}))
-    c.vae = mlc.ConfigDict(dict(preset=vae, checkpoint=vae_checkpoint, dtype=dtype, seed=0, overrides={}))
+    # frozen encoders: stored in the compute dtype (the original loads T5/VAE in bf16); never optimized
+    c.t5 = mlc.ConfigDict(dict(preset=t5, checkpoint=t5_checkpoint, dtype=dtype, param_dtype=dtype, seed=0,
+                               overrides={}))
+    c.vae = mlc.ConfigDict(dict(preset=vae, checkpoint=vae_checkpoint, dtype=dtype, param_dtype=dtype, seed=0,
+                                overrides={}))
     c.data = mlc.ConfigDict(dict(dir=data, tokenizer=tokenizer, max_length=256, use_latents="auto", seed=0,
                                  split="train", n_aug=0))
     c.loss = mlc.ConfigDict(dict(caption_weight=0.2, text_dropout=0.1, matching_lambda=0.1, context_dropout=0.5,

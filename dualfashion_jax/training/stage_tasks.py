@@ -47,12 +47,14 @@ def _frozen(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen, An
 
     mod = {"t5": t5, "vae": vae}[kind]
     cls = {"t5": t5.T5Encoder, "vae": vae.AutoencoderKL}[kind]
-    over = {"dtype": _dtype(block.dtype, f"config.{kind}.dtype")}
+    over = {"dtype": _dtype(block.dtype, f"config.{kind}.dtype"),  # frozen: bf16 storage loses nothing it trains
+            "param_dtype": _dtype(block.get("param_dtype", "float32"), f"config.{kind}.param_dtype")}
     if block.get("checkpoint"):
         from dualfashion_jax.conversion.common import load_converted
 
         meta, flat = load_converted(block.checkpoint, kind=kind)
-        cfg = type(mod.get_config("tiny")).from_dict({**meta["config"], "dtype": jnp.dtype(over["dtype"]).name},
+        names = {k: jnp.dtype(v).name for k, v in over.items()}
+        cfg = type(mod.get_config("tiny")).from_dict({**meta["config"], **names},
                                                      source=f"{block.checkpoint}/config.json")
         return Frozen(lambda: cls(cfg, rngs=nnx.Rngs(0)), flat, str(block.checkpoint)), cfg
     over.update(dict(block.get("overrides", {}) or {}))

@@ -248,6 +248,10 @@ def _save_random_frozen(workdir: str, name: str, fz: tasks.Frozen, state: nnx.St
     out = os.path.join(workdir, "frozen", name)
     if not fz.kind or fz.config is None or os.path.exists(os.path.join(out, "config.json")):
         return
+    if jax.process_count() > 1:  # shards live on several hosts; demo-only feature
+        log.warning("random frozen %s not saved (multi-process run); generation must rebuild it from the config",
+                    name)
+        return
     from dualfashion_jax.conversion import common
 
     flat = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p[:-1]): np.asarray(jax.device_get(v))
