@@ -159,20 +159,28 @@ def _params_from_workdir(wd: pathlib.Path, ema: bool) -> tuple[int, dict[str, np
     return step, flat, used_ema
 
 
-def model_from_params(cfg, flat: dict[str, np.ndarray], *, source: str) -> mmdit.DualMMDiT:
-    """A DualMMDiT with `flat` nnx.Param values (validated against eval_shape) and its computed buffers."""
-    abstract = nnx.eval_shape(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0)))
-    graphdef, pstate, _ = nnx.split(abstract, nnx.Param, ...)
+def module_from_flat(factory, flat: dict[str, np.ndarray], *, source: str, what: str = "model"):
+    """factory()'s module holding `flat` nnx.Param values (validated against eval_shape; nothing random is
+    initialised); non-Param state (pos-embed buffer, RNG streams) is computed under jit."""
+    abstract = nnx.eval_shape(factory)
+    graphdef, pstate, rest = nnx.split(abstract, nnx.Param, ...)
     expected = {"/".join(map(str, path)): v.get_value() for path, v in pstate.flat_state()}
     try:
         common.validate(flat, expected, source=source)
     except common.ConversionError as e:
-        raise BundleError(f"checkpoint/config mismatch (the training config builds a different model):\n{e}") from None
-    rest = jax.jit(lambda: nnx.split(mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)[2])()
+        raise BundleError(f"checkpoint/config mismatch (the config builds a different {what}):\n{e}") from None
+    if jax.tree.leaves(rest):
+        rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
     fs = pstate.flat_state()
     for path, var in fs:
         var.set_value(jnp.asarray(flat["/".join(map(str, path))], dtype=var.get_value().dtype))
     return nnx.merge(graphdef, nnx.State.from_flat_path(fs), rest)
+
+
+def build_jitted(factory):
+    """factory() run under jit (one compile instead of one per initializer op), returned as a concrete module."""
+    graphdef, _ = nnx.split(nnx.eval_shape(factory))
+    return nnx.merge(graphdef, jax.jit(lambda: nnx.split(factory())[1])())
 
 
 def _frozen_module(kind: str, explicit: str | None, config, wd: pathlib.Path, min_vocab: int):
@@ -193,14 +201,12 @@ def _frozen_module(kind: str, explicit: str | None, config, wd: pathlib.Path, mi
             meta, flat = common.load_converted(cand, kind=kind)
             cfg_cls = type(t5_lib.get_config("tiny") if kind == "t5" else vae_lib.get_config("tiny"))
             cfg = cfg_cls.from_dict({**meta["config"], "dtype": block.dtype}, source=str(cand / "config.json"))
-            mod = cls(cfg, rngs=nnx.Rngs(0))
-            common.validate(flat, common.abstract_params(lambda: cls(cfg, rngs=nnx.Rngs(0))), source=str(cand))
-            common.load_flat_into(mod, flat)
+            mod = module_from_flat(lambda: cls(cfg, rngs=nnx.Rngs(0)), flat, source=str(cand), what=kind.upper())
             return mod, str(cand)
         nxt = _workdir_config(cur).get("init_from") if (cur / "config.json").is_file() else ""
         cur = _resolve(nxt, cur) if nxt else None
     spec, _ = stage_tasks._frozen(kind, block, block.seed, min_vocab=min_vocab)  # the training's own random init
-    return spec.factory(), f"seeded random init ({block.preset}, seed {block.seed}) as in training"
+    return build_jitted(spec.factory), f"seeded random init ({block.preset}, seed {block.seed}) as in training"
 
 
 def _workdir_config(wd: pathlib.Path) -> dict:
@@ -247,7 +253,7 @@ def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> 
     if dtype:
         mcfg = dataclasses.replace(mcfg, dtype=dtype)
     step, flat, used_ema = _params_from_workdir(wd, ema)
-    model = model_from_params(mcfg, flat, source=f"{wd}/checkpoints/{step} ({'ema' if used_ema else 'params'})")
+    model = module_from_flat(lambda: mmdit.DualMMDiT(mcfg, rngs=nnx.Rngs(0)), flat, source=f"{wd}/checkpoints/{step} ({'ema' if used_ema else 'params'})")
     info = {"source": str(wd), "kind": "workdir", "stage": config.stage, "step": step, "ema": used_ema,
             "t5": t5_src, "vae": vae_src, "tokenizer": str(tok_dir)}
     return Bundle(model, t5_mod, vae_mod, tok, data_dir=str(data_dir), info=info)

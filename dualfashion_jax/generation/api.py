@@ -1,0 +1,83 @@
+"""One recommendation request without a dataset: a user's preference JSON, a category and 0-3 outfit images ->
+generated item images and attribute captions (the PFITB program on a single chain).
+
+    from dualfashion_jax.generation.bundle import load_bundle
+    from dualfashion_jax.generation.api import recommend
+    bundle = load_bundle("runs/stage2")                       # training workdir or converted checkpoints
+    pref = {"Color": "black", "Material": "leather", "Design features": "zip", "Clothing Fashion Style": "street"}
+    images, captions = recommend(bundle, pref, "boots", [top_u8, bag_u8], num_images=2, num_captions=2, seed=0)
+`images` is uint8 [N, S, S, 3] (S = the model's image size); outfit images of any size are RGB-converted,
+short-side resized and centre-cropped like the training data. With no outfit image, the context is the zero
+latent (as GOR's first item). The request is keyed as (uid, oid) = (0, 0), so a seed reproduces it exactly.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+from dualfashion_jax.data.format import sentence_text
+from dualfashion_jax.data.images import preprocess
+from dualfashion_jax.generation.sampling import Programs, make_mesh
+from dualfashion_jax.generation.settings import GenSettings
+from dualfashion_jax.samplers.templates import build_template
+from dualfashion_jax.text.tokenizer import CAPTION_KEYS, caption_json
+
+MAX_CONTEXT = 3
+_CACHE: list[Programs] = []  # the last request's compiled programs (reused while bundle and settings match)
+
+
+def _check(preference, category, outfit_images) -> None:
+    if not isinstance(preference, Mapping):
+        raise ValueError(f"preference: expected a dict with keys {list(CAPTION_KEYS)}, got {type(preference).__name__}")
+    unknown = sorted(set(preference) - set(CAPTION_KEYS))
+    if unknown:
+        raise ValueError(f"preference: unknown key(s) {unknown}; expected a subset of {list(CAPTION_KEYS)}")
+    if not isinstance(category, str) or not category.strip():
+        raise ValueError(f"category: expected a non-empty category name, got {category!r}")
+    if len(outfit_images) > MAX_CONTEXT:
+        raise ValueError(f"outfit_images: at most {MAX_CONTEXT} images (the visible outfit items), got {len(outfit_images)}")
+    for i, im in enumerate(outfit_images):
+        a = np.asarray(im)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] != 3:
+            raise ValueError(f"outfit_images[{i}]: expected a uint8 HxWx3 RGB array, got {a.dtype} {a.shape}")
+
+
+def _programs(bundle, settings: GenSettings) -> Programs:
+    if not (_CACHE and _CACHE[0].bundle is bundle and _CACHE[0].settings == settings):
+        _CACHE[:] = [Programs(bundle, settings, make_mesh(jax.local_devices()[:1]))]  # on the first local device
+    return _CACHE[0]
+
+
+def recommend(bundle, preference: Mapping[str, str], category: str, outfit_images: Sequence[np.ndarray],
+              num_images: int = 1, num_captions: int = 1, seed: int = 0,
+              settings: GenSettings | None = None) -> tuple[np.ndarray, list[str]]:
+    """(images uint8 [N, S, S, 3], captions list[str] of length M) for one request (see module docstring).
+
+    `settings` overrides every sampler knob (its num_images/num_captions/seed are replaced by the arguments).
+    """
+    _check(preference, category, outfit_images)
+    import dataclasses
+
+    s = dataclasses.replace(settings or GenSettings(), num_images=num_images, num_captions=num_captions, seed=seed)
+    progs = _programs(bundle, s)
+    tok, size = bundle.tokenizer, bundle.image_size
+    ctx = np.full((MAX_CONTEXT, size, size, 3), 255, np.uint8)
+    for i, im in enumerate(outfit_images):
+        ctx[i] = preprocess(Image.fromarray(np.asarray(im)), size)
+    valid = (np.arange(MAX_CONTEXT) < len(outfit_images)).astype(np.float32)
+    p_ids, p_mask = tok.encode([caption_json(preference)])
+    s_ids, s_mask = tok.encode([sentence_text(category.strip())])
+    if s.template_source != "budget":
+        raise ValueError("recommend: a request has no ground-truth item; use template_source='budget'")
+    t = build_template(tok, source="budget", value_lengths=bundle.value_lengths)
+    uid = oid = np.zeros((1,), np.uint32)
+    batch = {"uid": uid, "oid": oid, "image_idx": np.arange(num_images)[None], "caption_idx": np.arange(num_captions)[None],
+             "ctx_valid": valid[None], "pref_ids": p_ids, "pref_mask": p_mask, "sent_ids": s_ids, "sent_mask": s_mask,
+             "tmpl_ids": t.ids[None], "tmpl_mask": t.attention_mask[None], "tmpl_labels": t.label_mask[None]}
+    batch["ctx_latents"] = progs.encode(ctx[None], uid, oid)  # [1, 3, h, w, ch]; invalid slots are masked out
+    lat, ids = progs.sample(batch)
+    images = progs.decode(lat)[0]  # [N, S, S, 3]
+    return images, [c.strip() for c in tok.decode(ids[0])]
