@@ -163,6 +163,10 @@ def load(folder: str | os.PathLike, *, dtype: Any = None, param_dtype: Any = Non
     folder = pathlib.Path(folder)
     cfg_path = folder / "config.json"
     meta = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if "kind" in meta and meta.get("config", {}).get("architecture") == "pixel_s2d":  # the demo's stand-in VAE
+        from dualfashion_jax.models import pixel_ae
+
+        return pixel_ae.load(folder, dtype=dtype, param_dtype=param_dtype)
     if "kind" in meta:
         meta, params = common.load_converted(folder, kind=KIND)
         cfg = vae_model.VAEConfig.from_dict(meta["config"], source=str(cfg_path))

@@ -33,6 +33,11 @@ def load_vae(ckpt: str | os.PathLike):
     from dualfashion_jax.models import vae
 
     meta, flat = load_converted(ckpt, kind="vae")
+    if meta.get("config", {}).get("architecture") == "pixel_s2d":  # the demo's space-to-depth stand-in VAE
+        from dualfashion_jax.models import pixel_ae
+
+        model = pixel_ae.load(ckpt)
+        return model, model.cfg
     cfg = vae.VAEConfig.from_dict(meta["config"], source=str(Path(ckpt) / "config.json"))
     model = build_from_flat(lambda: vae.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), flat, source=str(ckpt))
     return model, cfg

@@ -194,11 +194,12 @@ class CaptionTokenizer:
 
 # --------------------------------------------------------------------------------------- test tokenizer builder
 def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vocab_size: int = 256,
-                         extra_ids: int = 100, max_length: int = 256) -> CaptionTokenizer:
+                         extra_ids: int = 100, max_length: int = 256, model_type: str = "unigram") -> CaptionTokenizer:
     """Train a small sentencepiece unigram model with T5's id layout (pad 0, eos 1, unk 2, no bos) and save it.
 
     Writes `out_dir/spiece.model` plus the transformers files, so `CaptionTokenizer.from_pretrained(out_dir)`
     reloads it. `vocab_size` is a soft limit (small corpora yield fewer pieces). Used by tests and the demo.
+    `model_type="bpe"` suits tiny, repetitive corpora (the demo's), where unigram seeding finds only ~70 pieces.
     """
     import sentencepiece as spm
     from transformers import T5Tokenizer
@@ -212,7 +213,7 @@ def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vo
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=buf, vocab_size=int(vocab_size), model_type="unigram",
+        sentence_iterator=iter(texts), model_writer=buf, vocab_size=int(vocab_size), model_type=model_type,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, character_coverage=1.0,
         minloglevel=2, num_threads=1)
     (out / "spiece.model").write_bytes(buf.getvalue())
