@@ -1,0 +1,182 @@
+"""PFITB / GOR generation end to end on the synthetic dataset with a tiny model loaded from a training workdir:
+records the evaluators read, captions JSON, grids + HTML, resumability, determinism, 1- vs 8-device sharding,
+GOR's dependence on earlier items, the CLI and its errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generation_support import make_workdir, make_world
+
+from dualfashion_jax.evaluators.records import read_records
+from dualfashion_jax.generation import cli, runner
+from dualfashion_jax.generation.bundle import BundleError, load_bundle
+from dualfashion_jax.generation.settings import GenSettings, gor_order
+from dualfashion_jax.samplers.flow_euler import GuidanceConfig
+
+SETTINGS = GenSettings(num_images=2, num_captions=2, seed=3, guidance=GuidanceConfig(num_steps=2), caption_steps=3)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = make_world(tmp_path_factory.mktemp("gen"))
+    make_workdir(root, root / "wd")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(world):
+    return load_bundle(world / "wd")
+
+
+@pytest.fixture(scope="module")
+def pfitb_run(world, bundle):
+    """PFITB interrupted after 2 rows (--max-rows 2), then resumed over the whole split, on 8 devices."""
+    out = world / "pfitb8"
+    first = runner.run("pfitb", bundle, SETTINGS, out=out, rows_per_batch=2, max_rows=2, progress=False)
+    files = {p: p.read_bytes() for p in sorted((out / "rows").rglob("*")) if p.is_file()}
+    second = runner.run("pfitb", bundle, SETTINGS, out=out, rows_per_batch=2, progress=False, original_layout=True)
+    return out, first, second, files
+
+
+def _png(path):
+    return np.asarray(Image.open(path).convert("RGB"), np.int16)
+
+
+def test_bundle_ema_raw_and_provenance(world, bundle):
+    raw = load_bundle(world / "wd", ema=False)
+    k_ema = np.asarray(bundle.model.context_embedder.kernel[...])
+    k_raw = np.asarray(raw.model.context_embedder.kernel[...])
+    np.testing.assert_allclose(k_ema - k_raw, 0.01, atol=1e-6)  # the fake workdir's EMA = params + 0.01
+    assert bundle.info["ema"] is True and raw.info["ema"] is False and bundle.info["step"] == 1
+    assert bundle.info["t5"].endswith("frozen/t5") and bundle.image_size == 32
+    assert set(bundle.value_lengths) == {"Color", "Material", "Design features", "Clothing Fashion Style"}
+
+
+def test_pfitb_records_outputs_and_resume(world, pfitb_run):
+    out, first, second, files = pfitb_run
+    n = len(np.load(world / "data" / "splits" / "test.npz")["uids"])
+    assert (first.rows, first.generated, first.skipped) == (2, 2, 0)
+    assert (second.rows, second.generated, second.skipped, second.records) == (n, n - 2, 2, n)
+    for p, data in files.items():  # rows finished before the "interruption" were not regenerated
+        assert p.read_bytes() == data, p
+    records, settings = read_records(out)
+    assert len(records) == n and settings["task"] == "pfitb" and settings["sampler"]["num_images"] == 2
+    for r in records:
+        assert len(r.blank_slots) == 1 and [g.sample for g in r.gen_for(r.blank_slots[0])] == [0, 1]
+        assert all(g.caption is not None for g in r.gen) and r.grd[0].iid == r.outfit[r.blank_slots[0]]
+        for g in r.gen:
+            assert _png(out / g.image).shape == (32, 32, 3)
+    caps = json.loads((out / "generated_caption.json").read_text())
+    assert len(caps) == n and {"uid", "oid", "target_item_id", "preference_text", "sentence_text",
+                               "caption_template", "generated_captions"} <= set(caps[0])
+    assert len(caps[0]["generated_captions"]) == 2 and "<extra_id_0>" in caps[0]["caption_template"]
+    html = (out / "index.html").read_text()
+    assert html.count("grid.png'><img") == n
+    for r in records:
+        assert (out / r.gen[0].image).parent.joinpath("grid.png").is_file()
+    gen = np.load(out / "gen.npy", allow_pickle=True).item()  # our own file (original layout on request)
+    assert set(gen) == {r.uid for r in records}
+
+
+def test_pfitb_samples_differ_and_one_device_matches_eight(world, bundle, pfitb_run):
+    out8 = pfitb_run[0]
+    recs8, _ = read_records(out8)
+    g = recs8[0].gen
+    assert np.abs(_png(out8 / g[0].image) - _png(out8 / g[1].image)).max() > 10  # sample index -> other noise
+    from dualfashion_jax.generation.sampling import make_mesh
+    import jax
+
+    out1 = world / "pfitb1"  # 1 device, 3 rows per batch: other batch composition and padding
+    runner.run("pfitb", bundle, SETTINGS, out=out1, rows_per_batch=3, mesh=make_mesh(jax.devices()[:1]),
+               progress=False)
+    recs1, _ = read_records(out1)
+    for a, b in zip(recs1, recs8):
+        assert (a.uid, a.oid) == (b.uid, b.oid)
+        for ga, gb in zip(a.gen, b.gen):
+            assert ga.caption == gb.caption  # identical tokens
+            # tolerance: 1 grey level (fp32 reductions may differ across sharding/batch size before rounding)
+            assert np.abs(_png(out1 / ga.image) - _png(out8 / gb.image)).max() <= 1
+
+
+def test_rerun_with_other_settings_is_refused(world, bundle, pfitb_run):
+    import dataclasses
+    with pytest.raises(ValueError, match="different settings"):
+        runner.run("pfitb", bundle, dataclasses.replace(SETTINGS, seed=4), out=pfitb_run[0], progress=False)
+
+
+def test_gor_end_to_end(world, bundle):
+    s = GenSettings(num_images=2, num_captions=1, seed=1, guidance=GuidanceConfig(num_steps=2), caption_steps=3)
+    out = world / "gor"
+    summary = runner.run("gor", bundle, s, out=out, rows_per_batch=2, max_rows=2, progress=False)
+    assert summary.records == 2
+    records, settings = read_records(out)
+    assert settings["task"] == "gor"
+    for r in records:
+        assert r.blank_slots == (0, 1, 2, 3) and len(r.gen) == 8 and len(r.grd) == 4
+        assert sorted((g.slot, g.sample) for g in r.gen) == [(sl, k) for sl in range(4) for k in range(2)]
+    caps = json.loads((out / "generated_captions.json").read_text())
+    entry = caps[0]["generated_captions"]
+    assert len(entry) == 8 and [e["slot"] for e in entry[:4]] == gor_order(1, records[0].uid, records[0].oid, 0)
+    assert sorted(gor_order(1, 5, 6, 0)) == [0, 1, 2, 3]
+    assert len({tuple(gor_order(1, 5, 6, k)) for k in range(8)}) > 1  # a permutation per sample
+
+
+def test_gor_item_depends_on_earlier_items(bundle):
+    """Item k's context (and so its offset and caption image stream) comes from the generated items < k."""
+    from dualfashion_jax.generation import conditioning as cond
+    from dualfashion_jax.generation.gor import history_context
+
+    rng = np.random.default_rng(0)
+    hist = rng.standard_normal((1, 2, 16, 16, 16)).astype(np.float32)  # items 0, 1 generated
+    hist2 = hist.copy()
+    hist2[:, 0] += 1.0  # change item 0
+    lat0, valid0 = history_context(hist[:, :0], 0)
+    assert valid0.sum() == 0 and not lat0.any()  # first item: zero context
+    offs = []
+    for h in (hist, hist2):
+        lat, valid = history_context(h[:, :1], 1)  # item 1 sees item 0 only
+        np.testing.assert_array_equal(valid, [[1, 0, 0]])
+        offs.append(np.asarray(cond.context_offset(bundle.model, cond.masked_context_mean(lat, valid))))
+    assert np.abs(offs[0] - offs[1]).max() > 1e-4
+    lat, valid = history_context(np.concatenate([hist, hist], 1), 4)  # step 4 sees the last 3 items
+    np.testing.assert_array_equal(valid, [[1, 1, 1]])
+
+
+def test_cli_errors(world, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--task", "retrieval", "--checkpoint", str(world / "wd"), "--out", str(tmp_path / "x")])
+    data = tmp_path / "data"
+    shutil.copytree(world / "data", data)
+    (data / "text" / "test_preference.json").unlink()
+    rc = cli.main(["--task", "pfitb", "--checkpoint", str(world / "wd"), "--data", str(data), "--out",
+                   str(tmp_path / "o"), "--no-progress"])
+    assert rc == 1 and "test_preference.json" in capsys.readouterr().err
+    rc = cli.main(["--task", "gor", "--checkpoint", str(world / "wd"), "--out", str(tmp_path / "o2"),
+                   "--gor-offset", "projector", "--no-progress"])
+    assert rc == 1 and "gor_projector" in capsys.readouterr().err
+    rc = cli.main(["--task", "pfitb", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o3")])
+    assert rc == 1 and "neither a training workdir" in capsys.readouterr().err
+
+
+def test_checkpoint_config_mismatch(world, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(world / "wd", wd)
+    cfg = json.loads((wd / "config.json").read_text())
+    cfg["model"]["overrides"] = {"num_layers": 3}  # the config now builds a deeper model than was saved
+    (wd / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match="checkpoint/config mismatch"):
+        load_bundle(wd)
+
+
+def test_cli_generate_runs(world, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["--task", "pfitb", "--checkpoint", str(world / "wd"), "--out", str(out), "--steps", "2",
+            "--caption-steps", "3", "--num-images", "2", "--num-captions", "2", "--seed", "3", "--max-rows", "1",
+            "--rows-per-batch", "2", "--no-progress"]
+    assert cli.main(args) == 0 and "1 rows (1 generated now" in capsys.readouterr().out
+    assert cli.main(args) == 0 and "0 generated now, 1 already done" in capsys.readouterr().out
+    records, _ = read_records(out)
+    assert len(records) == 1
