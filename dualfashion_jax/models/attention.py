@@ -1,16 +1,22 @@
-"""One attention entry point with pluggable backends (XLA einsum reference, cuDNN flash; TPU splash later).
+"""One attention entry point with pluggable backends (XLA einsum reference, cuDNN flash, TPU splash).
 
 All backends take q/k/v as `[B, L, H, Dh]`, full bidirectional attention with no mask (the original
-attends padding too, spec §7.1), and return `[B, Lq, H, Dh]` in q's dtype. A new backend (e.g. `splash`
-in its own file) registers itself with `@register_backend("splash")`.
+attends padding too, spec §7.1), and return `[B, Lq, H, Dh]` in q's dtype. A backend registers itself with
+`@register_backend(name)`; `auto` picks cudnn on GPU for bf16/fp16, splash on TPU, else xla. A backend the
+platform/dtype cannot run is an error, or, with `fallback="xla"`, a logged switch to the fallback.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from dualfashion_jax.models import attention_splash
+
+log = logging.getLogger(__name__)
 
 AttentionFn = Callable[..., jax.Array]  # (q, k, v, *, scale) -> out
 _BACKENDS: dict[str, AttentionFn] = {}
@@ -40,34 +46,64 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> 
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # [B, Lq, H, Dh]
 
 
+def unsupported_reason(backend: str, dtype) -> str | None:
+    """Why `backend` cannot run inputs of `dtype` on this platform (None: it can)."""
+    if backend == "cudnn":
+        if _platform() != "gpu":
+            return f"attention backend 'cudnn' needs a GPU, but JAX runs on {_platform()!r}"
+        if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+            return f"attention backend 'cudnn' needs bfloat16/float16 inputs, got {jnp.dtype(dtype)}"
+    if backend == "splash" and _platform() != "tpu":
+        return f"attention backend 'splash' needs a TPU, but JAX runs on {_platform()!r}"
+    return None
+
+
 @register_backend("cudnn")
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
     """cuDNN fused (flash) attention through `jax.nn.dot_product_attention`; GPU with bf16/fp16 only."""
-    if _platform() != "gpu":
-        raise ValueError(f"attention backend 'cudnn' needs a GPU, but JAX runs on {_platform()!r}; "
-                         "use attention_backend='xla' or 'auto'")
-    if q.dtype not in (jnp.bfloat16, jnp.float16):
-        raise ValueError(f"attention backend 'cudnn' needs bfloat16/float16 inputs, got {q.dtype}; "
-                         "set the model dtype to bfloat16 or use attention_backend='auto'")
+    reason = unsupported_reason("cudnn", q.dtype)
+    if reason:
+        raise ValueError(f"{reason}; use attention_backend='xla' or 'auto' (or fallback='xla')")
     return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
 
 
-def resolve_backend(backend: str, dtype) -> str:
-    """The concrete backend `backend` means for inputs of `dtype` on this platform ('auto' -> cudnn|xla)."""
+@register_backend("splash")
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
+    """Pallas splash attention on TPU, per shard of the context mesh (models/attention_splash.py)."""
+    reason = unsupported_reason("splash", q.dtype)
+    if reason:
+        raise ValueError(f"{reason}; use attention_backend='xla' or 'auto' (or fallback='xla')")
+    return attention_splash.splash_attention(q, k, v, scale=scale)
+
+
+def resolve_backend(backend: str, dtype, fallback: str | None = None) -> str:
+    """The concrete backend `backend` means for `dtype` here ('auto' -> cudnn | splash | xla).
+
+    A named backend this platform/dtype cannot run raises ValueError, or with `fallback` logs and uses it.
+    """
     if backend == "auto":
         if _platform() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
             return "cudnn"
-        return "xla"
+        return "splash" if _platform() == "tpu" else "xla"
     if backend not in _BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {available_backends()}")
-    return backend
+    reason = unsupported_reason(backend, dtype)
+    if reason is None:
+        return backend
+    if fallback is None:
+        raise ValueError(f"{reason}; use attention_backend='xla' or 'auto', or pass fallback='xla'")
+    log.warning("%s; falling back to attention backend %r", reason, fallback)
+    return resolve_backend(fallback, dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, backend: str = "xla",
-              scale: float | None = None) -> jax.Array:
-    """Softmax(q k^T * scale) v with q/k/v `[B, L, H, Dh]`; scale defaults to 1/sqrt(Dh)."""
+              scale: float | None = None, fallback: str | None = None) -> jax.Array:
+    """Softmax(q k^T * scale) v with q/k/v `[B, L, H, Dh]`; scale defaults to 1/sqrt(Dh).
+
+    `fallback` (e.g. "xla") is used, with a logged warning, when `backend` cannot run here.
+    """
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention: expected q [B, Lq, H, Dh] and k == v [B, Lk, H, Dh], got "
                          f"q {q.shape}, k {k.shape}, v {v.shape}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _BACKENDS[resolve_backend(backend, q.dtype)](q, k, v, scale=scale)
+    return _BACKENDS[resolve_backend(backend, q.dtype, fallback)](q, k, v, scale=scale)

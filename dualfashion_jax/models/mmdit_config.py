@@ -11,7 +11,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 STAGE2_VARIANTS = ("mlp", "gor_projector")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims", "save_attn_out")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims", "save_attn_out", "save_named",
+                  "offload_named")  # models/remat.py RematPolicy
 
 
 @dataclasses.dataclass(frozen=True)
