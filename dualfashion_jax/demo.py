@@ -39,7 +39,7 @@ class DemoPlan:
     max_length: int = 40               # tokens per text segment (4-key captions and preferences <= 34)
     t5_preset: str = "small_demo"      # frozen random T5 (d_model 64)
     model: tuple = (("num_layers", 4), ("num_heads", 4), ("head_dim", 16), ("matching_hidden", 64))
-    steps: tuple = (600, 900, 100)     # stage 1, 2, 3
+    steps: tuple = (300, 400, 40)      # stage 1, 2, 3
     batch: tuple = (16, 16, 16)
     lr: tuple = (1e-3, 1e-3, 2e-4)
     gen_rows: int = 0                  # 0 = the whole test split
@@ -54,7 +54,7 @@ class DemoPlan:
     def fast(cls) -> "DemoPlan":
         return cls(num_users=16, vocab_size=200, model=(("num_layers", 2), ("num_heads", 2), ("head_dim", 16),
                                                         ("matching_hidden", 32)),
-                   steps=(8, 8, 4), batch=(8, 8, 8), gen_rows=4, image_steps=2, caption_steps=2, rows_per_batch=4,
+                   steps=(24, 8, 4), batch=(8, 8, 8), gen_rows=4, image_steps=2, caption_steps=2, rows_per_batch=4,
                    metrics="oracle")
 
 
@@ -126,7 +126,7 @@ def stage_config(out: pathlib.Path, plan: DemoPlan, stage: int):
     if c.optim.get("ema_decay") is not None:
         c.optim.ema_start_step = min(int(c.optim.ema_start_step), plan.steps[i] // 2)
     c.checkpoint.every_steps = plan.steps[i]
-    c.log_every = max(1, min(int(c.log_every), plan.steps[i] // 4))
+    c.log_every = 1 if plan.steps[i] <= 100 else int(c.log_every)
     c.t5.preset = plan.t5_preset
     c.vae.checkpoint = str(out / "vae")  # generation decodes with the stand-in VAE (training reads latents)
     c.model.overrides = dict(plan.model, joint_attention_dim=t5.get_config(plan.t5_preset).d_model)

@@ -160,11 +160,13 @@ def fit_scaling(cfg: PixelAEConfig, images_uint8: np.ndarray) -> PixelAEConfig:
     if images_uint8.ndim != 4 or images_uint8.dtype != np.uint8:
         raise ValueError(f"fit_scaling: expected uint8 images [N, S, S, 3], got {images_uint8.dtype} "
                          f"{images_uint8.shape}")
+    if float(images_uint8.std()) == 0.0:
+        raise ValueError("fit_scaling: the images are constant; no shift/scale can be fitted")
     ae = PixelAutoencoder(dataclasses.replace(cfg, shift_factor=0.0, scaling_factor=1.0))
     z = np.asarray(ae.encode(jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0).mode())
     std = float(z.std())
     if not np.isfinite(std) or std < 1e-6:
-        raise ValueError(f"fit_scaling: latents have std {std}; the images are constant")
+        raise ValueError(f"fit_scaling: latents have std {std}; cannot scale them to unit variance")
     return dataclasses.replace(cfg, shift_factor=float(z.mean()), scaling_factor=1.0 / std)
 
 

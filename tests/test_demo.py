@@ -1,0 +1,69 @@
+"""`dualfashion-jax demo --fast` end to end (data -> 3 stages -> PFITB/GOR -> evaluate) in one module-scoped
+run, then: the artefacts exist, both training losses fall, and a rerun resumes instead of redoing work."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dualfashion_jax import demo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = demo.run(out, demo.DemoPlan.fast(), log=lambda s: None)
+    return out, result
+
+
+def test_artefacts_and_table(run):
+    out, result = run
+    assert set(result["reports"]) == {"pfitb", "gor"}
+    for task, n_images in (("pfitb", 4), ("gor", 16)):
+        res = out / "generations" / task
+        assert (res / "records.json").is_file() and (res / "index.html").is_file()
+        rep = json.loads((res / "report.json").read_text())
+        assert rep["settings"]["num_generated"] == n_images
+        oracle = rep["metrics"]["oracle"]
+        for key in ("oracle_category_acc", "oracle_pref_colour_match", "oracle_pref_colour_chance"):
+            assert 0.0 <= oracle[key] <= 1.0, (task, key, oracle[key])
+    for s in (1, 2, 3):
+        wd = out / f"stage{s}"
+        assert (wd / "loss_curve.png").is_file() and (wd / "metrics.jsonl").is_file()
+        assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(wd) for f in fs), wd
+    readme = (out / "README.md").read_text()
+    assert "Personalization (oracle)" in readme and "| PFITB |" in readme and "stage1/" in readme
+    assert json.loads((out / "timings.json").read_text())["total"] > 0
+    cfg = json.loads((out / "stage2" / "config.json").read_text())
+    assert cfg["t5"]["preset"] == "small_demo" and cfg["vae"]["checkpoint"] == str(out / "vae")
+    assert json.loads((out / "vae" / "config.json").read_text())["config"]["architecture"] == "pixel_s2d"
+
+
+def test_both_losses_fall(run):
+    out, _ = run
+    rows = [json.loads(line) for line in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == demo.DemoPlan.fast().steps[0]
+    k = len(rows) // 4
+    for key in ("loss_img", "loss_txt"):
+        first, last = np.mean([r[key] for r in rows[:k]]), np.mean([r[key] for r in rows[-k:]])
+        assert last < 0.9 * first, f"stage-1 {key}: first {k} steps mean {first:.4f}, last {k} {last:.4f}"
+
+
+def test_rerun_resumes(run):
+    out, _ = run
+    ckpt = out / "stage2" / "checkpoints" / str(demo.DemoPlan.fast().steps[1])
+    mtime = ckpt.stat().st_mtime
+    (out / "generations" / "gor" / "report.json").unlink()
+    result = demo.run(out, demo.DemoPlan.fast(), log=lambda s: None)  # finished phases are skipped
+    t = result["timings"]
+    assert ckpt.stat().st_mtime == mtime  # not retrained
+    assert max(t[k] for k in ("data", "vae", "tokenizer", "stage1", "stage2", "stage3")) < 5.0, t
+    assert json.loads((out / "generations" / "gor" / "report.json").read_text())["settings"]["num_generated"] == 16
+
+
+def test_cli_rejects_unknown_flag(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--out", "x", "--steps", "3"])
+    assert "unrecognized arguments" in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""The demo's stand-in VAE (space-to-depth pixel autoencoder): exact round trip, the AutoencoderKL interface,
+shift/scale fitting, and loading through the same loaders real converted VAEs use."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dualfashion_jax.models  # noqa: F401
+from dualfashion_jax.models import pixel_ae, vae
+from dualfashion_jax.sharding import axes
+
+
+@pytest.fixture(scope="module")
+def ae():
+    return pixel_ae.PixelAutoencoder(pixel_ae.PixelAEConfig(seed=3))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jax.random.uniform(jax.random.key(0), (3, 32, 32, 3), minval=-1.0, maxval=1.0)  # [B, H, W, 3]
+
+
+def test_round_trip_and_interface(ae, images):
+    post = ae.encode(images)
+    assert isinstance(post, vae.DiagonalGaussian)
+    assert post.mean.shape == (3, 16, 16, 16) and post.mean.dtype == jnp.float32  # [B, S/2, S/2, 16]
+    rec = ae.decode(post.mode())
+    np.testing.assert_allclose(np.asarray(rec), np.asarray(images), atol=1e-5)  # tolerance: fp32 rounding
+    z = post.sample(jax.random.key(1))  # near point mass (logvar -30): the sample decodes to the input too
+    np.testing.assert_allclose(np.asarray(ae.decode(z)), np.asarray(images), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ae(images)), np.asarray(images), atol=1e-5)
+    assert ae.cfg.downsample_factor == 2 and ae.cfg.latent_channels == 16
+    w = np.asarray(ae.proj[...])
+    np.testing.assert_allclose(w @ w.T, np.eye(12), atol=1e-6)  # orthonormal rows: W W^T = I
+    assert ae.proj.get_metadata()["out_sharding"] == (axes.CONV_IN, axes.CONV_OUT)
+
+
+def test_model_space_helpers_use_shift_and_scale(images):
+    u8 = np.asarray(jnp.round((images + 1) * 127.5), np.uint8)
+    cfg = pixel_ae.fit_scaling(pixel_ae.PixelAEConfig(), u8)
+    z = np.asarray(vae.encode_images(pixel_ae.PixelAutoencoder(cfg), u8, sample=False))  # model space
+    assert abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4
+    back = np.asarray(vae.decode_latents(pixel_ae.PixelAutoencoder(cfg), jnp.asarray(z)))  # [0, 1] images
+    np.testing.assert_allclose(back * 255.0, u8.astype(np.float32), atol=1e-2)
+
+
+def test_saved_stand_in_loads_through_the_vae_loaders(ae, images, tmp_path):
+    from dualfashion_jax.data.encode_latents import load_vae
+
+    pixel_ae.save(ae, tmp_path / "vae")
+    for loaded in (vae.AutoencoderKL.from_pretrained(tmp_path / "vae"), load_vae(tmp_path / "vae")[0]):
+        assert isinstance(loaded, pixel_ae.PixelAutoencoder) and loaded.cfg == ae.cfg
+        np.testing.assert_array_equal(np.asarray(loaded.encode(images).mean), np.asarray(ae.encode(images).mean))
+
+
+def test_bad_inputs_name_the_problem(ae, images, tmp_path):
+    with pytest.raises(ValueError, match="looks NCHW"):
+        ae.encode(jnp.transpose(images, (0, 3, 1, 2)))
+    with pytest.raises(ValueError, match="multiples of 2"):
+        ae.encode(images[:, :31, :31])
+    with pytest.raises(ValueError, match="expected NHWC"):
+        ae.decode(jnp.zeros((1, 4, 4, 12)))
+    with pytest.raises(ValueError, match="not invertible"):
+        pixel_ae.PixelAEConfig(factor=4)
+    with pytest.raises(ValueError, match="unknown PixelAEConfig fields"):
+        pixel_ae.PixelAEConfig.from_dict({"blocks": 3}, source="x.json")
+    with pytest.raises(ValueError, match="constant"):
+        pixel_ae.fit_scaling(pixel_ae.PixelAEConfig(), np.full((2, 32, 32, 3), 255, np.uint8))
+    pixel_ae.save(pixel_ae.PixelAutoencoder(dataclasses.replace(ae.cfg, seed=4)), tmp_path / "v")
+    cfg_file = tmp_path / "v" / "config.json"
+    cfg_file.write_text(cfg_file.read_text().replace('"seed": 4', '"seed": 5'))
+    with pytest.raises(ValueError, match="differs from the projection of seed 5"):
+        pixel_ae.load(tmp_path / "v")
