@@ -81,6 +81,7 @@ def test_pfitb_records_outputs_and_resume(world, pfitb_run):
     assert set(gen) == {r.uid for r in records}
 
 
+@pytest.mark.slow
 def test_pfitb_samples_differ_and_one_device_matches_eight(world, bundle, pfitb_run):
     out8 = pfitb_run[0]
     recs8, _ = read_records(out8)
@@ -171,6 +172,7 @@ def test_checkpoint_config_mismatch(world, tmp_path):
         load_bundle(wd)
 
 
+@pytest.mark.slow
 def test_cli_generate_runs(world, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["--task", "pfitb", "--checkpoint", str(world / "wd"), "--out", str(out), "--steps", "2",
