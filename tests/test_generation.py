@@ -182,3 +182,42 @@ def test_cli_generate_runs(world, tmp_path, capsys):
     assert cli.main(args) == 0 and "0 generated now, 1 already done" in capsys.readouterr().out
     records, _ = read_records(out)
     assert len(records) == 1
+
+
+def test_converted_layout_loads(world, bundle, tmp_path):
+    """DIR/{transformer, t5, vae, tokenizer} (convert outputs) gives the same model as the workdir."""
+    from flax import nnx
+
+    from dualfashion_jax.conversion import common
+    from dualfashion_jax.conversion.mmdit import POS_EMBED_KEY
+
+    flat = common.flat_params(bundle.model)
+    flat[POS_EMBED_KEY] = np.asarray(bundle.model.patch_embed.pos_embed[...])
+    common.save_converted(tmp_path / "transformer", kind="mmdit", config=bundle.model.config.to_dict(), params=flat)
+    for kind, mod in (("t5", bundle.t5), ("vae", bundle.vae)):
+        common.save_converted(tmp_path / kind, kind=kind, config=mod.cfg.to_dict(), params=common.flat_params(mod))
+    shutil.copytree(world / "tokenizer", tmp_path / "tokenizer")
+    conv = load_bundle(tmp_path, data=str(world / "data"))
+    assert conv.info["kind"] == "converted" and conv.image_size == bundle.image_size
+    a, b = nnx.state(conv.model, nnx.Param), nnx.state(bundle.model, nnx.Param)
+    for (pa, va), (pb, vb) in zip(a.flat_state(), b.flat_state()):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+
+
+def test_ground_truth_template_is_the_target_caption(world, bundle):
+    """--template ground_truth masks the GT item's own value tokens; the default budget is GT-free."""
+    import dataclasses
+
+    from dualfashion_jax.generation.inputs import SplitInputs
+    from dualfashion_jax.samplers.templates import value_runs
+    from dualfashion_jax.text.tokenizer import CAPTION_KEYS, caption_json
+
+    inp = SplitInputs(world / "data", "test", bundle, dataclasses.replace(SETTINGS, template_source="ground_truth"))
+    row = inp.row(0)
+    t = inp.template(row.target)
+    _, _, labels = bundle.tokenizer.encode_caption(caption_json(inp.ds.item_info[row.target]["elements"]))
+    assert t.value_lengths() == [e - s for s, e in value_runs(labels)] and "<extra_id_0>" in t.text
+    budget = SplitInputs(world / "data", "test", bundle, SETTINGS)
+    assert budget.template(row.target).value_lengths() == [bundle.value_lengths[k] for k in CAPTION_KEYS]
+    assert budget.template(row.target) is budget.template(inp.row(1).target)  # one template for every row
