@@ -221,3 +221,27 @@ def test_ground_truth_template_is_the_target_caption(world, bundle):
     budget = SplitInputs(world / "data", "test", bundle, SETTINGS)
     assert budget.template(row.target).value_lengths() == [bundle.value_lengths[k] for k in CAPTION_KEYS]
     assert budget.template(row.target) is budget.template(inp.row(1).target)  # one template for every row
+
+
+def test_gor_projector_variant_reachable(bundle):
+    """gor_offset='projector' needs (and uses) a checkpoint with the original GOR projector/gate modules."""
+    import dataclasses
+
+    from flax import nnx
+
+    from dualfashion_jax.generation import conditioning as cond
+    from dualfashion_jax.generation.bundle import Bundle, module_from_flat
+    from dualfashion_jax.generation.sampling import Programs
+    from dualfashion_jax.models import mmdit
+    from generation_support import random_params
+
+    cfg = dataclasses.replace(bundle.model.config, stage2_variant="gor_projector")
+    factory = lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))  # noqa: E731
+    model = module_from_flat(factory, random_params(factory, seed=1), source="random gor_projector")
+    b = Bundle(model, bundle.t5, bundle.vae, bundle.tokenizer, bundle.value_lengths)
+    Programs(b, dataclasses.replace(SETTINGS, gor_offset="projector"))  # accepted
+    with pytest.raises(ValueError, match="stage2_variant 'mlp'"):
+        Programs(b, SETTINGS)  # the default (trained MLP) path needs the MLP
+    z = np.zeros((1, 16, 16, 16), np.float32)
+    off0, off1 = (np.asarray(cond.context_offset(model, x)) for x in (z, z + 1.0))
+    assert np.abs(off0 - off1).max() > 1e-4  # r_t + sigmoid(gate) Conv(ctx + r_c) depends on the context
