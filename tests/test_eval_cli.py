@@ -63,7 +63,9 @@ def clip_ckpt(tmp_path_factory):
 def test_pfitb_end_to_end(data_dir, clip_ckpt, tmp_path):
     res = _fake_results(data_dir, tmp_path / "pfitb", "pfitb")
     metrics = ("clip_score,clip_image_score,personal_sim,compatibility,retrieval_acc,caption_parse_rate,"
-               "text_align,text_personalization,text_diversity,oracle,lpips_diversity")
+               "text_align,text_personalization,text_diversity,oracle,lpips_diversity,grounded_retrieval_acc,"
+               "grounded_clip_score,grounded_clip_image_score,grounded_lpips,grounded_personal_sim,"
+               "grounded_compatibility")
     rc = cli.main(["--results", str(res), "--data", str(data_dir), "--task", "pfitb", "--metrics", metrics,
                    "--clip", str(clip_ckpt), "--batch-size", "64", "--no-progress"])
     rep = json.loads((res / "report.json").read_text())
@@ -77,8 +79,15 @@ def test_pfitb_end_to_end(data_dir, clip_ckpt, tmp_path):
     assert m["oracle"]["oracle_category_acc"] == 1.0  # noisy copies of GT renders decode to the GT attributes
     assert m["lpips_diversity"]["num_rows"] == 3 and m["text_diversity"]["text_diversity_rows"] == 3
     assert m["compatibility"]["n"] == 6  # one outfit per generated sample
+    # grounding: retrieval among the 5 candidates is the plain retrieval; noisy GT copies retrieve their GT items
+    assert m["grounded_retrieval_acc"]["grounded_retrieval_acc"] == m["retrieval_acc"]["retrieval_acc"]
+    for k in ("grounded_clip_score", "grounded_clip_image_score", "grounded_personal_sim", "grounded_compatibility"):
+        assert m[k]["n"] == 6 and np.isfinite(m[k][k])
+    assert m["grounded_lpips"]["num_images"] == 6 and m["grounded_lpips"]["grounded_lpips"] >= 0
+    assert rep["settings"]["grounding"]["retrieval"].startswith("pfitb: argmax")
     md = (res / "report.md").read_text()
     assert "| | Fidelity |" in md and "**random-weight**" in md and "Not paper-comparable" in md
+    assert "## Grounding (generate-then-retrieve)" in md and "| **Model** | **CS** | **CIS** | **LPIPS↓** |" in md
     assert rep["settings"]["generation_settings"]["seeds"] == [10, 11]
 
 
@@ -89,7 +98,8 @@ def test_gor_end_to_end_trained_compat(data_dir, tmp_path, monkeypatch):
         raise FileNotFoundError("CLIP BPE merges file not found (test)")
     monkeypatch.setattr(clip_tokenizer, "find_bpe_file", no_bpe)
     rc = cli.main(["--results", str(res), "--data", str(data_dir), "--metrics",
-                   "compatibility,grounding_recall,clip_image_score,text_align", "--compat-train-steps", "20",
+                   "compatibility,grounding_recall,clip_image_score,text_align,grounded_retrieval_acc,"
+                   "grounded_clip_image_score,grounded_personal_sim,grounded_compatibility", "--compat-train-steps", "20",
                    "--original-gor-indexing", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "r.json")])
     rep = json.loads((tmp_path / "r.json").read_text())
     # Without a tokenizer only the text metric fails, by name and with the reason; image metrics still run.
@@ -98,7 +108,12 @@ def test_gor_end_to_end_trained_compat(data_dir, tmp_path, monkeypatch):
     assert rep["metrics"]["compatibility"]["gor_indexing"] == "original (bugged)"
     assert rep["metrics"]["compatibility"]["n"] == 2 and rep["metrics"]["clip_image_score"]["n"] == 2  # collages
     assert rep["metrics"]["grounding_recall"]["n"] == 8
-    assert (tmp_path / "r.md").is_file()
+    g = rep["metrics"]
+    assert g["grounded_retrieval_acc"]["n"] == 8 and g["grounded_clip_image_score"]["n"] == 2  # collages
+    assert g["grounded_retrieval_acc"]["grounded_retrieval_acc"] <= g["grounding_recall"]["recall@10"]
+    assert g["grounded_compatibility"]["n"] == 2 and g["grounded_personal_sim"]["n"] >= 1
+    md = (tmp_path / "r.md").read_text()
+    assert "## Grounding (generate-then-retrieve)" in md and "**R@1** | **R@10**" in md
 
 
 def test_cli_errors(data_dir, tmp_path, capsys):

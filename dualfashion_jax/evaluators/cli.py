@@ -45,9 +45,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> str:
-    rows = [f"{'metric':<22}{'tasks':<11}{'networks':<16}description"]
+    w = max(len(n) for n in registry.METRICS) + 2
+    rows = [f"{'metric':<{w}}{'tasks':<11}{'networks':<16}description"]
     for s in registry.METRICS.values():
-        rows.append(f"{s.name:<22}{','.join(s.tasks):<11}{','.join(s.networks) or '-':<16}{s.description}")
+        rows.append(f"{s.name:<{w}}{','.join(s.tasks):<11}{','.join(s.networks) or '-':<16}{s.description}")
     return "\n".join(rows)
 
 
@@ -89,6 +90,10 @@ def main(argv: list[str]) -> int:
     settings = ctx.settings_record()
     settings["metrics_requested"] = [s.name for s in specs]
     settings["llm_judge_enabled"] = bool(args.llm_judge)
+    if any(s.group == "Grounding" for s in specs):
+        from dualfashion_jax.evaluators import grounding
+
+        settings["grounding"] = grounding.describe(ctx.task)
     report = rep.build_report(task=ctx.task, model_name=str(ctx.settings.get("model")), results=results,
                               errors=errors, networks=ctx.networks, settings=settings, timings=timings)
     out_json, out_md = rep.write_report(report, args.out or os.path.join(args.results, "report.json"))

@@ -1,5 +1,6 @@
 """CLIP-based recommendation metrics (difashion_eval.md §2.3-§2.9): CLIP score, CLIP image score, personalisation,
-FITB retrieval accuracy, GOR grounding recall; plus `ClipEncoder`, the batched + jitted embedding front end.
+FITB retrieval accuracy, GOR grounding recall and same-category top-1 retrieval (used by `grounding.py`); plus
+`ClipEncoder`, the batched + jitted embedding front end.
 
 All metric functions take UNnormalised embeddings (as DiFashion stores them) and normalise where the original does.
 """
@@ -133,12 +134,42 @@ def fitb_retrieval(gen_emb: np.ndarray, cand_emb: np.ndarray) -> tuple[dict[str,
             "chance": 1.0 / cand_emb.shape[1]}, pred
 
 
+def _same_category_sims(q: jax.Array, cat: jax.Array, items: jax.Array, item_cat: jax.Array) -> jax.Array:
+    """cos(q, every catalogue item) with items of another category masked to -inf."""
+    sims = _unit(q) @ _unit(items).T                                         # [B, I]
+    return jnp.where(item_cat[None, :] == cat[:, None], sims, -jnp.inf)      # [B, I]
+
+
 @jax.jit
 def _target_rank(q: jax.Array, cat: jax.Array, target: jax.Array, items: jax.Array, item_cat: jax.Array) -> jax.Array:
-    sims = _unit(q) @ _unit(items).T                                         # [B, I]
-    t = jnp.take_along_axis(sims, target[:, None], axis=1)                   # [B, 1]
-    same = item_cat[None, :] == cat[:, None]                                 # [B, I]
-    return jnp.sum(same & (sims > t), axis=1)                                # [B] 0 = top-1
+    sims = _same_category_sims(q, cat, items, item_cat)                     # [B, I]
+    t = jnp.take_along_axis(sims, target[:, None], axis=1)                   # [B, 1] (finite: same category)
+    return jnp.sum(sims > t, axis=1)                                         # [B] 0 = top-1
+
+
+@jax.jit
+def _top1(q: jax.Array, cat: jax.Array, items: jax.Array, item_cat: jax.Array) -> jax.Array:
+    return jnp.argmax(_same_category_sims(q, cat, items, item_cat), axis=1)  # [B] item id
+
+
+def _check_gallery(name: str, categories: np.ndarray, catalogue_emb: np.ndarray, item_category: np.ndarray) -> None:
+    if item_category.shape[0] != len(catalogue_emb):
+        raise ValueError(f"{name}: item_category {item_category.shape} must index the catalogue "
+                         f"({len(catalogue_emb)} rows)")
+    empty = sorted(set(np.unique(categories).tolist()) - set(item_category.tolist()))
+    if empty:
+        raise ValueError(f"{name}: no catalogue item has category {empty} (item_category), nothing to retrieve")
+
+
+def _by_category(fn, name: str, gen_emb: np.ndarray, categories: np.ndarray, extra: np.ndarray,
+                 catalogue_emb: np.ndarray, item_category: np.ndarray, batch_size: int) -> np.ndarray:
+    """Batched `fn(q, cat, extra, items, item_cat)` over the rows; (cat, extra) ride along as two float columns."""
+    items, icat = jnp.asarray(catalogue_emb, jnp.float32), jnp.asarray(item_category)
+    stacked = np.concatenate([np.asarray(gen_emb, np.float32), categories[:, None].astype(np.float32),
+                              extra[:, None].astype(np.float32)], axis=1)
+    return batched.map_batches(
+        lambda b: fn(b[:, :-2], b[:, -2].astype(jnp.int32), b[:, -1].astype(jnp.int32), items, icat),
+        stacked, batch_size=batch_size, desc=name, show_progress=False)
 
 
 def grounding_recall(gen_emb: np.ndarray, categories: np.ndarray, gt_iids: np.ndarray, catalogue_emb: np.ndarray,
@@ -146,20 +177,24 @@ def grounding_recall(gen_emb: np.ndarray, categories: np.ndarray, gt_iids: np.nd
     """GOR grounding: rank all catalogue items of the same category by cos to g; Recall@K of the GT item."""
     gt_iids, categories = np.asarray(gt_iids, np.int32), np.asarray(categories, np.int32)
     item_category = np.asarray(item_category, np.int32)
-    if item_category.shape[0] != len(catalogue_emb):
-        raise ValueError(f"grounding_recall: item_category {item_category.shape} must index the catalogue "
-                         f"({len(catalogue_emb)} rows)")
+    _check_gallery("grounding_recall", categories, catalogue_emb, item_category)
     if (item_category[gt_iids] != categories).any():
         raise ValueError("grounding_recall: some GT items' catalogue category differs from the record's category")
-    items, icat = jnp.asarray(catalogue_emb, jnp.float32), jnp.asarray(item_category)
-    stacked = np.concatenate([np.asarray(gen_emb, np.float32), categories[:, None].astype(np.float32),
-                              gt_iids[:, None].astype(np.float32)], axis=1)
-    ranks = batched.map_batches(
-        lambda b: _target_rank(b[:, :-2], b[:, -2].astype(jnp.int32), b[:, -1].astype(jnp.int32), items, icat),
-        stacked, batch_size=batch_size, desc="grounding recall", show_progress=False)
+    ranks = _by_category(_target_rank, "grounding recall", gen_emb, categories, gt_iids, catalogue_emb,
+                         item_category, batch_size)
     out = {f"recall@{k}": float(np.mean(ranks < k)) for k in ks}
     out["n"] = int(len(ranks))
     return out
+
+
+def same_category_top1(gen_emb: np.ndarray, categories: np.ndarray, catalogue_emb: np.ndarray,
+                       item_category: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """GOR generate-then-retrieve: the catalogue item id [N] of the record's category closest (CLIP cos) to each g."""
+    categories, item_category = np.asarray(categories, np.int32), np.asarray(item_category, np.int32)
+    _check_gallery("same_category_top1", categories, catalogue_emb, item_category)
+    return _by_category(lambda q, c, _, items, icat: _top1(q, c, items, icat), "grounding top-1", gen_emb,
+                        categories, np.zeros_like(categories), catalogue_emb, item_category,
+                        batch_size).astype(np.int64)
 
 
 def collage_2x2(images: np.ndarray, size: int = COLLAGE_SIZE) -> np.ndarray:

@@ -93,6 +93,36 @@ class EvalContext:
             out.setdefault((ri, g.sample), []).append(i)
         return out
 
+    def item_category(self) -> np.ndarray:
+        """int64 [num_items + 1] category per catalogue item, -1 for id 0 (the blank): the retrieval gallery labels."""
+        def load():
+            cats = np.asarray(self.dataset.iid_category, np.int64).copy()
+            cats[0] = -1
+            return cats
+        return self.cached("item_category", load)
+
+    def candidate_iids(self) -> np.ndarray:
+        """int64 [N, 5] FITB retrieval candidates per generated entry (index 0 = GT), from fitb_<split>_candidates."""
+        def load():
+            table = self.dataset.candidates(self.split)
+            row = {(int(u), int(o)): i for i, (u, o) in enumerate(zip(table.uids, table.oids))}
+            rows = []
+            for ri, _ in self.entries:
+                key = (self.records[ri].uid, self.records[ri].oid)
+                if key not in row:
+                    raise ValueError(f"{self.data_dir}: no retrieval candidates for (uid, oid) = {key} in split "
+                                     f"{self.split!r}")
+                rows.append(row[key])
+            cands = np.asarray(table.candidates, np.int64)[np.asarray(rows)]             # [N, 5]
+            bad = np.flatnonzero(cands[:, 0] != self.gt_iids)
+            if bad.size:
+                ri = self.entries[bad[0]][0]
+                raise ValueError(f"{self.data_dir}: fitb_{self.split}_candidates gives GT item {cands[bad[0], 0]} for "
+                                 f"(uid, oid) = ({self.records[ri].uid}, {self.records[ri].oid}) but records.json has "
+                                 f"{self.gt_iids[bad[0]]} ({bad.size} entries differ); wrong --data or --split?")
+            return cands
+        return self.cached("candidate_iids", load)
+
     # ---------------------------------------------------------------------------------------------- images
     def gen_images(self) -> np.ndarray:
         """uint8 [N, H, W, 3] generated images in entry order."""

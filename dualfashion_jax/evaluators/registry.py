@@ -6,7 +6,7 @@ import dataclasses
 import importlib
 from typing import Callable
 
-GROUPS = ("Fidelity", "Personalization", "Compatibility", "Retrieval", "Text", "Oracle")
+GROUPS = ("Fidelity", "Personalization", "Compatibility", "Retrieval", "Text", "Oracle", "Grounding")
 _RUNNERS = "dualfashion_jax.evaluators.runners"
 
 
@@ -58,13 +58,29 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
           "Gemini 1-10 rubric per attribute vs the incomplete outfit (only with --llm-judge and GEMINI_API_KEY)"),
     _spec("oracle", [], ["pfitb", "gor"], "Oracle",
           "synthetic data only: attribute accuracy, preference match/lift, caption agreement, rule compatibility"),
+    # generate-then-retrieve (§2.9): each generated image -> a real item (PFITB: argmax of the 5 candidates; GOR:
+    # top-1 of the same-category catalogue), then the metrics on the retrieved items (evaluators/grounding.py)
+    _spec("grounded_retrieval_acc", ["clip"], ["pfitb", "gor"], "Grounding",
+          "retrieved item == GT: PFITB 5-way accuracy (== retrieval_acc); GOR same-category top-1 (== Recall@1)"),
+    _spec("grounded_clip_score", ["clip"], ["pfitb", "gor"], "Grounding", "clip_score of the retrieved real items"),
+    _spec("grounded_clip_image_score", ["clip"], ["pfitb", "gor"], "Grounding",
+          "clip_image_score retrieved vs GT items (GOR: 2x2 collages of the retrieved items)"),
+    _spec("grounded_lpips", ["lpips"], ["pfitb", "gor"], "Grounding",
+          "LPIPS-VGG retrieved vs GT item images (GOR on 2x2 collages)"),
+    _spec("grounded_personal_sim", ["clip"], ["pfitb", "gor"], "Grounding", "personal_sim of the retrieved items"),
+    _spec("grounded_compatibility", ["clip", "compat"], ["pfitb", "gor"], "Grounding",
+          "compatibility of the grounded outfits (PFITB: 3 GT + retrieved; GOR: the 4 retrieved items)"),
 )}
+
+# Cheap given the caches the default metrics already fill (catalogue CLIP, history, compat net); LPIPS needs VGG.
+_GROUNDED = ("grounded_retrieval_acc", "grounded_clip_score", "grounded_clip_image_score", "grounded_personal_sim",
+             "grounded_compatibility")
 
 DEFAULT_METRICS = {
     "pfitb": ("clip_score", "clip_image_score", "personal_sim", "compatibility", "retrieval_acc",
-              "caption_parse_rate", "text_align", "text_personalization", "text_diversity"),
+              "caption_parse_rate", "text_align", "text_personalization", "text_diversity") + _GROUNDED,
     "gor": ("clip_score", "clip_image_score", "personal_sim", "compatibility", "grounding_recall",
-            "caption_parse_rate", "text_align", "text_personalization", "text_diversity"),
+            "caption_parse_rate", "text_align", "text_personalization", "text_diversity") + _GROUNDED,
 }
 
 

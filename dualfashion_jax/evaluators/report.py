@@ -1,6 +1,7 @@
 """Evaluation report: one JSON document plus a markdown table laid out like the papers' tables
-(Fidelity | Personalization | Compatibility | Retrieval | Text [| Oracle]), with every network labelled
-**real-weight** / **random-weight** / **trained-here** and every setting needed to reproduce the numbers."""
+(Fidelity | Personalization | Compatibility | Retrieval | Text [| Oracle]) and, when computed, DiFashion's grounding
+table (the same groups on the retrieved real items), with every network labelled **real-weight** / **random-weight**
+/ **trained-here** and every setting needed to reproduce the numbers."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,17 @@ HEADLINE = {
     "oracle": [("oracle_category_acc", "Cat. acc"), ("oracle_colour_acc", "Colour acc"),
                ("oracle_pref_colour_lift", "Pref lift"), ("oracle_compat_rate", "Rule compat")],
 }
+
+# The "Grounding" group is its own table, laid out like DiFashion's grounding table: (metric, key, sub-group, label).
+GROUNDING_TABLE = [
+    ("grounded_clip_score", "grounded_clip_score", "Fidelity", "CS"),
+    ("grounded_clip_image_score", "grounded_clip_image_score", "Fidelity", "CIS"),
+    ("grounded_lpips", "grounded_lpips", "Fidelity", "LPIPS↓"),
+    ("grounded_personal_sim", "grounded_personal_sim", "Personalization", "Personal Sim"),
+    ("grounded_compatibility", "grounded_compatibility", "Compatibility", "Compat."),
+    ("grounded_retrieval_acc", "grounded_retrieval_acc", "Retrieval", "Acc"),
+]
+GOR_GROUNDING_RECALL = [("grounding_recall", f"recall@{k}", "Retrieval", f"R@{k}") for k in (10, 20, 50, 100)]
 
 
 def _fmt(v: Any) -> str:
@@ -58,31 +70,57 @@ def build_report(*, task: str, model_name: str, results: Mapping[str, dict], err
                    "seconds": dict(timings)})
 
 
+def _value(metrics: Mapping[str, Any], name: str, key: str) -> str | None:
+    if name not in metrics or key not in metrics[name]:
+        return None
+    v = metrics[name][key]
+    return _fmt(v if v is not None else float("nan"))
+
+
+def _table(cols: list[tuple[str, str, str]], model: str) -> list[str]:
+    """(group, label, value) columns -> a markdown table with a group header row (each group named once)."""
+    if not cols:
+        return []
+    groups_row, prev = [], None
+    for g, _, _ in cols:
+        groups_row.append(g if g != prev else "")
+        prev = g
+    return ["| | " + " | ".join(groups_row) + " |", "|---|" + "---|" * len(cols),
+            "| **Model** | " + " | ".join(f"**{lab}**" for _, lab, _ in cols) + " |",
+            f"| {model} | " + " | ".join(v for _, _, v in cols) + " |", ""]
+
+
+def _grounding_layout(task: str) -> list[tuple[str, str, str, str]]:
+    """PFITB: GROUNDING_TABLE; GOR: the hit rate is labelled R@1, followed by grounding_recall's R@K."""
+    if task.lower() == "pfitb":
+        return GROUNDING_TABLE
+    return [(n, k, g, "R@1" if n == "grounded_retrieval_acc" else lab) for n, k, g, lab in GROUNDING_TABLE] + \
+        GOR_GROUNDING_RECALL
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
     task, metrics = report["task"].upper(), report["metrics"]
     cols: list[tuple[str, str, str]] = []  # (group, label, value)
     for group in GROUPS:
         for name, spec in METRICS.items():
-            if spec.group == group and name in metrics:
+            if spec.group == group and group != "Grounding" and name in metrics:
                 for key, label in HEADLINE.get(name, []):
-                    if key in metrics[name]:
-                        cols.append((group, label, _fmt(metrics[name][key] if metrics[name][key] is not None
-                                                        else float("nan"))))
+                    if (v := _value(metrics, name, key)) is not None:
+                        cols.append((group, label, v))
     lines = [f"# DualFashion evaluation: {task}", ""]
     s = report["settings"]
     lines.append(f"Results `{s.get('results_dir')}`, data `{s.get('data_dir')}`, split `{s.get('split')}`, "
                  f"{s.get('num_records')} rows, {s.get('num_generated')} generated images.")
     lines.append("")
-    if cols:
-        groups_row, prev = [], None
-        for g, _, _ in cols:
-            groups_row.append(g if g != prev else "")
-            prev = g
-        lines.append("| | " + " | ".join(groups_row) + " |")
-        lines.append("|---|" + "---|" * len(cols))
-        lines.append("| **Model** | " + " | ".join(f"**{lab}**" for _, lab, _ in cols) + " |")
-        lines.append(f"| {report['model']} | " + " | ".join(v for _, _, v in cols) + " |")
-        lines.append("")
+    lines += _table(cols, report["model"])
+    if any(n in METRICS and METRICS[n].group == "Grounding" for n in metrics):
+        grounded = [(g, lab, v) for name, key, g, lab in _grounding_layout(task)
+                    if (v := _value(metrics, name, key)) is not None]
+        how = "argmax CLIP cosine among the row's 5 candidates" if task == "PFITB" else \
+            "top-1 CLIP cosine among all catalogue items of the same category"
+        lines += ["## Grounding (generate-then-retrieve)", "",
+                  f"Each generated image is replaced by a real item ({how}); the metrics below are recomputed on the "
+                  "retrieved items.", ""] + _table(grounded, report["model"])
     if not report["paper_comparable_networks"]:
         lines += ["**Not paper-comparable:** at least one network below is a random-weight stand-in or was trained "
                   "here; numbers only compare runs evaluated with the same networks and settings.", ""]

@@ -138,11 +138,22 @@ def run_lpips_diversity(ctx: EvalContext) -> dict:
     return lpips_metrics.diversity(_lpips_net(ctx), [images[idx] for idx in multi], show_progress=ctx.opt.show_progress)
 
 
-def run_clip_score(ctx: EvalContext) -> dict:
+def _prompt_clip(ctx: EvalContext) -> np.ndarray:
+    """[N, E] CLIP text embedding of each entry's category prompt (DiFashion's CS prompt)."""
     from dualfashion_jax.evaluators import clip_metrics as cm
 
     names = ctx.category_names()
-    text = ctx.clip().texts([cm.eval_prompt(names[int(c)]) for c in ctx.categories])
+    return ctx.clip().texts([cm.eval_prompt(names[int(c)]) for c in ctx.categories])
+
+
+def _gt_collage_clip(ctx: EvalContext) -> np.ndarray:
+    return ctx.cached("gt_collage_clip", lambda: ctx.clip().images(_collages(ctx, ctx.gt_images()), "CLIP GT collages"))
+
+
+def run_clip_score(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm
+
+    text = _prompt_clip(ctx)
     out = cm.clip_score(ctx.gen_clip(), text)
     out["grd_clip_score"] = cm.clip_score(ctx.gt_clip(), text)["clip_score"]
     return out
@@ -153,18 +164,23 @@ def run_clip_image_score(ctx: EvalContext) -> dict:
 
     if ctx.task == "pfitb":
         return cm.clip_image_score(ctx.gen_clip(), ctx.gt_clip())
-    enc = ctx.clip()
-    gen = enc.images(_collages(ctx, ctx.gen_images()), "CLIP collages")
-    gt = enc.images(_collages(ctx, ctx.gt_images()), "CLIP GT collages")
-    return cm.clip_image_score(gen, gt)
+    return cm.clip_image_score(ctx.clip().images(_collages(ctx, ctx.gen_images()), "CLIP collages"),
+                               _gt_collage_clip(ctx))
 
 
 # ------------------------------------------------------------------------------------------------ personalisation
 def run_personal_sim(ctx: EvalContext) -> dict:
     from dualfashion_jax.evaluators import clip_metrics as cm
 
-    means, has = cm.history_means(ctx.catalogue_clip(), ctx.dataset.history(ctx.split), ctx.uids, ctx.categories)
-    return cm.personalization_sim(ctx.gen_clip(), means, has)
+    return cm.personalization_sim(ctx.gen_clip(), *_history(ctx))
+
+
+def _history(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
+    """(h(u, c) [N, E], has_history [N]) per entry: mean UNnormalised CLIP of the user's history items of c."""
+    from dualfashion_jax.evaluators import clip_metrics as cm
+
+    return ctx.cached("history_means", lambda: cm.history_means(ctx.catalogue_clip(), ctx.dataset.history(ctx.split),
+                                                                ctx.uids, ctx.categories))
 
 
 # ------------------------------------------------------------------------------------------------ compatibility
@@ -194,25 +210,73 @@ def run_compatibility(ctx: EvalContext) -> dict:
 def run_retrieval_acc(ctx: EvalContext) -> dict:
     from dualfashion_jax.evaluators import clip_metrics as cm
 
-    table = ctx.dataset.candidates(ctx.split)
-    row = {(int(u), int(o)): i for i, (u, o) in enumerate(zip(table.uids, table.oids))}
-    rec_rows = []
-    for ri, _ in ctx.entries:
-        key = (ctx.records[ri].uid, ctx.records[ri].oid)
-        if key not in row:
-            raise ValueError(f"{ctx.data_dir}: no retrieval candidates for (uid, oid) = {key} in split {ctx.split!r}")
-        rec_rows.append(row[key])
-    cands = table.candidates[np.asarray(rec_rows)]                                      # [N, 5]
-    out, _ = cm.fitb_retrieval(ctx.gen_clip(), ctx.catalogue_clip()[cands])
+    out, _ = cm.fitb_retrieval(ctx.gen_clip(), ctx.catalogue_clip()[ctx.candidate_iids()])  # cands [N, 5, E]
     return out
 
 
 def run_grounding_recall(ctx: EvalContext) -> dict:
     from dualfashion_jax.evaluators import clip_metrics as cm
 
-    item_cat = np.asarray(ctx.dataset.iid_category, np.int64).copy()
-    item_cat[0] = -1
-    return cm.grounding_recall(ctx.gen_clip(), ctx.categories, ctx.gt_iids, ctx.catalogue_clip(), item_cat)
+    return cm.grounding_recall(ctx.gen_clip(), ctx.categories, ctx.gt_iids, ctx.catalogue_clip(), ctx.item_category())
+
+
+# ------------------------------------------------------------------------------------------------ grounding
+def _renamed(out: dict, key: str, new: str) -> dict:
+    return {new if k == key else k: v for k, v in out.items()}
+
+
+def run_grounded_retrieval_acc(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import grounding
+
+    hits = grounding.for_context(ctx).hits
+    return {"grounded_retrieval_acc": float(hits.mean()), "n": int(hits.size), "chance": grounding.chance(ctx)}
+
+
+def run_grounded_clip_score(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm, grounding
+
+    ret = ctx.catalogue_clip()[grounding.for_context(ctx).iids]                               # [N, E]
+    return _renamed(cm.clip_score(ret, _prompt_clip(ctx)), "clip_score", "grounded_clip_score")
+
+
+def run_grounded_clip_image_score(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm, grounding
+
+    if ctx.task == "pfitb":
+        gr, cat = grounding.for_context(ctx), ctx.catalogue_clip()
+        out = cm.clip_image_score(cat[gr.iids], cat[gr.gt_iids])
+    else:
+        ret = ctx.clip().images(_collages(ctx, grounding.grounded_images(ctx)), "CLIP grounded collages")
+        out = cm.clip_image_score(ret, _gt_collage_clip(ctx))
+    return _renamed(out, "clip_image_score", "grounded_clip_image_score")
+
+
+def run_grounded_lpips(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import grounding, lpips_metrics
+
+    ret, gt = grounding.grounded_images(ctx), ctx.gt_images()
+    if ctx.task == "gor":
+        ret, gt = _collages(ctx, ret), _collages(ctx, gt)
+    out = lpips_metrics.distance_to_gt(_lpips_net(ctx), ret, gt, batch_size=max(1, ctx.opt.batch_size // 4),
+                                       show_progress=ctx.opt.show_progress)
+    return _renamed(out, "lpips_to_gt", "grounded_lpips")
+
+
+def run_grounded_personal_sim(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import clip_metrics as cm, grounding
+
+    ret = ctx.catalogue_clip()[grounding.for_context(ctx).iids]
+    return _renamed(cm.personalization_sim(ret, *_history(ctx)), "personal_sim", "grounded_personal_sim")
+
+
+def run_grounded_compatibility(ctx: EvalContext) -> dict:
+    from dualfashion_jax.evaluators import compatibility as comp, grounding
+
+    outfits, gt = grounding.outfits_for_context(ctx)                                          # [G, 4] each
+    out = comp.compatibility(ctx.compat(), ctx.catalogue_clip()[outfits], batch_size=max(ctx.opt.batch_size, 8))
+    out = _renamed(out, "compatibility", "grounded_compatibility")
+    out["outfits_equal_to_gt"] = int((outfits == gt).all(axis=1).sum())
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ text
