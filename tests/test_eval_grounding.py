@@ -126,6 +126,11 @@ def test_pfitb_grounded_metrics_by_hand(data_dir, tmp_path):
     assert compat["grounded_compatibility"] == pytest.approx(scores.mean(), rel=1e-5)
     assert scores[0] == pytest.approx(gt_scores[0], rel=1e-6) and abs(scores[1] - gt_scores[1]) > 1e-6
     assert compat["outfits_equal_to_gt"] == 1 and compat["n"] == 2
+    # candidates whose GT column disagrees with records.json (wrong --data/--split) are refused, naming the row
+    ctx._cache.pop("candidate_iids")
+    ctx.gt_iids = ctx.gt_iids + 1
+    with pytest.raises(ValueError, match=r"fitb_test_candidates gives GT item .* records.json has"):
+        ctx.candidate_iids()
 
 
 def test_gor_grounded_metrics_by_hand(data_dir, tmp_path):

@@ -12,11 +12,14 @@ the dataset images), pixel metrics (LPIPS, GOR collages) by the dataset images r
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from dualfashion_jax.evaluators import clip_metrics as cm
+
+if TYPE_CHECKING:
+    from dualfashion_jax.evaluators.context import EvalContext
 
 CANDIDATES = "pfitb: argmax CLIP cosine (normalised) among the row's 5 candidates of fitb_<split>_candidates"
 CATALOGUE = "gor: top-1 CLIP cosine (normalised) among all catalogue items of the generated item's category"
@@ -75,7 +78,7 @@ def grounded_outfits(outfits: np.ndarray, groups: Sequence[Sequence[int]], slots
 
 
 # ------------------------------------------------------------------------------------------------ context glue
-def for_context(ctx) -> Grounded:
+def for_context(ctx: EvalContext) -> Grounded:
     """The retrieval of one evaluate run (cached: every grounded metric uses the same retrieved items)."""
     def build():
         cat = ctx.catalogue_clip()
@@ -86,7 +89,7 @@ def for_context(ctx) -> Grounded:
     return ctx.cached("grounded", build)
 
 
-def outfit_groups(ctx) -> list[list[int]]:
+def outfit_groups(ctx: EvalContext) -> list[list[int]]:
     """Entry indices of each scored outfit: PFITB one per generated sample; GOR only outfits with all 4 slots."""
     groups = list(ctx.groups().values())
     if ctx.task == "gor":
@@ -96,14 +99,14 @@ def outfit_groups(ctx) -> list[list[int]]:
     return groups
 
 
-def outfits_for_context(ctx) -> tuple[np.ndarray, np.ndarray]:
+def outfits_for_context(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
     """(grounded [G, 4], GT [G, 4]) outfit item ids of the scored outfits."""
     groups = outfit_groups(ctx)
     gt = np.asarray([ctx.records[ctx.entries[idx[0]][0]].outfit for idx in groups], np.int64)
     return grounded_outfits(gt, groups, ctx.slots, for_context(ctx).iids), gt
 
 
-def grounded_images(ctx) -> np.ndarray:
+def grounded_images(ctx: EvalContext) -> np.ndarray:
     """uint8 [N, S, S, 3] dataset images of the retrieved items, S = the GT image size (LPIPS, GOR collages)."""
     def load():
         size = ctx.gt_images().shape[1]
@@ -111,7 +114,7 @@ def grounded_images(ctx) -> np.ndarray:
     return ctx.cached("grounded_images", load)
 
 
-def chance(ctx) -> float:
+def chance(ctx: EvalContext) -> float:
     """Hit rate of a uniformly random retrieval: 1/5 (PFITB), mean 1/|same-category gallery| (GOR)."""
     if ctx.task == "pfitb":
         return 1.0 / ctx.candidate_iids().shape[1]
