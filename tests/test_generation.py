@@ -184,6 +184,7 @@ def test_cli_generate_runs(world, tmp_path, capsys):
     assert len(records) == 1
 
 
+
 def test_converted_layout_loads(world, bundle, tmp_path):
     """DIR/{transformer, t5, vae, tokenizer} (convert outputs) gives the same model as the workdir."""
     from flax import nnx

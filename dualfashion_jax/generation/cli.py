@@ -3,7 +3,7 @@
   dualfashion-jax generate --task pfitb --checkpoint WORKDIR --split test --out results/pfitb \
       [--data DIR] [--num-images 1] [--num-captions 1] [--seed 0] [--steps 28] [--shift 3] \
       [--guidance four_way|cfg|none] [--scales 8,7,8] [--caption-steps 64] [--rows-per-batch 4] [--max-rows K] \
-      [--ema/--no-ema] [--template budget|ground_truth] [--caption-cond original|train] \
+      [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
       [--context-sample] [--gor-offset mlp|projector] [--original-layout]
 Bad input ends with one `error:` line naming the file/field (exit 1), not a traceback.
 """
@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--context-sample", action="store_true", help="sample context latents (original) instead of the mean")
     p.add_argument("--match-train-input", action="store_true", help="train-consistent image input (spec 7.2 item 7)")
     p.add_argument("--gor-offset", choices=GOR_OFFSETS, default="mlp")
-    p.add_argument("--rows-per-batch", type=int, default=4)
+    p.add_argument("--rows-per-batch", type=int, default=4,
+                   help="rows per jitted call per process (rounded up to a multiple of its devices)")
+    p.add_argument("--param-sharding", choices=("dp", "fsdp"), default="dp",
+                   help="dp: params replicated on every device; fsdp: model width sharded over all devices")
     p.add_argument("--max-rows", type=int, default=None, help="only rows [0, K) of the split")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="EMA params of a workdir")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype override")
@@ -94,7 +97,8 @@ def main(argv: list[str]) -> int:
                                    tokenizer=args.tokenizer, dtype=args.dtype)
         summary = runner.run(args.task, b, settings, out=args.out, split=args.split, data_dir=args.data,
                              rows_per_batch=args.rows_per_batch, max_rows=args.max_rows,
-                             progress=not args.no_progress, original_layout=args.original_layout)
+                             progress=not args.no_progress, original_layout=args.original_layout,
+                             param_sharding=args.param_sharding)
     except (ValueError, FileNotFoundError, KeyError, FormatError, ConversionError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"dualfashion-jax generate: error: {msg}", file=sys.stderr)

@@ -49,7 +49,7 @@ def _max_over_processes(n: int) -> int:
 
 def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", data_dir: str | None = None,
         rows_per_batch: int = 4, max_rows: int | None = None, mesh=None, progress: bool = True,
-        original_layout: bool = False) -> RunSummary:
+        original_layout: bool = False, param_sharding: str = "dp") -> RunSummary:
     """Generates `task` for rows [0, max_rows) of `split` into `out` (see module docstring)."""
     if task not in TASKS:
         raise ValueError(f"task {task!r}: expected one of {TASKS}")
@@ -72,14 +72,14 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
 
     done = outputs.done_rows(out)
     pending = [i for i in range(n) if i not in done]
-    mesh = mesh if mesh is not None else make_mesh()
+    mesh = mesh if mesh is not None else make_mesh(param_sharding=param_sharding)
     mult = batch_multiple(mesh)
     bsz = math.ceil(rows_per_batch / mult) * mult
     local = pending[jax.process_index()::jax.process_count()]
     n_batches = _max_over_processes(math.ceil(len(local) / bsz))
     generated = 0
     if n_batches:
-        programs = Programs(bundle, settings, mesh)
+        programs = Programs(bundle, settings, mesh, rules=param_sharding)
         info = inputs.ds.item_info if inputs.ds.has_text("item_info.json") else {}
         gt_caption = lambda iid: caption_json(info[iid]["elements"]) if iid in info else ""  # noqa: E731
         bar = _bar(len(local), task, progress and jax.process_index() == 0)

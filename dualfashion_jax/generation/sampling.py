@@ -35,9 +35,13 @@ SAMPLE_KEYS = ("uid", "oid", "image_idx", "caption_idx", "ctx_latents", "ctx_val
                "sent_ids", "sent_mask", "tmpl_ids", "tmpl_mask", "tmpl_labels")
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A (data, fsdp, tensor) = (all, 1, 1) mesh over `devices` (default: every device of every process)."""
-    return mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
+def make_mesh(devices=None, param_sharding: str = "dp") -> Mesh:
+    """Mesh over `devices` (default: every device of every process): (data, fsdp, tensor) = (all, 1, 1) for
+    replicated params ("dp"), (1, all, 1) for FSDP-sharded params ("fsdp"; rows still use every device)."""
+    sizes = {"dp": {"data": -1, "fsdp": 1, "tensor": 1}, "fsdp": {"data": 1, "fsdp": -1, "tensor": 1}}
+    if param_sharding not in sizes:
+        raise ValueError(f"param_sharding must be one of {sorted(sizes)}, got {param_sharding!r}")
+    return mesh_lib.make_mesh(sizes[param_sharding], devices)
 
 
 def batch_multiple(mesh: Mesh) -> int:
@@ -50,6 +54,8 @@ class Programs:
     """Holds the bundle's states on `mesh` and the three jitted programs (see module docstring)."""
 
     def __init__(self, bundle, settings: GenSettings, mesh: Mesh | None = None, rules: str = "dp"):
+        """`rules`: sharding-rule preset for the states ("dp" replicated; "fsdp" with a `make_mesh(param_sharding=
+        "fsdp")` mesh shards the model width over all devices)."""
         self.bundle, self.settings = bundle, settings
         self.mesh = mesh if mesh is not None else make_mesh()
         self._check_offset_variant()
