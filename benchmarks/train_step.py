@@ -9,15 +9,11 @@ The step is one optimizer update (AdamW, clip 2.0, EMA) of the DualMMDiT on a re
 image head + cross-entropy on the text head (both heads run), with random latents and random "T5" states:
 frozen encoders and data loading are excluded by design (jax_anchors.md §5.2).
 
-Training FLOPs per sample (fwd + bwd = 3x forward, remat recompute excluded; jax_anchors.md §5.2), with
-L blocks, width d, MLP ratio 4, N = N_img + N_txt tokens, vocab V, patch p, latent channels C, T5 width d_t:
-  trunk matmuls   72 L d^2 N            (each token passes through ITS stream's qkv/out/MLP: 12 L d^2 params)
-  attention       12 L N^2 d            (QK^T and AV over the joint sequence)
-  text head       6 d V N_txt
-  patch in/out    12 p^2 C d N_img
-  context embed   6 d_t d N_txt
-MFU = FLOPs/sample * batch / (step time * devices * peak bf16 FLOP/s). Cross-checked against
-`compiled.cost_analysis()["flops"]` (per device, counts remat recompute and elementwise ops).
+Model FLOPs per sample come from `dualfashion_jax/flops.py` (fwd + bwd, remat recompute excluded: trunk
+72 L d^2 N, attention 12 L N^2 d, text head 6 d V N_txt, patch/context/AdaLN terms; docs/performance.md).
+MFU = FLOPs/sample * batch / (step time * devices * peak bf16 FLOP/s) via `flops.mfu`. XLA's
+`compiled.cost_analysis()["flops"]` is printed beside it (per device; counts remat recompute and elementwise
+ops, and counts a scanned layer loop's body once: use --no_scan for a like-for-like count).
 """
 from __future__ import annotations
 
@@ -26,18 +22,14 @@ import os
 import sys
 import time
 
-PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "v5p": 459e12, "v6e": 918e12, "v7x": 2307e12}
+from dualfashion_jax import flops
+
+PEAK_BF16 = flops.PEAK_BF16  # re-exported for callers of this script
 
 
 def train_flops_per_sample(cfg, n_img: int, n_txt: int) -> dict[str, float]:
-    """Model FLOPs of one training sample (fwd+bwd) for a DualMMDiT config, by term."""
-    L, d, V, p, C = cfg.num_layers, cfg.hidden_size, cfg.vocab_size, cfg.patch_size, cfg.in_channels
-    n = n_img + n_txt
-    terms = {"trunk": 72 * L * d * d * n, "attention": 12 * L * n * n * d, "text_head": 6 * d * V * n_txt,
-             "patch": 12 * p * p * C * d * n_img, "context": 6 * cfg.joint_attention_dim * d * n_txt}
-    terms["total"] = sum(terms.values())
-    return terms
-
+    """Model FLOPs of one benchmark sample (fwd+bwd, both heads, text head on all n_txt), by term (flops.py)."""
+    return flops.train_from_forward(flops.forward_flops(cfg, n_img, n_txt, image_head=True, text_kept=n_txt))
 
 def _time(fn, warmup: int, iters: int) -> float:
     for _ in range(warmup):
@@ -155,7 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--attention", default="xla")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--chip", default="h100", choices=sorted(PEAK_BF16), help="peak FLOP/s used for MFU")
+    p.add_argument("--chip", default="h100", choices=sorted(flops.PEAK_BF16), help="peak FLOP/s used for MFU")
+    p.add_argument("--no_scan", action="store_true", help="unroll the layer loop (exact cost_analysis FLOPs)")
     p.add_argument("--no_torch", action="store_true")
     a = p.parse_args(argv)
     if a.device == "cpu":
@@ -169,7 +162,8 @@ def main(argv=None) -> int:
     names = a.configs.split(",") if a.device == "cpu" else [a.config]
     print(f"devices: {jax.devices()}")
     for name in names:
-        cfg = mmdit_config.get(name, stage2=False, dtype=dtype, remat_policy=a.remat, attention_backend=a.attention)
+        cfg = mmdit_config.get(name, stage2=False, dtype=dtype, remat_policy=a.remat, attention_backend=a.attention,
+                               scan_layers=not a.no_scan)
         h, w = cfg.latent_hw
         n_img = (h // cfg.patch_size) * (w // cfg.patch_size)
         run, compiled, compile_s, host = jax_step(cfg, a.batch, a.txt_len)
@@ -183,7 +177,7 @@ def main(argv=None) -> int:
         if xla:
             line += f"; model FLOPs/step {step_flops:.3e} vs XLA cost_analysis {xla * n_dev:.3e} (x{n_dev} dev)"
         if a.device != "cpu":
-            mfu = step_flops / (t_jax * n_dev * PEAK_BF16[a.chip])
+            mfu = flops.mfu(step_flops, t_jax, n_dev, a.chip)
             line += f"; MFU {100 * mfu:.1f}% of {a.chip} bf16 peak"
         try:
             mem = compiled.memory_analysis()
