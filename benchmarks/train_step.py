@@ -86,7 +86,8 @@ def jax_step(cfg, batch: int, txt_len: int, accum: int = 1):
     fn = step_lib.jit_step(step_lib.make_step_fn(g, {}, loss_fn, tx, sched, ocfg, accum, mesh), ssh,
                            partition.batch_sharding(mesh), {}, mesh)
     t0 = time.perf_counter()
-    compiled = fn.lower(state, b, {}).compile()
+    with jax.set_mesh(mesh):  # the context mesh lets the splash backend run per shard (attention_splash.py)
+        compiled = fn.lower(state, b, {}).compile()
     compile_s = time.perf_counter() - t0
     box = {"state": state}
 

@@ -115,7 +115,9 @@ def lower_step(cfg: MMDiTConfig, shape: StepShape, *, rules_name: str = "fsdp", 
 def run_step(cfg: MMDiTConfig, shape: StepShape, *, rules_name: str = "fsdp", mesh=None, warmup: int = 2,
              iters: int = 5, seed: int = 0) -> dict[str, Any]:
     """Allocates and times the step: {"step_s", "compile_s", "compiled"} (steady state, outputs blocked on)."""
-    fn, _, abstract_batch, init, mesh = build(cfg, shape, rules_name=rules_name, mesh=mesh)
+    if iters < 1:
+        raise ValueError(f"run_step: iters must be >= 1, got {iters}")
+    fn, _, _, init, mesh = build(cfg, shape, rules_name=rules_name, mesh=mesh)
     rng = np.random.default_rng(seed)
     host = {k: (rng.integers(0, cfg.vocab_size, s).astype(np.int32) if d == jnp.int32
                 else rng.standard_normal(s).astype(np.float32)) for k, (s, d) in _batch_shapes(cfg, shape).items()}
@@ -127,7 +129,7 @@ def run_step(cfg: MMDiTConfig, shape: StepShape, *, rules_name: str = "fsdp", me
         compile_s = time.perf_counter() - t0
         for _ in range(warmup):
             state, m = compiled(state, batch, {})
-        jax.block_until_ready(m["loss"]) if warmup else None
+            jax.block_until_ready(m["loss"])
         t0 = time.perf_counter()
         for _ in range(iters):
             state, m = compiled(state, batch, {})
