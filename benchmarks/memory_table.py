@@ -2,6 +2,7 @@
 
     python benchmarks/memory_table.py                         # CPU memory_analysis table (tiny, small) + sd3 table
     python benchmarks/memory_table.py --aot_sd3               # + sd3_medium compiled AOT on CPU at B=1, 2 (~5 min)
+    python benchmarks/memory_table.py --configs "" --aot_sd3 --aot_batches 4,8 --policies dots_with_no_batch_dims,full
     python benchmarks/memory_table.py --json out.json         # also write every number as JSON
 
 The sd3_medium table is COMPUTED, not measured: analytic fixed bytes (20 B/param fp32 state + bf16 T5-XXL when
@@ -38,7 +39,7 @@ def cpu_table(names, batch: int, txt_len: int, policies) -> list[dict]:
     return rows
 
 
-def sd3_table(capacity_gb: float, seg_len: int, aot: bool, policies) -> list[dict]:
+def sd3_table(capacity_gb: float, seg_len: int, aot: bool, policies, aot_batches=(1, 2)) -> list[dict]:
     """Largest per-device sd3_medium batch per policy: analytic (flash / XLA attention), stages, optional CPU AOT."""
     import jax.numpy as jnp
 
@@ -70,14 +71,16 @@ def sd3_table(capacity_gb: float, seg_len: int, aot: bool, policies) -> list[dic
                "B_stage2_flash_fsdp8": memory.largest_batch(cap, fixed_fsdp8, st2), "measured": "not yet (no GPU)"}
         if aot:
             cfg = dataclasses.replace(base, stage2=False, remat_policy=pol)
+            b0, b1 = aot_batches
             stats = [memory.MemoryStats.from_compiled(
-                bench_step.lower_step(cfg, bench_step.StepShape(b, L), rules_name="dp")[0]) for b in (1, 2)]
-            f_aot, per_aot = memory.measured_per_sample(stats[0], stats[1], 1, 2)
+                bench_step.lower_step(cfg, bench_step.StepShape(b, L), rules_name="dp")[0]) for b in (b0, b1)]
+            f_aot, per_aot = memory.measured_per_sample(stats[0], stats[1], b0, b1)
             # XLA's fixed part has no T5 (the synthetic step feeds T5 states): add it for the 80 GB budget.
             # At B <= 2 the peak may be the optimizer update (grads + AdamW temporaries), not the activations:
             # then the B=1 -> 2 slope says nothing about activations and no batch is derived from it.
             ok = per_aot > 0.05 * syn_xla
-            row.update(aot_fixed_gb=f_aot / 1e9, aot_act_gb=per_aot / 1e9 if ok else None,
+            row.update(aot_batches=[b0, b1], aot_peaks_gb=[x.peak / 1e9 for x in stats], aot_fixed_gb=f_aot / 1e9,
+                       aot_act_gb=per_aot / 1e9 if ok else None,
                        B_aot=memory.largest_batch(cap, f_aot + 2 * t5_params, per_aot) if ok else None)
         rows.append(row)
     hdr = (f"{'policy':24s} {'act/sample GB flash|xla':>24s} {'B flash':>8s} {'B xla':>6s} {'B st1':>6s} "
@@ -102,13 +105,15 @@ def main(argv=None) -> int:
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--capacity_gb", type=float, default=80.0)
     p.add_argument("--seg_len", type=int, default=256, help="tokens per T5 segment in the sd3_medium table")
-    p.add_argument("--aot_sd3", action="store_true", help="also compile sd3_medium on CPU at B=1,2 per policy")
+    p.add_argument("--aot_sd3", action="store_true", help="also compile sd3_medium on CPU at two batches per policy")
+    p.add_argument("--aot_batches", default="1,2", help="the two batches of --aot_sd3 (the slope is per sample)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     policies = [x for x in a.policies.split(",") if x]
     out = {"cpu": cpu_table([c for c in a.configs.split(",") if c], a.batch, a.txt_len, policies),
-           "sd3_medium": sd3_table(a.capacity_gb, a.seg_len, a.aot_sd3, policies)}
+           "sd3_medium": sd3_table(a.capacity_gb, a.seg_len, a.aot_sd3, policies,
+                                   tuple(int(x) for x in a.aot_batches.split(",")))}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
