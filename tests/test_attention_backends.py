@@ -130,28 +130,34 @@ def test_sharded_splash_matches_unsharded_xla(qkv, mesh8, kernel):
         _close(g, r)
 
 
+@pytest.mark.slow
 def test_model_with_splash_backend_matches_xla(monkeypatch, mesh8):
-    """Tiny DualMMDiT with attention_backend='splash' (platform faked as TPU, kernel in interpret mode, batch 2
-    -> only `data` divides it, heads 2 over `tensor`) equals the same model with XLA attention."""
+    """Tiny DualMMDiT with attention_backend='splash' and save_named remat (platform faked as TPU, kernel in
+    interpret mode, batch 2 -> only `data` divides it, heads 2 over `tensor`): same loss and grads as XLA."""
     cfg = dataclasses.replace(mmdit_config.get("tiny"), stage2=False)
-    model = mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, cfg.in_channels))
     txt = jax.random.normal(jax.random.key(2), (2, 7, cfg.joint_attention_dim))
     t = jnp.array([5.0, 800.0])
-    fwd = nnx.jit(lambda m, x, txt, t: m(x, txt, t))
-    ref_img, ref_logits = fwd(model, x, txt, t)
 
-    monkeypatch.setattr(attn_lib, "_platform", lambda: "tpu")
+    def loss_and_grads(c):
+        def loss(m):
+            img, logits = m(x, txt, t)
+            return jnp.mean(img ** 2) + jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+        val, g = nnx.jit(nnx.value_and_grad(loss))(mmdit.DualMMDiT(c, rngs=nnx.Rngs(0)))
+        return val, jax.tree.leaves(nnx.state(g, nnx.Param))
+
+    ref_val, ref_grads = loss_and_grads(cfg)
     real, calls = splash.pallas_kernel_factory, []
 
     def interpreted(h, lp, b, interpret):
         calls.append((h, lp))
         return real(h, lp, b, True)
 
+    monkeypatch.setattr(attn_lib, "_platform", lambda: "tpu")
     monkeypatch.setattr(splash, "pallas_kernel_factory", interpreted)
-    spl = mmdit.DualMMDiT(dataclasses.replace(cfg, attention_backend="splash"), rngs=nnx.Rngs(0))
     with jax.set_mesh(mesh8):
-        img, logits = nnx.jit(lambda m, x, txt, t: m(x, txt, t))(spl, x, txt, t)
+        val, grads = loss_and_grads(dataclasses.replace(cfg, attention_backend="splash", remat_policy="save_named"))
     assert calls and set(calls) == {(1, 128)}  # the kernel really ran: 1 local head, 23 tokens padded to 128
-    _close(img, ref_img, 1e-4)
-    _close(logits, ref_logits, 1e-4)
+    assert abs(float(val) - float(ref_val)) <= 1e-5
+    for g, r in zip(grads, ref_grads):
+        _close(g, r, 1e-4)

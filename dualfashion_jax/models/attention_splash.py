@@ -21,6 +21,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from dualfashion_jax.sharding import rules as rules_lib
 
 log = logging.getLogger(__name__)
+RESIDUAL_NAME = "attn_out"  # checkpoint name of the kernel's residuals (see models/mmdit_block.py)
 LANE = 128  # TPU lane width: block sizes (and so the padded length) are multiples of it
 _WARNED: set[str] = set()
 
@@ -84,8 +85,11 @@ def pallas_kernel_factory(num_heads: int, seq_len: int, blocks: SplashBlocks, in
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     mask = sm.MultiHeadMask([sm.FullMask((seq_len, seq_len)) for _ in range(num_heads)])
+    # The kernel's residuals (out, logsumexp) carry the block's "attn_out" name, so the named remat policies
+    # (models/remat.py) keep them instead of re-running the kernel's forward in the backward pass.
     kernel = sk.make_splash_mha(mask, block_sizes=sk.BlockSizes(**dataclasses.asdict(blocks)),
-                                head_shards=1, q_seq_shards=1, interpret=interpret)
+                                head_shards=1, q_seq_shards=1, interpret=interpret,
+                                residual_checkpoint_name=RESIDUAL_NAME)
 
     def run(q, k, v, seg):
         return kernel(q, k, v, segment_ids=sk.SegmentIds(seg, seg))
