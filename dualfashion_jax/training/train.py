@@ -201,7 +201,8 @@ def run(config, workdir: str) -> dict[str, Any]:
             batch = partition.put_batch(host_batch, mesh)
             if compiled is None:
                 t0 = time.perf_counter()
-                compiled = jitted.lower(state, batch, frozen).compile()
+                with jax.set_mesh(mesh):  # context mesh: the splash backend runs per shard (attention_splash.py)
+                    compiled = jitted.lower(state, batch, frozen).compile()
                 _log_compiled(compiled, time.perf_counter() - t0)
             state, m = compiled(state, batch, frozen)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
