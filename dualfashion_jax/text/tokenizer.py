@@ -55,9 +55,16 @@ def caption_json(attrs: Mapping[str, Any]) -> str:
 def parse_caption(text: str) -> dict[str, str]:
     """Lenient parse of a (generated) caption, as the evaluators do; returns only the 4 keys with non-empty values.
 
-    Steps: strip; add missing braces; single -> double quotes; drop trailing commas; `json.loads`; if that fails,
-    fall back to the per-key regex. Never raises on garbage: it returns what it can read (possibly `{}`).
+    Steps: a well-formed JSON object is read as it is (so apostrophes inside values survive); otherwise strip;
+    add missing braces; single -> double quotes; drop trailing commas; `json.loads`; if that fails, fall back to
+    the per-key regex. Never raises on garbage: it returns what it can read (possibly `{}`).
     """
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            return {k: obj[k].strip() for k in CAPTION_KEYS if isinstance(obj.get(k), str) and obj[k].strip()}
+    except (json.JSONDecodeError, TypeError):
+        pass
     s = str(text).strip()
     if not s.startswith("{"):
         s = "{" + s

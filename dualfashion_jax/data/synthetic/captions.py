@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from dualfashion_jax.data.synthetic import attributes as A
+from dualfashion_jax.text import tokenizer
 
 KEYS = A.CAPTION_KEYS
 
@@ -77,28 +77,10 @@ def frequency_preference(history_attrs: Sequence[Mapping[str, int]]) -> dict[str
     return {"Frequency": freq}
 
 
-_KV = re.compile(r'"(Color|Material|Design features|Clothing Fashion Style)"\s*:\s*"([^"]*)"')
 
 
 def parse_caption(text: str) -> dict[str, str]:
     """The 4 target keys with non-empty string values found in a (possibly malformed) caption string."""
     if not isinstance(text, str):
         raise ValueError(f"caption must be a string, got {type(text).__name__}")
-    try:  # well-formed captions (including 7-key ones with apostrophes) parse as they are
-        obj = json.loads(text)
-        if isinstance(obj, dict):
-            return {k: obj[k].strip() for k in KEYS if isinstance(obj.get(k), str) and obj[k].strip()}
-    except json.JSONDecodeError:
-        pass
-    s = text.strip()
-    if not s.startswith("{"):
-        s = "{" + s
-    if not s.endswith("}"):
-        s = s + "}"
-    s = re.sub(r",\s*}", "}", s.replace("'", '"'))
-    try:
-        obj = json.loads(s)
-        found = obj if isinstance(obj, dict) else {}
-    except json.JSONDecodeError:
-        found = dict(_KV.findall(s))
-    return {k: found[k].strip() for k in KEYS if isinstance(found.get(k), str) and found[k].strip()}
+    return tokenizer.parse_caption(text)
