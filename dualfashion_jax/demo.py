@@ -150,7 +150,7 @@ def train_stage(out: pathlib.Path, plan: DemoPlan, stage: int) -> pathlib.Path:
 
 
 def generate(out: pathlib.Path, plan: DemoPlan, task: str) -> pathlib.Path:
-    """`dualfashion-jax generate` for the test split from the final (stage-3) workdir (resumes inside the results dir)."""
+    """`dualfashion-jax generate` on the test split from the final (stage-3) workdir; resumes in the results dir."""
     res = out / "generations" / task
     argv = ["generate", "--task", task, "--checkpoint", str(out / "stage3"), "--split", "test", "--out", str(res),
             "--data", str(out / "data"), "--steps", str(plan.image_steps), "--caption-steps", str(plan.caption_steps),
@@ -246,8 +246,8 @@ dataset with stand-in encoders: a space-to-depth pixel autoencoder for the SD3 V
 | `data/` | synthetic dataset (safe format), `data/truth/` oracle ground truth, `data/latents/` stand-in VAE latents |
 | `vae/` | the stand-in VAE (converted-VAE format, architecture `pixel_s2d`) |
 | `tokenizer/` | sentencepiece tokenizer with T5's id layout (`<extra_id_0>` = MASK) |
-| `stage1/`, `stage2/`, `stage3/` | training workdirs: `checkpoints/`, `metrics.jsonl`, TensorBoard events, `loss_curve.png`, `frozen/t5` |
-| `generations/pfitb/`, `generations/gor/` | generated images/captions, `records.json`, `index.html`, `report.json`, `report.md` |
+| `stage1/` .. `stage3/` | training: `checkpoints/`, `metrics.jsonl`, TensorBoard, `loss_curve.png`, `frozen/t5` |
+| `generations/{{pfitb,gor}}/` | images, captions, `records.json`, `index.html`, `report.json`, `report.md` |
 | `plan.json`, `timings.json` | the demo settings and each phase's wall time |
 
 ## Wall time (s)
