@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from dualfashion_jax.models import config_io
+
 STAGE2_VARIANTS = ("mlp", "gor_projector")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims", "save_attn_out", "save_named",
                   "offload_named")  # models/remat.py RematPolicy
@@ -99,21 +101,12 @@ class MMDiTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (dtypes by name, latent size as int or [H, W])."""
-        d = dataclasses.asdict(self)
-        d["dtype"] = self.dtype.name
-        d["param_dtype"] = self.param_dtype.name
-        if not isinstance(self.latent_size, int):
-            d["latent_size"] = list(self.latent_hw)
-        return d
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "config") -> "MMDiTConfig":
         """Inverse of `to_dict`; unknown keys are an error naming `source`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown MMDiTConfig field(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return config_io.from_dict(cls, d, source=source)
 
 
 PRESETS: dict[str, MMDiTConfig] = {

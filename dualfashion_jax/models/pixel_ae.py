@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from dualfashion_jax.models.vae import DiagonalGaussian
+from dualfashion_jax.models import config_io
 from dualfashion_jax.sharding import axes
 
 ARCHITECTURE = "pixel_s2d"
@@ -69,17 +70,13 @@ class PixelAEConfig:
         return self.factor * self.factor * self.in_channels
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["dtype"], d["param_dtype"] = jnp.dtype(self.dtype).name, jnp.dtype(self.param_dtype).name
-        return d
+        """JSON-safe dict (dtypes as names) for the converted-VAE config file."""
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> "PixelAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown PixelAEConfig fields {unknown}; expected a subset of {sorted(names)}")
-        return cls(**d)
+        """Inverse of `to_dict`; unknown fields are an error naming `source`."""
+        return config_io.from_dict(cls, d, source=source)
 
 
 def is_pixel_config(d: dict | None) -> bool:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dualfashion_jax.models import config_io
 from dualfashion_jax.sharding import axes
 
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -54,23 +55,12 @@ class T5Config:
 
     def to_dict(self) -> dict:
         """JSON-safe dict (dtypes as names) for converted-checkpoint config files."""
-        d = dataclasses.asdict(self)
-        d["dtype"] = jnp.dtype(self.dtype).name
-        d["param_dtype"] = jnp.dtype(self.param_dtype).name
-        return d
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> "T5Config":
         """Inverse of `to_dict`; unknown fields are an error naming `source`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown T5Config fields {unknown}; expected a subset of {sorted(names)}")
-        d = dict(d)
-        for k in ("dtype", "param_dtype"):
-            if k in d:
-                d[k] = jnp.dtype(d[k])
-        return cls(**d)
+        return config_io.from_dict(cls, d, source=source)
 
 
 _PRESETS = {

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from dualfashion_jax.models import vae_blocks as vb
+from dualfashion_jax.models import config_io, vae_blocks as vb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,22 +56,12 @@ class VAEConfig:
 
     def to_dict(self) -> dict:
         """JSON-safe dict (dtypes as names) for converted-checkpoint config files."""
-        d = dataclasses.asdict(self)
-        d["block_out_channels"] = list(self.block_out_channels)
-        d["dtype"], d["param_dtype"] = jnp.dtype(self.dtype).name, jnp.dtype(self.param_dtype).name
-        return d
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> "VAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown VAEConfig fields {unknown}; expected a subset of {sorted(names)}")
-        d = dict(d)
-        for k in ("dtype", "param_dtype"):
-            if k in d:
-                d[k] = jnp.dtype(d[k])
-        return cls(**d)
+        """Inverse of `to_dict`; unknown fields are an error naming `source`."""
+        return config_io.from_dict(cls, d, source=source)
 
 
 _PRESETS = {
