@@ -13,22 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 
+from timing import median_seconds
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-
-def _time(fn, iters: int) -> float:
-    """Seconds per call (median of `iters`) after one warm-up call (compile)."""
-    fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         x = np.random.default_rng(bs).normal(size=(bs, vc.image_size, vc.image_size, 3)).astype(np.float32)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
         with torch.inference_mode():
-            t_torch = _time(lambda: ref(xt), args.iters)
+            t_torch = median_seconds(lambda: ref(xt), args.iters)
             want = ref(xt).numpy()
         cells, diff = [], None
         for name, _ in variants:
             graphdef, state = nnx.split(models[name])
             fn = jax.jit(lambda s, a: nnx.merge(graphdef, s)(a))
             xj = jnp.asarray(x)
-            t_jax = _time(lambda: fn(state, xj).block_until_ready(), args.iters)
+            t_jax = median_seconds(lambda: fn(state, xj).block_until_ready(), args.iters)
             if name == "fp32":
                 diff = float(np.abs(np.asarray(fn(state, xj)) - want).max())
             cells.append(f"{bs / t_jax:.1f} | {t_torch / t_jax:.2f}x")

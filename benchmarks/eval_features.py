@@ -12,20 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 
-
-def _time(fn, iters: int) -> float:
-    """Seconds per call (median of `iters`) after one warm-up call (compile / TorchScript profiling)."""
-    fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from timing import median_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         out_j = np.asarray(jax_fn(state, xj))
         with torch.inference_mode():
             out_t = ts(xt).numpy()
-            t_torch = _time(lambda: ts(xt), args.iters)
-        t_jax = _time(lambda: jax_fn(state, xj).block_until_ready(), args.iters)
+            t_torch = median_seconds(lambda: ts(xt), args.iters)
+        t_jax = median_seconds(lambda: jax_fn(state, xj).block_until_ready(), args.iters)
         diff = float(np.abs(out_j.astype(np.float32) - out_t).max())
         print(f"| {bs} | {bs / t_jax:.2f} | {bs / t_torch:.2f} | {t_torch / t_jax:.2f}x | {diff:.2e} |", flush=True)
     return 0
