@@ -122,3 +122,26 @@ def test_stub_and_missing_mask_are_refused(tok_dir, tmp_path):
     stub = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("a", -1.0)], extra_ids=100)
     with pytest.raises(tk.TokenizerError, match="stub"):
         tk.CaptionTokenizer(stub, source="stub")
+
+
+def test_bpe_words_stay_whole_and_scaffold_is_one_token_each(tmp_path):
+    """BPE vocab is segmented by the fewest pieces (transformers used to split learned words into early
+    merges); the caption scaffold pieces are single tokens; label masks still cover exactly the values;
+    decoding leaves no word-marker space at a value's start."""
+    texts = CAPS * 20 + ["Recommend a fashion dress item, on white background."] * 5
+    bare = tk.build_test_tokenizer(texts, tmp_path / "bare", vocab_size=150, model_type="bpe", max_length=64)
+    toks = bare.hf.convert_ids_to_tokens(bare.encode(["blue sleeves round neck"])[0][0][:4].tolist())
+    assert toks == ["▁blue", "▁sleeves", "▁round", "▁neck"], toks
+    scaffold = tk.caption_scaffold()
+    tok = tk.build_test_tokenizer(texts, tmp_path / "scaf", vocab_size=150, model_type="bpe", max_length=64,
+                                  user_symbols=scaffold + ["Recommend a fashion"])
+    ids, attn, labels = tok.encode_captions(CAPS[:1])
+    pieces = tok.hf.convert_ids_to_tokens(ids[0][: attn[0].sum()].tolist())
+    assert pieces[:4] == ['{"', 'Color": "', "▁navy", "▁blue"], pieces
+    assert all(s in pieces for s in ('", "', '"}', 'Material": "', 'Clothing Fashion Style": "'))
+    assert attn[0].sum() < bare.encode(CAPS[:1])[1][0].sum()  # shorter than without the scaffold
+    value_pieces = [p for p, m in zip(pieces, labels[0]) if m]
+    assert "".join(value_pieces).replace("▁", " ").split() == "navy blue cotton short sleeves, round neck casual".split()
+    assert tok.decode(ids)[0] == CAPS[0]
+    sent = tok.hf.convert_ids_to_tokens(tok.encode(["Recommend a fashion dress item, on white background."])[0][0][:2])
+    assert sent == ["Recommend a fashion", "▁dress"]

@@ -26,6 +26,11 @@ MIN_BASE_VOCAB = 16  # the transformers "silent stub" has 4 base pieces + 100 ex
 _VALUE_RES = {k: re.compile(r'"' + re.escape(k) + r'"\s*:\s*"((?:[^"\\]|\\.)*)"') for k in CAPTION_KEYS}
 
 
+# Whitespace right after a JSON value's opening quote (a tokenizer whose caption scaffold pieces end in the
+# quote decodes the next word with its word-marker space); no caption value starts with a space.
+_VALUE_START_SPACE = re.compile(r'(":\s*")\s+')
+
+
 class CaptionError(ValueError):
     """A caption string is not the expected JSON object; the message quotes the caption's start."""
 
@@ -196,17 +201,45 @@ class CaptionTokenizer:
         """ids [N, L] -> N strings (padding, EOS and, by default, MASK/extra ids dropped)."""
         ids = np.asarray(ids)
         ids = ids[None] if ids.ndim == 1 else ids
-        return self.hf.batch_decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+        texts = self.hf.batch_decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+        return [_VALUE_START_SPACE.sub(r"\1", t) for t in texts]
 
 
 # --------------------------------------------------------------------------------------- test tokenizer builder
+def _bpe_as_fewest_pieces_unigram(model: bytes) -> bytes:
+    """A trained BPE sentencepiece model re-labelled as a unigram model whose normal pieces all score -1.
+
+    transformers reads every spiece.model as a unigram model and picks the segmentation with the highest total
+    score; BPE scores are minus the merge rank, so it preferred short early pieces ("black" -> "b", "la", "ck")
+    over the learned words. With equal scores both sentencepiece and transformers pick the fewest pieces.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(model)
+    proto.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
+    for piece in proto.pieces:
+        if piece.type == pb.ModelProto.SentencePiece.NORMAL:
+            piece.score = -1.0
+    return proto.SerializeToString()
+
+
+def caption_scaffold(keys: Iterable[str] = CAPTION_KEYS) -> list[str]:
+    """The fixed strings of `caption_json`-style captions with `keys`: '{"', '<key>": "', '", "', '"}'."""
+    return ['{"', '", "', '"}'] + [f'{k}": "' for k in keys]
+
+
 def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vocab_size: int = 256,
-                         extra_ids: int = 100, max_length: int = 256, model_type: str = "unigram") -> CaptionTokenizer:
+                         extra_ids: int = 100, max_length: int = 256, model_type: str = "unigram",
+                         user_symbols: Sequence[str] = ()) -> CaptionTokenizer:
     """Train a small sentencepiece unigram model with T5's id layout (pad 0, eos 1, unk 2, no bos) and save it.
 
     Writes `out_dir/spiece.model` plus the transformers files, so `CaptionTokenizer.from_pretrained(out_dir)`
     reloads it. `vocab_size` is a soft limit (small corpora yield fewer pieces). Used by tests and the demo.
     `model_type="bpe"` suits tiny, repetitive corpora (the demo's), where unigram seeding finds only ~70 pieces.
+    `user_symbols` (e.g. `caption_scaffold(...)`, fixed sentence parts) become single pieces, so a 4-key
+    caption takes ~23 tokens instead of ~38. transformers splits the text at them and prefixes every chunk
+    with the word marker, so the model is trained on those chunks (words then exist as '▁word' pieces).
     """
     import sentencepiece as spm
     from transformers import T5Tokenizer
@@ -216,14 +249,19 @@ def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vo
         raise ValueError("build_test_tokenizer: no training texts given")
     if extra_ids < 1:
         raise ValueError(f"build_test_tokenizer: extra_ids must be >= 1 (the MASK is <extra_id_0>), got {extra_ids}")
+    symbols = sorted({s for s in user_symbols if s.strip()}, key=len, reverse=True)  # longest match first
+    if symbols:
+        split = re.compile("|".join(map(re.escape, symbols)))
+        texts = [c.strip() for t in texts for c in split.split(t) if c.strip()] + symbols
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, vocab_size=int(vocab_size), model_type=model_type,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, character_coverage=1.0,
-        minloglevel=2, num_threads=1)
-    (out / "spiece.model").write_bytes(buf.getvalue())
+        minloglevel=2, num_threads=1, **({"user_defined_symbols": symbols} if symbols else {}))
+    model = buf.getvalue() if model_type != "bpe" else _bpe_as_fewest_pieces_unigram(buf.getvalue())
+    (out / "spiece.model").write_bytes(model)
     tok = T5Tokenizer.from_pretrained(str(out), extra_ids=int(extra_ids))
     n_extra = sum(1 for t in tok.get_vocab() if t.startswith("<extra_id_"))
     if n_extra != extra_ids:
