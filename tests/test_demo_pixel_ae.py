@@ -73,3 +73,51 @@ def test_bad_inputs_name_the_problem(ae, images, tmp_path):
     cfg_file.write_text(cfg_file.read_text().replace('"seed": 4', '"seed": 5'))
     with pytest.raises(ValueError, match="differs from the projection of seed 5"):
         pixel_ae.load(tmp_path / "v")
+
+
+def _garments(n: int = 48, size: int = 32) -> np.ndarray:
+    """Real demo renders (the synthetic dataset's garments) as uint8 [n, S, S, 3]."""
+    from dualfashion_jax.data.synthetic import render
+    from dualfashion_jax.data.synthetic import attributes as A
+
+    rng = np.random.default_rng(0)
+    return np.stack([render.render_item(i % len(A.CATEGORIES), (3 * i) % len(A.COLORS), (5 * i) % len(A.MATERIALS),
+                                        0, render.Jitter.sample(rng), size) for i in range(n)])
+
+
+def test_pca_basis_is_the_best_rank_16_linear_autoencoder(tmp_path):
+    """factor 4: 48 pixel numbers per latent pixel -> 16 principal directions; W^T W = I; reconstructions keep
+    the oracle's attributes; the fitted basis saves/loads through the VAE loader and is validated there."""
+    from dualfashion_jax.conversion import vae as vae_conv
+    from dualfashion_jax.data import oracle
+
+    u8 = _garments()
+    cfg = pixel_ae.PixelAEConfig(factor=4, basis="pca")
+    ae = pixel_ae.fit(cfg, u8)
+    w = np.asarray(ae.proj[...])
+    assert w.shape == (48, 16)
+    np.testing.assert_allclose(w.T @ w, np.eye(16), atol=1e-5)  # orthonormal columns
+    x = u8.astype(np.float64) / 127.5 - 1.0
+    blocks = np.asarray(pixel_ae.space_to_depth(jnp.asarray(x), 4)).reshape(-1, 48)
+    kept = np.sum((blocks @ w) ** 2) / np.sum(blocks ** 2)
+    eig = np.linalg.eigvalsh(blocks.T @ blocks)[::-1]  # the optimum: top-16 eigenvalues of the 2nd moment
+    assert kept == pytest.approx(eig[:16].sum() / eig.sum(), rel=1e-4) and kept > 0.98
+    z = np.asarray(vae.encode_images(ae, u8, sample=False))  # [N, 8, 8, 16] model space
+    assert z.shape == (48, 8, 8, 16) and abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4
+    rec = np.asarray(np.clip(np.rint(np.asarray(vae.decode_latents(ae, jnp.asarray(z))) * 255), 0, 255), np.uint8)
+    got, want = oracle.decode_attributes(rec), oracle.decode_attributes(u8)
+    for k in ("category", "colour"):
+        assert (got[k] == want[k]).mean() >= 0.95, k
+    pixel_ae.save(ae, tmp_path / "pca")
+    loaded = vae_conv.load(tmp_path / "pca")
+    assert loaded.cfg == ae.cfg
+    np.testing.assert_array_equal(np.asarray(loaded.proj[...]), w)
+    with pytest.raises(ValueError, match="needs proj of shape"):
+        pixel_ae.PixelAutoencoder(cfg)
+    with pytest.raises(ValueError, match="needs factor"):
+        pixel_ae.PixelAEConfig(factor=2, basis="pca")
+    with pytest.raises(ValueError, match="basis must be one of"):
+        pixel_ae.PixelAEConfig(basis="svd")
+    pixel_ae.save(pixel_ae.PixelAutoencoder(ae.cfg, proj=2 * w), tmp_path / "bad")  # not a PCA basis
+    with pytest.raises(ValueError, match="orthonormal columns"):
+        vae_conv.load(tmp_path / "bad")

@@ -97,6 +97,6 @@ def main(argv: list[str]) -> int:
     report = rep.build_report(task=ctx.task, model_name=str(ctx.settings.get("model")), results=results,
                               errors=errors, networks=ctx.networks, settings=settings, timings=timings)
     out_json, out_md = rep.write_report(report, args.out or os.path.join(args.results, "report.json"))
-    print(rep.to_markdown(report))
-    print(f"[evaluate] wrote {out_json} and {out_md}", file=sys.stderr)
+    print(rep.to_markdown(report).split("\n## Details")[0].rstrip())  # the tables; details + settings: in the files
+    print(f"[evaluate] wrote {out_json} and {out_md} (per-key details and settings)", file=sys.stderr)
     return 1 if errors else 0
