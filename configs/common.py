@@ -70,5 +70,6 @@ def stage_blocks(c: mlc.ConfigDict, *, model: str, dtype: str, t5: str, t5_check
                                  split="train", n_aug=0))
     c.loss = mlc.ConfigDict(dict(caption_weight=0.2, text_dropout=0.1, matching_lambda=0.1, context_dropout=0.5,
                                  preference_dropout=0.5, preference_dropout_mode="per_sample",
-                                 text_loss_norm="batch_len", stage3_loss="brier"))
+                                 text_loss_norm="batch_len", stage3_loss="brier",
+                                 real_caption_ratio=-1.0))  # stage-1 t2i: P(structured caption), -1 = never
     return c

@@ -60,7 +60,7 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     (wd / "config.json").write_text(json.dumps(cj, indent=1))
     tok = CaptionTokenizer.from_pretrained(root / "tokenizer", max_length=96)
     for kind in ("t5", "vae"):
-        spec, cfg = stage_tasks._frozen(kind, config[kind], config[kind].seed, min_vocab=tok.vocab_size)
+        spec, cfg = stage_tasks.frozen_spec(kind, config[kind], config[kind].seed, min_vocab=tok.vocab_size)
         common.save_converted(wd / "frozen" / kind, kind=kind, config=cfg.to_dict(),
                               params=random_params(spec.factory, seed=len(kind)))
     mcfg = stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size, latent_hw=(16, 16))

@@ -246,3 +246,22 @@ def test_gor_projector_variant_reachable(bundle):
     z = np.zeros((1, 16, 16, 16), np.float32)
     off0, off1 = (np.asarray(cond.context_offset(model, x)) for x in (z, z + 1.0))
     assert np.abs(off0 - off1).max() > 1e-4  # r_t + sigmoid(gate) Conv(ctx + r_c) depends on the context
+
+
+def test_saved_model_config_needs_no_dataset(world, bundle, tmp_path):
+    """A workdir with training's model_config.json rebuilds the model without the dataset (no latents, no
+    meta.json to read the latent size from); without it, the missing dataset is named."""
+    import shutil
+
+    wd = tmp_path / "wd"
+    shutil.copytree(world / "wd", wd)
+    cfg = json.loads((wd / "config.json").read_text())
+    cfg["data"]["tokenizer"] = str(world / "tokenizer")
+    (wd / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="nodata"):
+        load_bundle(wd, data=str(tmp_path / "nodata"))
+    (wd / "model_config.json").write_text(json.dumps(bundle.model.config.to_dict()))
+    b = load_bundle(wd, data=str(tmp_path / "nodata"))
+    assert b.model.config == bundle.model.config
+    np.testing.assert_array_equal(np.asarray(b.model.context_embedder.kernel[...]),
+                                  np.asarray(bundle.model.context_embedder.kernel[...]))

@@ -136,6 +136,35 @@ def test_stage1_reference(data):
     assert float(m["text_drop_frac"]) == 0.25
 
 
+def test_stage1_real_caption_ratio(data):
+    """train_real_cap_ratio: a row's t2i prompt is its structured caption where u < ratio (NumPy reference);
+    -1 (the released setting) never reads t2i_real_ids; a missing key is named."""
+    import dataclasses
+
+    batch, draws, nulls = data
+    batch = dict(batch, t2i_real_ids=_ids((B, L))[0])
+    draws = dict(draws, real_caption=np.array([0.1, 0.8, 0.45, 0.6]))
+    cfg = dataclasses.replace(CFG, real_caption_ratio=0.5)
+    d = draws["image"]
+    sig = np_sigma(d["sigma_normal"])
+    x0 = batch["t2i_latents"]
+    x_t = (1 - sig[:, None, None, None]) * x0 + sig[:, None, None, None] * d["noise"]
+    ids = np.where((draws["real_caption"] < 0.5)[:, None], batch["t2i_real_ids"], batch["t2i_ids"])
+    txt = np.where((d["text_drop"] < 0.1)[:, None, None], nulls["null_emb"][None], NP_T5(ids, None))
+    l_txt = np_caption_loss(draws["text"], batch["i2t_latents"], batch["caption_ids"], batch["caption_label_mask"], ())
+    ref = np_image_loss(x_t, x0, sig, txt).mean() + 0.2 * l_txt.mean()
+    kw = dict(model_fn=J_MODEL, t5_fn=J_T5, null_emb=jnp.asarray(nulls["null_emb"], jnp.float32))
+    loss, _ = stages.stage1_loss_given(jx(draws), jx(batch), cfg=cfg, **kw)
+    np.testing.assert_allclose(float(loss), ref, **TOL)
+    off, _ = stages.stage1_loss_given(jx(draws), jx(batch), cfg=CFG, **kw)  # -1: the re-captions only
+    assert abs(float(off) - float(loss)) > 1e-6
+    del batch["t2i_real_ids"]
+    with pytest.raises(ValueError, match="t2i_real_ids"):
+        stages.stage1_loss_given(jx(draws), jx(batch), cfg=cfg, **kw)
+    with pytest.raises(ValueError, match="real_caption_ratio"):
+        dataclasses.replace(CFG, real_caption_ratio=1.5)
+
+
 @pytest.mark.parametrize("mode", ["per_sample", "per_batch_dropped", "per_batch_kept"])
 def test_stage2_reference(data, mode):
     batch, draws, nulls = data

@@ -48,6 +48,8 @@ def test_stage2_then_stage3_from_stage2(demo):
     from dualfashion_jax.conversion.common import load_converted
     meta, flat = load_converted(demo / "stage2" / "frozen" / "t5", kind="t5")  # the random demo T5, for generation
     assert meta["config"]["d_model"] == 32 and "shared/embedding" in flat
+    saved = json.loads((demo / "stage2" / "model_config.json").read_text())  # generation rebuilds from this
+    assert saved["stage2"] is True and saved["vocab_size"] >= 100 and min(np.atleast_1d(saved["latent_size"])) > 0
     c = _config(2, demo)
     c.total_steps = 3
     resumed = train.run(c, str(demo / "stage2"))  # same command, more steps: resumes at step 2

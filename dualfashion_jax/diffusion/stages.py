@@ -17,7 +17,8 @@ when merged outside it); pass the module itself, not a lambda around it.
 
 Batch keys (ids int32, masks int/bool, latents fp32 NHWC model-space latents):
   stage 1: t2i_latents [B,H,W,C], t2i_ids [B,L] (T5'd without mask), i2t_latents [B',H,W,C],
-           caption_ids [B',L], caption_label_mask [B',L]
+           caption_ids [B',L], caption_label_mask [B',L]; with real_caption_ratio >= 0 also t2i_real_ids
+           [B,L] (the t2i rows' structured captions, used as the prompt with that probability)
   stage 2: target_latents [B,H,W,C], context_latents [B,K,H,W,C], caption_ids [B,L], caption_label_mask
            [B,L], pref_ids/pref_mask [B,L], sentence_ids/sentence_mask [B,L]
   stage 3: caption_ids and caption_label_mask [B,L] or [B,A,L] (A augmentations per row), pref_ids/pref_mask,
@@ -57,6 +58,8 @@ class LossConfig:
     antithetic: bool = True
     text_loss_norm: str = "batch_len"   # "batch_len" (original, / B*L) | "masked" (/ loss positions)
     caption_weight: float = 0.2         # L = L_img + caption_weight * L_txt
+    real_caption_ratio: float = -1.0    # stage-1 t2i: P(prompt = the structured caption, not the re-caption);
+                                        # the original's `train_real_cap_ratio`, -1 (never) as released
     matching_lambda: float = 0.1        # stage-2 lam
     context_dropout: float = 0.5        # stage-2 per-sample P(m = 0)
     preference_dropout: float = 0.5     # stage-2 P(drop the preference segment)
@@ -72,6 +75,8 @@ class LossConfig:
                              f"got {self.preference_dropout_mode!r}")
         if self.stage3_loss not in STAGE3_LOSSES:
             raise ValueError(f"LossConfig.stage3_loss: expected one of {STAGE3_LOSSES}, got {self.stage3_loss!r}")
+        if not (self.real_caption_ratio == -1.0 or 0.0 <= self.real_caption_ratio <= 1.0):
+            raise ValueError(f"LossConfig.real_caption_ratio must be -1 (off) or in [0, 1], got {self.real_caption_ratio}")
         for name in ("text_dropout", "context_dropout", "preference_dropout", "matching_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"LossConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -159,9 +164,12 @@ STAGE1_KEYS = ("t2i_latents", "t2i_ids", "i2t_latents", "caption_ids", "caption_
 
 
 def draw_stage1(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
-    """All stage-1 randomness: {"image": draw_image(...), "text": draw_text(...)}."""
+    """All stage-1 randomness: {"image": draw_image(...), "text": draw_text(...), "real_caption": uniforms [B]}."""
     k1, k2 = jax.random.split(key)
-    return {"image": draw_image(k1, batch["t2i_latents"].shape), "text": draw_text(k2, batch["caption_ids"].shape)}
+    k3 = jax.random.fold_in(key, 3)  # a separate stream, so the image/text draws stay as they were
+    b = batch["t2i_latents"].shape[0]
+    return {"image": draw_image(k1, batch["t2i_latents"].shape), "text": draw_text(k2, batch["caption_ids"].shape),
+            "real_caption": jax.random.uniform(k3, (b,), jnp.float32)}
 
 
 def stage1_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn, null_emb: jax.Array,
@@ -175,7 +183,12 @@ def stage1_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn, null_emb:
     d = draws["image"]
     sigma, timestep = _sigma(d, cfg)
     x_in = flow.add_noise(x0, d["noise"], sigma)  # [B, H, W, C]
-    txt = _t5(t5_fn, batch["t2i_ids"], None)  # [B, L, D]
+    ids = batch["t2i_ids"]  # [B, L] re-captions
+    if cfg.real_caption_ratio >= 0:  # the original's train_real_cap_ratio: some prompts are the structured caption
+        _require(batch, ("t2i_real_ids",), f"stage-1 (real_caption_ratio={cfg.real_caption_ratio})")
+        use_real = draws["real_caption"] < cfg.real_caption_ratio  # [B]
+        ids = jnp.where(use_real[:, None], batch["t2i_real_ids"], ids)
+    txt = _t5(t5_fn, ids, None)  # [B, L, D]
     txt, dropped = cond.drop_text(d["text_drop"], txt, null_emb, cfg.text_dropout)
     l_img = image_branch(model_fn, x_in, x0, sigma, timestep, txt)
     l_txt, tm = caption_branch(draws["text"], model_fn, t5_fn, batch["i2t_latents"].astype(jnp.float32),

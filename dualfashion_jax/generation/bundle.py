@@ -205,7 +205,7 @@ def _frozen_module(kind: str, explicit: str | None, config, wd: pathlib.Path, mi
             return mod, str(cand)
         nxt = _workdir_config(cur).get("init_from") if (cur / "config.json").is_file() else ""
         cur = _resolve(nxt, cur) if nxt else None
-    spec, _ = stage_tasks._frozen(kind, block, block.seed, min_vocab=min_vocab)  # the training's own random init
+    spec, _ = stage_tasks.frozen_spec(kind, block, block.seed, min_vocab=min_vocab)  # the training's own random init
     return build_jitted(spec.factory), f"seeded random init ({block.preset}, seed {block.seed}) as in training"
 
 
@@ -235,7 +235,15 @@ def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> 
     vae_mod, vae_src = _frozen_module("vae", vae, config, wd, 0)
     t5_mod, t5_src = _frozen_module("t5", t5, config, wd, tok.vocab_size)
     latent_hw = None
-    if config.model.get("latent_from_data"):
+    saved = wd / "model_config.json"  # written by training (train.MODEL_CONFIG); older workdirs: rebuilt below
+    if saved.is_file():
+        from dualfashion_jax.models.mmdit_config import MMDiTConfig
+
+        try:
+            mcfg = MMDiTConfig.from_dict(json.loads(saved.read_text()), source=str(saved))
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{saved}: not valid JSON ({e})") from None
+    elif config.model.get("latent_from_data"):
         lat = data_dir / "latents" / "latents.npy"
         if lat.is_file():
             latent_hw = tuple(int(x) for x in np.load(lat, mmap_mode="r").shape[1:3])
@@ -248,8 +256,9 @@ def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> 
                                   "size from the dataset (config.model.latent_from_data), pass --data")
             f = vae_mod.cfg.downsample_factor
             latent_hw = (size // f, size // f)
-    mcfg = stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size if config.model.get("vocab_from_tokenizer")
-                                    else None, latent_hw=latent_hw)
+    if not saved.is_file():
+        mcfg = stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size if config.model.get("vocab_from_tokenizer")
+                                        else None, latent_hw=latent_hw)
     if dtype:
         mcfg = dataclasses.replace(mcfg, dtype=dtype)
     step, flat, used_ema = _params_from_workdir(wd, ema)

@@ -41,7 +41,7 @@ def mmdit_config(config, vocab_size: int | None = None, latent_hw: tuple[int, in
     return mc.get(m.preset, **over)
 
 
-def _frozen(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen, Any]:
+def frozen_spec(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen, Any]:
     """Frozen T5/VAE spec + its config: converted weights from `block.checkpoint`, else seeded random init."""
     from dualfashion_jax.models import t5, vae
 
@@ -112,7 +112,7 @@ def _build(config, stage: str) -> Task:
     d = config.data
     ds = SafeDataset(d.dir)
     tok = CaptionTokenizer.from_pretrained(d.tokenizer, max_length=d.max_length)
-    t5_spec, t5_cfg = _frozen("t5", config.t5, config.t5.seed, min_vocab=tok.vocab_size)
+    t5_spec, t5_cfg = frozen_spec("t5", config.t5, config.t5.seed, min_vocab=tok.vocab_size)
     lcfg = stages.LossConfig(mask_id=tok.mask_id, **dict(config.loss))
     B, seed = config.batch_size, d.seed
 
@@ -126,7 +126,8 @@ def _build(config, stage: str) -> Task:
 
         def combine(ex):
             a, b = ex["t2i"], ex["i2t"]
-            return {f"t2i_{kind}s": a[kind], "t2i_ids": a["re_caption_ids"], f"i2t_{kind}s": b[kind],
+            return {f"t2i_{kind}s": a[kind], "t2i_ids": a["re_caption_ids"], "t2i_real_ids": a["caption_ids"],
+                    f"i2t_{kind}s": b[kind],
                     "caption_ids": b["caption_ids"], "caption_label_mask": b["caption_labels"], "ids": a["iid"]}
 
         make_data = lambda pi, pc: _StageData({"t2i": stream(src, seed)(pi, pc),  # noqa: E731
@@ -151,7 +152,7 @@ def _build(config, stage: str) -> Task:
         from dualfashion_jax.data.images import ItemLatents
         latent_hw = tuple(int(x) for x in ItemLatents(ds).array.shape[1:3])
     elif ds.image_size:  # images are VAE-encoded in the step (stage 3 only needs the size, for its model)
-        vae_spec, vae_cfg = _frozen("vae", config.vae, config.vae.seed)
+        vae_spec, vae_cfg = frozen_spec("vae", config.vae, config.vae.seed)
         f = 2 ** (len(vae_cfg.block_out_channels) - 1)
         latent_hw = (ds.image_size // f, ds.image_size // f)
         if kind == "image" and visual_keys:
@@ -206,7 +207,7 @@ def _build(config, stage: str) -> Task:
         return stages.stage3_loss(k_loss, batch, model_fn=model, t5_fn=t5_fn, cfg=lcfg)
 
     return Task(model_factory=lambda rngs: mmdit.DualMMDiT(mcfg, rngs=rngs), frozen=frozen, loss_fn=loss_fn,
-                make_data=make_data, global_batch=B, make_consts=make_consts)
+                make_data=make_data, global_batch=B, make_consts=make_consts, model_config=mcfg)
 
 
 def build_stage1(config) -> Task:

@@ -31,13 +31,15 @@ class Task:
     make_data(process_index, process_count) -> iterator of host-local numpy batch dicts with `ids`
     and get_state()/set_state(); global_batch = rows per step across all processes;
     make_consts(frozen modules) -> {name: array} computed once (e.g. T5 null-prompt embeddings), passed
-    to the loss next to the frozen modules."""
+    to the loss next to the frozen modules; model_config (if set) is saved to <workdir>/model_config.json so
+    generation rebuilds the exact model without the dataset."""
     model_factory: Callable[[nnx.Rngs], nnx.Module]
     frozen: Mapping[str, Frozen]
     loss_fn: LossFn
     make_data: Callable[[int, int], Iterator[dict[str, Any]]]
     global_batch: int
     make_consts: Callable[[Mapping[str, nnx.Module]], Mapping[str, Any]] | None = None
+    model_config: Any = None
 
 
 def build_toy(config) -> Task:
