@@ -6,11 +6,13 @@ images [B, S, S, 3] in [-1, 1] are folded factor x factor into channels ([B, S/f
 a matrix W [d, latent_channels]: encode z = x W, decode x = z W^T. Two bases:
   "orthonormal" (d <= 16, e.g. f = 2): a fixed, seeded W with orthonormal ROWS (W W^T = I), so
       decode(encode(x).mode()) == x up to float rounding (a generated latent decodes to its projection);
-  "pca" (d >= 16, e.g. f = 4): W = the top-16 right singular vectors of the images' f x f blocks (orthonormal
-      COLUMNS), the best rank-16 linear autoencoder of the data (`fit_pca`). On the demo images at f = 4 it
-      keeps 99.3 % of the variance and the oracle decodes the same category/colour/material from the
-      reconstructions; each latent pixel then carries 16 numbers, not 64, which a 64-wide demo MMDiT can
-      denoise at patch size 1.
+  "pca" (d >= 16, e.g. f = 4): whitened PCA, the best rank-16 linear autoencoder of the data (`fit_pca`):
+      W = V diag(1/s), V the top-16 right singular vectors of the images' f x f blocks, s the std of each
+      coefficient, so every latent channel has unit variance; decode applies the pseudo-inverse diag(s) V^T.
+      On the demo images at f = 4 it keeps 99.3 % of the variance and the oracle decodes the same
+      category/colour/material from the reconstructions. Each latent pixel carries 16 numbers, not 64, which
+      a 64-wide demo MMDiT can denoise at patch size 1, and a generator's error in a minor component is
+      scaled down by that component's small s when decoded.
 The posterior is (nearly) a point mass: logvar = `posterior_logvar` (default -30).
 `shift_factor`/`scaling_factor` play SD3's roles; `fit_scaling` sets them from the demo images (mean 0, std 1).
 Saved like a converted VAE (kind "vae", config with architecture "pixel_s2d"); `conversion.vae.load` and
@@ -122,9 +124,10 @@ def depth_to_space(x: jax.Array, f: int) -> jax.Array:
 
 
 def fit_pca(cfg: PixelAEConfig, images_uint8: np.ndarray) -> np.ndarray:
-    """W [f*f*C, latent_channels]: the top right singular vectors of the images' (uncentred) f x f blocks.
+    """W [f*f*C, latent_channels] = V diag(1/s): the top right singular vectors V of the images' (uncentred)
+    f x f blocks, each divided by the std s of its coefficient over the blocks (whitening).
 
-    Uncentred because encode/decode have no bias: x W W^T is then the best rank-C reconstruction of the blocks.
+    Uncentred because encode/decode have no bias: x V V^T is then the best rank-C reconstruction of the blocks.
     Column signs are fixed (largest entry positive), so the basis is a deterministic function of the images.
     """
     _check_uint8(images_uint8, "fit_pca")
@@ -133,7 +136,14 @@ def fit_pca(cfg: PixelAEConfig, images_uint8: np.ndarray) -> np.ndarray:
     _, _, vt = np.linalg.svd(blocks, full_matrices=False)
     w = vt[: cfg.latent_channels].T  # [d, C]
     w = w * np.sign(w[np.abs(w).argmax(0), np.arange(w.shape[1])])[None, :]
-    return np.ascontiguousarray(w).astype(np.float32)
+    std = np.maximum((blocks @ w).std(0), 1e-3)  # [C] (a constant direction keeps a finite scale)
+    return np.ascontiguousarray(w / std[None, :]).astype(np.float32)
+
+
+def _decode_matrix(w: jax.Array, basis: str) -> jax.Array:
+    """The [f*f*C, C_lat] matrix decode multiplies by: W itself (orthonormal rows: W^T is the inverse on the image
+    subspace) or W's pseudo-inverse for orthogonal columns, W diag(1/|w_k|^2) ("pca": V diag(s))."""
+    return w if basis == "orthonormal" else w / jnp.sum(w * w, axis=0, keepdims=True)
 
 
 class PixelAutoencoder(nnx.Module):
@@ -171,7 +181,8 @@ class PixelAutoencoder(nnx.Module):
     def decode(self, z: jax.Array) -> jax.Array:
         """z [B, h, w, C_lat] raw latents -> images [B, h*f, w*f, C_out] (projection onto the image subspace)."""
         _check(z, self.cfg.latent_channels, 1, "PixelAutoencoder.decode: latents")
-        x = jnp.einsum("bhwc,dc->bhwd", z.astype(self.cfg.dtype), self.proj[...].astype(self.cfg.dtype))
+        dec = _decode_matrix(self.proj[...].astype(jnp.float32), self.cfg.basis).astype(self.cfg.dtype)
+        x = jnp.einsum("bhwc,dc->bhwd", z.astype(self.cfg.dtype), dec)
         return depth_to_space(x, self.cfg.factor)  # [B, H, W, C]
 
     def __call__(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
@@ -244,7 +255,8 @@ def load(folder: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: An
     w = np.asarray(flat["proj"], np.float32)
     if cfg.basis == "orthonormal" and not np.allclose(w, np.asarray(ae.proj[...], np.float32), atol=1e-6):
         raise ValueError(f"{folder}: params/proj differs from the projection of seed {cfg.seed} in {src}")
-    if cfg.basis == "pca" and not np.allclose(w.T @ w, np.eye(w.shape[1]), atol=1e-4):
-        raise ValueError(f"{folder}: params/proj of a 'pca' basis must have orthonormal columns (W^T W = I)")
+    gram = w.T.astype(np.float64) @ w
+    if cfg.basis == "pca" and not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-4 * np.abs(gram).max()):
+        raise ValueError(f"{folder}: params/proj of a 'pca' basis must have orthogonal columns (W^T W diagonal)")
     common.load_flat_into(ae, flat)
     return ae
