@@ -19,7 +19,8 @@ def get_config(arg=None):
     c = common.base("stage2", total_steps=a.steps, batch_size=a.batch)
     c.seed = 971011
     c.log_every = 10
-    c.optim = common.optim(lr=1e-3, warmup_steps=20, ema_decay=0.999, ema_start_step=50)
+    # EMA 0.99 from the first step: a ~100-step average, short enough for a run of a few hundred steps
+    c.optim = common.optim(lr=1e-3, warmup_steps=20, ema_decay=0.99, ema_start_step=0)
     c.checkpoint.update(dict(every_steps=100, keep=2))
     c.mesh.update(dict(data=-1, fsdp=1, tensor=1))
     c.sharding.rules = "dp"

@@ -29,4 +29,5 @@ def get_config(arg=None):
     c.model.vocab_from_tokenizer = True
     c.model.latent_from_data = True  # latent size from the dataset's latents (or image size / VAE factor)
     c.init_from = a.init_from  # stage-2 workdir (params only; new modules keep their init)
+    c.init_from_ema = True  # start from stage 2's EMA weights (generation reads stage 3's raw params)
     return c
