@@ -42,14 +42,14 @@ class DemoPlan:
     t5_preset: str = "small_demo"      # frozen random T5 (d_model 64)
     # 64 wide: 2 heads x 32 run ~1.3x faster than 4 x 16 on CPU; patch 1 on the 8 x 8 latents = 64 image tokens
     model: tuple = (("num_layers", 4), ("num_heads", 2), ("head_dim", 32), ("matching_hidden", 64), ("patch_size", 1))
-    steps: tuple = (500, 1500, 20)     # stage 1, 2, 3
+    steps: tuple = (500, 2500, 20)     # stage 1, 2, 3 (the preference is learned late: 1500 -> 2500 steps lifts it)
     batch: tuple = (16, 16, 16)
     lr: tuple = (1e-3, 1e-3, 2e-4)
     gen_rows: int = 0                  # 0 = the whole test split
     image_steps: int = 12              # Euler steps per image
     caption_steps: int = 8             # masked-diffusion caption steps
-    guidance: str = "cfg"              # `generate --guidance`: one guided branch (half the 4-way cost)
-    scales: str = "3"                  # `generate --scales`
+    guidance: str = "four_way"         # `generate --guidance`
+    scales: str = "1,1,12"             # text, context, preference: v = v_M + 12 (v_P - v_M), preference guidance
     match_train_input: bool = True     # sample with the input stage 2 trained on (spec 7.2 item 7): +19 pt cat. acc
     caption_cond: str = "train"        # `generate --caption-cond`: no T5(template) 4th segment (spec 7.2 item 10)
     rows_per_batch: int = 16
