@@ -2,8 +2,9 @@
 from a training workdir or from converted checkpoints, with clear errors when the pieces do not fit.
 
 Sources, in this order:
-  training workdir  `<dir>/{config.json, checkpoints/<step>/state}`: the model is rebuilt from the training
-                    config exactly as `training/stage_tasks.py` builds it; params = the EMA (default) or the raw
+  training workdir  `<dir>/{config.json, model_config.json, checkpoints/<step>/state}`: the model is rebuilt from
+                    the MMDiT config training saved (older workdirs: from the training config, as
+                    `training/stage_tasks.py` builds it); params = the EMA (default) or the raw
                     params of the newest restorable step. T5/VAE: the config's converted checkpoint, else the
                     random init training saved to `<dir>/frozen/<name>` (followed through `init_from`), else
                     the same seeded random init training used.
@@ -219,31 +220,22 @@ def _workdir_config(wd: pathlib.Path) -> dict:
         raise BundleError(f"{f}: not valid JSON ({e})") from None
 
 
-def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> Bundle:
-    import ml_collections as mlc
+def _saved_model_config(path: pathlib.Path):
+    """The MMDiT config training saved next to its checkpoints."""
+    from dualfashion_jax.models.mmdit_config import MMDiTConfig
 
+    try:
+        return MMDiTConfig.from_dict(json.loads(path.read_text()), source=str(path))
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+
+
+def _rebuilt_model_config(config, data_dir: pathlib.Path, vae_mod, tok: CaptionTokenizer):
+    """The MMDiT config as `training/stage_tasks.py` builds it (workdirs written before model_config.json)."""
     from dualfashion_jax.training import stage_tasks
 
-    raw = _workdir_config(wd)
-    for k in ("stage", "model", "t5", "vae", "data"):
-        if k not in raw:
-            raise BundleError(f"{wd / 'config.json'}: field {k!r} missing (not a stage-1/2/3 training config)")
-    config = mlc.ConfigDict(raw)
-    tok_dir = _resolve(tokenizer or config.data.tokenizer, wd)
-    tok = CaptionTokenizer.from_pretrained(tok_dir, max_length=int(config.data.max_length))
-    data_dir = _resolve(data or config.data.dir, wd)
-    vae_mod, vae_src = _frozen_module("vae", vae, config, wd, 0)
-    t5_mod, t5_src = _frozen_module("t5", t5, config, wd, tok.vocab_size)
     latent_hw = None
-    saved = wd / "model_config.json"  # written by training (train.MODEL_CONFIG); older workdirs: rebuilt below
-    if saved.is_file():
-        from dualfashion_jax.models.mmdit_config import MMDiTConfig
-
-        try:
-            mcfg = MMDiTConfig.from_dict(json.loads(saved.read_text()), source=str(saved))
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{saved}: not valid JSON ({e})") from None
-    elif config.model.get("latent_from_data"):
+    if config.model.get("latent_from_data"):
         lat = data_dir / "latents" / "latents.npy"
         if lat.is_file():
             latent_hw = tuple(int(x) for x in np.load(lat, mmap_mode="r").shape[1:3])
@@ -256,9 +248,27 @@ def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> 
                                   "size from the dataset (config.model.latent_from_data), pass --data")
             f = vae_mod.cfg.downsample_factor
             latent_hw = (size // f, size // f)
-    if not saved.is_file():
-        mcfg = stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size if config.model.get("vocab_from_tokenizer")
-                                        else None, latent_hw=latent_hw)
+    return stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size if config.model.get("vocab_from_tokenizer")
+                                    else None, latent_hw=latent_hw)
+
+
+def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> Bundle:
+    import ml_collections as mlc
+
+    from dualfashion_jax.training import tasks
+
+    raw = _workdir_config(wd)
+    for k in ("stage", "model", "t5", "vae", "data"):
+        if k not in raw:
+            raise BundleError(f"{wd / 'config.json'}: field {k!r} missing (not a stage-1/2/3 training config)")
+    config = mlc.ConfigDict(raw)
+    tok_dir = _resolve(tokenizer or config.data.tokenizer, wd)
+    tok = CaptionTokenizer.from_pretrained(tok_dir, max_length=int(config.data.max_length))
+    data_dir = _resolve(data or config.data.dir, wd)
+    vae_mod, vae_src = _frozen_module("vae", vae, config, wd, 0)
+    t5_mod, t5_src = _frozen_module("t5", t5, config, wd, tok.vocab_size)
+    saved = wd / tasks.MODEL_CONFIG  # written by training; older workdirs: rebuilt from the config + dataset
+    mcfg = _saved_model_config(saved) if saved.is_file() else _rebuilt_model_config(config, data_dir, vae_mod, tok)
     if dtype:
         mcfg = dataclasses.replace(mcfg, dtype=dtype)
     step, flat, used_ema = _params_from_workdir(wd, ema)

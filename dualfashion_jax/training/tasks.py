@@ -25,6 +25,9 @@ class Frozen:
     config: Mapping[str, Any] | None = None  # its config dict; a random init is saved to <workdir>/frozen/<name>
 
 
+MODEL_CONFIG = "model_config.json"  # in a workdir: the trained model's exact MMDiT config (Task.model_config)
+
+
 @dataclasses.dataclass
 class Task:
     """model_factory(rngs) -> trained module; frozen[name] -> frozen module spec;

@@ -27,7 +27,6 @@ from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules as rules
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
 
 log = logging.getLogger(__name__)
-MODEL_CONFIG = "model_config.json"  # the trained model's exact config (what generation rebuilds)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -130,7 +129,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------------------------------------
     task = tasks.build(config)
     if primary and task.model_config is not None:
-        with open(os.path.join(workdir, MODEL_CONFIG), "w", encoding="utf-8") as f:
+        with open(os.path.join(workdir, tasks.MODEL_CONFIG), "w", encoding="utf-8") as f:
             json.dump(task.model_config.to_dict(), f, indent=2)
     partition.check_batch_divisible(task.global_batch, mesh)
     if task.global_batch % config.grad_accum:
