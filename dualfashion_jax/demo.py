@@ -45,6 +45,8 @@ class DemoPlan:
     steps: tuple = (500, 2500, 20)     # stage 1, 2, 3 (the preference is learned late: 1500 -> 2500 steps lifts it)
     batch: tuple = (16, 16, 16)
     lr: tuple = (1e-3, 1e-3, 2e-4)
+    # `optim.decay` per stage: stage 2's cosine to 0 lifts the colour hit 2.17x -> 2.50x at the same cost
+    lr_decay: tuple = ("constant", "cosine", "constant")
     # stage-2 P(drop the preference); the original's 0.5 left the preference too rare a cue for this small model
     # to learn in 2500 steps (colour lift 1.5x; 0.2: 2.2x). Guidance still gets the preference-free branch.
     preference_dropout: float = 0.2
@@ -148,6 +150,7 @@ def stage_config(out: pathlib.Path, plan: DemoPlan, stage: int):
            f"max_length={plan.max_length},init_from={init_from}")
     c = train_main.load_config(f"{CONFIGS / f'stage{stage}_demo.py'}:{arg}")
     c.optim.lr = float(plan.lr[i])
+    c.optim.decay = str(plan.lr_decay[i])
     if stage == 2:
         c.loss.preference_dropout = float(plan.preference_dropout)
     c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, plan.steps[i] // 10))

@@ -108,6 +108,20 @@ def test_rerun_with_other_settings_is_refused(world, bundle, pfitb_run):
         runner.run("pfitb", bundle, dataclasses.replace(SETTINGS, seed=4), out=pfitb_run[0], progress=False)
 
 
+def test_resume_of_a_dir_written_before_guidance_interval(world, bundle, pfitb_run, tmp_path):
+    """A run.json without `guidance.interval` (older versions) resumes with the default interval (0, 1)."""
+    out = tmp_path / "old"
+    shutil.copytree(pfitb_run[0], out)
+    info = json.loads((out / runner.RUN_FILE).read_text())
+    assert info["sampler"]["guidance"].pop("interval") == [0.0, 1.0]
+    (out / runner.RUN_FILE).write_text(json.dumps(info))
+    s = runner.run("pfitb", bundle, SETTINGS, out=out, rows_per_batch=2, progress=False)
+    assert s.generated == 0 and s.skipped == s.rows
+    with pytest.raises(ValueError, match="interval"):
+        runner.run("pfitb", bundle, GenSettings(**{**SETTINGS.__dict__, "guidance": GuidanceConfig(
+            num_steps=2, interval=(0.5, 1.0))}), out=out, rows_per_batch=2, progress=False)
+
+
 def test_gor_end_to_end(world, bundle):
     s = GenSettings(num_images=2, num_captions=1, seed=1, guidance=GuidanceConfig(num_steps=2), caption_steps=3)
     out = world / "gor"
@@ -160,6 +174,10 @@ def test_cli_errors(world, tmp_path, capsys):
     assert rc == 1 and "gor_projector" in capsys.readouterr().err
     rc = cli.main(["--task", "pfitb", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o3")])
     assert rc == 1 and "neither a training workdir" in capsys.readouterr().err
+    for bad, msg in (("0.5", "two numbers"), ("0.9,0.1", "interval")):
+        rc = cli.main(["--task", "pfitb", "--checkpoint", str(world / "wd"), "--out", str(tmp_path / "o4"),
+                       "--guidance-interval", bad])
+        assert rc == 1 and msg in capsys.readouterr().err
 
 
 def test_checkpoint_config_mismatch(world, tmp_path):
@@ -177,7 +195,7 @@ def test_cli_generate_runs(world, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["--task", "pfitb", "--checkpoint", str(world / "wd"), "--out", str(out), "--steps", "2",
             "--caption-steps", "3", "--num-images", "2", "--num-captions", "2", "--seed", "3", "--max-rows", "1",
-            "--rows-per-batch", "2", "--no-progress"]
+            "--rows-per-batch", "2", "--guidance-interval", "0.2,0.9", "--no-progress"]
     assert cli.main(args) == 0 and "1 rows (1 generated now" in capsys.readouterr().out
     assert cli.main(args) == 0 and "0 generated now, 1 already done" in capsys.readouterr().out
     records, _ = read_records(out)

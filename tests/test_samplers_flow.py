@@ -99,6 +99,27 @@ def test_modes_match_numpy_euler(inputs, mode, train, with_role):
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["four_way", "cfg"])
+def test_guidance_interval_matches_numpy_euler(inputs, mode):
+    """Guidance only at steps with 0.3 <= sigma <= 0.9; the other steps use vP alone (the 'none' velocity)."""
+    x, c, neg, sent, pref = inputs
+    n, lo, hi = 6, 0.3, 0.9
+    sig = flow.inference_sigmas(n, 3.0)
+    assert (sig[:n] > hi).any() and ((sig[:n] >= lo) & (sig[:n] <= hi)).any() and (sig[:n] < lo).any()
+    ref = x.copy()
+    for i in range(n):
+        m = mode if lo <= sig[i] <= hi else "none"
+        ref = ref + (sig[i + 1] - sig[i]) * np_guided_v(ref, sig[i], c, neg, sent, pref, mode=m, train=True)
+    cfg = fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=True, interval=(lo, hi))
+    got = jax.jit(lambda *a: fe.sample_images(J_MODEL, *a, cfg))(*map(jnp.asarray, (x, c, neg, sent, pref)))
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
+    full = fe.sample_images(J_MODEL, *map(jnp.asarray, (x, c, neg, sent, pref)),
+                            fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=True))
+    assert not np.allclose(np.asarray(got), np.asarray(full), atol=1e-3)
+    with pytest.raises(ValueError, match="interval"):
+        fe.GuidanceConfig(interval=(0.8, 0.2))
+
+
 def test_zero_scales_run_only_the_preference_branch(inputs):
     x, c, neg, sent, pref = map(jnp.asarray, inputs)
     zero = fe.GuidanceConfig(num_steps=3, text_scale=0, context_scale=0, preference_scale=0)

@@ -28,6 +28,24 @@ def test_schedule_warmup_then_constant():
         optim.lr_schedule(0.0, 10)
 
 
+def test_schedule_cosine_decay_hand_values_and_errors():
+    """Warm-up 10 of 110 steps, then lr * (r + (1 - r) (1 + cos(pi f)) / 2), f = (count - 10) / 100."""
+    s = optim.lr_schedule(1e-3, 10, "cosine", total_steps=110, final_lr_ratio=0.1)
+    counts = (0, 9, 10, 35, 60, 110, 500)
+    f = np.clip((np.array(counts) - 10) / 100, 0, 1)
+    warm = np.minimum(1.0, (np.array(counts) + 1) / 10)
+    expected = 1e-3 * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * f)))
+    np.testing.assert_allclose([s(jnp.int32(c)) for c in counts], expected, rtol=1e-5)
+    assert float(s(jnp.int32(60))) == pytest.approx(1e-3 * 0.55, rel=1e-5)  # half-way: the mean of lr and lr/10
+    with pytest.raises(ValueError, match="config.optim.decay"):
+        optim.lr_schedule(1e-3, 10, "linear", total_steps=110)
+    with pytest.raises(ValueError, match="total_steps"):
+        optim.lr_schedule(1e-3, 10, "cosine", total_steps=10)
+    cfg = mlc.ConfigDict({**OCFG.to_dict(), "decay": "cosine", "final_lr_ratio": 0.0})
+    _, sched = optim.make_optimizer(cfg, total_steps=104)
+    assert float(sched(jnp.int32(104))) == 0.0 and float(sched(jnp.int32(3))) == pytest.approx(1e-3)
+
+
 def test_adamw_matches_torch_formula_and_clips():
     """One step by hand: clip to norm 2, Adam bias-corrected m/(sqrt(v)+eps), decoupled wd * lr."""
     tx, _ = optim.make_optimizer(OCFG)

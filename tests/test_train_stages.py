@@ -57,3 +57,24 @@ def test_stage2_then_stage3_from_stage2(demo):
     out3 = train.run(_config(3, demo, init_from=demo / "stage2"), str(demo / "stage3"))
     assert out3["init_from_fresh"] == []  # every stage-3 param came from stage 2
     assert np.isfinite(out3["metrics"]["loss"]) and out3["state"]["ema"] == {}  # stage 3: no EMA (spec §4)
+
+
+@pytest.mark.slow
+def test_stage2_on_images_with_the_pixel_ae_vae(demo, tmp_path):
+    """Images (no latents) VAE-encoded in the step by a `pixel_s2d` checkpoint: the model is sized for its
+    factor-4 latents (32 px -> 8 x 8), not the conv-VAE formula, and the loss is finite."""
+    from dualfashion_jax.data.format import SafeDataset
+    from dualfashion_jax.data.images import ItemImages
+    from dualfashion_jax.models import pixel_ae
+
+    ds = SafeDataset(demo / "data")
+    assert not (ds.latents_dir / "latents.npy").is_file()  # the step encodes images
+    images = ItemImages(ds).many(np.arange(1, 65))
+    vae_cfg = pixel_ae.PixelAEConfig(factor=4, sample_size=32, basis="pca")
+    pixel_ae.save(pixel_ae.fit(vae_cfg, images), tmp_path / "vae")
+    c = _config(2, demo)
+    c.vae.checkpoint, c.total_steps = str(tmp_path / "vae"), 1
+    out = train.run(c, str(tmp_path / "stage2"))
+    assert np.isfinite(out["metrics"]["loss"]) and np.isfinite(out["metrics"]["loss_img"])
+    saved = json.loads((tmp_path / "stage2" / "model_config.json").read_text())
+    assert list(np.atleast_1d(saved["latent_size"])) in ([8], [8, 8])

@@ -7,6 +7,7 @@ bilinear 299 (align_corners=False) -> [-1, 1] -> `FIDInception` -> 2048-d featur
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import warnings
@@ -87,15 +88,16 @@ class FIDFeatures:
         return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _features(graphdef, state, images01):
+    """[b, H, W, 3] in [0, 1] -> [b, 2048]; module-level so both image sets of a FID share one compilation."""
+    return nnx.merge(graphdef, state)(preprocess.inception_input(images01))
+
+
 def feature_fn(model):
     """Jitted [b, H, W, 3] images in [0, 1] -> [b, 2048] pool3 features (resize + range inside the jit)."""
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def fn(state, images01):  # state is an argument, not a baked-in constant
-        return nnx.merge(graphdef, state)(preprocess.inception_input(images01))  # [b, 2048]
-
-    return lambda images01: fn(state, images01)
+    return lambda images01: _features(graphdef, state, images01)  # state is an argument, not a baked-in constant
 
 
 def extract_features(model, images01: np.ndarray, *, batch_size: int = 32, show_progress: bool = True) -> np.ndarray:

@@ -2,9 +2,12 @@
 
   dualfashion-jax generate --task pfitb --checkpoint WORKDIR --split test --out results/pfitb \
       [--data DIR] [--num-images 1] [--num-captions 1] [--seed 0] [--steps 28] [--shift 3] \
-      [--guidance four_way|cfg|none] [--scales 8,7,8] [--caption-steps 64] [--rows-per-batch 4] [--max-rows K] \
+      [--guidance four_way|cfg|none] [--scales 8,7,8] [--guidance-interval 0,1] [--caption-steps 64] \
+      [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
       [--context-sample] [--gor-offset mlp|projector] [--original-layout]
+Multi-host: start one process per host with --coordinator/--num-processes/--process-id (or the JAX_* / SLURM
+variables, as `train`); rows are dealt round-robin over processes and --out must be a shared folder.
 Bad input ends with one `error:` line naming the file/field (exit 1), not a traceback.
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, default=3.0, help="SD3 schedule shift")
     p.add_argument("--guidance", choices=GUIDANCE_MODES, default="four_way")
     p.add_argument("--scales", default="8,7,8", help="four_way: text,context,preference; cfg: one scale")
+    p.add_argument("--guidance-interval", default="0,1",
+                   help="lo,hi: guide only the steps with lo <= sigma <= hi (the fully conditional branch elsewhere)")
     p.add_argument("--caption-steps", type=int, default=64)
     p.add_argument("--template", choices=TEMPLATE_SOURCES, default="budget",
                    help="caption template: GT-free length budget, or the original GT-item template")
@@ -53,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype override")
     p.add_argument("--original-layout", action="store_true", help="also write the original gen.npy/grd.npy")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-host: or JAX_NUM_PROCESSES")
+    p.add_argument("--process-id", type=int, default=None, help="multi-host: or JAX_PROCESS_ID")
     return p
 
 
@@ -65,8 +73,14 @@ def settings_from_args(args):
         scales = [float(x) for x in args.scales.split(",")]
     except ValueError:
         raise ValueError(f"--scales {args.scales!r}: expected comma-separated numbers") from None
+    try:
+        interval = tuple(float(x) for x in args.guidance_interval.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance-interval {args.guidance_interval!r}: expected two numbers lo,hi") from None
+    if len(interval) != 2:
+        raise ValueError(f"--guidance-interval {args.guidance_interval!r}: expected two numbers lo,hi")
     g = {"mode": args.guidance, "num_steps": args.steps, "shift": args.shift,
-         "match_train_input": args.match_train_input}
+         "match_train_input": args.match_train_input, "interval": interval}
     if args.guidance == "four_way":
         if len(scales) != 3:
             raise ValueError(f"--scales {args.scales!r}: four_way guidance needs 3 scales (text,context,preference)")
@@ -91,6 +105,9 @@ def main(argv: list[str]) -> int:
 
     try:
         settings = settings_from_args(args)
+        from dualfashion_jax.training import distributed
+
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any other JAX call
         from dualfashion_jax.generation import bundle as bundle_lib, runner
 
         b = bundle_lib.load_bundle(args.checkpoint, ema=args.ema, data=args.data, t5=args.t5, vae=args.vae,

@@ -47,6 +47,15 @@ def _max_over_processes(n: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.asarray([n]))))
 
 
+def normalized_sampler(saved: Any) -> Any:
+    """A run.json's sampler settings with the fields it predates filled in with their defaults (unchanged when
+    they do not parse: `check_resume` then names the difference)."""
+    try:
+        return json.loads(json.dumps(GenSettings.from_json(saved).to_json()))
+    except (TypeError, ValueError, AttributeError):
+        return saved
+
+
 def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", data_dir: str | None = None,
         rows_per_batch: int = 4, max_rows: int | None = None, mesh=None, progress: bool = True,
         original_layout: bool = False, param_sharding: str = "dp") -> RunSummary:
@@ -65,7 +74,9 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
                 "ema": bundle.info.get("ema"), "value_lengths": bundle.value_lengths}
     run_path = out / RUN_FILE
     if run_path.is_file():
-        check_resume(json.loads(run_path.read_text()), json.loads(json.dumps(run_info)), str(run_path))
+        previous = json.loads(run_path.read_text())
+        previous["sampler"] = normalized_sampler(previous.get("sampler"))  # fields added later take their defaults
+        check_resume(previous, json.loads(json.dumps(run_info)), str(run_path))
     elif jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
         run_path.write_text(json.dumps(run_info, indent=1))

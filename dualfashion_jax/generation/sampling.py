@@ -64,7 +64,7 @@ class Programs:
         for name, mod in (("model", bundle.model), ("t5", bundle.t5), ("vae", bundle.vae)):
             g, st = nnx.split(mod)
             sh = partition.state_shardings(st, self.mesh, table)
-            self.graphs[name], self.states[name] = g, jax.device_put(st, sh)
+            self.graphs[name], self.states[name] = g, partition.put_global_tree(st, sh)  # multi-host too
         self.batch_sh = NamedSharding(self.mesh, P(rules_lib.BATCH))
         tok = bundle.tokenizer
         neg_ids, neg_mask = cond.negative_tokens(tok)

@@ -53,6 +53,7 @@ class GenSettings:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["guidance"] = dataclasses.asdict(self.guidance)
+        d["guidance"]["interval"] = list(self.guidance.interval)  # as its JSON round trip reads it back
         return d
 
     @classmethod

@@ -14,6 +14,9 @@ The velocity is used as returned in both variants.
 The texts are whatever segments the caller encodes: the original uses the negative prompt NEGATIVE_PROMPT for
 "neg", which training never saw (its unconditional text was T5(" "), spec §7.2 item 9).
 Modes: "four_way" (the original; all scales 0 -> "none"), "cfg" (v0 + s (vP - v0)), "none" (vP only).
+`interval=(lo, hi)` applies the guidance only at steps with lo <= sigma <= hi and uses the fully conditional vP
+elsewhere (= every scale 1; Kynkaanniemi et al. 2024, "guidance in a limited interval"); the default (0, 1)
+guides every step, as the original does.
 Initial noise is a pure function of (seed, uid, oid, sample index), so every sample is reproducible
 (the original drew unseeded bf16 noise). The state x stays fp32 between steps (the original cast it back to
 bf16 after each fp32 Euler update); the model computes in its configured dtype.
@@ -47,10 +50,15 @@ class GuidanceConfig:
     match_train_input: bool = False  # False = the original inference input x + lam c
     num_steps: int = 28
     shift: float = 3.0
+    interval: tuple[float, float] = (0.0, 1.0)  # sigma range with guidance; vP alone outside (the original: all)
 
     def __post_init__(self):
         if self.mode not in GUIDANCE_MODES:
             raise ValueError(f"GuidanceConfig.mode: expected one of {GUIDANCE_MODES}, got {self.mode!r}")
+        lo, hi = (float(v) for v in self.interval)  # a JSON round trip gives a list
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"GuidanceConfig.interval: expected 0 <= lo <= hi <= 1 (sigmas), got {self.interval}")
+        object.__setattr__(self, "interval", (lo, hi))
         if self.num_steps < 1:
             raise ValueError(f"GuidanceConfig.num_steps must be >= 1, got {self.num_steps}")
 
@@ -119,17 +127,23 @@ def branch_latents(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, cfg
     return jnp.concatenate(lat[cfg.effective_mode], axis=0)
 
 
-def combine(v: jax.Array, cfg: GuidanceConfig) -> jax.Array:
-    """Guided velocity [B, ...] from the stacked branch velocities [nB, ...] (fp32)."""
+def combine(v: jax.Array, cfg: GuidanceConfig, sigma: jax.Array | float = 1.0) -> jax.Array:
+    """Guided velocity [B, ...] from the stacked branch velocities [nB, ...] (fp32); outside `cfg.interval`
+    (by the step's sigma) the fully conditional branch vP."""
     v = v.astype(jnp.float32)
     mode = cfg.effective_mode
     if mode == "none":
         return v
     if mode == "cfg":
         v0, vp = jnp.split(v, 2, axis=0)
-        return v0 + cfg.cfg_scale * (vp - v0)
-    v0, vt, vm, vp = jnp.split(v, 4, axis=0)
-    return v0 + cfg.text_scale * (vt - v0) + cfg.context_scale * (vm - vt) + cfg.preference_scale * (vp - vm)
+        guided = v0 + cfg.cfg_scale * (vp - v0)
+    else:
+        v0, vt, vm, vp = jnp.split(v, 4, axis=0)
+        guided = v0 + cfg.text_scale * (vt - v0) + cfg.context_scale * (vm - vt) + cfg.preference_scale * (vp - vm)
+    if cfg.interval == (0.0, 1.0):
+        return guided
+    lo, hi = cfg.interval
+    return jnp.where((sigma >= lo) & (sigma <= hi), guided, vp)
 
 
 def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, offset: jax.Array | None,
@@ -155,6 +169,6 @@ def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, o
         lat = branch_latents(x, s, offset, cfg, target_role)  # [nB, H, W, C]
         t = jnp.full((nb,), s * NUM_TRAIN_TIMESTEPS, jnp.float32)
         v, _ = model_fn(lat, txt, t, heads=("image",), text_logits_len=None)
-        return x + (s_next - s) * combine(v, cfg)
+        return x + (s_next - s) * combine(v, cfg, s)
 
     return jax.lax.fori_loop(0, cfg.num_steps, step, x_init.astype(jnp.float32))

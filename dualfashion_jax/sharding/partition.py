@@ -109,6 +109,23 @@ def put_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return out
 
 
+def put_global(host: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A whole array every process holds in host memory -> a global array on `sharding`; unlike `device_put`,
+    also for a multi-process mesh (each process places only its addressable shards)."""
+    if jax.process_count() == 1:
+        return jax.device_put(host, sharding)
+    if jax.dtypes.issubdtype(getattr(host, "dtype", None), jax.dtypes.prng_key):  # typed PRNG keys (nnx.Rngs)
+        data = put_global(jax.random.key_data(host), sharding)  # [..., key words]
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(host))
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put_global_tree(tree: Any, shardings: Any) -> Any:
+    """`put_global` over a pytree (e.g. an `nnx.State`) and the matching tree of shardings."""
+    return jax.tree.map(put_global, tree, shardings)
+
+
 def place_flat(abstract_state: nnx.State, shardings: nnx.State, flat: Mapping[str, np.ndarray],
                source: str) -> nnx.State:
     """Puts converted flat params ({"a/b/kernel": array}) on their shards; keys/shapes validated first."""
@@ -121,7 +138,7 @@ def place_flat(abstract_state: nnx.State, shardings: nnx.State, flat: Mapping[st
     expected = {key(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)}
     common.validate(dict(flat), expected, source=source)
     return jax.tree_util.tree_map_with_path(
-        lambda p, leaf, sh: jax.device_put(np.asarray(flat[key(p)], dtype=leaf.dtype), sh), abstract_state, shardings)
+        lambda p, leaf, sh: put_global(np.asarray(flat[key(p)], dtype=leaf.dtype), sh), abstract_state, shardings)
 
 
 def sharded_init(init_fn: Callable[[], Any], out_shardings: Any) -> Any:

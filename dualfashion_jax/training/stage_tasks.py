@@ -54,6 +54,8 @@ def frozen_spec(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen
 
         meta, flat = load_converted(block.checkpoint, kind=kind)
         names = {k: jnp.dtype(v).name for k, v in over.items()}
+        if kind == "vae" and meta.get("config", {}).get("architecture") == "pixel_s2d":  # the demo's stand-in
+            return _pixel_ae_spec(block.checkpoint, meta, flat, names)
         cfg = type(mod.get_config("tiny")).from_dict({**meta["config"], **names},
                                                      source=f"{block.checkpoint}/config.json")
         return Frozen(lambda: cls(cfg, rngs=nnx.Rngs(0)), flat, str(block.checkpoint)), cfg
@@ -63,6 +65,15 @@ def frozen_spec(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen
     cfg = mod.get_config(block.preset, **over)
     return Frozen(lambda: cls(cfg, rngs=nnx.Rngs(seed)), None, f"random {kind} (seed {seed})", kind,
                   cfg.to_dict()), cfg
+
+
+def _pixel_ae_spec(folder, meta, flat, dtypes) -> tuple[Frozen, Any]:
+    """Frozen spec of a `pixel_s2d` VAE checkpoint (models/pixel_ae.py): the same `encode`/`cfg` interface."""
+    from dualfashion_jax.models import pixel_ae
+
+    cfg = pixel_ae.PixelAEConfig.from_dict({**meta["config"], **dtypes}, source=f"{folder}/config.json")
+    proj = None if cfg.basis == "orthonormal" else np.zeros((cfg.pixel_channels, cfg.latent_channels))
+    return Frozen(lambda: pixel_ae.PixelAutoencoder(cfg, proj=proj), flat, str(folder)), cfg
 
 
 # host batch key -> loss batch key, per stage (`*_latent(s)` or `*_image(s)` depending on the dataset)
@@ -153,7 +164,7 @@ def _build(config, stage: str) -> Task:
         latent_hw = tuple(int(x) for x in ItemLatents(ds).array.shape[1:3])
     elif ds.image_size:  # images are VAE-encoded in the step (stage 3 only needs the size, for its model)
         vae_spec, vae_cfg = frozen_spec("vae", config.vae, config.vae.seed)
-        f = 2 ** (len(vae_cfg.block_out_channels) - 1)
+        f = vae_cfg.downsample_factor  # AutoencoderKL: 2 ** (levels - 1); pixel_s2d: its fold factor
         latent_hw = (ds.image_size // f, ds.image_size // f)
         if kind == "image" and visual_keys:
             frozen["vae"] = vae_spec

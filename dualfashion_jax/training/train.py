@@ -49,7 +49,7 @@ def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.S
         if tuple(v.shape) != tuple(x.shape):
             mismatched.append(f"{'/'.join(key)}: checkpoint {tuple(v.shape)} vs model {tuple(x.shape)}")
             return x
-        return jax.device_put(np.asarray(v, dtype=x.dtype), x.sharding)
+        return partition.put_global(np.asarray(v, dtype=x.dtype), x.sharding)  # multi-host too
 
     merged = jax.tree_util.tree_map_with_path(one, fresh)
     if mismatched:
@@ -84,7 +84,7 @@ def build_state_spec(config, task: tasks.Task, mesh, rules) -> StateSpec:
     """Model/optimizer shapes via eval_shape and their shardings (params, opt moments, EMA, rest)."""
     abs_model = nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(config.seed)))
     graphdef, abs_params, abs_rest = nnx.split(abs_model, nnx.Param, ...)
-    tx, schedule = optim.make_optimizer(config.optim)
+    tx, schedule = optim.make_optimizer(config.optim, int(config.total_steps))
     use_ema = config.optim.ema_decay is not None
     replicated = NamedSharding(mesh, P())
     p_sh = partition.state_shardings(abs_params, mesh, rules)
@@ -156,7 +156,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         replicated = NamedSharding(mesh, P())
         consts = task.make_consts({n: nnx.merge(frozen_gd[n], frozen[n]) for n in frozen_gd})
         for k, v in consts.items():
-            frozen[k], frozen_sh[k] = jax.device_put(v, replicated), replicated
+            frozen[k], frozen_sh[k] = partition.put_global(v, replicated), replicated
 
     # ------------------------------------------------------------------------------------------------
     # Resume: own workdir > config.init_from (params only) > scratch.
