@@ -202,3 +202,24 @@ def test_sharded_bf16_checkpoint_loads_exactly(torch_t5, tmp_path):
     wo = sd["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     np.testing.assert_array_equal(params["blocks/ffn/wo/kernel"][1], wo.T)
     np.testing.assert_array_equal(params["blocks/attn_norm/weight"][0], sd["encoder.block.0.layer.0.layer_norm.weight"])
+
+
+def test_relative_bias_init_std_keeps_repeated_tokens_apart():
+    """A random T5 with its own bias init (std d_model^-0.5) gives every masked position of a caption template
+    the same output (what the demo's caption stream sees); `relative_bias_init_std=3` keeps them apart."""
+    ids = np.array([[15, 12, 99, 13, 10, 99, 99, 13, 7, 99, 99, 99, 13, 3, 99, 14, 1, 1, 1, 1]])  # 99 = MASK
+    pos = np.flatnonzero(ids[0] == 99)
+
+    def mean_cos(cfg):
+        out = np.asarray(t5.T5Encoder(cfg, rngs=nnx.Rngs(0))(jnp.asarray(ids), None))[0, pos]
+        x = out / np.linalg.norm(out, axis=1, keepdims=True)
+        return (x @ x.T)[~np.eye(len(pos), dtype=bool)].mean()
+
+    demo = t5.get_config("small_demo", vocab_size=128)
+    assert demo.relative_bias_init_std == 0.0 and mean_cos(demo) > 0.99
+    strong = dataclasses.replace(demo, relative_bias_init_std=3.0)
+    assert mean_cos(strong) < 0.9
+    table = np.asarray(t5.T5Encoder(strong, rngs=nnx.Rngs(1)).relative_attention_bias[...])
+    assert abs(table.std() - 3.0) < 0.6
+    with pytest.raises(ValueError, match="relative_bias_init_std"):
+        t5.get_config("tiny", relative_bias_init_std=-1.0)

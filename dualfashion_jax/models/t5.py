@@ -38,6 +38,10 @@ class T5Config:
     dtype: Any = jnp.float32        # compute dtype (bf16 for speed); params are always param_dtype
     param_dtype: Any = jnp.float32
     scan_layers: bool = True        # stacked params under nnx.scan (False: a Python loop over the same stack)
+    # random init only: std of the relative-position bias table (0 = T5's d_model ** -0.5). With T5's init a
+    # small random encoder's attention is almost uniform, so repeated tokens (the caption template's MASKs) get
+    # the same output; std 3 keeps them apart (docs/demo.md: better demo captions, weaker image preference).
+    relative_bias_init_std: float = 0.0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
@@ -45,6 +49,8 @@ class T5Config:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"T5Config.{name}: expected a positive int, got {v!r}")
+        if not self.relative_bias_init_std >= 0:
+            raise ValueError(f"T5Config.relative_bias_init_std: expected >= 0, got {self.relative_bias_init_std!r}")
         if self.relative_attention_num_buckets % 2:
             raise ValueError("T5Config.relative_attention_num_buckets: must be even (bidirectional buckets), "
                              f"got {self.relative_attention_num_buckets}")
@@ -66,6 +72,7 @@ class T5Config:
 _PRESETS = {
     "tiny": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                  relative_attention_num_buckets=8, relative_attention_max_distance=16),
+    # The demo's frozen random encoder (T5's own init; see relative_bias_init_std and docs/demo.md).
     "small_demo": dict(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
     "t5_v1_1_xxl": dict(),  # the dataclass defaults are T5-v1.1-XXL (SD3 text_encoder_3)
 }
@@ -175,7 +182,7 @@ class T5Encoder(nnx.Module):
                                                                      (axes.VOCAB, axes.EMBED)), rngs=rngs)
         # [num_buckets, H]; the heads dim is tiny and kept replicated (no logical name for a bare head count)
         self.relative_attention_bias = nnx.Param(nnx.with_partitioning(
-            nnx.initializers.normal(cfg.d_model ** -0.5), (axes.REL_BUCKETS, None))(
+            nnx.initializers.normal(cfg.relative_bias_init_std or cfg.d_model ** -0.5), (axes.REL_BUCKETS, None))(
                 rngs.params(), (cfg.relative_attention_num_buckets, cfg.num_heads), cfg.param_dtype))
 
         @nnx.split_rngs(splits=cfg.num_layers)
