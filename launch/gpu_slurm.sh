@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Multi-node GPU under SLURM: one process per node (all local GPUs), coordinator = first node of the job.
 # Submit:   sbatch --nodes=4 --ntasks-per-node=1 --gpus-per-node=8 launch/gpu_slurm.sh --config C --workdir W
+# Generation (PFITB/GOR rows dealt over the nodes; --out must be shared):
+#   sbatch ... launch/gpu_slurm.sh --generate -- --task pfitb --checkpoint W --out /shared/results/pfitb
 # Dry run (no SLURM needed; simulates a job):
 #   launch/gpu_slurm.sh --dry-run --nodes node[01-04] --config C --workdir W
 # Each task exports JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, which
@@ -10,7 +12,7 @@
 #SBATCH --exclusive
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-CONFIG="" WORKDIR="" PRESET="h100" PORT="${JAX_COORDINATOR_PORT:-12345}" NODES="${SLURM_JOB_NODELIST:-}" EXTRA=()
+MODE="train" CONFIG="" WORKDIR="" PRESET="h100" PORT="${JAX_COORDINATOR_PORT:-12345}" NODES="${SLURM_JOB_NODELIST:-}" EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) CONFIG="$2"; shift 2 ;;
@@ -18,13 +20,20 @@ while [ $# -gt 0 ]; do
     --preset) PRESET="$2"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
     --nodes) NODES="$2"; shift 2 ;;
+    --generate) MODE="generate"; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown flag $1 (see the header of $0)" ;;
   esac
 done
-[ -n "$CONFIG" ] || die "--config is required"
-[ -n "$WORKDIR" ] || die "--workdir is required"
+if [ "$MODE" = train ]; then
+  [ -n "$CONFIG" ] || die "--config is required"
+  [ -n "$WORKDIR" ] || die "--workdir is required"
+  CMD=(dualfashion-jax train --config "$CONFIG" --workdir "$WORKDIR" "${EXTRA[@]}")
+else
+  [ ${#EXTRA[@]} -gt 0 ] || die "--generate needs the generate flags after -- (e.g. -- --task pfitb --checkpoint W --out O)"
+  CMD=(dualfashion-jax generate "${EXTRA[@]}")
+fi
 [ -n "$NODES" ] || die "not inside a SLURM allocation (SLURM_JOB_NODELIST unset) and no --nodes given"
 load_preset "$PRESET"
 
@@ -48,7 +57,6 @@ PY
 mapfile -t HOSTS < <(expand_nodes "$NODES")
 N=${#HOSTS[@]}
 COORD="${HOSTS[0]}:$PORT"
-CMD=(dualfashion-jax train --config "$CONFIG" --workdir "$WORKDIR" "${EXTRA[@]}")
 if [ "$DRY_RUN" = 1 ]; then
   echo "# $N node(s); coordinator $COORD; preset $PRESET: $PRESET_EXPORTS"
   for i in "${!HOSTS[@]}"; do

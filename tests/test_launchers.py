@@ -41,6 +41,20 @@ def test_tpu_pod_dry_run_runs_same_command_on_all_workers():
     assert "dualfashion-jax train --config configs/stage2_sd3_medium.py --workdir gs://b/run" in remote
 
 
+def test_generate_mode_runs_generate_on_every_host():
+    gen = ["--task", "pfitb", "--checkpoint", "/ckpt/run", "--out", "/shared/pfitb"]
+    out = _run("gpu_slurm.sh", "--dry-run", "--nodes", "gpu[01-02]", "--generate", "--", *gen).stdout
+    cmds = [shlex.split(l) for l in out.splitlines() if l.startswith("env ")]
+    assert [c[3] for c in cmds] == ["JAX_PROCESS_ID=0", "JAX_PROCESS_ID=1"]
+    assert all(c[4:] == ["dualfashion-jax", "generate", *gen] for c in cmds)
+    out = _run("tpu_pod.sh", "--dry-run", "--tpu", "pod1", "--zone", "z", "--generate", "--", *gen).stdout
+    remote = shlex.split(out.strip().splitlines()[-1])[-1]
+    assert "DUALFASHION_DISTRIBUTED=1" in remote and remote.endswith("dualfashion-jax generate " + " ".join(gen))
+    for script, args in (("gpu_slurm.sh", ["--nodes", "n1"]), ("tpu_pod.sh", ["--tpu", "t", "--zone", "z"])):
+        p = _run(script, "--dry-run", *args, "--generate", ok=False)
+        assert p.returncode == 2 and "--generate needs the generate flags" in p.stderr
+
+
 def test_single_host_dry_run():
     out = _run("single_host.sh", "--dry-run", "--config", "c.py", "--workdir", "w", "--preset", "h100").stdout
     assert out.strip().splitlines()[-1].strip() == "dualfashion-jax train --config c.py --workdir w"
