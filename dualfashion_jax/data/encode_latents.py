@@ -30,12 +30,10 @@ def load_vae(ckpt: str | os.PathLike):
 
     from dualfashion_jax.conversion.common import load_converted
     from dualfashion_jax.conversion.materialize import build_from_flat
-    from dualfashion_jax.models import vae
+    from dualfashion_jax.models import pixel_ae, vae
 
     meta, flat = load_converted(ckpt, kind="vae")
-    if meta.get("config", {}).get("architecture") == "pixel_s2d":  # the demo's space-to-depth stand-in VAE
-        from dualfashion_jax.models import pixel_ae
-
+    if pixel_ae.is_pixel_config(meta.get("config")):  # the demo's space-to-depth stand-in VAE
         model = pixel_ae.load(ckpt)
         return model, model.cfg
     cfg = vae.VAEConfig.from_dict(meta["config"], source=str(Path(ckpt) / "config.json"))

@@ -43,7 +43,7 @@ def mmdit_config(config, vocab_size: int | None = None, latent_hw: tuple[int, in
 
 def frozen_spec(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen, Any]:
     """Frozen T5/VAE spec + its config: converted weights from `block.checkpoint`, else seeded random init."""
-    from dualfashion_jax.models import t5, vae
+    from dualfashion_jax.models import pixel_ae, t5, vae
 
     mod = {"t5": t5, "vae": vae}[kind]
     cls = {"t5": t5.T5Encoder, "vae": vae.AutoencoderKL}[kind]
@@ -54,7 +54,7 @@ def frozen_spec(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen
 
         meta, flat = load_converted(block.checkpoint, kind=kind)
         names = {k: jnp.dtype(v).name for k, v in over.items()}
-        if kind == "vae" and meta.get("config", {}).get("architecture") == "pixel_s2d":  # the demo's stand-in
+        if kind == "vae" and pixel_ae.is_pixel_config(meta.get("config")):  # the demo's stand-in
             return _pixel_ae_spec(block.checkpoint, meta, flat, names)
         cfg = type(mod.get_config("tiny")).from_dict({**meta["config"], **names},
                                                      source=f"{block.checkpoint}/config.json")
