@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dualfashion_jax.data.format import FormatError, SafeDataset
 
@@ -11,12 +12,16 @@ def _convert(a) -> int:
     from dualfashion_jax.data.difashion import convert_real
     from dualfashion_jax.data.pickled import UntrustedPickleError
 
+    earlier = Path(a.out).is_dir() and any(Path(a.out).iterdir())
     try:
         convert_real(a.src, a.out, dataset=a.dataset, trust_pickle=a.trust_pickle, missing_images=a.missing_images,
                      image_root=a.image_root, image_size=a.image_size, splits=a.splits, copy_images=a.copy_images)
     except UntrustedPickleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FormatError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        print(f"error: {e}" + (f"\n{a.out} was left unchanged" if earlier else ""), file=sys.stderr)
+        return 1
     print(f"converted -> {a.out}")
     return 0
 

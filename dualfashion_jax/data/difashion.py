@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -190,7 +192,8 @@ def convert_real(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str
 
     missing_images: 'error' (default) raises listing the first missing files; 'skip' drops every row whose GT
     items or candidates lack an image and removes image-less items from histories (counts are logged).
-    The images are linked (`out/images` -> image root) unless `copy_images`.
+    The images are linked (`out/images` -> image root) unless `copy_images`. The folder is built beside `out`
+    and renamed into place only once everything passed, so a failed rerun leaves an earlier conversion as it was.
     """
     src, out = Path(src), Path(out)
     if dataset not in DATASETS:
@@ -200,7 +203,24 @@ def convert_real(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} not found")
     require_trust(trust_pickle)
-    _prepare_out(out)
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = out.parent / f".{out.name}.converting-{os.getpid()}-{secrets.token_hex(4)}"
+    build.mkdir()  # not mkdtemp: the folder keeps the user's umask permissions once renamed into place
+    try:
+        rep = _convert_into(src, build, dataset=dataset, missing_images=missing_images, image_root=image_root,
+                            image_size=image_size, splits=splits, copy_images=copy_images, log=log)
+        _replace(build, out, rep)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    log(rep.summary())
+    return rep
+
+
+def _convert_into(src: Path, out: Path, *, dataset: str, missing_images: str, image_root, image_size: int,
+                  splits: Sequence[str], copy_images: bool, log: Callable[[str], None]) -> ConversionReport:
+    """The conversion proper, written into the fresh folder `out` (a temporary folder beside the destination)."""
     rep = ConversionReport()
     cats, iid_category = load_category_maps(src, rep, log)
     num_items = iid_category.shape[0] - 1
@@ -299,34 +319,50 @@ def convert_real(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str
                  source=f"difashion:{src.resolve()}", missing_images_policy=missing_images,
                  dropped_rows=rep.dropped_rows, notices=rep.notices)
     validate_dataset(SafeDataset(out), check_images=paths is not None)
-    log(rep.summary())
     return rep
 
 
 _OWNED = ("meta.json", "categories.json", "items.npz", "image_paths.json", "images", "splits", "text", "latents")
 
 
-def _prepare_out(out: Path) -> None:
-    """Refuse a non-empty folder that is not an earlier conversion; clear an earlier conversion's files
-    (stale splits or latents from a previous run would otherwise survive silently)."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
+def _is_conversion(out: Path) -> bool:
     meta = out / "meta.json"
     try:
-        source = str(json.loads(meta.read_text()).get("source", "")) if meta.is_file() else ""
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        source = ""
-    if not source.startswith("difashion:"):
+        return meta.is_file() and str(json.loads(meta.read_text()).get("source", "")).startswith("difashion:")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+        return False
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a non-empty folder that is not an earlier conversion (nothing is touched)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; expected a new, empty or converted folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_conversion(out):
         raise FileExistsError(f"{out} is a non-empty folder that is not an earlier real-data conversion; "
                               "choose an empty or new --out folder")
-    for name in _OWNED:
-        p = out / name
-        if p.is_symlink() or p.is_file():
-            p.unlink()
-        elif p.is_dir():
-            shutil.rmtree(p)
+
+
+def _replace(build: Path, out: Path, rep: ConversionReport) -> None:
+    """Swap the finished conversion `build` in for `out` by renames. The earlier conversion's own files go
+    (latents/ too: they belong to its items); anything else the user put there is moved into the new one."""
+    if not out.exists():
+        os.replace(build, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+    os.replace(out, old)
+    try:
+        os.replace(build, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    if (old / "latents").exists():
+        rep.notices.append(f"{out / 'latents'} of the earlier conversion removed (its items may differ): "
+                           "rerun encode-latents")
+    for p in sorted(old.iterdir()):
+        if p.name not in _OWNED:
+            os.replace(p, out / p.name)
+            rep.notices.append(f"kept {p.name} from the earlier conversion")
+    shutil.rmtree(old)
 
 
 def _place_images(root: Path, dst: Path, *, copy: bool, paths: list[str]) -> None:

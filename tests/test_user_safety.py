@@ -1,0 +1,100 @@
+"""Issue #12 probes: a failed rerun, a bad input or a partial results folder ends in a named error and loses nothing.
+
+convert-real reruns (atomic replace), `data validate` reading every file training/generation read (and refusing
+repeated (uid, oid) rows), `evaluate` on a partial results folder, `generate --out FILE`, and pickled `.pth` files.
+"""
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualfashion_jax.data import difashion
+from dualfashion_jax.data.cli import main as data_main
+from dualfashion_jax.data.format import SafeDataset, write_npz
+from dualfashion_jax.data.validate import ValidationError, validate_dataset
+
+
+def _save(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.array(obj, dtype=object), allow_pickle=True)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file (symlinks: their target), so 'unchanged' is checked byte for byte."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for n in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath) / n
+            rel = str(p.relative_to(root))
+            out[rel] = "link:" + os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def src(tmp_path):
+    """A hand-made 8-item DiFashion source folder (pickled dicts, as upstream)."""
+    s = tmp_path / "src"
+    _save(s / "id_cate_dict.npy", {0: "skirt", 1: "shoe", 2: "bag", 3: "hat"})
+    _save(s / "map" / "cate_iid_dict.npy", {0: [1, 2], 1: [3, 4], 2: [5, 6], 3: [7, 8]})
+    grd = {"uids": [5, 6], "oids": [10, 11], "outfits": [[1, 3, 5, 7], [2, 4, 6, 8]],
+           "category": [[0, 1, 2, 3], [0, 1, 2, 3]]}
+    _save(s / "test_grd_dict.npy", grd)
+    _save(s / "fitb_test.npy", {**grd, "outfits": [[1, 0, 5, 7], [0, 4, 6, 8]]})
+    _save(s / "fitb_test_retrieval_candidates.npy", {5: {10: [3, 1, 2, 5, 6]}, 6: {11: [2, 1, 3, 4, 5]}})
+    _save(s / "test_history.npy", {5: {0: [1, 2], 1: [3]}, 6: {2: [5, 6]}})
+    el = {"Color": "red", "Material": "wool", "Design features": "zip", "Clothing Fashion Style": "casual"}
+    _save(s / "item_info.npy", {i: {"elements": el} for i in range(1, 9)})
+    _save(s / "test_preference.npy", {5: {1: {"Frequency": el}}, 6: {0: {"Frequency": el}}})
+    return s
+
+
+def _convert_cli(src, out):
+    return data_main(["convert-real", "--src", str(src), "--out", str(out), "--dataset", "polyvore",
+                      "--trust-pickle"])
+
+
+# ------------------------------------------------------------------------------ 1. convert-real reruns
+def test_failed_rerun_leaves_the_earlier_conversion_byte_identical(src, tmp_path, capsys):
+    out = tmp_path / "data"
+    assert _convert_cli(src, out) == 0
+    (out / "latents").mkdir()
+    np.save(out / "latents" / "latents.npy", np.zeros((9, 2, 2, 4), np.float32))
+    (out / "notes.txt").write_text("my notes")
+    before = _tree(out)
+    assert "latents/latents.npy" in before and "splits/test.npz" in before
+    capsys.readouterr()
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(src, truncated)
+    p = truncated / "test_grd_dict.npy"
+    p.write_bytes(p.read_bytes()[:60])
+    assert _convert_cli(truncated, out) == 1
+    err = capsys.readouterr().err
+    assert "test_grd_dict.npy: cannot read .npy (truncated" in err and f"{out} was left unchanged" in err
+    assert _tree(out) == before
+
+    (tmp_path / "empty").mkdir()
+    assert _convert_cli(tmp_path / "empty", out) == 1
+    err = capsys.readouterr().err
+    assert "neither id_cate_dict.npy nor new_id_cate_dict.npy found" in err and "left unchanged" in err
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty", "src", "truncated"]  # no leftovers
+
+    # A successful rerun replaces the conversion: the old latents (of the old items) go, user files stay.
+    _save(src / "test_history.npy", {5: {0: [1], 1: [3]}, 6: {2: [5, 6]}})
+    rep = difashion.convert_real(src, out, dataset="polyvore", trust_pickle=True, log=lambda s: None)
+    assert not (out / "latents").exists() and (out / "notes.txt").read_text() == "my notes"
+    assert any("latents" in n and "rerun encode-latents" in n for n in rep.notices)
+    assert SafeDataset(out).history("test")[5][0] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty", "src", "truncated"]
+
+
+def test_fresh_conversion_that_fails_creates_nothing(src, tmp_path):
+    (src / "fitb_test.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(ValueError, match=r"fitb_test.npy: cannot read .npy"):
+        difashion.convert_real(src, tmp_path / "new", dataset="polyvore", trust_pickle=True, log=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
