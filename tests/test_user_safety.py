@@ -98,3 +98,93 @@ def test_fresh_conversion_that_fails_creates_nothing(src, tmp_path):
     with pytest.raises(ValueError, match=r"fitb_test.npy: cannot read .npy"):
         difashion.convert_real(src, tmp_path / "new", dataset="polyvore", trust_pickle=True, log=lambda s: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# ------------------------------------------------------------------------------ 2. data validate reads everything
+@pytest.fixture
+def tiny(tmp_path):
+    from dualfashion_jax.data.tiny import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path / "tiny", num_items=24, rows_per_split=6)
+
+
+def _repeat_row(root: Path, name: str, src_row: int, dst_row: int) -> tuple[int, int]:
+    """Give row `dst_row` of splits/<name>.npz the (uid, oid) of `src_row`; returns that key."""
+    p = root / "splits" / f"{name}.npz"
+    with np.load(p, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    for k in ("uids", "oids"):
+        d[k][dst_row] = d[k][src_row]
+    write_npz(p, **d)
+    return int(d["uids"][src_row]), int(d["oids"][src_row])
+
+
+def test_validate_reads_every_file_training_and_generation_read(tiny, capsys):
+    assert data_main(["validate", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    for name in ("text/test_preference", "text/train_preference", "text/item_info", "text/stage1", "text/augmented",
+                 "image_paths", "images"):
+        assert name in out, name
+
+
+def test_validate_refuses_repeated_uid_oid_rows_of_a_generated_split(tiny, capsys):
+    for name in ("test", "fitb_test", "fitb_test_candidates"):
+        uid, oid = _repeat_row(tiny, name, 1, 4)
+    assert data_main(["validate", str(tiny)]) == 1
+    err = capsys.readouterr().err
+    assert f"splits/test.npz: row 4 (uid {uid}, oid {oid}) repeats the (uid, oid) of row 1" in err
+    assert "Traceback" not in err
+
+
+def test_validate_lists_repeated_training_rows(tiny):
+    for n in ("fitb_train.npz", "fitb_train_candidates.npz"):
+        (tiny / "splits" / n).unlink()
+    uid, oid = _repeat_row(tiny, "train", 0, 5)
+    rep = validate_dataset(SafeDataset(tiny))
+    assert any(f"row 5 (uid {uid}, oid {oid}) = row 0" in n for n in rep.notices)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["100"].__setitem__("0", {"Frequency": "red"}),
+     r"test_preference.json: user 100 category 0: expected \{\"Frequency\": \{attribute: text\}\}"),
+    (lambda p: p["100"].__setitem__("17", p["100"]["0"]),
+     r"test_preference.json: user 100: category 17 is not in categories.json"),
+])
+def test_validate_names_bad_preference_entries(tiny, edit, message):
+    p = tiny / "text" / "test_preference.json"
+    prefs = json.loads(p.read_text())
+    edit(prefs)
+    p.write_text(json.dumps(prefs))
+    with pytest.raises(ValidationError, match=message):
+        validate_dataset(SafeDataset(tiny))
+
+
+def test_validate_refuses_a_json_key_repeated_in_one_object(tiny):
+    from dualfashion_jax.data.format import FormatError
+
+    p = tiny / "text" / "test_preference.json"
+    text = p.read_text()
+    first = json.dumps({"100": json.loads(text)["100"]})[1:-1]
+    p.write_text("{" + first + ", " + text[1:])  # user "100" twice: plain json would keep the last silently
+    with pytest.raises(FormatError, match=r"test_preference.json: key '100' appears twice in one JSON object"):
+        validate_dataset(SafeDataset(tiny))
+
+
+def test_validate_names_bad_captions_and_latents(tiny):
+    aug = tiny / "text" / "augmented.json"
+    good = aug.read_text()
+    aug.write_text(json.dumps({**json.loads(good), "3": ['{"Color": red}']}))
+    with pytest.raises(ValidationError, match=r"augmented.json: item 3 caption 0: caption .* is not valid JSON"):
+        validate_dataset(SafeDataset(tiny))
+    aug.write_text(good)
+    (tiny / "latents").mkdir()
+    np.save(tiny / "latents" / "latents.npy", np.zeros((24, 2, 2, 4), np.float32))
+    with pytest.raises(ValidationError, match=r"latents.npy: expected float \[num_items\+1=25, h, w, C\], got "
+                                              r"float32 \[24, 2, 2, 4\]"):
+        validate_dataset(SafeDataset(tiny))
+    np.save(tiny / "latents" / "latents.npy", np.zeros((25, 2, 2, 4), np.float32))
+    (tiny / "latents" / "meta.json").write_text('{"mode": ')
+    with pytest.raises(ValidationError, match=r"latents/meta.json: not valid JSON"):
+        validate_dataset(SafeDataset(tiny))
+    (tiny / "latents" / "meta.json").write_text('{"mode": "mean"}')
+    assert "latents" in validate_dataset(SafeDataset(tiny)).checked

@@ -32,7 +32,7 @@ from dualfashion_jax.data.format import SPLITS, CandidateTable, DatasetWriter, O
 from dualfashion_jax.data.pickled import ConversionInputError, load_pickled, load_pickled_dict, require_trust
 from dualfashion_jax.data.validate import (ValidationError, check_candidates, check_fitb_alignment,
                                            check_history, check_history_users, check_outfits,
-                                           validate_dataset)
+                                           check_unique_rows, validate_dataset)
 
 DATASETS = ("ifashion", "polyvore")
 GT_FILES = {"train": ("train.npy", "train_grd_dict.npy"), "valid": ("valid_grd_dict.npy",),
@@ -238,6 +238,7 @@ def _convert_into(src: Path, out: Path, *, dataset: str, missing_images: str, im
         fp = src / f"fitb_{s}.npy"
         if fp.is_file():
             entry["fitb"] = fitb = table_from_dict(load_pickled_dict(fp), fp)
+            check_unique_rows(gt, where=str(gt_path))  # generated/evaluated rows are keyed by (uid, oid)
             check_outfits(fitb, iid_category, cats, where=str(fp), fitb=True)
             check_fitb_alignment(gt, fitb, where=str(fp))
             rep.found[f"fitb_{s}"] = fp.name

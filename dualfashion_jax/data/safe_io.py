@@ -40,16 +40,32 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     _atomic_write_bytes(Path(path), lambda f: np.savez(f, **arrays))
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return d
+
+
 def read_json(path: Path) -> Any:
-    """Read a JSON file, turning a missing/truncated/invalid file into a FormatError naming it."""
+    """Read a JSON file, turning a missing/truncated/invalid file, or a key repeated within one object (plain
+    json keeps the last silently), into a FormatError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from None
+    except _RepeatedKey as e:
+        raise FormatError(f"{path}: key {e.args[0]!r} appears twice in one JSON object (a repeated entry; "
+                          "JSON readers would silently keep only the last)") from None
 
 
 def read_npz(path: Path, fields: Sequence[str]) -> dict[str, np.ndarray]:

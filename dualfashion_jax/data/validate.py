@@ -1,4 +1,5 @@
-"""Cross-file consistency checks for outfit datasets: ids resolve, categories agree, FITB rows align with GT.
+"""Cross-file consistency checks for outfit datasets: ids resolve, categories agree, FITB rows align with GT,
+(uid, oid) rows are unique where generation keys by them, and every text/latent file training reads parses.
 
 The checks work on arrays plus a `where` label, so the real-data converter can run them on the freshly
 unpickled DiFashion tables (naming the source .npy) and `validate_dataset` can run them on a safe-format
@@ -10,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import json
+
 import numpy as np
 
 from dualfashion_jax.data.format import OUTFIT_SIZE, CandidateTable, OutfitTable, SafeDataset
+from dualfashion_jax.text.tokenizer import CaptionError, check_caption
 
 
 class ValidationError(ValueError):
@@ -126,15 +130,107 @@ def check_history_users(t: OutfitTable, history: dict, *, where: str) -> None:
                               f"({int(missing.sum())} rows affected)")
 
 
+def repeated_rows(t) -> list[tuple[int, int]]:
+    """(row, earlier row) for every row whose (uid, oid) already appeared in the table."""
+    seen: dict[tuple[int, int], int] = {}
+    out = []
+    for r, key in enumerate(zip(t.uids.tolist(), t.oids.tolist())):
+        if key in seen:
+            out.append((r, seen[key]))
+        else:
+            seen[key] = r
+    return out
+
+
+def check_unique_rows(t, *, where: str) -> None:
+    """Each (uid, oid) appears once: generate names its outputs by it and evaluate matches records by it."""
+    rep = repeated_rows(t)
+    if rep:
+        r, first = rep[0]
+        raise ValidationError(f"{where}: {_row(t, r)} repeats the (uid, oid) of row {first} ({len(rep)} repeated "
+                              "row(s)); each (uid, oid) must appear once in a split that is generated/evaluated")
+
+
+def check_preference(prefs: dict, categories: dict[int, str], *, where: str) -> None:
+    """{uid: {cid: {"Frequency": {attribute: text}}}} with known category ids (what the preference text reads)."""
+    for u, per in prefs.items():
+        for c, entry in per.items():
+            if c not in categories:
+                raise ValidationError(f"{where}: user {u}: category {c} is not in categories.json")
+            freq = entry.get("Frequency", entry.get("frequency")) if isinstance(entry, dict) else None
+            if not isinstance(freq, dict) or not all(isinstance(v, str) for v in freq.values()):
+                raise ValidationError(f"{where}: user {u} category {c}: expected {{\"Frequency\": {{attribute: "
+                                      f"text}}}}, got {json.dumps(entry)[:80]}")
+
+
+def _check_captions(caps, where: str, what: str) -> None:
+    for n, c in enumerate(caps):
+        try:
+            check_caption(c, require_keys=False)
+        except CaptionError as e:
+            raise ValidationError(f"{where}: {what} caption {n}: {e}") from None
+
+
+def check_texts(ds: SafeDataset, rep: "ValidationReport") -> None:
+    """Every text file present: preferences per split, item captions, stage-1 records, stage-3 captions."""
+    text = ds.root / "text"
+    for s in ds.available_splits():
+        if ds.has_text(f"{s}_preference.json"):
+            check_preference(ds.preference(s), ds.categories, where=str(text / f"{s}_preference.json"))
+            rep.checked.append(f"text/{s}_preference")
+    if ds.has_text("item_info.json"):
+        where = str(text / "item_info.json")
+        for iid, v in ds.item_info.items():
+            if not 0 < iid <= ds.num_items:
+                raise ValidationError(f"{where}: item {iid} is not in 1..{ds.num_items}")
+            if not all(isinstance(x, str) for x in v["elements"].values()):
+                raise ValidationError(f"{where}: item {iid}: 'elements' values must be strings")
+        rep.checked.append("text/item_info")
+    if ds.has_text("stage1.json"):
+        where = str(text / "stage1.json")
+        for n, r in enumerate(ds.stage1):
+            if not isinstance(r["re_caption"], str):
+                raise ValidationError(f"{where}: record {n}: 're_caption' must be a string")
+            _check_captions([r["caption"]], where, f"record {n}")
+        rep.checked.append("text/stage1")
+    if ds.has_text("augmented.json"):
+        where = str(text / "augmented.json")
+        for iid, caps in ds.augmented.items():
+            if not 0 < iid <= ds.num_items:
+                raise ValidationError(f"{where}: item {iid} is not in 1..{ds.num_items}")
+            _check_captions(caps, where, f"item {iid}")
+        rep.checked.append("text/augmented")
+
+
+def check_latents(ds: SafeDataset) -> None:
+    """latents/latents.npy (when present): readable without pickle, float [num_items+1, h, w, C]; meta.json parses."""
+    p = ds.latents_dir / "latents.npy"
+    try:
+        a = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValidationError(f"{p}: cannot read latents (truncated or corrupt?): {e}") from None
+    if a.ndim != 4 or a.shape[0] != ds.num_items + 1 or a.dtype.kind != "f":
+        raise ValidationError(f"{p}: expected float [num_items+1={ds.num_items + 1}, h, w, C], got "
+                              f"{a.dtype} {list(a.shape)}")
+    mp = ds.latents_dir / "meta.json"
+    if mp.exists():
+        try:
+            if not isinstance(json.loads(mp.read_text(encoding="utf-8")), dict):
+                raise ValidationError(f"{mp}: expected a JSON object")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValidationError(f"{mp}: not valid JSON (truncated or corrupt?): {e}") from None
+
+
 @dataclass
 class ValidationReport:
     """What `validate_dataset` checked and found (missing images are listed, not fatal, under policy 'skip')."""
 
     checked: list[str] = field(default_factory=list)
     missing_images: list[int] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"checked: {', '.join(self.checked) or 'nothing'}"]
+        lines = [f"checked: {', '.join(self.checked) or 'nothing'}"] + [f"notice: {n}" for n in self.notices]
         if self.missing_images:
             lines.append(f"missing images: {len(self.missing_images)} (first: {self.missing_images[:10]})")
         return "\n".join(lines)
@@ -170,11 +266,13 @@ def validate_dataset(ds: SafeDataset, *, check_images: bool = True,
     rep.checked.append("meta/categories/items")
     for s in ds.available_splits():
         gt = ds.split(s)
-        check_outfits(gt, iid_cat, cats, where=f"{ds.root / 'splits' / (s + '.npz')}")
+        gwhere = str(ds.root / "splits" / f"{s}.npz")
+        check_outfits(gt, iid_cat, cats, where=gwhere)
         rep.checked.append(f"{s} ({len(gt)} rows)")
         if ds.has_fitb(s):
             f = ds.fitb(s)
             fwhere = str(ds.root / "splits" / f"fitb_{s}.npz")
+            check_unique_rows(gt, where=gwhere)
             check_outfits(f, iid_cat, cats, where=fwhere, fitb=True)
             check_fitb_alignment(gt, f, where=fwhere)
             rep.checked.append(f"fitb_{s}")
@@ -182,15 +280,21 @@ def validate_dataset(ds: SafeDataset, *, check_images: bool = True,
                 check_candidates(gt, f, ds.candidates(s), ds.num_items,
                                  where=str(ds.root / "splits" / f"fitb_{s}_candidates.npz"))
                 rep.checked.append(f"fitb_{s}_candidates")
+        elif dup := repeated_rows(gt):  # training only: a repeat weighs that outfit twice (Polyvore train has 2)
+            rep.notices.append(f"{gwhere}: {len(dup)} row(s) repeat an earlier (uid, oid), first: "
+                               f"{_row(gt, dup[0][0])} = row {dup[0][1]}")
         if (ds.root / "splits" / f"{s}_history.json").is_file():
             hwhere = str(ds.root / "splits" / f"{s}_history.json")
             check_history(ds.history(s), iid_cat, where=hwhere)
             check_history_users(gt, ds.history(s), where=hwhere)
             rep.checked.append(f"{s}_history")
-    for name in ("item_info", "stage1", "augmented"):
-        if ds.has_text(f"{name}.json"):
-            getattr(ds, name)  # structural checks happen on load
-            rep.checked.append(f"text/{name}")
+    check_texts(ds, rep)
+    if ds.has_image_paths:
+        _ = ds.image_paths  # its length and entry types are checked on load
+        rep.checked.append("image_paths")
+    if (ds.latents_dir / "latents.npy").exists():
+        check_latents(ds)
+        rep.checked.append("latents")
     if check_images and ds.has_image_paths:
         missing = [int(i) for i in referenced_items(ds)
                    if (p := ds.image_file(int(i))) is None or not p.is_file()]
