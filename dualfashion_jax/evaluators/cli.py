@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of random stand-in networks and compat training")
     p.add_argument("--out", help="report path (default: <results>/report.json; markdown beside it)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="evaluate a results dir with fewer records than its settings.json 'rows' (report marked partial)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list-metrics", action="store_true", help="print the metric registry and exit")
     return p
@@ -50,6 +52,14 @@ def _list() -> str:
     for s in registry.METRICS.values():
         rows.append(f"{s.name:<{w}}{','.join(s.tasks):<11}{','.join(s.networks) or '-':<16}{s.description}")
     return "\n".join(rows)
+
+
+def _mark_partial(md: str, partial: str | None) -> str:
+    """Puts 'partial: N of M rows' under the report's title (a partial run's numbers are not the full run's)."""
+    if not partial or "\npartial: " in md:
+        return md
+    title, _, rest = md.partition("\n")
+    return f"{title}\n\npartial: {partial} (evaluated with --allow-partial; not comparable with a full run)\n{rest}"
 
 
 def main(argv: list[str]) -> int:
@@ -68,7 +78,8 @@ def main(argv: list[str]) -> int:
                      "compat": args.compat},
         split=args.split, batch_size=args.batch_size, seed=args.seed, clip_preset=args.clip_config, clip_dtype=args.clip_dtype,
         gt_size=args.gt_size, catalogue_features=args.catalogue_features, compat_train_steps=args.compat_train_steps,
-        original_gor_indexing=args.original_gor_indexing, llm_judge=args.llm_judge, show_progress=not args.no_progress)
+        original_gor_indexing=args.original_gor_indexing, llm_judge=args.llm_judge, show_progress=not args.no_progress,
+        allow_partial=args.allow_partial)
     try:
         ctx = EvalContext(args.results, args.data, opts)
         if args.task and args.task != ctx.task:
@@ -97,6 +108,8 @@ def main(argv: list[str]) -> int:
     report = rep.build_report(task=ctx.task, model_name=str(ctx.settings.get("model")), results=results,
                               errors=errors, networks=ctx.networks, settings=settings, timings=timings)
     out_json, out_md = rep.write_report(report, args.out or os.path.join(args.results, "report.json"))
-    print(rep.to_markdown(report).split("\n## Details")[0].rstrip())  # the tables; details + settings: in the files
+    md = _mark_partial(out_md.read_text(encoding="utf-8"), ctx.partial)
+    out_md.write_text(md, encoding="utf-8")
+    print(md.split("\n## Details")[0].rstrip())  # the tables; details + settings: in the files
     print(f"[evaluate] wrote {out_json} and {out_md} (per-key details and settings)", file=sys.stderr)
     return 1 if errors else 0

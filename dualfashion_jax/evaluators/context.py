@@ -41,6 +41,7 @@ class EvalOptions:
     original_gor_indexing: bool = False
     llm_judge: bool = False
     show_progress: bool = True
+    allow_partial: bool = False        # evaluate a results dir with fewer records than settings.json's 'rows'
 
 
 class _MissingTokenizer:
@@ -62,6 +63,8 @@ class EvalContext:
         self.task = self.records[0].task
         self.dataset = SafeDataset(self.data_dir)
         self.split = options.split or str(self.settings.get("split", "test"))
+        self.expected_rows = R.check_complete(self.records, self.settings, self.results_dir,
+                                              allow_partial=options.allow_partial, split_keys=self._split_keys)
         self.networks: dict[str, NetworkInfo] = {}
         self._cache: dict[str, Any] = {}
         self.entries = [(ri, g) for ri, r in enumerate(self.records) for g in sorted(r.gen, key=lambda g: (g.sample, g.slot))]
@@ -78,6 +81,21 @@ class EvalContext:
                                 f"dataset's {n_items} items ({self.data_dir}); wrong --data?")
 
     # ---------------------------------------------------------------------------------------------- helpers
+    def _split_keys(self) -> list[tuple[int, int]] | None:
+        """(uid, oid) of the split's rows in order (to name missing records); None when the split is unreadable."""
+        try:
+            t = self.dataset.split(self.split)
+        except ValueError:  # unknown or unreadable split: the error then names no rows
+            return None
+        return list(zip(t.uids.tolist(), t.oids.tolist()))
+
+    @property
+    def partial(self) -> str | None:
+        """'N of M rows' when the results hold fewer records than the run's rows (--allow-partial), else None."""
+        if self.expected_rows is None or len(self.records) >= self.expected_rows:
+            return None
+        return f"{len(self.records)} of {self.expected_rows} rows"
+
     def cached(self, key: str, fn):
         if key not in self._cache:
             self._cache[key] = fn()
@@ -256,6 +274,7 @@ class EvalContext:
         """Everything needed to reproduce the numbers (goes into the report)."""
         return {"results_dir": str(self.results_dir), "data_dir": str(self.data_dir), "task": self.task,
                 "split": self.split, "num_records": len(self.records), "num_generated": len(self.entries),
+                "rows_expected": self.expected_rows, "partial": self.partial or False,
                 "batch_size": self.opt.batch_size, "seed": self.opt.seed, "clip_compute_dtype": self.opt.clip_dtype,
                 "gt_resize": self.opt.gt_size or "to generated size (bilinear)",
                 "clip_view": "resize shorter side to 224 (bicubic, antialias), centre crop, CLIP mean/std",

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -234,6 +234,30 @@ def read_records(results_dir: str | os.PathLike) -> tuple[list[Record], dict]:
         raise RecordError(f"{path}: (uid, oid) pairs repeat; one record per row is expected")
     settings = _check_settings(_load_json(root / SETTINGS_FILE), root / SETTINGS_FILE)
     return records, settings
+
+
+def check_complete(records: Sequence[Record], settings: Mapping[str, Any], results_dir: str | os.PathLike, *,
+                   allow_partial: bool = False,
+                   split_keys: Callable[[], Sequence[tuple[int, int]] | None] = lambda: None) -> int | None:
+    """The row count settings.json promises (`generate` writes 'rows': split rows capped by --max-rows; None when
+    absent). Fewer records raise a RecordError naming the first missing (uid, oid) unless `allow_partial`."""
+    root = pathlib.Path(results_dir)
+    rows = settings.get("rows")
+    if rows is None:
+        return None
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise RecordError(f"{root / SETTINGS_FILE}: field 'rows' must be a positive integer, got {rows!r}")
+    if len(records) > rows:
+        raise RecordError(f"{root / RECORDS_FILE}: {len(records)} records but {root / SETTINGS_FILE} says the run "
+                          f"has {rows} rows; records.json and settings.json do not belong together")
+    if len(records) < rows and not allow_partial:
+        have = {(r.uid, r.oid) for r in records}
+        missing = [k for k in (split_keys() or [])[:rows] if k not in have]
+        first = f", first missing (uid, oid): {missing[:5]}" if missing else ""
+        raise RecordError(f"{root / RECORDS_FILE}: {len(records)} records but {root / SETTINGS_FILE} says the run "
+                          f"has {rows} rows{first}; finish it (rerun `generate` with the same flags) or pass "
+                          "--allow-partial to evaluate the rows that exist (the report is then marked partial)")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ images
