@@ -2,7 +2,9 @@
 
 Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. Restore walks back from the newest step;
 a checkpoint that fails to restore (partial/corrupted files) is moved to `<workdir>/checkpoints_corrupt/`
-with a warning and the previous one is used, so a rerun of the same command always resumes.
+with a warning and the previous one is used, so a rerun of the same command always resumes. A checkpoint whose
+array shapes differ from the current config is a config mismatch (`ConfigMismatchError`), never "corruption":
+nothing is moved.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
+
+from dualfashion_jax.training.workdir import ConfigMismatchError
 
 log = logging.getLogger(__name__)
 ITEMS = ("state", "data", "config")
@@ -53,6 +57,25 @@ def from_savable(tree: Any, abstract: Any) -> Any:
     return jax.tree.map(one, tree, abstract)
 
 
+def has_checkpoints(workdir: str | os.PathLike) -> bool:
+    """Whether `<workdir>/checkpoints` holds at least one step folder."""
+    root = os.path.join(os.fspath(workdir), "checkpoints")
+    return os.path.isdir(root) and any(d.isdigit() for d in os.listdir(root))
+
+
+def _path_key(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def shape_mismatches(saved_tree: Any, target: Any) -> list[str]:
+    """'path: checkpoint shape vs config shape' for every array that differs or exists on one side only."""
+    saved = {_path_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(saved_tree)
+             if hasattr(v, "shape")}
+    want = {_path_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
+    return [f"{k}: checkpoint {saved.get(k, 'absent')} vs config {want.get(k, 'absent')}"
+            for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
+
+
 class Checkpointer:
     """Saves every `every_steps` (and on demand), keeps the last `keep`, restores the newest valid one."""
 
@@ -83,6 +106,12 @@ class Checkpointer:
         target = abstract_savable(abstract_state, shardings)
         steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [int(step)]
         for s in steps:
+            diffs = self._shape_mismatches(s, target)
+            if diffs:
+                raise ConfigMismatchError(
+                    f"{self.directory}/{s}: the checkpoint was written by a different model/optimizer config "
+                    f"({len(diffs)} array(s) differ: {'; '.join(diffs[:8])}); nothing was moved. Use a new workdir "
+                    f"or the config that wrote it")
             try:
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
@@ -100,6 +129,15 @@ class Checkpointer:
                 self._quarantine(s)
         return None
 
+    def _shape_mismatches(self, step: int, target: Any) -> list[str]:
+        """Shape differences between a step's saved state and `target`; [] when its metadata is unreadable
+        (a partial save: the restore below then fails and the step is quarantined as corrupt)."""
+        try:
+            tree = _state_metadata(os.path.join(self.directory, str(step), "state"))
+        except Exception:  # noqa: BLE001  (missing/partial metadata = a corrupt step, handled by the caller)
+            return []
+        return shape_mismatches(tree, target) if tree else []
+
     def _quarantine(self, step: int) -> None:
         """Moves a bad step dir aside so later saves of the same step number can proceed."""
         src = os.path.join(self.directory, str(step))
@@ -114,6 +152,13 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _state_metadata(path: str) -> Any:
+    """The saved state's tree of array metadata (shapes, dtypes), read without loading any array."""
+    meta = ocp.PyTreeCheckpointer().metadata(path)
+    tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+    return getattr(tree, "tree", tree)
 
 
 def load_params(directory: str | os.PathLike, use_ema: bool = False) -> tuple[int, dict[str, Any]]:
@@ -133,9 +178,7 @@ def load_params(directory: str | os.PathLike, use_ema: bool = False) -> tuple[in
     for s in steps:
         path = os.path.join(root, str(s), "state")
         try:
-            meta = reader.metadata(path)
-            tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-            tree = getattr(tree, "tree", tree)
+            tree = _state_metadata(path)
             if key not in tree or not tree[key]:
                 raise ValueError(f"the checkpoint's state has no {key!r} entry (keys: {sorted(tree)})")
             item = {key: tree[key]}

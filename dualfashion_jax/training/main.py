@@ -86,6 +86,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num_processes", type=int, default=None)
     p.add_argument("--process_id", type=int, default=None)
     p.add_argument("--log_level", default="INFO")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="continue a workdir whose checkpoints were written under a different config (default: refuse)")
     args, rest = p.parse_known_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src"):
@@ -102,7 +104,7 @@ def main(argv: list[str]) -> int:
 
     from dualfashion_jax.training import train
     try:
-        out = train.run(config, args.workdir)
+        out = train.run(config, args.workdir, allow_config_change=args.allow_config_change)
     except train.NonFiniteLossError as e:
         print(f"dualfashion-jax train: stopped: {e}", file=sys.stderr)
         return 1

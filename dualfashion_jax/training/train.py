@@ -22,9 +22,9 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding before modules are built)
 from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules as rules_lib
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
+from dualfashion_jax.training import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +101,16 @@ def build_state_spec(config, task: tasks.Task, mesh, rules) -> StateSpec:
     return StateSpec(graphdef, tx, schedule, use_ema, jax.eval_shape(init), shardings, init)
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns a summary dict."""
+def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints of the same config); returns a summary dict."""
     # ------------------------------------------------------------------------------------------------
-    # Config and workdir.
+    # Config and workdir (a workdir holding checkpoints of another config is refused: workdir.py).
     # ------------------------------------------------------------------------------------------------
     primary = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     config_json = json.loads(config.to_json_best_effort())
-    if primary:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config_json, f, indent=2)
+    workdir_lib.claim(workdir, config_json, has_checkpoints=ckpt_lib.has_checkpoints(workdir),
+                      allow_change=allow_config_change, write=primary)
     stop = {"sigterm": False}
     prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) \
         if _in_main_thread() else None
