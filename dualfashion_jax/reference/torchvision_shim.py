@@ -2,7 +2,7 @@
 
 The torchvision wheel cannot be imported normally here (`torchvision::nms` has no kernel for this torch),
 but its model files are plain PyTorch. `scripts/test_material.sh` extracts the torchvision 0.28.0 wheel's
-Python sources into `<cache>/test_material/torchvision_py/`; this module imports `torchvision.models.*`
+Python sources into `<cache>/material/torchvision_py/`; this module imports `torchvision.models.*`
 from there behind light package stubs (skipping `torchvision/__init__.py`, which loads the C extension),
 so the torch-side parity tests use the REAL upstream classes. The upstream `pytorch_fid` and `lpips`
 packages (which import torchvision at module level) are imported through the same stubs.
@@ -15,14 +15,14 @@ import pathlib
 import sys
 import types
 
-from dualfashion_jax.conversion.evaluator_nets import test_material_dir
+from dualfashion_jax.conversion.evaluator_nets import material_dir
 
 TORCHVISION_VERSION = "0.28.0"
 
 
 def torchvision_source_dir() -> pathlib.Path:
     """Folder that holds the extracted `torchvision/` Python package."""
-    return test_material_dir() / "torchvision_py"
+    return material_dir() / "torchvision_py"
 
 
 class TorchvisionUnavailable(RuntimeError):
