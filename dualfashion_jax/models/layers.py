@@ -11,7 +11,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
-from dualfashion_jax.sharding import axes
+from dualfashion_jax.sharding import activations as act, axes
 
 # torch.nn.Linear's default init (kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))).
 torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -49,7 +49,7 @@ class AdaLayerNormZero(nnx.Module):
         self.linear = linear(d, 6 * d, (axes.EMBED, axes.MOD), cfg, rngs=rngs)
 
     def __call__(self, x: jax.Array, temb: jax.Array):
-        emb = self.linear(jax.nn.silu(temb))  # [B, 6D]
+        emb = act.constrain_batch(self.linear(jax.nn.silu(temb)))  # [B, 6D]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(emb, 6, axis=-1)
         return modulate(layer_norm(x), shift_msa, scale_msa), gate_msa, shift_mlp, scale_mlp, gate_mlp
 
@@ -75,6 +75,6 @@ class FeedForward(nnx.Module):
         self.proj_out = linear(4 * d, d, (axes.MLP, axes.EMBED), cfg, rngs=rngs)   # torch ff.net.2
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = jax.nn.gelu(self.proj_in(x), approximate=True)  # [B, L, 4D]
+        h = act.constrain(jax.nn.gelu(self.proj_in(x), approximate=True), act.MLP)  # [B, L, 4D]
         h = checkpoint_name(h, "mlp_hidden")
         return self.proj_out(h)

@@ -17,7 +17,7 @@ from dualfashion_jax.models import embeddings, layers, remat
 from dualfashion_jax.models.mmdit_block import JointBlock
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 from dualfashion_jax.models.stage2 import Stage2
-from dualfashion_jax.sharding import axes
+from dualfashion_jax.sharding import activations as act, axes
 
 HEADS = ("image", "text")
 # Variables a checkpoint holds: trainable params + the (non-trainable) pos-embed buffer. Optimise only nnx.Param.
@@ -73,7 +73,8 @@ class DualMMDiT(nnx.Module):
     def _trunk(self, img: jax.Array, txt: jax.Array, temb: jax.Array) -> tuple[jax.Array, jax.Array]:
         """All joint blocks under one `nnx.scan` over the stacked params (remat per block per the config)."""
         def block_fn(block: JointBlock, carry, temb_):
-            return block(carry[0], carry[1], temb_)
+            img_, txt_ = block(act.constrain(carry[0], act.RESIDUAL), act.constrain(carry[1], act.RESIDUAL), temb_)
+            return act.constrain(img_, act.RESIDUAL), act.constrain(txt_, act.RESIDUAL)  # block boundary
 
         block_fn = remat.apply(block_fn, self.config.remat_policy)
 
@@ -88,7 +89,7 @@ class DualMMDiT(nnx.Module):
         """[B, h*w, D] -> velocity [B, h*p, w*p, C_out] (torch unpatchify order (h, w, p, q, C))."""
         cfg = self.config
         p, c = cfg.patch_size, cfg.out_channels
-        x = self.image_proj_out(self.image_norm_out(img, temb))  # [B, h*w, p*p*C]
+        x = act.constrain_batch(self.image_proj_out(self.image_norm_out(img, temb)))  # [B, h*w, p*p*C]
         x = x.reshape(x.shape[0], h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)  # [B, h, p, w, q, C]
         return x.reshape(x.shape[0], h * p, w * p, c)
 
@@ -106,13 +107,14 @@ class DualMMDiT(nnx.Module):
         txt, t = jnp.asarray(txt), jnp.asarray(t)
         self._check_inputs(x_img, txt, t)
         dt = cfg.compute_dtype
-        temb = self.timestep_embedder(t)  # [B, D]
-        ctx = self.context_embedder(txt.astype(dt))  # [B, Lt, D]
+        temb = act.constrain(self.timestep_embedder(t), act.VECTOR)  # [B, D]
+        ctx = act.constrain(self.context_embedder(txt.astype(dt)), act.RESIDUAL)  # [B, Lt, D]
         if x_img is None:
             img = jnp.broadcast_to(self.null_image_embd[...].astype(dt), (txt.shape[0],) + self.null_image_embd.shape[1:])
         else:
             img = self.patch_embed(jnp.asarray(x_img))  # [B, h*w, D]
-        img, ctx = self._trunk(img.astype(dt), ctx.astype(dt), temb.astype(dt))
+        img = act.constrain(img.astype(dt), act.RESIDUAL)
+        img, ctx = self._trunk(img, ctx.astype(dt), temb.astype(dt))
 
         img_out = None
         if "image" in heads:
@@ -128,4 +130,5 @@ class DualMMDiT(nnx.Module):
                     raise ValueError(f"DualMMDiT: text_logits_len {text_logits_len} outside 1..{ctx.shape[1]}")
                 ctx = ctx[:, :text_logits_len]
             logits = self.text_proj_out(layers.layer_norm(ctx)).astype(jnp.float32)  # [B, L, vocab]
+            logits = act.constrain(logits, act.LOGITS)
         return img_out, logits

@@ -14,7 +14,7 @@ from jax.ad_checkpoint import checkpoint_name
 from dualfashion_jax.models import layers
 from dualfashion_jax.models.attention import attention
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
-from dualfashion_jax.sharding import axes
+from dualfashion_jax.sharding import activations as act, axes
 
 
 class JointAttention(nnx.Module):
@@ -35,7 +35,8 @@ class JointAttention(nnx.Module):
         self.to_add_out = proj(d, d, out_axes)   # torch attn.to_add_out
 
     def _heads(self, x: jax.Array) -> jax.Array:
-        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim)  # [B, L, H, Dh]
+        x = x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim)  # [B, L, H, Dh]
+        return act.constrain(x, act.HEADS)
 
     def __call__(self, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, jax.Array]:
         n_img = img.shape[1]
@@ -44,7 +45,8 @@ class JointAttention(nnx.Module):
             jnp.stack([self.add_q_proj(txt), self.add_k_proj(txt), self.add_v_proj(txt)]), "qkv_txt")
         q, k, v = (self._heads(jnp.concatenate([qkv_i[j], qkv_t[j]], axis=1)) for j in range(3))  # [B, Li+Lt, H, Dh]
         out = attention(q, k, v, backend=self.backend)  # scale 1/sqrt(Dh)
-        out = checkpoint_name(out.reshape(out.shape[0], out.shape[1], -1), "attn_out")  # [B, Li+Lt, D]
+        out = act.constrain(out.reshape(out.shape[0], out.shape[1], -1), act.HEADS_FLAT)
+        out = checkpoint_name(out, "attn_out")  # [B, Li+Lt, D]
         return self.to_out(out[:, :n_img]), self.to_add_out(out[:, n_img:])
 
 

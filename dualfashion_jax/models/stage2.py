@@ -12,7 +12,7 @@ from flax import nnx
 
 from dualfashion_jax.models import layers
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
-from dualfashion_jax.sharding import axes
+from dualfashion_jax.sharding import activations as act, axes
 
 
 def _role_init(key, shape, dtype):
@@ -38,10 +38,11 @@ class MatchingMLP(nnx.Module):
             raise ValueError(f"MatchingMLP: expected latents [B, {', '.join(map(str, self.shape))}] (NHWC, the "
                              f"config's latent_size x in_channels), got {tuple(x.shape)}")
         b = x.shape[0]
-        flat = x.transpose(0, 3, 1, 2).reshape(b, -1)  # [B, C*H*W] in torch's NCHW flatten order
+        flat = act.constrain_batch(x.transpose(0, 3, 1, 2).reshape(b, -1))  # [B, C*H*W] torch's NCHW order
         hid = jax.nn.leaky_relu(self.hidden_layer(flat), negative_slope=0.01)  # [B, hidden]
+        hid = act.constrain(hid, (axes.ACT_BATCH, axes.ACT_MLP))
         hid = self.dropout(hid, deterministic=deterministic, rngs=rngs)
-        out = jnp.tanh(self.output_layer(hid))  # [B, C*H*W]
+        out = act.constrain_batch(jnp.tanh(self.output_layer(hid)))  # [B, C*H*W]
         h, w, c = self.shape
         return out.reshape(b, c, h, w).transpose(0, 2, 3, 1)  # [B, H, W, C]
 
@@ -81,4 +82,4 @@ class Stage2(nnx.Module):
         kernel = self.context_projector[...][0, 0].astype(self.dtype)  # [C_in, C_out]
         proj = jnp.einsum("bhwc,cd->bhwd", x, kernel) + self.context_projector_bias[...].astype(self.dtype)
         gate = jax.nn.sigmoid(self.context_gate[...].astype(jnp.float32)).astype(self.dtype)
-        return self.target_role[...].astype(self.dtype) + gate * proj
+        return act.constrain_batch(self.target_role[...].astype(self.dtype) + gate * proj)  # [B, H, W, C]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dualfashion_jax.models import config_io
-from dualfashion_jax.sharding import axes
+from dualfashion_jax.sharding import activations as act, axes
 
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
@@ -136,12 +136,13 @@ class T5SelfAttention(nnx.Module):
         """x [B, L, D]; bias [B or 1, H, L, L] fp32 (position bias + mask) -> [B, L, D]."""
         b, l, _ = x.shape
         h, dk = self.cfg.num_heads, self.cfg.d_kv
-        q = self.q(x).reshape(b, l, h, dk)  # [B, L, H, Dk]
-        k = self.k(x).reshape(b, l, h, dk)
-        v = self.v(x).reshape(b, l, h, dk)
+        q = act.constrain(self.q(x).reshape(b, l, h, dk), act.HEADS)  # [B, L, H, Dk]
+        k = act.constrain(self.k(x).reshape(b, l, h, dk), act.HEADS)
+        v = act.constrain(self.v(x).reshape(b, l, h, dk), act.HEADS)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)  # [B, H, L, L]
         probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, h * dk)  # [B, L, H*Dk]
+        out = act.constrain(out, act.HEADS_FLAT)
         return self.o(out)
 
 
@@ -154,7 +155,8 @@ class T5GatedFFN(nnx.Module):
         self.wo = _linear(cfg.d_ff, cfg.d_model, (axes.MLP, axes.EMBED), cfg, rngs, cfg.d_ff ** -0.5)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, L, D] -> [B, L, D]
-        return self.wo(jax.nn.gelu(self.wi_0(x), approximate=True) * self.wi_1(x))  # inner [B, L, F]
+        inner = act.constrain(jax.nn.gelu(self.wi_0(x), approximate=True) * self.wi_1(x), act.MLP)  # [B, L, F]
+        return self.wo(inner)
 
 
 class T5Block(nnx.Module):
@@ -168,8 +170,9 @@ class T5Block(nnx.Module):
         self.ffn = T5GatedFFN(cfg, rngs=rngs)
 
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:  # [B, L, D] -> [B, L, D]
+        x = act.constrain(x, act.RESIDUAL)  # layer boundary: batch over (data, fsdp)
         x = x + self.attn(self.attn_norm(x), bias)
-        return x + self.ffn(self.ffn_norm(x))
+        return act.constrain(x + self.ffn(self.ffn_norm(x)), act.RESIDUAL)
 
 
 class T5Encoder(nnx.Module):
@@ -227,7 +230,7 @@ class T5Encoder(nnx.Module):
         else:
             for i in range(self.cfg.num_layers):
                 x = _layer(self.blocks, i)(x, bias)
-        return self.final_norm(x)
+        return act.constrain(self.final_norm(x), act.RESIDUAL)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,

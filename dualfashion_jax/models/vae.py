@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx, struct
 
 from dualfashion_jax.models import config_io, vae_blocks as vb
+from dualfashion_jax.sharding import activations as act
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,11 +128,11 @@ class Encoder(nnx.Module):
         self.conv_out = vb.conv(ch[-1], 2 * cfg.latent_channels, 3, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C_in] -> [B, H/f, W/f, 2 C_lat]
-        x = self.conv_in(x)
+        x = act.constrain_batch(self.conv_in(act.constrain_batch(x)))  # block boundaries: batch over (data, fsdp)
         for block in self.down_blocks:
-            x = block(x)
-        x = self.mid_block(x)
-        return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+            x = act.constrain_batch(block(x))
+        x = act.constrain_batch(self.mid_block(x))
+        return act.constrain_batch(self.conv_out(jax.nn.silu(self.conv_norm_out(x))))
 
 
 class Decoder(nnx.Module):
@@ -149,10 +150,10 @@ class Decoder(nnx.Module):
         self.conv_out = vb.conv(rev[-1], cfg.out_channels, 3, **kw)
 
     def __call__(self, z: jax.Array) -> jax.Array:  # [B, h, w, C_lat] -> [B, h*f, w*f, C_out]
-        x = self.mid_block(self.conv_in(z))
+        x = act.constrain_batch(self.mid_block(self.conv_in(act.constrain_batch(z))))
         for block in self.up_blocks:
-            x = block(x)
-        return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+            x = act.constrain_batch(block(x))
+        return act.constrain_batch(self.conv_out(jax.nn.silu(self.conv_norm_out(x))))
 
 
 class AutoencoderKL(nnx.Module):

@@ -36,6 +36,9 @@ PRESETS: dict[str, dict[str, MeshAxes]] = {
     "fsdp": {**_ALWAYS, **_FSDP},
     "fsdp_tp": {**_ALWAYS, **_FSDP_TP},
 }
+# Activation layout used when no rules are in context (`activations.use_rules`): batch over (data, fsdp),
+# heads / MLP hidden / vocab over tensor. Axes of size 1 drop out, so it fits dp, fsdp and fsdp_tp meshes alike.
+ACTIVATION_DEFAULT: dict[str, MeshAxes] = {k: v for k, v in PRESETS["fsdp_tp"].items() if k.startswith("act_")}
 
 
 def get(name: str, overrides: Mapping[str, MeshAxes] | None = None) -> dict[str, MeshAxes]:

@@ -1,0 +1,72 @@
+"""Activation sharding by logical axis names: the one place model code asks for an activation layout.
+
+`constrain(x, (ACT_BATCH, ACT_LEN, ACT_EMBED))` maps the names through the sharding rules onto the mesh that is
+current while tracing (`jax.set_mesh(mesh)`) and applies `jax.lax.with_sharding_constraint`. Without a mesh (or
+on a 1-device mesh) it returns `x` unchanged, so single-device code and parity tests see no difference.
+Why: inside a scanned trunk XLA otherwise keeps the global batch on every device and splits the model width
+(an all-reduce of a full-batch activation after every dense layer); pinning the residual stream, heads, MLP
+hidden and vocab at block boundaries gives the ZeRO-3 / Megatron layout the rules describe.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
+
+import jax
+from jax.sharding import NamedSharding
+
+from dualfashion_jax.sharding import axes, partition, rules as rules_lib
+
+# Logical layouts of the activations model code constrains (names from axes.py).
+RESIDUAL = (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_EMBED)      # [B, L, D] residual stream
+HEADS = (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_HEADS, None)   # [B, L, H, Dh] q / k / v
+HEADS_FLAT = (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_HEADS)    # [B, L, H*Dh] attention output
+MLP = (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_MLP)             # [B, L, F] feed-forward hidden
+LOGITS = (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB)        # [B, L, V] text-head logits
+VECTOR = (axes.ACT_BATCH, axes.ACT_EMBED)                      # [B, D] per-sample vectors (temb)
+
+_RULES: contextvars.ContextVar[rules_lib.Rules | None] = contextvars.ContextVar("activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def use_rules(rules: rules_lib.Rules | None) -> Iterator[None]:
+    """Traces under `rules` (a preset table from `rules.get`) instead of `rules.ACTIVATION_DEFAULT`."""
+    token = _RULES.set(rules)
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
+
+
+def current_rules() -> rules_lib.Rules:
+    return _RULES.get() or rules_lib.ACTIVATION_DEFAULT
+
+
+def _mesh():
+    """The abstract mesh being traced under, or None when there is none / it has one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None
+    return mesh
+
+
+def spec_for(shape: Sequence[int], logical: Sequence[str | None], mesh, rules: rules_lib.Rules, name: str = ""):
+    """PartitionSpec for an activation; mesh axes missing from `mesh` or manual there (shard_map) are skipped."""
+    usable = set(mesh.axis_names) - set(getattr(mesh, "manual_axes", ()) or ())
+    table = {k: tuple(a for a in rules_lib.mesh_axes_for(k, rules) if a in usable) or None for k in rules}
+    return partition.mesh_spec(tuple(logical), tuple(shape), mesh, table, name)
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None], name: str = "activation") -> jax.Array:
+    """`x` constrained to the layout its logical axis names map to under the current mesh/rules (else `x`)."""
+    mesh = _mesh()
+    if mesh is None:
+        return x
+    spec = spec_for(x.shape, logical, mesh, current_rules(), name)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def constrain_batch(x: jax.Array, name: str = "activation") -> jax.Array:
+    """Shorthand: only the leading dim is named (ACT_BATCH); the others stay replicated."""
+    return constrain(x, (axes.ACT_BATCH,) + (None,) * (x.ndim - 1), name)
