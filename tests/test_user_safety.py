@@ -188,3 +188,138 @@ def test_validate_names_bad_captions_and_latents(tiny):
         validate_dataset(SafeDataset(tiny))
     (tiny / "latents" / "meta.json").write_text('{"mode": "mean"}')
     assert "latents" in validate_dataset(SafeDataset(tiny)).checked
+
+
+# ------------------------------------------------------------------------------ 3. evaluate on a partial results dir
+def _results(tiny: Path, out: Path, rows: list[int], settings_rows: int | None) -> Path:
+    """A PFITB results dir for the given rows of the tiny test split (captions only; no image is read)."""
+    from dualfashion_jax.evaluators import records as R
+
+    ds = SafeDataset(tiny)
+    gt, fitb = ds.split("test"), ds.fitb("test")
+    cap = json.dumps({"Color": "red", "Material": "wool", "Design features": "zip", "Clothing Fashion Style": "chic"})
+    recs = []
+    for r in rows:
+        outfit, cats = tuple(int(x) for x in gt.outfits[r]), tuple(int(x) for x in gt.category[r])
+        s = int(np.flatnonzero(fitb.outfits[r] == 0)[0])
+        recs.append(R.Record(int(gt.uids[r]), int(gt.oids[r]), "pfitb", outfit, cats, (s,),
+                             (R.GenEntry(s, 0, 0, f"img/{r}.png", cap),), (R.GrdEntry(s, outfit[s]),)))
+    settings = {"model": "fake", "task": "pfitb", "split": "test"}
+    R.write_records(out, recs, settings if settings_rows is None else {**settings, "rows": settings_rows})
+    return out
+
+
+def _evaluate(res, tiny, *extra):
+    from dualfashion_jax.evaluators import cli
+
+    return cli.main(["--results", str(res), "--data", str(tiny), "--metrics", "caption_parse_rate", "--no-progress",
+                     *extra])
+
+
+def test_evaluate_refuses_a_results_dir_with_a_missing_record(tiny, tmp_path, capsys):
+    res = _results(tiny, tmp_path / "res", [0, 2], settings_rows=3)
+    t = SafeDataset(tiny).split("test")
+    assert _evaluate(res, tiny) == 2
+    err = capsys.readouterr().err
+    assert (f"records.json: 2 records but {res}/settings.json says the run has 3 rows, first missing (uid, oid): "
+            f"[({int(t.uids[1])}, {int(t.oids[1])})]") in err and "--allow-partial" in err
+    assert "Traceback" not in err and not (res / "report.json").exists()
+
+    assert _evaluate(res, tiny, "--allow-partial") == 0
+    rep = json.loads((res / "report.json").read_text())
+    assert rep["settings"]["partial"] == "2 of 3 rows" and rep["settings"]["rows_expected"] == 3
+    assert "\npartial: 2 of 3 rows" in (res / "report.md").read_text()
+    assert "partial: 2 of 3 rows" in capsys.readouterr().out
+
+
+def test_evaluate_complete_and_inconsistent_results(tiny, tmp_path, capsys):
+    from dualfashion_jax.evaluators import records as R
+
+    res = _results(tiny, tmp_path / "full", [0, 1, 2], settings_rows=3)
+    assert _evaluate(res, tiny) == 0
+    rep = json.loads((res / "report.json").read_text())
+    assert rep["settings"]["partial"] is False and "partial:" not in (res / "report.md").read_text()
+    res = _results(tiny, tmp_path / "more", [0, 1, 2], settings_rows=2)
+    assert _evaluate(res, tiny, "--allow-partial") == 2
+    assert "3 records but" in capsys.readouterr().err
+    recs, settings = R.read_records(_results(tiny, tmp_path / "norows", [0], settings_rows=None))
+    assert R.check_complete(recs, settings, tmp_path / "norows") is None  # hand-made results: nothing to compare
+
+
+# ------------------------------------------------------------------------------ 4. named errors, not tracebacks
+def test_generate_out_that_is_a_file_or_a_foreign_folder(tmp_path, capsys):
+    from dualfashion_jax.cli import main as top_main
+
+    f = tmp_path / "notes.txt"
+    f.write_text("my notes")
+    for out in (f, f / "sub"):
+        assert top_main(["generate", "--task", "pfitb", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {out}: {f} is an existing file; expected a results folder" in err
+        assert "Traceback" not in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "index.html").write_text("my page")
+    assert top_main(["generate", "--task", "gor", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "mine")]) == 2
+    assert "a non-empty folder that no `generate` run started (it has no run.json)" in capsys.readouterr().err
+    assert f.read_text() == "my notes" and (tmp_path / "mine" / "index.html").read_text() == "my page"
+
+
+class Opaque:
+    """A class torch's weights_only loader does not allow: a stand-in for any pickled Python object."""
+
+
+_T5_CONFIG = {"feed_forward_proj": "gated-gelu", "vocab_size": 8, "d_model": 4, "d_kv": 2, "d_ff": 8,
+              "num_layers": 1, "num_heads": 2}
+_CASES = {  # kind -> (weights file name inside src/, config.json or None, the src argument relative to tmp)
+    "transformer": ("model.pth", {}, "src/model.pth"),
+    "vae": ("diffusion_pytorch_model.bin", {}, "src"),
+    "t5": ("pytorch_model.bin", _T5_CONFIG, "src"),
+    "clip": ("open_clip_pytorch_model.bin", None, "src/open_clip_pytorch_model.bin"),
+    "compat": ("ifashion_evaluator.pth", None, "src/ifashion_evaluator.pth"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_CASES))
+def test_convert_refuses_a_pth_holding_pickled_objects_by_name(kind, tmp_path, capsys):
+    import torch
+
+    from dualfashion_jax.cli import main as top_main
+
+    name, config, arg = _CASES[kind]
+    (tmp_path / "src").mkdir()
+    torch.save({"weight": torch.zeros(2, 2), "extra": Opaque()}, tmp_path / "src" / name)
+    if config is not None:
+        (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    assert top_main(["convert", kind, str(tmp_path / arg), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{name}: holds pickled Python objects, not only tensors (it references test_user_safety.Opaque); " \
+           "they are not loaded, for safety" in err
+    assert "weights_only=False" not in err and "weights_only` set to `False" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_torch_file_is_named(tmp_path):
+    import torch
+
+    from dualfashion_jax.conversion.common import ConversionError, read_weights
+
+    p = tmp_path / "w.pth"
+    torch.save({"weight": torch.zeros(64)}, p)
+    p.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(ConversionError, match=r"w.pth: cannot be read as a torch weights file \(truncated"):
+        read_weights(p)
+    p.write_bytes(b"")
+    with pytest.raises(ConversionError, match=r"w.pth: cannot be read as a torch weights file .*empty file"):
+        read_weights(p)
+
+
+def test_inception_loader_gets_the_same_refusal(tmp_path):
+    import torch
+
+    from dualfashion_jax.conversion.common import ConversionError
+    from dualfashion_jax.conversion.evaluator_nets import load_inception_v3
+
+    torch.save({"extra": Opaque()}, tmp_path / "inception.pth")
+    with pytest.raises(ConversionError, match="holds pickled Python objects") as e:
+        load_inception_v3(tmp_path / "inception.pth")
+    assert "weights_only` set to `False" not in str(e.value)

@@ -1,7 +1,7 @@
 """`dualfashion-jax convert {transformer,vae,t5,clip,compat} SRC OUT`: PyTorch/diffusers/transformers weights -> orbax.
 
-Each target's converter is imported only when used. Bad input ends with one clear message (exit 1),
-not a traceback.
+Each target's converter is imported only when used. Bad input ends with one clear message (exit 1; exit 2 for a
+torch file holding pickled Python objects, which is refused unread), not a traceback.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from dualfashion_jax.conversion.common import ConversionError
+from dualfashion_jax.conversion.common import ConversionError, UnsafePickleError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,6 @@ def main(argv: list[str]) -> int:
             out = importlib.import_module("dualfashion_jax.conversion.compat_net").convert(args.src, args.out)
     except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"dualfashion-jax convert {args.target}: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UnsafePickleError) else 1
     print(f"wrote {out}")
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pickle
+import re
 import struct
 from typing import Any, Callable, Mapping
 
@@ -25,6 +27,10 @@ _ST_DTYPES = {
 
 class ConversionError(ValueError):
     """A checkpoint does not match the model it is converted into (names every offending key)."""
+
+
+class UnsafePickleError(ConversionError):
+    """A torch file holds pickled Python objects besides tensors; they are not loaded (unpickling can run code)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -61,7 +67,20 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a torch pickle (.pth/.pt/.bin) with `weights_only=True` (no arbitrary code runs)."""
     import torch  # local: converted checkpoints load without torch
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise UnsafePickleError(
+            f"{path}: holds pickled Python objects, not only tensors{what}; they are not loaded, for safety "
+            "(unpickling can run arbitrary code). Save the weights once as a plain state dict "
+            "(torch.save(model.state_dict(), path)) or as .safetensors, where you trust the file") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ConversionError(f"{path}: cannot be read as a torch weights file (truncated or corrupt download?): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty file'}") from None
     if isinstance(obj, torch.Tensor):
         return {"": _torch_to_numpy(obj)}
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

@@ -8,7 +8,8 @@
       [--context-sample] [--gor-offset mlp|projector] [--original-layout]
 Multi-host: start one process per host with --coordinator/--num-processes/--process-id (or the JAX_* / SLURM
 variables, as `train`); rows are dealt round-robin over processes and --out must be a shared folder.
-Bad input ends with one `error:` line naming the file/field (exit 1), not a traceback.
+Bad input ends with one `error:` line naming the file/field (exit 1; exit 2 for an --out that is a file or a
+foreign non-empty folder, checked before anything loads), not a traceback.
 """
 from __future__ import annotations
 
@@ -102,7 +103,13 @@ def main(argv: list[str]) -> int:
         args.scales = "7"
     from dualfashion_jax.conversion.common import ConversionError
     from dualfashion_jax.data.safe_io import FormatError
+    from dualfashion_jax.generation.outputs import check_out_dir
 
+    try:
+        check_out_dir(args.out)
+    except FileExistsError as e:
+        print(f"dualfashion-jax generate: error: {e}", file=sys.stderr)
+        return 2
     try:
         settings = settings_from_args(args)
         from dualfashion_jax.training import distributed

@@ -45,6 +45,21 @@ class RowResult:
     extra_captions: dict[tuple[int, int], list[str]] = dataclasses.field(default_factory=dict)  # GOR, M > 1
 
 
+def check_out_dir(out: str | os.PathLike) -> None:
+    """Refuse an --out that is (or lies inside) an existing file, or a non-empty folder that no `generate` run
+    started (no run.json): generation never writes over files it did not write."""
+    out = pathlib.Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise FileExistsError(f"--out {out}: {p} is an existing file; expected a results folder (a new one, "
+                                      "or one an earlier `generate` run started, to resume)")
+            break
+    if out.is_dir() and not (out / "run.json").is_file() and any(out.iterdir()):  # run.json: runner.RUN_FILE
+        raise FileExistsError(f"--out {out}: a non-empty folder that no `generate` run started (it has no run.json); "
+                              "choose a new or empty folder")
+
+
 def row_dir_name(row: TaskRow) -> str:
     return f"{row.index:06d}_{row.uid}_{row.oid}"
 
