@@ -1,5 +1,6 @@
 """Stage-1/2/3 examples, PFITB/GOR task rows, image preprocessing/latents, and the grain batch pipeline."""
 import json
+import warnings
 
 import jax
 import numpy as np
@@ -110,6 +111,49 @@ def test_stage3_and_task_rows(ds, tok):
     assert r.target == c.candidates[5, 0] == r.candidates[0] and r.outfit == tuple(t.outfits[5])
     assert r.history == ds.history("test")[r.uid] and len(r.preferences) == len(r.sentences) == 4
     assert json.loads(r.preferences[r.blank]) == ds.preference("test")[r.uid][r.categories[r.blank]]["Frequency"]
+
+
+class _Recorder:
+    """Wraps a CaptionTokenizer and records every text the sources hand it."""
+
+    def __init__(self, tok, seen):
+        self.tok, self.seen = tok, seen
+
+    def encode_caption(self, s, **kw):
+        self.seen.append(s)
+        return self.tok.encode_caption(s, **kw)
+
+    def encode(self, texts):
+        self.seen += list(texts)
+        return self.tok.encode(texts)
+
+
+def test_distinct_texts_are_exactly_what_the_sources_tokenize(ds, tok):
+    for src in (E.Stage1Source(ds, tok, use_latents=False), E.Stage2Source(ds, tok, use_latents=False),
+                E.Stage3Source(ds, tok)):
+        seen = []
+        src.texts.tok = _Recorder(tok, seen)
+        for i in range(len(src)):
+            src[i]
+        distinct = src.distinct_texts()
+        assert len(distinct) == len(set(distinct)) and set(distinct) == set(seen), type(src).__name__
+
+
+def test_check_truncation_counts_and_an_unfitting_scaffold_is_an_error(ds, tok):
+    n = tok.check_scaffold()
+    texts = E.Stage2Source(ds, tok, use_latents=False).distinct_texts()
+    n_cut = sum(k > n for k in tok.lengths(texts))
+    assert 0 < n_cut < len(texts)
+    short = tk.CaptionTokenizer.from_pretrained(tok.source, max_length=n)
+    with pytest.warns(tk.TruncationWarning, match=f"stage2 texts: {n_cut} of {len(texts)} texts .*max_length={n}"):
+        found = E.check_truncation(E.Stage2Source(ds, short, use_latents=False), "stage2 texts")
+    assert found.count == n_cut and found.first in texts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert E.check_truncation(E.Stage3Source(ds, tok), "stage3 texts").count == 0
+    too_short = tk.CaptionTokenizer.from_pretrained(tok.source, max_length=n - 1)
+    with pytest.raises(tk.TokenizerError, match="caption scaffold"):
+        E.check_truncation(E.Stage1Source(ds, too_short, use_latents=False), "stage1 texts")
 
 
 def test_latents_are_used_when_present(ds, tok, tmp_path):

@@ -69,3 +69,28 @@ def test_ground_truth_template_reproduces_the_original(tok):
         T.build_template(tok, source="oracle", value_lengths=3)
     stacked = T.stack_templates([t, T.budget_template(tok, 2)])
     assert [a.shape for a in stacked] == [(2, 160)] * 3
+
+
+def test_templates_that_do_not_fit_are_named_errors(tok):
+    n = tok.check_scaffold()
+    short = tk.CaptionTokenizer.from_pretrained(tok.source, max_length=n - 1)
+    with pytest.raises(T.TemplateError, match=f"takes {n} tokens .*max_length={n - 1}") as e:
+        T.budget_template(short, 2)
+    assert f"tokenizer {tok.source} (max_length={n - 1})" in str(e.value)
+    lengths = tok.lengths(CAPS)
+    longest = CAPS[int(np.argmax(lengths))]
+    cut = tk.CaptionTokenizer.from_pretrained(tok.source, max_length=max(lengths) - 1)
+    with pytest.raises(T.TemplateError, match="ground_truth_template") as e:
+        T.build_template(cut, source="ground_truth", gt_caption=longest)
+    assert tok.source in str(e.value)
+
+
+def test_median_value_lengths_leaves_truncated_captions_out_with_a_count(tok):
+    lengths = tok.lengths(CAPS)
+    L = int(np.median(lengths))
+    cut = tk.CaptionTokenizer.from_pretrained(tok.source, max_length=L)
+    n_cut = sum(n > L for n in lengths)
+    assert 0 < n_cut < len(CAPS)
+    with pytest.warns(tk.TruncationWarning, match=f"{n_cut} of {len(CAPS)} texts"):
+        got = T.median_value_lengths(cut, CAPS)
+    assert got == T.median_value_lengths(tok, [c for c, n in zip(CAPS, lengths) if n <= L])

@@ -145,3 +145,54 @@ def test_bpe_words_stay_whole_and_scaffold_is_one_token_each(tmp_path):
     assert tok.decode(ids)[0] == CAPS[0]
     sent = tok.hf.convert_ids_to_tokens(tok.encode(["Recommend a fashion dress item, on white background."])[0][0][:2])
     assert sent == ["Recommend a fashion", "▁dress"]
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_user_symbols_stay_single_tokens_whatever_the_transformers_version(tmp_path, model_type):
+    """The demo's setting (scaffold user symbols, max_length 24): each scaffold piece is one token and the skeleton
+    caption fits with its 4 value spans, also after a reload from spiece.model alone (transformers 5.25 stopped
+    turning a unigram model's user-defined pieces into added tokens, issue #12)."""
+    texts = CAPS * 20 + ["Recommend a fashion dress item, on white background."] * 5
+    scaffold = tk.caption_scaffold()
+    tok = tk.build_test_tokenizer(texts, tmp_path, vocab_size=150, model_type=model_type, max_length=24,
+                                  user_symbols=scaffold)
+    for piece in scaffold:
+        ids = tok.hf(piece, add_special_tokens=False)["input_ids"]
+        assert ids == [tok.hf.convert_tokens_to_ids(piece)], (piece, tok.hf.convert_ids_to_tokens(ids))
+    skeleton = tk.caption_json({k: "x" for k in tk.CAPTION_KEYS})
+    assert len(tok.hf(skeleton)["input_ids"]) <= 24, tok.hf.convert_ids_to_tokens(tok.hf(skeleton)["input_ids"])
+    ids, attn, lab = tok.encode_caption(skeleton)
+    assert int(np.sum(np.diff(np.concatenate([[0], lab, [0]])) == 1)) == 4  # one label run per value
+    assert tok.check_scaffold() == int(attn.sum()) and tok.truncation.count == 0
+    # spiece ids: longest first, then alphabetical (not set order, which changes with PYTHONHASHSEED)
+    assert [s for _, s in tk.spm_user_symbols(tmp_path / "spiece.model")] == sorted(scaffold,
+                                                                                   key=lambda s: (-len(s), s))
+    want = tok.encode_captions(CAPS)[0]
+    for f in tmp_path.iterdir():
+        if f.name != "spiece.model":
+            f.unlink()
+    np.testing.assert_array_equal(tk.CaptionTokenizer.from_pretrained(tmp_path, max_length=24).encode_captions(CAPS)[0],
+                                  want)
+
+
+def test_truncation_is_counted_and_an_unfitting_scaffold_is_named(tok_dir):
+    full = tk.CaptionTokenizer.from_pretrained(tok_dir, max_length=128)
+    lengths = full.lengths(CAPS)
+    n_skeleton = full.check_scaffold()
+    L = max(lengths) - 1
+    assert n_skeleton <= L
+    short = tk.CaptionTokenizer.from_pretrained(tok_dir, max_length=L)
+    short.encode_captions(CAPS)
+    short.encode(["red", "red " * 300])
+    long_caps = [c for c, n in zip(CAPS, lengths) if n > L]
+    assert long_caps and short.truncation.count == len(long_caps) + 1 and short.truncation.total == len(CAPS) + 2
+    assert short.truncation.first == long_caps[0]
+    scan = short.count_truncated(["red", "red " * 300] + CAPS, batch_size=2)
+    assert (scan.count, scan.total, scan.first) == (len(long_caps) + 1, len(CAPS) + 2, "red " * 300)
+    assert short.truncation.total == len(CAPS) + 2  # a scan leaves the running count alone
+    msg = scan.message("stage1 texts", short)
+    assert f"{len(long_caps) + 1} of {len(CAPS) + 2}" in msg and f"max_length={L}" in msg and str(tok_dir) in msg
+    too_short = tk.CaptionTokenizer.from_pretrained(tok_dir, max_length=n_skeleton - 1)
+    with pytest.raises(tk.TokenizerError, match=f"takes {n_skeleton} tokens .* max_length={n_skeleton - 1}") as e:
+        too_short.check_scaffold()
+    assert str(tok_dir) in str(e.value)

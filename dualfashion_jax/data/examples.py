@@ -11,17 +11,19 @@ Stage-2 example i is (row i // 4, target slot i % 4): every outfit item is a tar
 other three items are the context. Preference text = the user's per-category "Frequency" attributes as a
 4-key caption JSON ("Unknown" where absent). Stage-3 preference is all-"Unknown" (no user; inferred, §7.3).
 `cache_items=N` keeps N decoded images in memory (small datasets such as the demo load several times faster).
+Each source's `distinct_texts()` lists what it tokenizes; `check_truncation` counts those longer than max_length.
 """
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from dualfashion_jax.data.format import SafeDataset, sentence_text
 from dualfashion_jax.data.images import item_visuals
-from dualfashion_jax.text.tokenizer import CaptionTokenizer, caption_json
+from dualfashion_jax.text.tokenizer import CaptionTokenizer, Truncation, TruncationWarning, caption_json
 
 _IMAGE_SUFFIX = {"image": "image", "latent": "latent"}
 
@@ -58,6 +60,19 @@ class _Texts:
         return sentence_text(self.ds.categories[int(cid)])
 
 
+def check_truncation(source, what: str) -> Truncation:
+    """Counts the source's distinct texts longer than its tokenizer's max_length; TruncationWarning if any.
+
+    The tokenizer must fit the caption scaffold itself (`CaptionTokenizer.check_scaffold`, TokenizerError).
+    """
+    tok = source.texts.tok
+    tok.check_scaffold()
+    found = tok.count_truncated(source.distinct_texts())
+    if found.count:
+        warnings.warn(found.message(what, tok), TruncationWarning, stacklevel=2)
+    return found
+
+
 class Stage1Source:
     """Stage 1 image/caption pairs from text/stage1.json (or, if absent, one pair per item_info entry)."""
 
@@ -74,6 +89,10 @@ class Stage1Source:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def distinct_texts(self) -> list[str]:
+        """Every caption and t2i prompt this source tokenizes, once each (first-seen order)."""
+        return list(dict.fromkeys(t for _, cap, re_cap in self.records for t in (cap, re_cap)))
 
     def __getitem__(self, i: int) -> dict:
         iid, cap, re_cap = self.records[i]
@@ -108,6 +127,17 @@ class Stage2Source:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
+    def distinct_texts(self) -> list[str]:
+        """Every target caption, preference and sentence this source tokenizes, once each (first-seen order)."""
+        t = self.table
+        rows = self.index // 4
+        iids = t.outfits.ravel()[self.index].tolist()
+        cids = np.asarray(t.category).ravel()[self.index].tolist()
+        uids = np.asarray(t.uids)[rows].tolist()
+        caps = [self.texts.item_caption(i) for i in dict.fromkeys(iids)]
+        prefs = [self.texts.preference(u, c) for u, c in dict.fromkeys(zip(uids, cids))]
+        return list(dict.fromkeys(caps + prefs + [self.texts.sentence(c) for c in dict.fromkeys(cids)]))
+
     def __getitem__(self, i: int) -> dict:
         r, slot = divmod(int(self.index[i]), 4)
         t = self.table
@@ -136,6 +166,12 @@ class Stage3Source:
 
     def __len__(self) -> int:
         return len(self.iids)
+
+    def distinct_texts(self) -> list[str]:
+        """Every augmented caption (the first n_aug, cycled), preference and sentence this source tokenizes."""
+        caps = [c for i in self.iids for c in self.aug[i][: self.n_aug]]
+        sents = [self.texts.sentence(int(self.iid_category[i])) for i in self.iids]
+        return list(dict.fromkeys(caps + [caption_json({})] + sents))
 
     def __getitem__(self, i: int) -> dict:
         iid = self.iids[i]

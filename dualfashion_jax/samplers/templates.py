@@ -8,20 +8,40 @@ spans are replaced by a fixed per-attribute number of MASK tokens. The budget is
 recommended one is `median_value_lengths` over the TRAINING captions (the median token length per key).
 `template_source="ground_truth"` keeps the original.
 
-Written against `text.tokenizer.CaptionTokenizer` (encode_caption, mask_id, pad_id, eos_id, max_length).
+Written against `text.tokenizer.CaptionTokenizer` (encode_caption, lengths, mask_id, pad_id, eos_id, max_length,
+source). A template that does not fit max_length is a `TemplateError`, never a silently truncated template.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from dualfashion_jax.text.tokenizer import CAPTION_KEYS, caption_json
+from dualfashion_jax.text.tokenizer import (CAPTION_KEYS, SKELETON_VALUE, Truncation, TruncationWarning,
+                                            caption_json)
 
 TEMPLATE_SOURCES = ("budget", "ground_truth")
-FILLER = "x"  # placeholder value in the skeleton; its tokens are replaced by MASKs
+FILLER = SKELETON_VALUE  # placeholder value in the skeleton; its tokens are replaced by MASKs
+
+
+class TemplateError(ValueError):
+    """A caption template does not fit the tokenizer; the message names the tokenizer folder and max_length."""
+
+
+def _where(tokenizer) -> str:
+    return f"tokenizer {getattr(tokenizer, 'source', '<in-memory>')} (max_length={tokenizer.max_length})"
+
+
+def _check_fits(tokenizer, caption: str, what: str) -> None:
+    """TemplateError if `caption` takes more than max_length tokens (it would be truncated)."""
+    n = tokenizer.lengths([caption])[0]
+    if n > tokenizer.max_length:
+        raise TemplateError(f"{what}: the caption {caption[:120]!r} takes {n} tokens (EOS included), more than "
+                            f"max_length={tokenizer.max_length} of the {_where(tokenizer)}; raise max_length or use "
+                            "a tokenizer that encodes the caption scaffold in fewer tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +80,20 @@ def _runs_by_key(caption: str, label_mask: np.ndarray) -> dict[str, int] | None:
 def median_value_lengths(tokenizer, captions: Iterable[str]) -> dict[str, int]:
     """Median token length of each attribute value over `captions` (use the training captions), rounded, >= 1."""
     per_key: dict[str, list[int]] = {k: [] for k in CAPTION_KEYS}
-    n = 0
+    n, cut = 0, Truncation()
     for cap in captions:
         n += 1
+        before = tokenizer.truncation.count
         _, _, lm = tokenizer.encode_caption(cap, require_keys=False)
+        was_cut = tokenizer.truncation.count > before
+        cut.add([cap], [was_cut])
+        if was_cut:
+            continue  # a truncated caption's last value run is too short
         runs = _runs_by_key(cap, lm)
         for k, v in (runs or {}).items():
             per_key[k].append(v)
+    if cut.count:
+        warnings.warn(cut.message("median_value_lengths (left out)", tokenizer), TruncationWarning, stacklevel=2)
     empty = [k for k, v in per_key.items() if not v]
     if empty:
         raise ValueError(f"median_value_lengths: no usable value for key(s) {empty} in {n} caption(s); pass "
@@ -97,12 +124,13 @@ def budget_template(tokenizer, value_lengths: Mapping[str, int] | int) -> Captio
     """The default, GT-free template: the canonical skeleton with exactly value_lengths[k] MASKs per value."""
     lengths = _check_lengths(value_lengths)
     skeleton = caption_json({k: FILLER for k in CAPTION_KEYS})
+    _check_fits(tokenizer, skeleton, "budget_template")
     ids, attn, lm = (np.asarray(a).reshape(-1) for a in tokenizer.encode_caption(skeleton))
     n_valid = int(attn.sum())
     runs = value_runs(lm)
     if len(runs) != len(CAPTION_KEYS) or ids[n_valid - 1] != tokenizer.eos_id:
-        raise ValueError(f"budget_template: the skeleton {skeleton!r} tokenized into {len(runs)} value spans "
-                         f"(expected {len(CAPTION_KEYS)}) or was truncated at max_length={tokenizer.max_length}")
+        raise TemplateError(f"budget_template: the skeleton {skeleton!r} tokenized into {len(runs)} value spans "
+                            f"(expected {len(CAPTION_KEYS)}) with the {_where(tokenizer)}")
     out_ids, out_lm, pos = [], [], 0
     for k, (s, e) in zip(CAPTION_KEYS, runs):
         out_ids += ids[pos:s].tolist() + [tokenizer.mask_id] * lengths[k]
@@ -112,8 +140,8 @@ def budget_template(tokenizer, value_lengths: Mapping[str, int] | int) -> Captio
     out_lm += [0] * (n_valid - pos)
     length = ids.shape[0]
     if len(out_ids) > length:
-        raise ValueError(f"budget_template: value lengths {lengths} make a {len(out_ids)}-token template, longer "
-                         f"than the tokenizer's max_length {length}")
+        raise TemplateError(f"budget_template: value lengths {lengths} make a {len(out_ids)}-token template, longer "
+                            f"than the tokenizer's max_length {length} ({_where(tokenizer)})")
     pad = length - len(out_ids)
     t_ids = np.asarray(out_ids + [tokenizer.pad_id] * pad, np.int32)
     t_attn = np.asarray([1] * len(out_ids) + [0] * pad, np.int32)
@@ -122,6 +150,7 @@ def budget_template(tokenizer, value_lengths: Mapping[str, int] | int) -> Captio
 
 def ground_truth_template(tokenizer, caption: str) -> CaptionTemplate:
     """The original template: the GT caption's tokens with its value tokens replaced by MASK (leaks lengths)."""
+    _check_fits(tokenizer, caption, "ground_truth_template")
     ids, attn, lm = (np.asarray(a, np.int32).reshape(-1) for a in tokenizer.encode_caption(caption))
     t_ids = np.where(lm > 0, np.int32(tokenizer.mask_id), ids).astype(np.int32)
     return CaptionTemplate(t_ids, attn, lm, _text(tokenizer, t_ids, attn))

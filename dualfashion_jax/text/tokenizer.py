@@ -4,10 +4,11 @@ Wraps a transformers T5 tokenizer loaded from a local directory (pad = EOS `</s>
 truncated to `max_length` with EOS appended). The label mask marks the tokens that spell the VALUES of the four
 target attributes; the masked text diffusion loss only scores those tokens. Also holds the canonical caption
 formatter, the evaluators' lenient caption parser, and a small on-the-fly sentencepiece tokenizer for tests and
-the demo (no real T5 vocabulary can be downloaded here).
+the demo (no real T5 vocabulary can be downloaded here). Every encode call counts the texts it truncated.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,6 +22,7 @@ CAPTION_KEYS = ("Color", "Material", "Design features", "Clothing Fashion Style"
 MASK_TOKEN = "<extra_id_0>"
 UNKNOWN = "Unknown"
 MIN_BASE_VOCAB = 16  # the transformers "silent stub" has 4 base pieces + 100 extra ids
+SKELETON_VALUE = "x"  # the one-letter value of the scaffold-only caption (`check_scaffold`, caption templates)
 
 # `"<Key>"\s*:\s*"(value)"` per target key; the value group allows escaped quotes.
 _VALUE_RES = {k: re.compile(r'"' + re.escape(k) + r'"\s*:\s*"((?:[^"\\]|\\.)*)"') for k in CAPTION_KEYS}
@@ -36,7 +38,31 @@ class CaptionError(ValueError):
 
 
 class TokenizerError(ValueError):
-    """A tokenizer directory is missing, a stub, or lacks the mask token."""
+    """A tokenizer directory is missing, a stub, lacks the mask token, or cannot fit the caption scaffold."""
+
+
+class TruncationWarning(UserWarning):
+    """Texts longer than the tokenizer's max_length were cut; the message gives the count and the first one."""
+
+
+@dataclasses.dataclass
+class Truncation:
+    """How many of `total` texts were longer than max_length tokens (EOS included); `first` is the first such."""
+    count: int = 0
+    total: int = 0
+    first: str | None = None
+
+    def add(self, texts: Sequence[str], truncated: Sequence[bool]) -> "Truncation":
+        for t, cut in zip(texts, truncated):
+            if cut and self.first is None:
+                self.first = t
+        self.count += int(sum(bool(c) for c in truncated))
+        self.total += len(texts)
+        return self
+
+    def message(self, what: str, tokenizer: "CaptionTokenizer") -> str:
+        return (f"{what}: {self.count} of {self.total} texts are longer than max_length={tokenizer.max_length} "
+                f"tokens of the tokenizer {tokenizer.source} and were truncated; first: {_quote(self.first or '')}")
 
 
 def _quote(text: str, n: int = 80) -> str:
@@ -144,6 +170,7 @@ class CaptionTokenizer:
         self.eos_id = int(tok.eos_token_id)
         self.vocab_size = len(tok)
         self.source = source
+        self.truncation = Truncation()  # every text encoded so far, and how many of them were cut
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, max_length: int = 256, **kw) -> "CaptionTokenizer":
@@ -159,11 +186,45 @@ class CaptionTokenizer:
             tok = T5Tokenizer.from_pretrained(str(p))
         except (OSError, ValueError) as e:
             raise TokenizerError(f"{p}: cannot load a T5 tokenizer: {e}") from None
+        register_user_symbols(tok, p / "spiece.model")
         return cls(tok, max_length=max_length, source=str(p), **kw)
 
     def _call(self, texts: Sequence[str], offsets: bool):
-        return self.hf(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
-                       add_special_tokens=True, return_offsets_mapping=offsets)
+        enc = self.hf(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                      add_special_tokens=True, return_offsets_mapping=offsets)
+        self.truncation.add(texts, self._truncated(texts, enc))
+        return enc
+
+    def _truncated(self, texts: Sequence[str], enc) -> list[bool]:
+        """Per text: was it cut to max_length (the backend's overflow, else an untruncated length check)."""
+        if getattr(enc, "encodings", None) is not None:
+            return [bool(e.overflowing) for e in enc.encodings]
+        return [n > self.max_length for n in self.lengths(texts)]
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Untruncated token counts (EOS included) of `texts`."""
+        return [len(x) for x in self.hf(list(texts), add_special_tokens=True, truncation=False)["input_ids"]]
+
+    def count_truncated(self, texts: Iterable[str], *, batch_size: int = 4096) -> Truncation:
+        """How many of `texts` are longer than max_length tokens (a scan; the tokenizer's own count is untouched)."""
+        texts, out = list(texts), Truncation()
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            enc = self.hf(chunk, truncation=True, max_length=self.max_length, add_special_tokens=True)
+            out.add(chunk, self._truncated(chunk, enc))
+        return out
+
+    def check_scaffold(self, keys: Sequence[str] = CAPTION_KEYS) -> int:
+        """The token count of a 4-key caption with one-letter values; TokenizerError if it exceeds max_length."""
+        skeleton = caption_json({k: SKELETON_VALUE for k in keys})
+        n = self.lengths([skeleton])[0]
+        if n > self.max_length:
+            pieces = self.hf.convert_ids_to_tokens(self.hf(skeleton)["input_ids"])
+            raise TokenizerError(
+                f"tokenizer {self.source}: the caption scaffold {skeleton!r} takes {n} tokens (EOS included), more "
+                f"than max_length={self.max_length}, so every caption would be truncated; pieces: {pieces}. Raise "
+                "max_length or use a tokenizer whose scaffold pieces ('{\"', 'Color\": \"', ...) are single tokens")
+        return n
 
     def encode(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """texts -> (ids [N, max_length] int32, attention_mask [N, max_length] int32)."""
@@ -205,6 +266,45 @@ class CaptionTokenizer:
         return [_VALUE_START_SPACE.sub(r"\1", t) for t in texts]
 
 
+# ------------------------------------------------------------------------------------- sentencepiece user symbols
+def spm_user_symbols(spiece: str | os.PathLike) -> list[tuple[int, str]]:
+    """(id, piece) of every USER_DEFINED piece of a sentencepiece model file."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(Path(spiece).read_bytes())
+    return [(i, p.piece) for i, p in enumerate(proto.pieces) if p.type == pb.ModelProto.SentencePiece.USER_DEFINED]
+
+
+def register_user_symbols(hf_tokenizer, spiece: str | os.PathLike) -> None:
+    """Make every user-defined piece of `spiece` (if the file exists) an added token that keeps its id.
+
+    transformers 5.23 converts those pieces to added tokens (split out of the raw text, never normalized); 5.25
+    does so only for BPE models, so a unigram model's pieces meet T5's whitespace pre-tokenizer and are cut
+    apart. Registering them here gives identical ids whatever the version; TokenizerError if one then is not
+    exactly one token of its own id.
+    """
+    from transformers import AddedToken
+
+    path = Path(spiece)
+    if not path.is_file():
+        return
+    symbols = spm_user_symbols(path)
+    if not symbols:
+        return
+    vocab = hf_tokenizer.get_vocab()
+    moved = [(s, i, vocab.get(s)) for i, s in symbols if vocab.get(s) != i]
+    if moved:
+        raise TokenizerError(f"{path}: user-defined pieces have other ids in the loaded tokenizer "
+                             f"(piece, spiece id, loaded id): {moved[:5]}")
+    hf_tokenizer.add_tokens([AddedToken(s, normalized=False, special=False, lstrip=False, rstrip=False,
+                                        single_word=False) for _, s in symbols])
+    got = hf_tokenizer([s for _, s in symbols], add_special_tokens=False)["input_ids"]
+    bad = [(s, g) for (i, s), g in zip(symbols, got) if list(g) != [i]]
+    if bad:
+        raise TokenizerError(f"{path}: user-defined pieces do not encode to their one id (piece, ids): {bad[:5]}")
+
+
 # --------------------------------------------------------------------------------------- test tokenizer builder
 def _bpe_as_fewest_pieces_unigram(model: bytes) -> bytes:
     """A trained BPE sentencepiece model re-labelled as a unigram model whose normal pieces all score -1.
@@ -238,8 +338,8 @@ def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vo
     reloads it. `vocab_size` is a soft limit (small corpora yield fewer pieces). Used by tests and the demo.
     `model_type="bpe"` suits tiny, repetitive corpora (the demo's), where unigram seeding finds only ~70 pieces.
     `user_symbols` (e.g. `caption_scaffold(...)`, fixed sentence parts) become single pieces, so a 4-key
-    caption takes ~23 tokens instead of ~38. transformers splits the text at them and prefixes every chunk
-    with the word marker, so the model is trained on those chunks (words then exist as '▁word' pieces).
+    caption takes ~23 tokens instead of ~38. They are added tokens (`register_user_symbols`): the text is split
+    at them and every chunk gets the word marker, so the model is trained on those chunks ('▁word' pieces).
     """
     import sentencepiece as spm
     from transformers import T5Tokenizer
@@ -249,7 +349,7 @@ def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vo
         raise ValueError("build_test_tokenizer: no training texts given")
     if extra_ids < 1:
         raise ValueError(f"build_test_tokenizer: extra_ids must be >= 1 (the MASK is <extra_id_0>), got {extra_ids}")
-    symbols = sorted({s for s in user_symbols if s.strip()}, key=len, reverse=True)  # longest match first
+    symbols = sorted({s for s in user_symbols if s.strip()}, key=lambda s: (-len(s), s))  # longest first, fixed ids
     if symbols:
         split = re.compile("|".join(map(re.escape, symbols)))
         texts = [c.strip() for t in texts for c in split.split(t) if c.strip()] + symbols
@@ -263,6 +363,7 @@ def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vo
     model = buf.getvalue() if model_type != "bpe" else _bpe_as_fewest_pieces_unigram(buf.getvalue())
     (out / "spiece.model").write_bytes(model)
     tok = T5Tokenizer.from_pretrained(str(out), extra_ids=int(extra_ids))
+    register_user_symbols(tok, out / "spiece.model")
     n_extra = sum(1 for t in tok.get_vocab() if t.startswith("<extra_id_"))
     if n_extra != extra_ids:
         raise TokenizerError(f"{out}: expected {extra_ids} extra ids after loading, found {n_extra}")

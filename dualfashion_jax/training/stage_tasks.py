@@ -156,6 +156,7 @@ def _build(config, stage: str) -> Task:
         make_data = lambda pi, pc: _StageData({"main": stream(src, seed)(pi, pc)},  # noqa: E731
                                               lambda ex: _stage3_batch(ex["main"], kind))
         visual_keys = ()
+    examples.check_truncation(src, f"{stage} texts of {d.dir}")  # scaffold fits (else error); cut texts counted
 
     frozen = {"t5": t5_spec}
     latent_hw = None

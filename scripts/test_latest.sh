@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Tests setup.py's bounds: a second venv (.venv-latest or $VENV_LATEST) gets the NEWEST versions setup.py allows
+# (no constraints.txt; torch==2.13.0 first, as any other torch pulls a multi-GB CUDA build), then runs the
+# tokenizer tests and the fast demo test in it. Reuses the venv and upgrades it on later runs.
+# Usage: bash scripts/test_latest.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV_LATEST="${VENV_LATEST:-$PWD/.venv-latest}"
+PY="${PYTHON:-python3}"
+TORCH_PIN="$(mktemp)"
+trap 'rm -f "$TORCH_PIN"' EXIT
+echo "torch==2.13.0" > "$TORCH_PIN"
+t0=$SECONDS
+if [ ! -x "$VENV_LATEST/bin/python" ]; then "$PY" -m venv "$VENV_LATEST"; fi
+PIP=("$VENV_LATEST/bin/pip" install -q --disable-pip-version-check -c "$TORCH_PIN")
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" --upgrade --upgrade-strategy eager -e ".[test]"
+"$VENV_LATEST/bin/python" - <<'EOF'
+from importlib import metadata
+print("[test_latest] " + ", ".join(f"{p} {metadata.version(p)}" for p in
+      ("transformers", "tokenizers", "sentencepiece", "jax", "flax", "optax", "orbax-checkpoint", "grain", "numpy")))
+EOF
+echo "[test_latest] install: $((SECONDS - t0)) s"
+t1=$SECONDS
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+set +e
+"$VENV_LATEST/bin/python" -m pytest -q -rs tests/test_tokenizer.py tests/test_demo.py "$@"
+rc=$?
+set -e
+echo "[test_latest] tests: $((SECONDS - t1)) s (rc $rc)"
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi
+exit "$rc"
