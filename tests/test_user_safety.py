@@ -323,3 +323,13 @@ def test_inception_loader_gets_the_same_refusal(tmp_path):
     with pytest.raises(ConversionError, match="holds pickled Python objects") as e:
         load_inception_v3(tmp_path / "inception.pth")
     assert "weights_only` set to `False" not in str(e.value)
+
+
+def test_garbage_torch_file_is_named_without_the_unsafe_advice(tmp_path):
+    from dualfashion_jax.conversion.common import ConversionError, UnsafePickleError, read_weights
+
+    (tmp_path / "g.bin").write_bytes(b"xyz garbage" * 10)
+    with pytest.raises(ConversionError, match=r"g.bin: not a plain torch weights file \(the safe loader stopped at: "
+                                              r"Unsupported operand 120\)") as e:
+        read_weights(tmp_path / "g.bin")
+    assert not isinstance(e.value, UnsafePickleError) and "weights_only" not in str(e.value)

@@ -69,18 +69,23 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: not repeated here
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" (it references {found.group(1)})" if found else ""
-        raise UnsafePickleError(
-            f"{path}: holds pickled Python objects, not only tensors{what}; they are not loaded, for safety "
-            "(unpickling can run arbitrary code). Save the weights once as a plain state dict "
-            "(torch.save(model.state_dict(), path)) or as .safetensors, where you trust the file") from None
+        if found:
+            raise UnsafePickleError(
+                f"{path}: holds pickled Python objects, not only tensors (it references {found.group(1)}); they are "
+                "not loaded, for safety (unpickling can run arbitrary code). Save the weights once as a plain state "
+                "dict (torch.save(model.state_dict(), path)) or as .safetensors, where you trust the file") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        raise ConversionError(f"{path}: not a plain torch weights file (the safe loader stopped at: "
+                              f"{detail.group(1) if detail else 'an unsupported pickle instruction'}); a corrupt file, "
+                              "or pickled Python objects, which are not loaded for safety") from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ConversionError(f"{path}: cannot be read as a torch weights file (truncated or corrupt download?): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty file'}") from None
+        hint = "" if "TorchScript" in str(e) else " (truncated or corrupt download?)"
+        raise ConversionError(f"{path}: cannot be read as a torch weights file{hint}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'empty file'}") from None
     if isinstance(obj, torch.Tensor):
         return {"": _torch_to_numpy(obj)}
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
