@@ -49,7 +49,7 @@ def base(stage: str, total_steps: int, batch_size: int) -> mlc.ConfigDict:
     c.init_from_ema = False
     c.debug_step_delay_s = 0.0
     c.optim = optim()
-    c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))  # dcn_data: slices/nodes over `data`
     c.sharding = mlc.ConfigDict(dict(rules="fsdp", overrides={}))
     c.checkpoint = mlc.ConfigDict(dict(every_steps=2500, keep=3, async_save=True))
     c.model = mlc.ConfigDict()

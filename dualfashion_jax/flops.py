@@ -10,12 +10,16 @@ Counting (jax_anchors.md §5.2; one multiply-add = 2 FLOPs; docs/performance.md 
 * training = forward + backward; backward = 2 x forward (dX and dW), except layers whose input needs no
   gradient (patch embed, context embedder, timestep MLP input layer, matching MLP input layer): dW only, 1 x.
   Remat recompute is NOT counted (that is HFU, not MFU); frozen T5 FLOPs are reported separately.
+Cross-check against a compiled step with `compiled_matmul_flops` (the optimized HLO's dots and convolutions,
+while-loop trip counts applied): `compiled.cost_analysis()` counts a scanned trunk's body once, i.e. under-counts
+it by the number of layers.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
+from dualfashion_jax.sharding import hlo_stats
 
 # Dense bf16 peak FLOP/s per chip (jax_anchors.md §5.1; H100 SXM 989 is the dense, not the sparsity, figure).
 PEAK_BF16: dict[str, float] = {"h100": 989e12, "h200": 989e12, "v5p": 459e12, "v6e": 918e12, "v7x": 2307e12}
@@ -119,6 +123,11 @@ def t5_forward_flops(t5_cfg, tokens: int) -> float:
 
 
 T5_SEGMENTS_PER_SAMPLE = {"stage1": 2, "stage2": 3, "stage3": 3, "pfitb": 3}  # T5 passes of L tokens
+
+
+def compiled_matmul_flops(compiled) -> float:
+    """Per-device matmul FLOPs of a compiled program, loop trip counts applied (sharding/hlo_stats.py)."""
+    return hlo_stats.analyze_text(compiled.as_text()).matmul_flops
 
 
 def mfu(step_flops: float, step_time: float, n_chips: int, peak: float | str) -> float:

@@ -5,6 +5,7 @@
 #   sbatch ... launch/gpu_slurm.sh --generate -- --task pfitb --checkpoint W --out /shared/results/pfitb
 # Dry run (no SLURM needed; simulates a job):
 #   launch/gpu_slurm.sh --dry-run --nodes node[01-04] --config C --workdir W
+# --dcn-data N: hybrid mesh, the `data` axis across N nodes and fsdp/tensor inside each (config.mesh.dcn_data).
 # Each task exports JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, which
 # dualfashion_jax.training.distributed reads before jax.distributed.initialize().
 #SBATCH --job-name=dualfashion
@@ -12,7 +13,7 @@
 #SBATCH --exclusive
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-MODE="train" CONFIG="" WORKDIR="" PRESET="h100" PORT="${JAX_COORDINATOR_PORT:-12345}" NODES="${SLURM_JOB_NODELIST:-}" EXTRA=()
+DCN_DATA="" MODE="train" CONFIG="" WORKDIR="" PRESET="h100" PORT="${JAX_COORDINATOR_PORT:-12345}" NODES="${SLURM_JOB_NODELIST:-}" EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) CONFIG="$2"; shift 2 ;;
@@ -22,6 +23,7 @@ while [ $# -gt 0 ]; do
     --nodes) NODES="$2"; shift 2 ;;
     --generate) MODE="generate"; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --dcn-data) DCN_DATA="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown flag $1 (see the header of $0)" ;;
   esac
@@ -29,7 +31,9 @@ done
 if [ "$MODE" = train ]; then
   [ -n "$CONFIG" ] || die "--config is required"
   [ -n "$WORKDIR" ] || die "--workdir is required"
-  CMD=(dualfashion-jax train --config "$CONFIG" --workdir "$WORKDIR" "${EXTRA[@]}")
+  CMD=(dualfashion-jax train --config "$CONFIG" --workdir "$WORKDIR")
+  [ -n "$DCN_DATA" ] && CMD+=("--config.mesh.dcn_data=$DCN_DATA")
+  CMD+=("${EXTRA[@]}")
 else
   [ ${#EXTRA[@]} -gt 0 ] || die "--generate needs the generate flags after -- (e.g. -- --task pfitb --checkpoint W --out O)"
   CMD=(dualfashion-jax generate "${EXTRA[@]}")

@@ -5,10 +5,11 @@
 #                     --workdir gs://bucket/run [--preset v5p|v6e] [--repo-dir ~/dualfashion_jax] [--setup] [--dry-run]
 #   launch/tpu_pod.sh --tpu NAME --zone ZONE --generate -- --task pfitb --checkpoint gs://b/run --out /shared/pfitb
 #     (generation: rows dealt over the hosts; --out must be a folder every host writes to)
+# --slices N: multi-slice hybrid mesh, the `data` axis across N slices, fsdp/tensor inside (config.mesh.dcn_data).
 # --setup first installs the project on every worker (git checkout must already be there: rsync/clone it).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-MODE="train" TPU="" ZONE="" PROJECT="" CONFIG="" WORKDIR="" PRESET="v5p" REPO_DIR="~/dualfashion_jax" SETUP=0 EXTRA=()
+SLICES="" MODE="train" TPU="" ZONE="" PROJECT="" CONFIG="" WORKDIR="" PRESET="v5p" REPO_DIR="~/dualfashion_jax" SETUP=0 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --tpu) TPU="$2"; shift 2 ;;
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
     --setup) SETUP=1; shift ;;
     --generate) MODE="generate"; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --slices) SLICES="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown flag $1 (see the header of $0)" ;;
   esac
@@ -36,5 +38,6 @@ if [ "$SETUP" = 1 ]; then
 fi
 REMOTE="cd $REPO_DIR && ${PRESET_EXPORTS} export DUALFASHION_DISTRIBUTED=1; .venv/bin/dualfashion-jax"
 if [ "$MODE" = train ]; then REMOTE+=" train --config $CONFIG --workdir $WORKDIR"; else REMOTE+=" generate"; fi
+[ "$MODE" = train ] && [ -n "$SLICES" ] && REMOTE+=" --config.mesh.dcn_data=$SLICES"
 [ ${#EXTRA[@]} -gt 0 ] && REMOTE+=" ${EXTRA[*]}"
 run_or_print "${GCLOUD[@]}" --command "$REMOTE"

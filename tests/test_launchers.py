@@ -69,3 +69,14 @@ def test_single_host_dry_run():
 def test_launcher_errors(script, args, msg):
     p = _run(script, *args, ok=False)
     assert p.returncode == 2 and msg in p.stderr
+
+
+def test_hybrid_mesh_flags_reach_the_train_command():
+    """--dcn-data / --slices put config.mesh.dcn_data on every process's train command (before user overrides)."""
+    out = _run("gpu_slurm.sh", "--dry-run", "--nodes", "gpu[01-02]", "--dcn-data", "2", "--config", "c.py",
+               "--workdir", "/w", "--", "--config.optim.lr=1e-5").stdout
+    cmds = [shlex.split(l) for l in out.splitlines() if l.startswith("env ")]
+    assert len(cmds) == 2 and all(c[-2:] == ["--config.mesh.dcn_data=2", "--config.optim.lr=1e-5"] for c in cmds)
+    out = _run("tpu_pod.sh", "--dry-run", "--tpu", "p", "--zone", "z", "--slices", "4", "--config", "c.py",
+               "--workdir", "gs://b/r").stdout
+    assert shlex.split(out.strip().splitlines()[-1])[-1].endswith("--workdir gs://b/r --config.mesh.dcn_data=4")

@@ -160,3 +160,14 @@ def test_sharded_step_matches_single_device(single_device, mesh_sizes, preset):
     if preset == "fsdp":  # really sharded: each device holds 1/8 of the embed dim
         assert q.sharding.spec == P(None, "fsdp")
         assert q.addressable_shards[0].data.shape == (2, 8, 64)
+
+
+def test_hybrid_mesh_puts_data_across_slices():
+    """dcn_data=2: the data axis spans 2 "slices" (CPU fallback: blocks of 4 consecutive devices), fsdp inside."""
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": -1, "tensor": 1, "dcn_data": 2})
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    ids = np.vectorize(lambda d: d.id)(mesh.devices)
+    assert ids[0].ravel().tolist() == [0, 1, 2, 3] and ids[1].ravel().tolist() == [4, 5, 6, 7]
+    assert dict(mesh_lib.make_mesh({"fsdp": -1, "dcn_data": 1}).shape)["fsdp"] == 8
+    with pytest.raises(ValueError, match="dcn_data=3 must divide the data axis size 2"):
+        mesh_lib.make_mesh({"data": 2, "fsdp": -1, "dcn_data": 3})

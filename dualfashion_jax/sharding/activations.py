@@ -14,7 +14,7 @@ import contextvars
 from typing import Iterator, Sequence
 
 import jax
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 
 from dualfashion_jax.sharding import axes, partition, rules as rules_lib
 
@@ -27,6 +27,7 @@ LOGITS = (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB)        # [B, L, V] text-
 VECTOR = (axes.ACT_BATCH, axes.ACT_EMBED)                      # [B, D] per-sample vectors (temb)
 
 _RULES: contextvars.ContextVar[rules_lib.Rules | None] = contextvars.ContextVar("activation_rules", default=None)
+_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("activation_constraints", default=True)
 
 
 @contextlib.contextmanager
@@ -39,6 +40,16 @@ def use_rules(rules: rules_lib.Rules | None) -> Iterator[None]:
         _RULES.reset(token)
 
 
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Traces without activation constraints (benchmarks/partitioning.py --no_constraints: the 'before' layout)."""
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
 def current_rules() -> rules_lib.Rules:
     return _RULES.get() or rules_lib.ACTIVATION_DEFAULT
 
@@ -46,7 +57,7 @@ def current_rules() -> rules_lib.Rules:
 def _mesh():
     """The abstract mesh being traced under, or None when there is none / it has one device."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    if mesh.empty or mesh.size == 1 or not _ENABLED.get():
         return None
     return mesh
 
@@ -64,6 +75,8 @@ def constrain(x: jax.Array, logical: Sequence[str | None], name: str = "activati
     if mesh is None:
         return x
     spec = spec_for(x.shape, logical, mesh, current_rules(), name)
+    if all(t == AxisType.Explicit for t in mesh.axis_types):  # explicit-sharding meshes: a constraint asserts
+        return jax.sharding.reshard(x, spec)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 

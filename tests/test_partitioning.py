@@ -1,0 +1,136 @@
+"""Partitioning regressions: the compiled steps on 1 and 4 fake devices (one subprocess each, via
+benchmarks/partitioning.py --_child, so this process keeps its 8 devices) split the batch, not the model width.
+
+Checked per device at a fixed per-device batch of 2: matmul FLOPs = the 1-device step's (total / N) within 2 %;
+temp memory does not grow with N; no collective moves a full-batch activation (stage 1 / 2 with the frozen T5
+and VAE inside, and the sampler, included); in fsdp every weight is all-gathered 1.0-2.0x per train step
+(ZeRO-3: forward gather + backward re-gather) and 1.0x per sampler forward. Plus hlo_stats on hand-made HLO.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from dualfashion_jax.sharding import activations, axes, hlo_stats as hs, mesh as mesh_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "partitioning.py")
+
+
+def _rows(n: int, programs: str, modes: str, layers: str) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    proc = subprocess.run([sys.executable, SCRIPT, "--_child", "--devices", str(n), "--programs", programs,
+                           "--modes", modes, "--layers", layers], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    return {(r["program"], r["mode"], r["layers"], r["devices"]): r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def bench_rows():
+    """The synthetic train step, fsdp, scanned and unrolled trunk, on 1 and 4 devices (+ fsdp_tp on 4)."""
+    rows = _rows(1, "bench", "fsdp", "scan,unroll")
+    rows.update(_rows(4, "bench", "fsdp,fsdp_tp", "scan,unroll"))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def stage_rows():
+    """Stage-1 / stage-2 train steps and the sampler, fsdp, scanned, on 1 and 4 devices."""
+    rows = _rows(1, "stage1,stage2,sampling", "fsdp", "scan")
+    rows.update(_rows(4, "stage1,stage2,sampling", "fsdp", "scan"))
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layers", ["scan", "unroll"])
+def test_fsdp_step_splits_the_batch(bench_rows, layers):
+    one, four = bench_rows[("bench", "fsdp", layers, 1)], bench_rows[("bench", "fsdp", layers, 4)]
+    assert four["gflops"] == pytest.approx(one["gflops"], rel=0.02)  # total / N at a fixed per-device batch
+    assert four["temp_mib"] <= 1.05 * one["temp_mib"], (four["temp_mib"], one["temp_mib"])
+    assert four["args_mib"] < 0.5 * one["args_mib"]  # params + AdamW + EMA sharded 4 ways
+    assert four["full_batch_mib"] == 0.0, four["collectives"]
+    assert 1.0 <= four["gathered_weight_ratio"] <= 2.0, four["gathered_weight_ratio"]
+    assert not any(k.startswith("all-reduce:activations") for k in four["collectives"]), four["collectives"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layers", ["scan", "unroll"])
+def test_fsdp_tp_step_splits_batch_and_heads(bench_rows, layers):
+    one, four = bench_rows[("bench", "fsdp", layers, 1)], bench_rows[("bench", "fsdp_tp", layers, 4)]
+    assert four["gflops"] == pytest.approx(one["gflops"], rel=0.02)
+    assert four["full_batch_mib"] == 0.0, four["collectives"]
+    assert four["temp_mib"] <= 1.05 * one["temp_mib"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", ["stage1", "stage2", "sampling"])
+def test_stage_steps_and_sampler_split_the_batch(stage_rows, program):
+    one, four = stage_rows[(program, "fsdp", "scan", 1)], stage_rows[(program, "fsdp", "scan", 4)]
+    assert four["gflops"] == pytest.approx(one["gflops"], rel=0.02)
+    assert four["full_batch_mib"] == 0.0, four["collectives"]
+    assert four["temp_mib"] <= 1.05 * one["temp_mib"], (four["temp_mib"], one["temp_mib"])
+    assert four["gathered_weight_ratio"] >= 1.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# hlo_stats and the constraint helper in this process (no compile of the model).
+# ------------------------------------------------------------------------------------------------------------
+HLO = """HloModule m, entry_computation_layout={()->f32[]}
+
+%body (p: (s32[], f32[8,32])) -> (s32[], f32[8,32]) {
+  %p = (s32[], f32[8,32]{1,0}) parameter(0)
+  %h = f32[8,32]{1,0} get-tuple-element(%p), index=1
+  %w = f32[32,64]{1,0} all-gather(f32[32,16]{1,0} %h), replica_groups={{0,1,2,3}}, dimensions={1}
+  %d = f32[8,64]{1,0} dot(%h, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %ar = f32[32,8]{1,0} all-reduce(%h), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %t = (s32[], f32[8,32]{1,0}) tuple(%i, %h)
+}
+
+ENTRY %main () -> f32[] {
+  %init = (s32[], f32[8,32]{1,0}) tuple(%a, %b)
+  %loop = (s32[], f32[8,32]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"6"}}
+  %ids = s32[8,12]{1,0} all-gather(%x), dimensions={0}
+  ROOT %r = f32[] constant(0)
+}
+"""
+
+
+def test_hlo_stats_applies_trip_counts_and_classifies():
+    st = hs.analyze_text(HLO)
+    assert st.matmul_flops == 6 * 2 * 8 * 64 * 32 and st.unknown_trip_loops == 0
+    summ = hs.summarize(st, hs.param_keys([(6, 32, 64)], stacked_layers=[6]), hs.full_batch_dims(8, 2, [12]))
+    assert summ[("all-gather", "weights")] == {"count": 6.0, "bytes": 6 * 32 * 64 * 4}
+    assert summ[("all-reduce", "activations (full batch)")]["count"] == 6.0  # [B=8, 32] is the global batch
+    assert summ[("all-gather", "indices")]["bytes"] == 8 * 12 * 4
+    assert hs.param_keys([(64, 384)], shard_factors=[2]) >= {(64, 384), (64, 192), (32, 384)}
+
+
+def test_trip_counted_flops_of_a_scanned_grad():
+    """cost_analysis counts the scan body once; hlo_stats counts all 5 layers' forward + 2 backward matmuls."""
+    def f(w, x):
+        return jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), x, w)[0].sum()
+
+    c = jax.jit(jax.grad(f)).lower(jax.ShapeDtypeStruct((5, 32, 32), jnp.float32),
+                                   jax.ShapeDtypeStruct((8, 32), jnp.float32)).compile()
+    assert hs.analyze_text(c.as_text()).matmul_flops == 3 * 5 * 2 * 8 * 32 * 32
+
+
+def test_constrain_is_a_noop_without_mesh_and_shards_under_one():
+    x = jnp.ones((8, 4, 16))
+    assert activations.constrain(x, activations.RESIDUAL) is x
+    mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})  # the project's meshes: Auto axes
+
+    def f(a):
+        return activations.constrain(a * 2, (axes.ACT_BATCH, None, axes.ACT_MLP))
+
+    with jax.set_mesh(mesh):
+        out = jax.jit(f)(x)
+        assert out.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, "tensor")
+        with activations.disabled():
+            assert jax.jit(lambda a: f(a)).lower(x).compile().output_shardings.spec != out.sharding.spec  # retraced
