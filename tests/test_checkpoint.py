@@ -93,7 +93,8 @@ def stage3(tmp_path_factory):
     root = tmp_path_factory.mktemp("s3")
     ds = SafeDataset(make_dataset(root / "data", seed=0, image_size=32, num_users=16, verbose=False))
     texts = [json.dumps(v["elements"]) for v in ds.item_info.values()] + list(ds.categories.values())
-    tk.build_test_tokenizer(texts, root / "tokenizer", vocab_size=200, max_length=32)
+    tk.build_test_tokenizer(texts, root / "tokenizer", vocab_size=200, max_length=32,
+                            user_symbols=tk.caption_scaffold())
     config = (os.path.join(ROOT, "configs", "stage3_demo.py") +
               f":data={root / 'data'},tokenizer={root / 'tokenizer'},steps=6,init_from=")
     _run(root / "ref", "--config.checkpoint.every_steps=3", config=config)

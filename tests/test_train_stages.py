@@ -21,7 +21,7 @@ def demo(tmp_path_factory):
     ds = SafeDataset(data)
     texts = [json.dumps(v["elements"]) for v in ds.item_info.values()] + list(ds.categories.values())
     tk.build_test_tokenizer(texts + ["Recommend a fashion item, on white background."], root / "tokenizer",
-                            vocab_size=200, max_length=32)
+                            vocab_size=200, max_length=32, user_symbols=tk.caption_scaffold())
     return root
 
 
