@@ -1,6 +1,7 @@
 """`dualfashion-jax demo --out OUT [--fast]`: the whole pipeline offline on the built-in synthetic dataset.
 
-Phases (each skipped when its output is already complete, so a rerun resumes where the last one stopped):
+Phases (OUT/phases.json records what each was built from: a rerun skips finished ones, resumes an interrupted one and
+redoes, after moving its old output to OUT/stale/, any phase whose inputs changed; OUT/plan.json ties OUT to one plan):
   data       `data make-demo` equivalent: OUT/data (safe format + oracle truth)
   vae        the stand-in VAE (space-to-depth pixel autoencoder, models/pixel_ae.py) fitted to the images'
              mean/std, saved as a converted VAE (OUT/vae), and `encode-latents` -> OUT/data/latents
@@ -9,7 +10,8 @@ Phases (each skipped when its output is already complete, so a rerun resumes whe
              (the frozen random `small_demo` T5 is saved by training to OUT/stage*/frozen/t5)
   generate   PFITB and GOR for the whole test split from the stage-3 workdir -> OUT/generations/{pfitb,gor}
   evaluate   oracle + network metrics per task -> OUT/generations/<task>/report.{json,md}; table printed
-OUT/README.md says where everything is; OUT/timings.json has each phase's wall time.
+OUT/README.md says where everything is; OUT/timings.json has each phase's wall time. SIGTERM / SIGINT stop the
+whole demo (exit 143 / 130) after the running stage saved a checkpoint; rerun the same command to resume.
 The demo settings (`DemoPlan`) were tuned on a 2-core CPU; see docs/demo.md.
 """
 from __future__ import annotations
@@ -19,14 +21,18 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
-from typing import Any, Callable
+from typing import Callable
+
+from dualfashion_jax import demo_state
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
-PFITB_METRICS = "oracle,clip_score,fid,lpips"
-GOR_METRICS = "oracle,clip_score"
+PFITB_METRICS = "oracle,fid,lpips"  # every network real-weight (installed by scripts/install.sh)
+GOR_METRICS = "oracle,lpips"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +72,7 @@ class DemoPlan:
         return cls(num_users=16, vocab_size=200, model=(("num_layers", 2), ("num_heads", 2), ("head_dim", 16),
                                                         ("matching_hidden", 32), ("patch_size", 1)),
                    steps=(24, 8, 4), batch=(8, 8, 8), gen_rows=4, image_steps=2, caption_steps=2, rows_per_batch=4,
-                   metrics="oracle", gor_metrics="oracle")
+                   metrics=PFITB_METRICS, gor_metrics=GOR_METRICS)  # the real-weight metric paths, on 4 rows
 
 
 # --------------------------------------------------------------------------------------------------- phases
@@ -172,6 +178,8 @@ def train_stage(out: pathlib.Path, plan: DemoPlan, stage: int) -> pathlib.Path:
     if (wd / "checkpoints" / str(plan.steps[stage - 1])).is_dir():
         return wd
     res = train.run(stage_config(out, plan, stage), str(wd))
+    if res["exit"] != "done":  # SIGTERM / SIGINT: the stage saved its checkpoint; later stages must not start
+        raise demo_state.DemoInterrupted(res["exit"].upper(), f"stage{stage}")
     print(f"stage {stage}: step {res['step']}, last loss {res['metrics'].get('loss', float('nan')):.4f}; "
           f"loss curve {res['loss_curve']}")
     return wd
@@ -192,13 +200,12 @@ def generate(out: pathlib.Path, plan: DemoPlan, task: str) -> pathlib.Path:
     return res
 
 
-def evaluate(out: pathlib.Path, plan: DemoPlan, task: str) -> dict:
-    """`dualfashion-jax evaluate` on one task's results; returns report.json."""
+def evaluate(out: pathlib.Path, plan: DemoPlan, task: str, strict: bool = False) -> None:
+    """`dualfashion-jax evaluate` on one task's results -> report.json / report.md beside them."""
     res = out / "generations" / task
     metrics = plan.metrics if task == "pfitb" else plan.gor_metrics
     _cli(["evaluate", "--results", str(res), "--task", task, "--data", str(out / "data"), "--metrics", metrics,
-          "--no-progress"], f"evaluate {task}")
-    return json.loads((res / "report.json").read_text())
+          "--no-progress"] + (["--strict"] if strict else []), f"evaluate {task}")
 
 
 def _cli(argv: list[str], what: str) -> None:
@@ -210,36 +217,57 @@ def _cli(argv: list[str], what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- driver
-def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[str], None] = print) -> dict:
-    """Runs every phase in order (resumable); returns {"timings": {phase: s}, "reports": {task: report}}."""
-    import dualfashion_jax.models  # noqa: F401  (no eager sharding, before any module is built)
+def phases(out: pathlib.Path, plan: DemoPlan, strict: bool = False) -> list[tuple[str, tuple[str, ...], tuple[str, ...], Callable]]:
+    """(name, input phases, outputs under OUT, run) in order; `demo_state.Ledger` decides skip / resume / redo."""
+    steps = [(f"stage{s}", ("data", "vae", "tokenizer") + ((f"stage{s - 1}",) if s > 1 else ()), (f"stage{s}",),
+              lambda s=s: train_stage(out, plan, s)) for s in (1, 2, 3)]
+    gens = [(f"generate_{t}", ("stage3",), (f"generations/{t}",), lambda t=t: generate(out, plan, t))
+            for t in ("pfitb", "gor")]
+    evals = [(f"evaluate_{t}", (f"generate_{t}",), (f"generations/{t}/report.json",), lambda t=t: evaluate(out, plan, t, strict))
+             for t in ("pfitb", "gor")]
+    return [("data", (), ("data",), lambda: make_data(out, plan)),
+            ("vae", ("data",), ("vae", "data/latents"), lambda: make_vae(out, plan)),
+            ("tokenizer", ("data",), ("tokenizer",), lambda: make_tokenizer(out, plan))] + steps + gens + evals
 
+
+def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[str], None] = print,
+        strict: bool = False) -> dict:
+    """Runs every phase in order (resumable, see demo_state); returns {"timings": {phase: s}, "reports": {task: report}}.
+
+    `strict`: a metric that cannot be computed fails the demo (default: listed as not available). SIGTERM / SIGINT stop the whole demo (`DemoInterrupted`) after the running stage saved its checkpoint."""
     out = pathlib.Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     plan = plan or DemoPlan()
-    (out / "plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=2))
+    demo_state.claim_plan(out, dataclasses.asdict(plan))
+    ledger = demo_state.Ledger(out, log)
     timings: dict[str, float] = {}
-    reports: dict[str, Any] = {}
+    current = {"phase": ""}
 
-    def phase(name: str, fn, *args):
-        log(f"\n{'=' * 24} demo: {name} {'=' * 24}")
-        t0 = time.perf_counter()
-        result = fn(*args)
-        timings[name] = round(time.perf_counter() - t0, 1)
-        log(f"---- {name}: {timings[name]:.1f}s")
-        return result
+    def interrupt(num, _frame):
+        raise demo_state.DemoInterrupted(signal.Signals(num).name, current["phase"])
 
-    phase("data", make_data, out, plan)
-    phase("vae", make_vae, out, plan)
-    phase("tokenizer", make_tokenizer, out, plan)
-    for s in (1, 2, 3):
-        phase(f"stage{s}", train_stage, out, plan, s)
-    for task in ("pfitb", "gor"):
-        phase(f"generate_{task}", generate, out, plan, task)
-    for task in ("pfitb", "gor"):
-        reports[task] = phase(f"evaluate_{task}", evaluate, out, plan, task)
+    handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    try:
+        for name, deps, outputs, fn in phases(out, plan, strict):
+            current["phase"] = name
+            if ledger.is_current(name, deps, outputs):
+                log(f"demo: {name}: done earlier from the same inputs (skipped)")
+                timings[name] = 0.0
+                continue
+            log(f"\n{'=' * 24} demo: {name} {'=' * 24}")
+            ledger.start(name, deps, outputs)
+            t0 = time.perf_counter()
+            fn()
+            timings[name] = round(time.perf_counter() - t0, 1)
+            ledger.finish(name)
+            log(f"---- {name}: {timings[name]:.1f}s")
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
     timings["total"] = round(sum(timings.values()), 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    reports = {t: json.loads((out / "generations" / t / "report.json").read_text()) for t in ("pfitb", "gor")}
     table = "\n\n".join((out / "generations" / t / "report.md").read_text().split("\n## Details")[0].strip()
                          for t in reports)
     summary = personalization_summary(reports)
@@ -297,10 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dualfashion-jax demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="demo_out", help="output folder (reused: finished phases are skipped)")
     p.add_argument("--fast", action="store_true", help="a tiny run (few users, steps and rows) for tests")
+    p.add_argument("--strict", action="store_true", help="fail when a metric cannot be computed (default: the "
+                   "table lists it as 'not available' with the reason)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    plan = DemoPlan.fast() if a.fast else DemoPlan()
     try:
-        run(a.out, DemoPlan.fast() if a.fast else DemoPlan())
+        run(a.out, plan, strict=a.strict)
+    except demo_state.DemoInterrupted as e:
+        print(f"dualfashion-jax demo: {e}", file=sys.stderr)
+        return 130 if e.signal_name == "SIGINT" else 143
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"dualfashion-jax demo: {e}", file=sys.stderr)
         return 1

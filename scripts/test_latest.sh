@@ -20,6 +20,7 @@ from importlib import metadata
 print("[test_latest] " + ", ".join(f"{p} {metadata.version(p)}" for p in
       ("transformers", "tokenizers", "sentencepiece", "jax", "flax", "optax", "orbax-checkpoint", "grain", "numpy")))
 EOF
+VENV="$VENV_LATEST" bash scripts/test_material.sh metrics  # the fast demo's real-weight FID / LPIPS
 echo "[test_latest] install: $((SECONDS - t0)) s"
 t1=$SECONDS
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -1,12 +1,15 @@
 """`dualfashion-jax demo --fast` end to end (data -> 3 stages -> PFITB/GOR -> evaluate) in one module-scoped
-run, then: the artefacts exist, both training losses fall, and a rerun resumes instead of redoing work."""
+run, then: the artefacts exist, both training losses fall, a rerun resumes instead of redoing work, another plan is
+refused with nothing touched, and a redone input redoes every later phase (the old outputs moved to stale/)."""
+import dataclasses
+import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 
-from dualfashion_jax import demo
+from dualfashion_jax import demo, demo_state
 
 pytestmark = pytest.mark.slow
 
@@ -67,3 +70,35 @@ def test_cli_rejects_unknown_flag(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--out", "x", "--steps", "3"])
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def _digest(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_other_plan_is_refused_and_nothing_changes(run):
+    out, _ = run
+    before = _digest(out)
+    other = dataclasses.replace(demo.DemoPlan.fast(), num_users=160, steps=(500, 2500, 20))
+    with pytest.raises(demo_state.DemoPlanMismatch, match=r"num_users: 16 -> 160.*steps: \[24, 8, 4\] -> \[500"):
+        demo.run(out, other, log=lambda s: None)
+    assert _digest(out) == before
+
+
+def test_redone_stage_redoes_every_later_phase(run):
+    out, _ = run
+    ledger = json.loads((out / "phases.json").read_text())
+    ledger["stage3"]["id"] = "a-stage-3-trained-again"  # as if stage 3 had been redone since the generations
+    (out / "phases.json").write_text(json.dumps(ledger))
+    old_records = (out / "generations" / "pfitb" / "records.json").read_bytes()
+    messages = []
+    result = demo.run(out, demo.DemoPlan.fast(), log=messages.append)
+    t = result["timings"]
+    assert t["stage3"] == 0.0 and t["generate_pfitb"] > 0 and t["evaluate_gor"] > 0, t
+    stale = sorted((out / "stale").iterdir())
+    assert [p.name.split(".")[0] for p in stale] == ["generate_gor", "generate_pfitb"], stale
+    assert (stale[1] / "generations" / "pfitb" / "records.json").read_bytes() == old_records  # moved, not deleted
+    assert any("built from other inputs" in m for m in messages)
+    new = json.loads((out / "phases.json").read_text())
+    assert new["generate_pfitb"]["built_from"] == {"stage3": "a-stage-3-trained-again"}

@@ -2,7 +2,7 @@
 
 Sections: config + workdir | mesh | data | model + optimizer shapes | shardings + sharded init |
 resume (own workdir > config.init_from > scratch) | step fn (jit, AOT) | loop (tqdm, metrics, NaN guard,
-checkpoints, SIGTERM) | final checkpoint + loss-curve PNG. Stage specifics live in `tasks.py`.
+checkpoints, SIGTERM/SIGINT) | final checkpoint + loss-curve PNG. Stage specifics live in `tasks.py`.
 """
 from __future__ import annotations
 
@@ -111,9 +111,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
     config_json = json.loads(config.to_json_best_effort())
     workdir_lib.claim(workdir, config_json, has_checkpoints=ckpt_lib.has_checkpoints(workdir),
                       allow_change=allow_config_change, write=primary)
-    stop = {"sigterm": False}
-    prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) \
-        if _in_main_thread() else None
+    stop: dict[str, str | None] = {"signal": None}  # SIGTERM / SIGINT: save at the end of this step and return
+    prev_handlers = {sig: signal.signal(sig, lambda num, _: stop.update(signal=signal.Signals(num).name))
+                     for sig in (signal.SIGTERM, signal.SIGINT)} if _in_main_thread() else {}
 
     # ------------------------------------------------------------------------------------------------
     # Mesh and sharding rules.
@@ -220,11 +220,11 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
                 writer.write(step_no, m)
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}", steps_per_s=f"{m['steps_per_s']:.2f}")
-            if step_no % config.checkpoint.every_steps == 0 or step_no == total or stop["sigterm"]:
-                ckpt.save(step_no, state, data.get_state(), config_json, wait=stop["sigterm"])
-            if stop["sigterm"]:
-                exit_reason = "sigterm"
-                log.warning("SIGTERM: saved checkpoint %d, exiting cleanly", step_no)
+            if step_no % config.checkpoint.every_steps == 0 or step_no == total or stop["signal"]:
+                ckpt.save(step_no, state, data.get_state(), config_json, wait=bool(stop["signal"]))
+            if stop["signal"]:
+                exit_reason = stop["signal"].lower()  # "sigterm" | "sigint"
+                log.warning("%s: saved checkpoint %d, exiting cleanly", stop["signal"], step_no)
                 break
             if config.get("debug_step_delay_s", 0):
                 time.sleep(float(config.debug_step_delay_s))  # tests: leaves time to kill between steps
@@ -232,8 +232,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
         bar.close()
         ckpt.close()
         writer.close()
-        if prev_handler is not None:
-            signal.signal(signal.SIGTERM, prev_handler)
+        for sig, handler in prev_handlers.items():
+            signal.signal(sig, handler)
 
     # ------------------------------------------------------------------------------------------------
     # Final: loss curve.
