@@ -64,6 +64,7 @@ def test_pfitb_records_outputs_and_resume(world, pfitb_run):
         assert p.read_bytes() == data, p
     records, settings = read_records(out)
     assert len(records) == n and settings["task"] == "pfitb" and settings["sampler"]["num_images"] == 2
+    assert settings["truncated_inputs"]["count"] == 0 and settings["truncated_inputs"]["total"] > 0
     for r in records:
         assert len(r.blank_slots) == 1 and [g.sample for g in r.gen_for(r.blank_slots[0])] == [0, 1]
         assert all(g.caption is not None for g in r.gen) and r.grd[0].iid == r.outfit[r.blank_slots[0]]
@@ -283,3 +284,16 @@ def test_saved_model_config_needs_no_dataset(world, bundle, tmp_path):
     assert b.model.config == bundle.model.config
     np.testing.assert_array_equal(np.asarray(b.model.context_embedder.kernel[...]),
                                   np.asarray(bundle.model.context_embedder.kernel[...]))
+
+
+def test_truncated_generation_inputs_are_counted_and_warned(bundle):
+    import dataclasses
+
+    from dualfashion_jax.text.tokenizer import TruncationWarning
+
+    tok = bundle.tokenizer
+    before = dataclasses.replace(tok.truncation)
+    tok.encode(["fits", "far too long " * 60])
+    with pytest.warns(TruncationWarning, match=r"generate pfitb inputs.*: 1 of 2 texts are longer than max_length=96"):
+        cut = runner._truncated_since(tok, before, "generate pfitb inputs")
+    assert cut == {"count": 1, "total": 2}

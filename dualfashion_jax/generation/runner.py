@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -25,7 +26,7 @@ from dualfashion_jax.generation.inputs import SplitInputs
 from dualfashion_jax.generation.pfitb import generate_pfitb
 from dualfashion_jax.generation.sampling import Programs, batch_multiple, make_mesh
 from dualfashion_jax.generation.settings import TASKS, GenSettings, check_resume
-from dualfashion_jax.text.tokenizer import caption_json
+from dualfashion_jax.text.tokenizer import TruncationWarning, caption_json
 
 GENERATORS: dict[str, Callable] = {"pfitb": generate_pfitb, "gor": generate_gor}
 RUN_FILE = "run.json"
@@ -90,6 +91,7 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
     local = pending[jax.process_index()::jax.process_count()]
     n_batches = _max_over_processes(math.ceil(len(local) / bsz))
     generated = 0
+    cut_before = dataclasses.replace(bundle.tokenizer.truncation)
     if n_batches:
         programs = Programs(bundle, settings, mesh, rules=param_sharding)
         info = inputs.ds.item_info if inputs.ds.has_text("item_info.json") else {}
@@ -103,15 +105,27 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
                 generated += 1
             bar.update(len(chunk))
         bar.close()
+    cut = _truncated_since(bundle.tokenizer, cut_before, f"generate {task} inputs (preferences, sentences)")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("dualfashion_jax.generation.rows_written")
     n_records = 0
     if jax.process_index() == 0:
         settings_json = {**run_info, "seeds": settings.seed, "rows": n, "bundle": bundle.info,
-                         "image_size": bundle.image_size}
+                         "image_size": bundle.image_size, "truncated_inputs": cut}
         n_records = len(outputs.finalize(out, task, list(range(n)), settings_json, original_layout))
     return RunSummary(out, n, generated, n - len(pending), n_records)
+
+
+def _truncated_since(tok, before, what: str) -> dict[str, int]:
+    """Warns (TruncationWarning, with the count and the first text) about inputs this run cut to max_length."""
+    now = tok.truncation
+    cut = {"count": now.count - before.count, "total": now.total - before.total}
+    if cut["count"]:
+        first = now.first if before.first is None else "(see the first warning of this process)"
+        msg = dataclasses.replace(now, count=cut["count"], total=cut["total"], first=first).message(what, tok)
+        warnings.warn(msg, TruncationWarning, stacklevel=3)
+    return cut
 
 
 def _bar(total: int, task: str, enabled: bool) -> Any:

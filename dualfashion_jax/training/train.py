@@ -22,7 +22,7 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules as rules_lib
+from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
 from dualfashion_jax.training import workdir as workdir_lib
 
@@ -203,7 +203,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
             batch = partition.put_batch(host_batch, mesh)
             if compiled is None:
                 t0 = time.perf_counter()
-                with jax.set_mesh(mesh):  # context mesh: the splash backend runs per shard (attention_splash.py)
+                # context mesh + rules: activation layouts (sharding/activations.py, with config.sharding.overrides)
+                # and the splash backend's per-shard run (attention_splash.py) are traced under them
+                with jax.set_mesh(mesh), activations.use_rules(rules):
                     compiled = jitted.lower(state, batch, frozen).compile()
                 _log_compiled(compiled, time.perf_counter() - t0)
             state, m = compiled(state, batch, frozen)
