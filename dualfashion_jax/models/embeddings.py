@@ -47,11 +47,33 @@ def sincos_2d_pos_embed(embed_dim: int, grid_size: int, *, base_size: int,
     return emb
 
 
-def timestep_features(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
-    """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: t [B] -> [cos | sin] [B, dim] fp32."""
+# torch's CPU float32 exp (SLEEF, ~1 ulp) rounds these entries of the 256-feature table one ulp above the
+# correctly rounded value; keeping them makes t * freq bit-identical to diffusers (at t ~ 1000 one ulp of a
+# frequency moves the feature by ~1e-5, which a trained trunk amplifies ~10x, see tests/test_float64_parity.py).
+_TORCH_EXP_ULP = {(256, 10000.0): {12: 1, 106: 1}}
+
+
+@functools.lru_cache(maxsize=8)
+def timestep_frequencies(dim: int, max_period: float = 10000.0) -> np.ndarray:
+    """diffusers' float32 frequency table exp(-ln(max_period) * i / (dim/2)), i < dim/2, as torch computes it."""
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # [half]
-    args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
+    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half)  # fp32 ops
+    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)  # correctly rounded fp32 exp
+    bits = freqs.view(np.int32).copy()
+    for i, ulps in _TORCH_EXP_ULP.get((dim, float(max_period)), {}).items():
+        bits[i] += ulps
+    out = bits.view(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def timestep_features(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
+    """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: t [B] -> [cos | sin] [B, dim] fp32.
+
+    The frequencies are a constant table equal to torch's (XLA's float32 exp differs in 17 of 128 entries).
+    """
+    freqs = jnp.asarray(timestep_frequencies(dim, float(max_period)))  # [dim/2]
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, dim/2] fp32 product, as diffusers
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
