@@ -34,13 +34,16 @@ def inputs():
 
 
 def np_guided_v(x, sigma, c, neg, sent, pref, scales=(8.0, 7.0, 8.0), lam=0.1, mode="four_way", train=False,
-                cfg_scale=7.0, role=None):
-    """Transcription of the original loop body (spec §5.1); train=True: the (1-lam) x + lam c variant."""
+                cfg_scale=7.0, role=None, space="velocity"):
+    """Transcription of the original loop body (spec §5.1); train=True: the (1-lam) x + lam c variant;
+    space="x0": each branch's output F becomes (x - (x_in - sigma F)) / sigma before the mix."""
     t = np.full(x.shape[0], sigma * 1000, np.float32)
     z = x if role is None else x + (1 - sigma) * role
     plain, ctx = ((1 - lam) * z, (1 - lam) * z + lam * c) if train else (x, x + lam * c)
-    run = lambda lat, a, b: NP_MODEL(lat, np.concatenate([a, b], 1), t, heads=("image",),  # noqa: E731
-                                     text_logits_len=None)[0]
+
+    def run(lat, a, b):
+        f = NP_MODEL(lat, np.concatenate([a, b], 1), t, heads=("image",), text_logits_len=None)[0]
+        return f if space == "velocity" else (x - (lat - sigma * f)) / sigma
     if mode == "none":
         return run(ctx, pref, sent)
     if mode == "cfg":
@@ -75,15 +78,17 @@ def test_four_way_matches_diffusers_loop(inputs):
     for i, t in enumerate(sched.timesteps):
         v = np_guided_v(lat.numpy(), float(sched.sigmas[i]), c, neg, sent, pref)
         lat = sched.step(torch.from_numpy(v.astype(np.float32)), t, lat).prev_sample
-    cfg = fe.GuidanceConfig(num_steps=n)
+    cfg = fe.GuidanceConfig.original(num_steps=n)
     got = fe.sample_images(J_MODEL, jnp.asarray(x), jnp.asarray(c), jnp.asarray(neg), jnp.asarray(sent),
                            jnp.asarray(pref), cfg)
     np.testing.assert_allclose(np.asarray(got), lat.numpy(), rtol=1e-4, atol=1e-4)  # fp32, 6 steps x scale ~23
 
 
-@pytest.mark.parametrize("mode,train,with_role", [("four_way", True, False), ("four_way", True, True),
-                                                  ("cfg", False, False), ("none", False, False)])
-def test_modes_match_numpy_euler(inputs, mode, train, with_role):
+@pytest.mark.parametrize("mode,train,with_role,space", [
+    ("four_way", True, False, "velocity"), ("four_way", True, True, "velocity"), ("four_way", True, True, "x0"),
+    ("four_way", False, False, "x0"), ("cfg", False, False, "velocity"), ("cfg", True, True, "x0"),
+    ("none", False, False, "velocity"), ("none", True, True, "x0")])
+def test_modes_match_numpy_euler(inputs, mode, train, with_role, space):
     x, c, neg, sent, pref = inputs
     role = (_r.normal(size=(1, 1, 1, C)) * 0.3).astype(np.float32) if with_role else None
     n = 5
@@ -91,8 +96,8 @@ def test_modes_match_numpy_euler(inputs, mode, train, with_role):
     ref = x.copy()
     for i in range(n):
         ref = ref + (sig[i + 1] - sig[i]) * np_guided_v(ref, sig[i], c, neg, sent, pref, mode=mode, train=train,
-                                                        role=role)
-    cfg = fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=train)
+                                                        role=role, space=space)
+    cfg = fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=train, space=space)
     r_t = None if role is None else jnp.asarray(role)
     got = jax.jit(lambda *a: fe.sample_images(J_MODEL, *a, cfg, target_role=r_t))(
         *map(jnp.asarray, (x, c, neg, sent, pref)))
@@ -110,11 +115,11 @@ def test_guidance_interval_matches_numpy_euler(inputs, mode):
     for i in range(n):
         m = mode if lo <= sig[i] <= hi else "none"
         ref = ref + (sig[i + 1] - sig[i]) * np_guided_v(ref, sig[i], c, neg, sent, pref, mode=m, train=True)
-    cfg = fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=True, interval=(lo, hi))
+    cfg = fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=True, interval=(lo, hi), space="velocity")
     got = jax.jit(lambda *a: fe.sample_images(J_MODEL, *a, cfg))(*map(jnp.asarray, (x, c, neg, sent, pref)))
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
     full = fe.sample_images(J_MODEL, *map(jnp.asarray, (x, c, neg, sent, pref)),
-                            fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=True))
+                            fe.GuidanceConfig(num_steps=n, mode=mode, match_train_input=True, space="velocity"))
     assert not np.allclose(np.asarray(got), np.asarray(full), atol=1e-3)
     with pytest.raises(ValueError, match="interval"):
         fe.GuidanceConfig(interval=(0.8, 0.2))
@@ -148,3 +153,26 @@ def test_bad_inputs(inputs):
         fe.sample_images(J_MODEL, x, c[:1], neg, sent, pref, fe.GuidanceConfig(num_steps=2))
     with pytest.raises(ValueError, match="mode"):
         fe.GuidanceConfig(mode="triple")
+
+
+def test_x0_space_guidance_is_exact_for_a_perfect_x0_predictor(inputs):
+    """A network whose x0_hat = x_in - sigma F is z* on every branch (what training asks for) lands on z*
+    under the default x0-space guidance with r_t; velocity-space mixing of the same outputs is biased by
+    -lam c / sigma terms (about -sP lam c at the end, issue #16)."""
+    x, c, neg, sent, pref = map(jnp.asarray, inputs)
+    z_star = jax.random.normal(jax.random.key(3), x.shape)
+    r_t = 0.3 * jax.random.normal(jax.random.key(4), (1, 1, 1, x.shape[-1]))
+    c = 3.0 * c  # a visible offset
+
+    def perfect(lat, txt, t, *, heads, text_logits_len):
+        s = (t / 1000.0)[:, None, None, None]
+        return (lat - jnp.concatenate([z_star] * (lat.shape[0] // z_star.shape[0]))) / s, None
+
+    x0_cfg = fe.GuidanceConfig(num_steps=8)
+    assert (x0_cfg.space, x0_cfg.match_train_input) == ("x0", True)  # the defaults
+    got = fe.sample_images(perfect, x, c, neg, sent, pref, x0_cfg, target_role=r_t)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(z_star), atol=1e-4)
+    vel = fe.sample_images(perfect, x, c, neg, sent, pref, fe.GuidanceConfig.original(num_steps=8))
+    assert float(jnp.max(jnp.abs(vel - z_star))) > 0.1
+    with pytest.raises(ValueError, match="space"):
+        fe.GuidanceConfig(space="eps")

@@ -48,7 +48,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="caption conditioning: [pref, sent, T5(template)] (original) or [pref, sent] (training)")
     p.add_argument("--mask-padding", action="store_true", help="original caption prior (also masks padding)")
     p.add_argument("--context-sample", action="store_true", help="sample context latents (original) instead of the mean")
-    p.add_argument("--match-train-input", action="store_true", help="train-consistent image input (spec 7.2 item 7)")
+    p.add_argument("--match-train-input", action="store_true",
+                   help="train-consistent image input (spec 7.2 item 7); the default now, kept for older scripts")
+    p.add_argument("--guidance-space", choices=("x0", "velocity"), default=None,
+                   help="space the guidance branches are mixed in (default x0, as training supervises; velocity: "
+                        "the original)")
+    p.add_argument("--original-guidance", action="store_true",
+                   help="the original image sampler: input x + lam c (no (1-lam), no r_t), branches mixed in velocity "
+                        "space (default: train input (1-lam)(x + (1-sigma) r_t) + lam m c, mixed in x0 space)")
     p.add_argument("--gor-offset", choices=GOR_OFFSETS, default="mlp")
     p.add_argument("--rows-per-batch", type=int, default=4,
                    help="rows per jitted call per process (rounded up to a multiple of its devices)")
@@ -80,8 +87,11 @@ def settings_from_args(args):
         raise ValueError(f"--guidance-interval {args.guidance_interval!r}: expected two numbers lo,hi") from None
     if len(interval) != 2:
         raise ValueError(f"--guidance-interval {args.guidance_interval!r}: expected two numbers lo,hi")
+    if args.original_guidance and args.match_train_input:
+        raise ValueError("--original-guidance uses the original input x + lam c; it excludes --match-train-input")
+    space = args.guidance_space or ("velocity" if args.original_guidance else "x0")
     g = {"mode": args.guidance, "num_steps": args.steps, "shift": args.shift,
-         "match_train_input": args.match_train_input, "interval": interval}
+         "match_train_input": not args.original_guidance, "space": space, "interval": interval}
     if args.guidance == "four_way":
         if len(scales) != 3:
             raise ValueError(f"--scales {args.scales!r}: four_way guidance needs 3 scales (text,context,preference)")

@@ -106,7 +106,9 @@ class Programs:
         rep = lambda a, k: jnp.repeat(a, k, axis=0)  # noqa: E731  [C, ...] -> [C*k, ...]
         lat_shape = (c * n,) + ctx.shape[1:]
         x0 = initial_noise(s.seed, rep(b["uid"], n), rep(b["oid"], n), b["image_idx"].reshape(-1), lat_shape)
-        lat = sample_images(model, x0, rep(off, n), rep(neg, n), rep(sent, n), rep(pref, n), g)  # [C*N, h, w, ch]
+        r_t = None if model.stage2 is None else model.stage2.target_role[...]  # training's (1 - sigma) r_t
+        lat = sample_images(model, x0, rep(off, n), rep(neg, n), rep(sent, n), rep(pref, n), g,
+                            target_role=r_t)  # [C*N, h, w, ch]
         segs = [pref, sent]
         if s.caption_cond == "original":
             segs.append(cond.encode_segment(t5, b["tmpl_ids"], b["tmpl_mask"]))  # T5(masked template), §5.2

@@ -10,7 +10,10 @@ Guidance (spec §5.1), branches stacked on the batch axis [4B, ...]:
 The original feeds x + lam c (no (1-lam), no r_t) although training fed (1-lam) x_t(z0 + r_t) + lam m c
 (spec §7.2 item 7). `match_train_input=True` offers the train-consistent input instead: every branch gets
 (1-lam) (x + (1-sigma) r_t) + lam m c, with m = 1 for (M, P) and 0 for (0, T), and r_t only if given.
-The velocity is used as returned in both variants.
+Guidance space: training supervises x0_hat = x_in - sigma F (spec §2.1), so by default (`space="x0"`) each
+branch's x0_hat is turned into its velocity for the state x, (x - x0_hat) / sigma, before the weighted sum;
+mixing the raw F (`space="velocity"`, the original) adds terms like -sP lam c / sigma from the branch inputs.
+Defaults: x0 space + train input; `GuidanceConfig.original()` (`generate --original-guidance`) restores both.
 The texts are whatever segments the caller encodes: the original uses the negative prompt NEGATIVE_PROMPT for
 "neg", which training never saw (its unconditional text was T5(" "), spec §7.2 item 9).
 Modes: "four_way" (the original; all scales 0 -> "none"), "cfg" (v0 + s (vP - v0)), "none" (vP only).
@@ -33,6 +36,7 @@ from dualfashion_jax.diffusion.flow import NUM_TRAIN_TIMESTEPS, inference_sigmas
 from dualfashion_jax.diffusion.pure_fn import as_pure
 
 GUIDANCE_MODES = ("four_way", "cfg", "none")
+GUIDANCE_SPACES = ("x0", "velocity")
 # The original's negative prompt (spec §5.1); T5-encode it with its attention mask into a [B, L, D] segment.
 NEGATIVE_PROMPT = ("low quality, blurry, low resolution, backlit, cartoon, animated, deformed, oversaturated, "
                    "undersaturated, out of frame")
@@ -47,7 +51,8 @@ class GuidanceConfig:
     preference_scale: float = 8.0
     cfg_scale: float = 7.0           # "cfg" mode only
     matching_lambda: float = 0.1
-    match_train_input: bool = False  # False = the original inference input x + lam c
+    match_train_input: bool = True   # False = the original inference input x + lam c
+    space: str = "x0"                # "velocity" = the original: mix the raw network outputs
     num_steps: int = 28
     shift: float = 3.0
     interval: tuple[float, float] = (0.0, 1.0)  # sigma range with guidance; vP alone outside (the original: all)
@@ -55,12 +60,19 @@ class GuidanceConfig:
     def __post_init__(self):
         if self.mode not in GUIDANCE_MODES:
             raise ValueError(f"GuidanceConfig.mode: expected one of {GUIDANCE_MODES}, got {self.mode!r}")
+        if self.space not in GUIDANCE_SPACES:
+            raise ValueError(f"GuidanceConfig.space: expected one of {GUIDANCE_SPACES}, got {self.space!r}")
         lo, hi = (float(v) for v in self.interval)  # a JSON round trip gives a list
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"GuidanceConfig.interval: expected 0 <= lo <= hi <= 1 (sigmas), got {self.interval}")
         object.__setattr__(self, "interval", (lo, hi))
         if self.num_steps < 1:
             raise ValueError(f"GuidanceConfig.num_steps must be >= 1, got {self.num_steps}")
+
+    @classmethod
+    def original(cls, **kw) -> "GuidanceConfig":
+        """The original sampler: input x + lam c, branches mixed in velocity space (spec §5.1)."""
+        return cls(**{"match_train_input": False, "space": "velocity", **kw})
 
     @property
     def effective_mode(self) -> str:
@@ -169,6 +181,10 @@ def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, o
         lat = branch_latents(x, s, offset, cfg, target_role)  # [nB, H, W, C]
         t = jnp.full((nb,), s * NUM_TRAIN_TIMESTEPS, jnp.float32)
         v, _ = model_fn(lat, txt, t, heads=("image",), text_logits_len=None)
+        v = v.astype(jnp.float32)
+        if cfg.space == "x0":  # branch x0_hat = x_in - s F (as trained) -> velocity of the state: (x - x0_hat) / s
+            x_rep = jnp.concatenate([x] * cfg.num_branches, axis=0)  # [nB, H, W, C]
+            v = (x_rep - (lat - s * v)) / s  # s > 0 at every step (sigmas[n] = 0 is only a target)
         return x + (s_next - s) * combine(v, cfg, s)
 
     return jax.lax.fori_loop(0, cfg.num_steps, step, x_init.astype(jnp.float32))
