@@ -65,7 +65,8 @@ class DemoPlan:
     caption_cond: str = "train"        # `generate --caption-cond`: no T5(template) 4th segment (spec 7.2 item 10)
     rows_per_batch: int = 16
     metrics: str = PFITB_METRICS       # PFITB (160 images)
-    gor_metrics: str = GOR_METRICS     # GOR has 4x the images: FID/LPIPS there would cost ~5 min of the budget
+    gor_metrics: str = GOR_METRICS     # GOR has 4x the images: FID there would cost minutes of the budget; LPIPS
+                                       # on 2x2 collages at the images' own scale (64 px, not the original's 1024)
 
     @classmethod
     def fast(cls) -> "DemoPlan":
@@ -205,7 +206,7 @@ def evaluate(out: pathlib.Path, plan: DemoPlan, task: str, strict: bool = False)
     res = out / "generations" / task
     metrics = plan.metrics if task == "pfitb" else plan.gor_metrics
     _cli(["evaluate", "--results", str(res), "--task", task, "--data", str(out / "data"), "--metrics", metrics,
-          "--no-progress"] + (["--strict"] if strict else []), f"evaluate {task}")
+          "--collage-size", str(2 * plan.image_size), "--no-progress"] + (["--strict"] if strict else []), f"evaluate {task}")
 
 
 def _cli(argv: list[str], what: str) -> None:

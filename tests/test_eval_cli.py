@@ -104,13 +104,15 @@ def test_gor_end_to_end_trained_compat(data_dir, tmp_path, monkeypatch):
     rc = cli.main(["--results", str(res), "--data", str(data_dir), "--metrics",
                    "compatibility,grounding_recall,clip_image_score,text_align,grounded_retrieval_acc,"
                    "grounded_clip_image_score,grounded_personal_sim,grounded_compatibility", "--compat-train-steps", "20",
-                   "--original-gor-indexing", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "r.json")])
+                   "--original-gor-indexing", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "r.json"),
+                   "--collage-size", "64"])
     rep = json.loads((tmp_path / "r.json").read_text())
     # Without a tokenizer only the text metric is not available, by name and with the reason; image metrics still run.
     assert rc == 0 and list(rep["errors"]) == ["text_align"] and "BPE" in rep["errors"]["text_align"]
     assert "- `text_align`: not available: FileNotFoundError: CLIP BPE" in (tmp_path / "r.md").read_text()
     assert rep["networks"]["compat"]["weights"] == "trained-here" and rep["networks"]["clip"]["weights"] == "random-weight"
     assert rep["metrics"]["compatibility"]["gor_indexing"] == "original (bugged)"
+    assert rep["settings"]["gor_collage_size"] == 64
     assert rep["metrics"]["compatibility"]["n"] == 2 and rep["metrics"]["clip_image_score"]["n"] == 2  # collages
     assert rep["metrics"]["grounding_recall"]["n"] == 8
     g = rep["metrics"]
@@ -140,5 +142,8 @@ def test_cli_errors(data_dir, tmp_path, capsys):
     assert "--strict: 1 metric(s) not available: llm_judge" in capsys.readouterr().err
     rep = json.loads((res / "report.json").read_text())
     assert "--llm-judge" in rep["errors"]["llm_judge"] and rep["metrics"]["caption_parse_rate"]["n"] == 1
+    with pytest.raises(SystemExit):
+        cli.main(["--results", str(res), "--data", str(data_dir), "--collage-size", "63"])
+    assert "--collage-size must be an even number" in capsys.readouterr().err
     assert cli.main(["--list-metrics"]) == 0 and "grounding_recall" in capsys.readouterr().out
     assert set(registry.DEFAULT_METRICS["gor"]) <= set(registry.METRICS)

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="without --compat: train an evaluator on the train split for N steps (0 = random stand-in)")
     p.add_argument("--catalogue-features", help="precomputed [num_items+1, E] CLIP item features (.npy)")
     p.add_argument("--gt-size", type=int, help="resize GT images to this size (default: generated image size)")
+    p.add_argument("--collage-size", type=int, default=1024,
+                   help="canvas of GOR's 2x2 collages for CLIP image score and LPIPS (default 1024 = the original's; "
+                        "LPIPS-VGG at 1024 px costs ~0.5 GiB and seconds per collage on a CPU)")
     p.add_argument("--original-gor-indexing", action="store_true",
                    help="reproduce DiFashion's GOR compatibility indexing bug (for comparison with its numbers only)")
     p.add_argument("--llm-judge", action="store_true", help="enable the Gemini text judge (key from $GEMINI_API_KEY)")
@@ -64,6 +67,8 @@ def main(argv: list[str]) -> int:
         return 0
     if not args.results or not args.data:
         _parser().error("--results and --data are required")
+    if args.collage_size < 2 or args.collage_size % 2:
+        _parser().error(f"--collage-size must be an even number of pixels >= 2, got {args.collage_size}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from dualfashion_jax.evaluators import report as rep
     from dualfashion_jax.evaluators.context import EvalContext, EvalOptions
@@ -72,7 +77,7 @@ def main(argv: list[str]) -> int:
         checkpoints={"clip": args.clip, "inception": args.inception, "fid": args.fid, "lpips": args.lpips,
                      "compat": args.compat},
         split=args.split, batch_size=args.batch_size, seed=args.seed, clip_preset=args.clip_config, clip_dtype=args.clip_dtype,
-        gt_size=args.gt_size, catalogue_features=args.catalogue_features, compat_train_steps=args.compat_train_steps,
+        gt_size=args.gt_size, collage_size=args.collage_size, catalogue_features=args.catalogue_features, compat_train_steps=args.compat_train_steps,
         original_gor_indexing=args.original_gor_indexing, llm_judge=args.llm_judge, show_progress=not args.no_progress,
         allow_partial=args.allow_partial)
     try:

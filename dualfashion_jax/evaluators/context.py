@@ -36,6 +36,7 @@ class EvalOptions:
     clip_preset: str = "tiny"          # architecture of the random CLIP stand-in
     clip_dtype: str = "float32"        # CLIP compute dtype (params stay fp32): float32 | bfloat16
     gt_size: int | None = None         # resize GT images (Polyvore 291 -> 512); default: the generated size
+    collage_size: int = 1024           # GOR 2x2 collages (CLIP image score, LPIPS): the original's 1024 px canvas
     catalogue_features: str | None = None  # precomputed [num_items+1, E] CLIP features (.npy, no pickle)
     compat_train_steps: int = 0        # >0: train a compat evaluator on the train split when no --compat is given
     original_gor_indexing: bool = False
@@ -277,6 +278,7 @@ class EvalContext:
                 "rows_expected": self.expected_rows, "partial": self.partial or False,
                 "batch_size": self.opt.batch_size, "seed": self.opt.seed, "clip_compute_dtype": self.opt.clip_dtype,
                 "gt_resize": self.opt.gt_size or "to generated size (bilinear)",
+                "gor_collage_size": self.opt.collage_size,
                 "clip_view": "resize shorter side to 224 (bicubic, antialias), centre crop, CLIP mean/std",
                 "catalogue_features": self.opt.catalogue_features or "computed with this run's CLIP",
                 "original_gor_indexing": self.opt.original_gor_indexing,

@@ -99,7 +99,7 @@ def _collages(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
     groups = [idx for idx in ctx.groups().values() if len(idx) == 4]
     if not groups:
         raise ValueError("GOR collage metrics need rows with 4 generated items (one per slot)")
-    return np.stack([collage_2x2(images[idx]) for idx in groups])
+    return np.stack([collage_2x2(images[idx], ctx.opt.collage_size) for idx in groups])
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
