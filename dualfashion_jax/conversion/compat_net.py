@@ -71,7 +71,6 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], config) -> dict[str, np.nda
 def _factory(config):
     from flax import nnx
 
-    import dualfashion_jax.models  # noqa: F401
     from dualfashion_jax.evaluators.nets.compat_net import FashionEvaluator
 
     return lambda: FashionEvaluator(config, rngs=nnx.Rngs(0))

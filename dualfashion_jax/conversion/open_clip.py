@@ -102,7 +102,6 @@ def infer_config(sd: Mapping[str, np.ndarray], vision_heads: int | None = None, 
 def _factory(config):
     from flax import nnx
 
-    import dualfashion_jax.models  # noqa: F401  (switches off eager sharding for partitioned params)
     from dualfashion_jax.evaluators.nets.clip_text import CLIP
 
     return lambda: CLIP(config, rngs=nnx.Rngs(0))
@@ -145,7 +144,6 @@ def load_clip(path: str | os.PathLike, dtype=None, config=None):
     validate(flat, abstract_params(_factory(config)), source=str(p))
     if dtype is not None:
         config = config.with_dtype(dtype)
-    import dualfashion_jax.models  # noqa: F401
 
     # Fill an abstract model: eager random init of ViT-H-14 would cost minutes of CPU for nothing.
     model = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))

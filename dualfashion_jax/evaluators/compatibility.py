@@ -123,7 +123,6 @@ def train_compat_evaluator(features: np.ndarray, outfits: np.ndarray, *, config:
     config = config or CompatConfig(feat_dim=features.shape[1])
     if config.feat_dim != features.shape[1]:
         raise ValueError(f"train_compat_evaluator: config.feat_dim {config.feat_dim} != feature width {features.shape[1]}")
-    import dualfashion_jax.models  # noqa: F401  (partitioned params without eager sharding)
 
     model = FashionEvaluator(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
     opt = nnx.Optimizer(model, optax.adamw(learning_rate, weight_decay=weight_decay), wrt=nnx.Param)

@@ -174,7 +174,6 @@ class EvalContext:
         def build():
             from flax import nnx
 
-            import dualfashion_jax.models  # noqa: F401
             from dualfashion_jax.evaluators.clip_metrics import ClipEncoder
             from dualfashion_jax.evaluators.nets import clip_text, clip_tokenizer
 
@@ -215,7 +214,6 @@ class EvalContext:
         def build():
             from flax import nnx
 
-            import dualfashion_jax.models  # noqa: F401
             from dualfashion_jax.evaluators import compatibility
             from dualfashion_jax.evaluators.nets.compat_net import CompatConfig, FashionEvaluator
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import dualfashion_jax.models  # noqa: F401  (partitioned params without eager sharding, for the stand-ins)
 from dualfashion_jax.evaluators.context import RANDOM, REAL, EvalContext, NetworkInfo
 
 
