@@ -28,10 +28,14 @@ def parse_arg(arg: str | None, **defaults):
 def optim(lr: float = 3e-5, warmup_steps: int = 2000, ema_decay: float | None = 0.9999,
           ema_start_step: int = 100_000, decay: str = "constant") -> mlc.ConfigDict:
     """AdamW as spec §4: b=(0.9, 0.999), eps 1e-8, wd 1e-2 on all params, clip 2.0, linear warm-up, then a
-    constant lr (`decay="constant"`, the original) or a cosine to `final_lr_ratio * lr` at the last step."""
+    constant lr (`decay="constant"`, the original) or a cosine to `final_lr_ratio * lr` at the last step.
+
+    Original behaviours kept behind flags (docs/faithfulness.md): `param_dtype` / `state_dtype` "bfloat16" (the
+    original's bf16 params and AdamW moments) and `grad_accum_reduce="sum"` (micro-batch gradients summed)."""
     return mlc.ConfigDict(dict(lr=lr, warmup_steps=warmup_steps, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
                                clip_norm=2.0, ema_decay=ema_decay, ema_start_step=ema_start_step, decay=decay,
-                               final_lr_ratio=0.0))
+                               final_lr_ratio=0.0, param_dtype="float32", state_dtype="float32",
+                               grad_accum_reduce="mean"))
 
 
 def base(stage: str, total_steps: int, batch_size: int) -> mlc.ConfigDict:
@@ -41,7 +45,7 @@ def base(stage: str, total_steps: int, batch_size: int) -> mlc.ConfigDict:
     c.seed = 0
     c.total_steps = total_steps
     c.batch_size = batch_size          # global rows per optimizer step
-    c.grad_accum = 1                   # micro-batches per step (gradients averaged)
+    c.grad_accum = 1                   # micro-batches per step (gradients averaged; optim.grad_accum_reduce)
     c.log_every = 1
     c.tensorboard = True
     c.progress_bar = True

@@ -32,6 +32,9 @@ def mmdit_config(config, vocab_size: int | None = None, latent_hw: tuple[int, in
     m = config.model
     over = dict(dtype=_dtype(m.dtype, "config.model.dtype"), attention_backend=m.attention_backend,
                 remat_policy=m.remat_policy, stage2=config.stage != "stage1" or m.get("stage2", False))
+    optim_cfg = config.get("optim") or {}
+    if optim_cfg.get("param_dtype", "float32") != "float32":  # the original's bf16 params (spec §7.2 item 3)
+        over["param_dtype"] = _dtype(optim_cfg.param_dtype, "config.optim.param_dtype")
     over.update(dict(m.get("overrides", {}) or {}))
     if vocab_size is not None and "vocab_size" not in over:
         over["vocab_size"] = vocab_size

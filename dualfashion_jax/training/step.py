@@ -1,4 +1,4 @@
-"""The jitted, sharded train step: averaged gradient accumulation, AdamW update, EMA, metrics.
+"""The jitted, sharded train step: gradient accumulation (mean, or the original's sum), AdamW, EMA, metrics.
 
 Functional NNX pattern: the model is `nnx.split` once (graphdef, params, rest) outside; inside the step,
 `nnx.merge` rebuilds it for the loss. Frozen modules (T5, VAE) and constants are passed as a separate,
@@ -52,6 +52,7 @@ def make_step_fn(graphdef: nnx.GraphDef, frozen_graphdefs: Mapping[str, nnx.Grap
                  mesh=None) -> Callable:
     """Returns the pure `step(state, batch, frozen) -> (state, metrics)` (not yet jitted)."""
     use_ema = optim_cfg.ema_decay is not None
+    accum_sum = optim.grad_accum_reduce(optim_cfg) == "sum"  # "sum": the original (spec §7.2 item 5)
     micro_sharding = None if mesh is None else NamedSharding(mesh, P(None, rules_lib.BATCH))
 
     def loss_of(params, rest, frozen, mb, key):
@@ -81,7 +82,8 @@ def make_step_fn(graphdef: nnx.GraphDef, frozen_graphdefs: Mapping[str, nnx.Grap
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             (grads, rest), (losses, ms) = jax.lax.scan(body, (zeros, rest), (jnp.arange(grad_accum), micro))
-            grads = jax.tree.map(lambda g: g / grad_accum, grads)  # AVERAGE, not sum (spec §7.2 item 5)
+            if not accum_sum:
+                grads = jax.tree.map(lambda g: g / grad_accum, grads)  # AVERAGE by default (spec §7.2 item 5)
             loss = losses.mean()
             metrics = jax.tree.map(lambda m: m.mean(0), ms)
         grad_norm = optax.global_norm(grads)
