@@ -8,21 +8,15 @@ import sys
 
 import pytest
 
+from test_train import _toy_config
+
 from dualfashion_jax.training import checkpoint, main as main_lib, metrics, train, workdir
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "toy_cpu.py")
 
 
 def _toy(**kw):
-    c = main_lib.load_config(CONFIG + ":steps=3")
-    c.progress_bar, c.tensorboard = False, False
-    for k, v in kw.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return _toy_config(**{"tensorboard": False, **kw})  # 4 steps, checkpoints at 3 and 4
 
 
 def _digest(folder) -> dict[str, str]:
@@ -51,7 +45,7 @@ def test_changed_config_is_refused_and_nothing_changes(trained):
 
 def test_cli_names_the_fields_and_exits_2(trained, capsys):
     before = _digest(trained)
-    rc = main_lib.main(["--config", CONFIG + ":steps=3", "--workdir", str(trained), "--config.model.width=48",
+    rc = main_lib.main(["--config", CONFIG + ":steps=4", "--workdir", str(trained), "--config.model.width=48",
                         "--config.progress_bar=False", "--config.seed=3"])
     err = capsys.readouterr().err
     assert rc == 2 and "model.width: 32 -> 48" in err and "seed: 0 -> 3" in err and "Traceback" not in err
@@ -59,9 +53,9 @@ def test_cli_names_the_fields_and_exits_2(trained, capsys):
 
 
 def test_runtime_fields_may_change_on_resume(trained):
-    out = train.run(_toy(**{"total_steps": 4, "log_every": 2, "checkpoint.every_steps": 5}), str(trained))
-    assert out["start_step"] == 3 and out["step"] == 4
-    assert json.loads((trained / "config.json").read_text())["total_steps"] == 4
+    out = train.run(_toy(**{"total_steps": 5, "log_every": 2, "checkpoint.every_steps": 5}), str(trained))
+    assert out["start_step"] == 4 and out["step"] == 5
+    assert json.loads((trained / "config.json").read_text())["total_steps"] == 5
 
 
 def test_shape_mismatch_is_a_config_mismatch_not_corruption(tmp_path):
