@@ -147,3 +147,24 @@ def test_cli_errors(data_dir, tmp_path, capsys):
     assert "--collage-size must be an even number" in capsys.readouterr().err
     assert cli.main(["--list-metrics"]) == 0 and "grounding_recall" in capsys.readouterr().out
     assert set(registry.DEFAULT_METRICS["gor"]) <= set(registry.METRICS)
+
+
+def test_default_metrics_include_is_and_lpips_diversity(monkeypatch):
+    """IS / IS-acc@3 and LPIPS diversity are defaults; the default IS refuses without --inception (listed as not
+    available by the CLI) and delegates to the runner with it; requested by name it is the plain runner."""
+    import types
+
+    from dualfashion_jax.evaluators import runners
+
+    for task in ("pfitb", "gor"):
+        specs = {s.name: s for s in registry.resolve(None, task)}
+        assert {"inception_score", "lpips_diversity"} <= set(specs)
+    run = registry.resolve("default", "pfitb")[0].load()
+    assert run is registry.run_default_inception_score
+    ctx = types.SimpleNamespace(opt=types.SimpleNamespace(checkpoints={"inception": None}))
+    with pytest.raises(ValueError, match="no --inception checkpoint"):
+        run(ctx)
+    monkeypatch.setattr(runners, "run_inception_score", lambda c: {"is_acc_top3": 1.0})
+    ctx.opt.checkpoints["inception"] = "/ckpt/Inception-finetune-epoch300"
+    assert run(ctx) == {"is_acc_top3": 1.0}
+    assert registry.resolve("inception_score", "gor")[0].load() is runners.run_inception_score

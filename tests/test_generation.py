@@ -181,6 +181,15 @@ def test_cli_errors(world, tmp_path, capsys):
         assert rc == 1 and msg in capsys.readouterr().err
 
 
+def test_cli_num_images_defaults_per_task():
+    """GOR: the original's 5 samples per outfit; PFITB: 2 (LPIPS diversity needs >= 2); --num-images overrides."""
+    for task, k in (("pfitb", 2), ("gor", 5)):
+        args = cli._parser().parse_args(["--task", task, "--checkpoint", "c", "--out", "o"])
+        assert cli.settings_from_args(args).num_images == k
+    args = cli._parser().parse_args(["--task", "gor", "--checkpoint", "c", "--out", "o", "--num-images", "1"])
+    assert cli.settings_from_args(args).num_images == 1
+
+
 def test_checkpoint_config_mismatch(world, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(world / "wd", wd)

@@ -76,19 +76,34 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
 _GROUNDED = ("grounded_retrieval_acc", "grounded_clip_score", "grounded_clip_image_score", "grounded_personal_sim",
              "grounded_compatibility")
 
+# The paper's headline IS / IS-acc@3 and LPIPS diversity are defaults (issue #16). In the default set
+# inception_score needs the real classifier (--inception): without it it is listed as not available (by name it
+# runs a random-weight stand-in); lpips_diversity needs K >= 2 images per blank (`generate` defaults: 2 / 5).
+_HEADLINE = ("inception_score", "lpips_diversity")
 DEFAULT_METRICS = {
-    "pfitb": ("clip_score", "clip_image_score", "personal_sim", "compatibility", "retrieval_acc",
-              "caption_parse_rate", "text_align", "text_personalization", "text_diversity") + _GROUNDED,
-    "gor": ("clip_score", "clip_image_score", "personal_sim", "compatibility", "grounding_recall",
-            "caption_parse_rate", "text_align", "text_personalization", "text_diversity") + _GROUNDED,
+    "pfitb": _HEADLINE + ("clip_score", "clip_image_score", "personal_sim", "compatibility", "retrieval_acc",
+                          "caption_parse_rate", "text_align", "text_personalization", "text_diversity") + _GROUNDED,
+    "gor": _HEADLINE + ("clip_score", "clip_image_score", "personal_sim", "compatibility", "grounding_recall",
+                        "caption_parse_rate", "text_align", "text_personalization", "text_diversity") + _GROUNDED,
 }
+# default-set metrics whose runner first checks that a real checkpoint was given: name -> its checkpoint option
+_DEFAULT_NEEDS_CHECKPOINT = {"inception_score": "inception"}
+
+
+def run_default_inception_score(ctx) -> dict:
+    """`inception_score` as a default metric: only with the real classifier (a random 50-way head means nothing)."""
+    if not ctx.opt.checkpoints.get("inception"):
+        raise ValueError("no --inception checkpoint (DiFashion's fine-tuned 50-way Inception-v3, "
+                         "Inception-finetune-epoch300); request inception_score by name for a random-weight stand-in")
+    return METRICS["inception_score"].load()(ctx)
 
 
 def resolve(names: str | None, task: str) -> list[MetricSpec]:
     """'a,b,c' (or None/'default', or 'all') -> specs, with a clear error for unknown or wrong-task names."""
     if task not in DEFAULT_METRICS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(DEFAULT_METRICS)}")
-    if names in (None, "", "default"):
+    default = names in (None, "", "default")
+    if default:
         wanted = list(DEFAULT_METRICS[task])
     elif names == "all":
         wanted = [n for n, s in METRICS.items() if task in s.tasks and n != "llm_judge"]
@@ -100,4 +115,8 @@ def resolve(names: str | None, task: str) -> list[MetricSpec]:
     wrong = [n for n in wanted if task not in METRICS[n].tasks]
     if wrong:
         raise ValueError(f"metric(s) {wrong} do not apply to task {task!r}")
-    return [METRICS[n] for n in dict.fromkeys(wanted)]
+    specs = [METRICS[n] for n in dict.fromkeys(wanted)]
+    if default:
+        specs = [dataclasses.replace(s, module=__name__, function=f"run_default_{s.name}")
+                 if s.name in _DEFAULT_NEEDS_CHECKPOINT else s for s in specs]
+    return specs

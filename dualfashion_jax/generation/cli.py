@@ -1,7 +1,7 @@
 """`dualfashion-jax generate`: PFITB or GOR for every row of a split, resumable (rerun the same command).
 
   dualfashion-jax generate --task pfitb --checkpoint WORKDIR --split test --out results/pfitb \
-      [--data DIR] [--num-images 1] [--num-captions 1] [--seed 0] [--steps 28] [--shift 3] \
+      [--data DIR] [--num-images K] [--num-captions 1] [--seed 0] [--steps 28] [--shift 3] \
       [--guidance four_way|cfg|none] [--scales 8,7,8] [--guidance-interval 0,1] [--caption-steps 64] \
       [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dualfashion_jax.generation.settings import CAPTION_CONDS, GOR_OFFSETS, TASKS
+from dualfashion_jax.generation.settings import CAPTION_CONDS, DEFAULT_NUM_IMAGES, GOR_OFFSETS, TASKS
 from dualfashion_jax.samplers.flow_euler import GUIDANCE_MODES
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 
@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--t5", default=None, help="converted T5 dir (overrides the checkpoint's)")
     p.add_argument("--vae", default=None, help="converted VAE dir (overrides the checkpoint's)")
     p.add_argument("--tokenizer", default=None, help="T5 tokenizer dir (overrides the checkpoint's)")
-    p.add_argument("--num-images", type=int, default=1, help="images per blank (GOR: samples per outfit)")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="images per blank (GOR: samples per outfit); default pfitb 2 (LPIPS diversity needs >= 2; the "
+                        "original used 1), gor 5 (the original's)")
     p.add_argument("--num-captions", type=int, default=1, help="captions per blank (GOR: per generated item)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=28, help="Euler steps")
@@ -100,7 +102,8 @@ def settings_from_args(args):
         if len(scales) != 1:
             raise ValueError(f"--scales {args.scales!r}: cfg guidance needs 1 scale")
         g.update(cfg_scale=scales[0])
-    return GenSettings(num_images=args.num_images, num_captions=args.num_captions, seed=args.seed,
+    num_images = DEFAULT_NUM_IMAGES[args.task] if args.num_images is None else args.num_images
+    return GenSettings(num_images=num_images, num_captions=args.num_captions, seed=args.seed,
                        guidance=GuidanceConfig(**g), caption_steps=args.caption_steps, template_source=args.template,
                        caption_cond=args.caption_cond, mask_padding=args.mask_padding,
                        context_sample=args.context_sample, gor_offset=args.gor_offset)

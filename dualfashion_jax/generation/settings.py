@@ -19,6 +19,9 @@ from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 TASKS = ("pfitb", "gor")
 CAPTION_CONDS = ("original", "train")  # [pref, sent, T5(masked template)] (spec §5.2) | [pref, sent] (training)
 GOR_OFFSETS = ("mlp", "projector")
+# `generate --num-images` default per task: GOR the original's --num_samples 5 (spec §5.4); PFITB 2, the fewest that
+# gives LPIPS diversity (a default metric) a value -- the original's PFITB default 1 makes it 0 (spec §7.2 item 17).
+DEFAULT_NUM_IMAGES = {"pfitb": 2, "gor": 5}
 # Streams folded after (seed, uid, oid, sample): keep image noise, captions, context samples and GOR orders apart.
 STREAM_CAPTION, STREAM_CONTEXT, STREAM_ORDER = 1, 2, 3
 
