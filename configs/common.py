@@ -66,6 +66,7 @@ def stage_blocks(c: mlc.ConfigDict, *, model: str, dtype: str, t5: str, t5_check
     """The real-model blocks shared by stage configs: model, frozen T5/VAE, data, loss (LossConfig defaults)."""
     c.model = mlc.ConfigDict(dict(preset=model, dtype=dtype, attention_backend="xla", remat_policy="none",
                                   vocab_from_tokenizer=False, latent_from_data=False,
+                                  stage3_drop_stage2=False,  # True: the original's stage 3 (no r_t/r_c/MLP)
                                   overrides={}))
     # frozen encoders: stored in the compute dtype (the original loads T5/VAE in bf16); never optimized
     c.t5 = mlc.ConfigDict(dict(preset=t5, checkpoint=t5_checkpoint, dtype=dtype, param_dtype=dtype, seed=0,

@@ -1,5 +1,6 @@
-"""The flags that restore the PyTorch original's behaviour (docs/faithfulness.md), each against a NumPy reference:
-summed gradient accumulation, bf16 params + AdamW moments (ml_dtypes rounding after every torch op)."""
+"""The flags that restore the PyTorch original's behaviour (docs/faithfulness.md), against NumPy references where
+there is arithmetic: summed gradient accumulation, bf16 params + AdamW moments (ml_dtypes rounding after every torch
+op), stage 3 without the stage-2 modules (its loss equality: tests/test_train_stages.py)."""
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -122,3 +123,20 @@ def test_param_dtype_flag_reaches_the_model_config():
     assert stage_tasks.mmdit_config(c).param_dtype == jnp.float32
     c.optim.param_dtype = "bfloat16"
     assert stage_tasks.mmdit_config(c).param_dtype == jnp.bfloat16
+
+
+def test_stage3_drop_stage2_flag_builds_the_model_without_them():
+    """`config.model.stage3_drop_stage2=True` (the original's stage 3) drops the stage-2 modules; default keeps them."""
+    from dualfashion_jax.models import mmdit
+
+    c = mlc.ConfigDict(dict(stage="stage3", optim=common.optim(),
+                            model=dict(preset="tiny", dtype="float32", attention_backend="xla", remat_policy="none",
+                                       stage3_drop_stage2=False)))
+    assert stage_tasks.mmdit_config(c).stage2 is True
+    c.model.stage3_drop_stage2 = True
+    cfg = stage_tasks.mmdit_config(c)
+    assert cfg.stage2 is False
+    model = nnx.eval_shape(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0)))
+    assert model.stage2 is None and "stage2" not in nnx.state(model, nnx.Param)
+    c.stage = "stage2"  # the flag is about stage 3 only
+    assert stage_tasks.mmdit_config(c).stage2 is True

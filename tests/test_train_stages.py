@@ -57,6 +57,15 @@ def test_stage2_then_stage3_from_stage2(demo):
     out3 = train.run(_config(3, demo, init_from=demo / "stage2"), str(demo / "stage3"))
     assert out3["init_from_fresh"] == []  # every stage-3 param came from stage 2
     assert np.isfinite(out3["metrics"]["loss"]) and out3["state"]["ema"] == {}  # stage 3: no EMA (spec §4)
+    # the original's stage 3 (config.model.stage3_drop_stage2): r_t, r_c and the MLP dropped, the same losses
+    c3 = _config(3, demo, init_from=demo / "stage2")
+    c3.model.stage3_drop_stage2 = True
+    out3d = train.run(c3, str(demo / "stage3_drop"))
+    assert "stage2" in out3["state"]["params"] and "stage2" not in out3d["state"]["params"]
+    assert json.loads((demo / "stage3_drop" / "model_config.json").read_text())["stage2"] is False
+    kept, dropped = (metrics.read_metrics(str(demo / d / "metrics.jsonl")) for d in ("stage3", "stage3_drop"))
+    np.testing.assert_allclose([r["loss"] for r in dropped], [r["loss"] for r in kept], rtol=1e-6)
+    np.testing.assert_allclose([r["grad_norm"] for r in dropped], [r["grad_norm"] for r in kept], rtol=1e-5)
 
 
 @pytest.mark.slow

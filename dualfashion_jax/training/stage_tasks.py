@@ -26,12 +26,15 @@ def _dtype(name: str, field: str):
 
 
 def mmdit_config(config, vocab_size: int | None = None, latent_hw: tuple[int, int] | None = None):
-    """The MMDiTConfig of `config.model` (preset + overrides); stage 2 adds the stage-2 modules."""
+    """The MMDiTConfig of `config.model` (preset + overrides); stages 2 and 3 add the stage-2 modules (stage 3 not
+    with `config.model.stage3_drop_stage2`, as the original), `config.optim.param_dtype` sets the params' dtype."""
     from dualfashion_jax.models import mmdit_config as mc
 
     m = config.model
     over = dict(dtype=_dtype(m.dtype, "config.model.dtype"), attention_backend=m.attention_backend,
                 remat_policy=m.remat_policy, stage2=config.stage != "stage1" or m.get("stage2", False))
+    if config.stage == "stage3" and m.get("stage3_drop_stage2", False):  # the original's stage 3 (§7.2 item 14)
+        over["stage2"] = False
     optim_cfg = config.get("optim") or {}
     if optim_cfg.get("param_dtype", "float32") != "float32":  # the original's bf16 params (spec §7.2 item 3)
         over["param_dtype"] = _dtype(optim_cfg.param_dtype, "config.optim.param_dtype")
