@@ -55,4 +55,5 @@ def test_demo_from_an_empty_home_sigterm_then_resume(tmp_path):
     assert rep["errors"] == {} and rep["random_weight_metrics"] == []
     main_table = (out / "generations" / "pfitb" / "report.md").read_text().split("## Networks")[0]
     assert "FID↓" in main_table and "LPIPS↓" in main_table and "not available" not in main_table
-    assert not any((tmp_path / d).iterdir() for d in ("project_cache",)), "the demo wrote into the project cache"
+    assert not any((tmp_path / "project_cache").iterdir()), "the demo wrote into the project cache"
+    assert not (tmp_path / "home" / ".cache" / "dualfashion_jax").exists()  # nothing of ours in HOME either
