@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-PROGRAMS = ("bench", "stage1", "stage2", "sampling")
+PROGRAMS = ("bench", "stage1", "stage2", "sampling", "generation")
 MODES = ("dp", "fsdp", "fsdp_tp")
 LAYERS = ("scan", "unroll")
 
@@ -68,6 +68,7 @@ def _child(a) -> int:
                 t0 = time.perf_counter()
                 with activations.disabled() if a.no_constraints else contextlib.nullcontext():
                     c = bp.compile_program(program, w, mesh, mode)
+                w = c.workload  # generation: with its rows per chain
                 row = hlo_stats.report(c.compiled, weight_shapes=c.weight_shapes, stacked_layers=c.stacked_layers,
                                        weight_bytes=c.weight_bytes, global_batch=w.batch,
                                        per_device_batch=w.batch // (mesh.shape["data"] * mesh.shape["fsdp"]),

@@ -1,5 +1,6 @@
 """The programs whose partitioning is measured: the synthetic bench step, the real stage-1 / stage-2 train steps
-(frozen T5 and VAE inside the step) and the PFITB image sampler, each lowered on abstract inputs on a mesh.
+(frozen T5 and VAE inside the step), the PFITB image sampler and the generation `Programs.sample` program that
+generation/runner.py runs (images + captions), each lowered on abstract inputs on a mesh.
 
 `compile_program(kind, ...)` AOT-compiles one of them (nothing is allocated, so any config fits on CPU) and
 returns the compiled executable with what the HLO analysis needs (weight shapes, batch, token counts).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from typing import Any
 
 import jax
@@ -20,14 +22,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import dualfashion_jax.models  # noqa: F401  (switches off eager sharding)
 from dualfashion_jax import bench_step
 from dualfashion_jax.diffusion import stages
-from dualfashion_jax.generation import conditioning as cond
+from dualfashion_jax.generation import bundle as bundle_lib, conditioning as cond, sampling as gen_sampling
+from dualfashion_jax.generation.settings import GenSettings
 from dualfashion_jax.models import mmdit, t5 as t5_lib, vae as vae_lib
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 from dualfashion_jax.samplers.flow_euler import GuidanceConfig, sample_images
 from dualfashion_jax.sharding import partition, rules as rules_lib
+from dualfashion_jax.text import tokenizer as tok_lib
 from dualfashion_jax.training import optim, step as step_lib
 
-KINDS = ("bench", "stage1", "stage2", "sampling")
+KINDS = ("bench", "stage1", "stage2", "sampling", "generation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Workload:
     seg_len: int = 12          # tokens per T5 segment (bench: text tokens fed to the trunk)
     sample_steps: int = 2      # Euler steps of the sampler (a fori_loop: trip count in the HLO)
     context_items: int = 2     # stage 2 / sampling: context items per row
+    rows_per_chain: int = 1    # generation: images (= captions) sampled per chain, rows [B * k] in the program
 
     @property
     def image_size(self) -> int:
@@ -51,7 +56,9 @@ class Workload:
         n_img = math.prod(self.cfg.latent_hw) // self.cfg.patch_size ** 2
         segs = [self.seg_len * k for k in (1, 2, 3)]
         joint = [n_img + s for s in segs] + [self.cfg.num_null_tokens + s for s in segs]
-        return tuple(sorted({n_img, *segs, *joint, self.image_size ** 2, math.prod(self.cfg.latent_hw)}))
+        base = {1, n_img, *segs, *joint, self.image_size ** 2, math.prod(self.cfg.latent_hw)}
+        k = self.rows_per_chain  # generation: [B * k, ...] rows are a full batch too
+        return tuple(sorted({t * m for t in base for m in {1, k}} - {1}))
 
 
 @dataclasses.dataclass
@@ -139,7 +146,8 @@ def _sampler(w: Workload, mesh, rules_name: str):
         m, t5, ae = nnx.merge(gd, model_st), nnx.merge(gds["t5"], fz["t5"]), nnx.merge(gds["vae"], fz["vae"])
         pref, sent, neg = (cond.encode_segment(t5, b[f"{k}_ids"], b[f"{k}_mask"]) for k in ("pref", "sent", "neg"))
         off = cond.context_offset(m, cond.masked_context_mean(b["ctx_latents"], b["ctx_valid"]))
-        lat = sample_images(m, b["noise"], off, neg, sent, pref, guidance)  # [C, h, w, ch]
+        r_t = m.stage2.target_role[...]  # as generation/sampling.py: training's (1 - sigma) r_t
+        lat = sample_images(m, b["noise"], off, neg, sent, pref, guidance, target_role=r_t)  # [C, h, w, ch]
         return cond.to_uint8(vae_lib.decode_latents(ae, lat))  # [C, S, S, 3]
 
     bsh = NamedSharding(mesh, P(rules_lib.BATCH))
@@ -150,6 +158,30 @@ def _sampler(w: Workload, mesh, rules_name: str):
     batch = {k: jax.ShapeDtypeStruct(sh, d, sharding=bsh) for k, (sh, d) in shapes.items()}
     fn = jax.jit(program, out_shardings=bsh)
     return fn, (model, frozen, batch), [model] + list(frozen.values())
+
+
+def _generation(w: Workload, mesh, rules_name: str):
+    """(compiled, weights) of `Programs.sample` (generation/sampling.py, what generation/runner.py runs) for
+    w.batch chains x w.rows_per_chain images and captions, on a bundle with a test tokenizer."""
+    texts = [cond.NEGATIVE_PROMPT, "Recommend a fashion item, on white background.", "a red cotton shirt"]
+    with tempfile.TemporaryDirectory() as d:
+        tok = tok_lib.build_test_tokenizer(texts, d, vocab_size=60, extra_ids=1, max_length=w.seg_len,
+                                           model_type="bpe")
+    bundle = bundle_lib.Bundle(mmdit.DualMMDiT(w.cfg, rngs=nnx.Rngs(0)), t5_lib.T5Encoder(w.t5, rngs=nnx.Rngs(1)),
+                               vae_lib.AutoencoderKL(w.vae, rngs=nnx.Rngs(2)), tok, info={"source": "partitioning"})
+    k = w.rows_per_chain
+    settings = GenSettings(num_images=k, num_captions=k, guidance=GuidanceConfig(num_steps=w.sample_steps),
+                           caption_steps=w.sample_steps)
+    progs = gen_sampling.Programs(bundle, settings, mesh, rules=rules_name)
+    c, l, (h, wd), ch = w.batch, w.seg_len, w.cfg.latent_hw, w.cfg.in_channels
+    i32 = jnp.int32
+    shapes = {"uid": ((c,), jnp.uint32), "oid": ((c,), jnp.uint32), "image_idx": ((c, k), i32),
+              "caption_idx": ((c, k), i32), "ctx_latents": ((c, w.context_items, h, wd, ch), jnp.float32),
+              "ctx_valid": ((c, w.context_items), jnp.float32),
+              **{f"{p}_{f}": ((c, l), i32) for p in ("pref", "sent", "tmpl") for f in ("ids", "mask")},
+              "tmpl_labels": ((c, l), i32)}
+    batch = {k_: jax.ShapeDtypeStruct(sh, d, sharding=progs.batch_sh) for k_, (sh, d) in shapes.items()}
+    return progs.compile("sample", batch), list(progs.states.values())
 
 
 def _bench(w: Workload, mesh, rules_name: str):
@@ -164,11 +196,19 @@ def compile_program(kind: str, w: Workload, mesh, rules_name: str) -> Compiled:
     if kind not in KINDS:
         raise ValueError(f"compile_program: kind must be one of {KINDS}, got {kind!r}")
     partition.check_batch_divisible(w.batch, mesh, "Workload.batch")
+    if kind == "generation":
+        w = dataclasses.replace(w, rows_per_chain=2)
+        compiled, weights = _generation(w, mesh, rules_name)
+        return _compiled(compiled, weights, w)
     build = {"bench": _bench, "stage1": lambda *a: _train_step(w, "stage1", *a[1:]),
              "stage2": lambda *a: _train_step(w, "stage2", *a[1:]), "sampling": _sampler}[kind]
     fn, args, weights = build(w, mesh, rules_name)
     with jax.set_mesh(mesh):
         compiled = fn.lower(*args).compile()
+    return _compiled(compiled, weights, w)
+
+
+def _compiled(compiled, weights, w: Workload) -> Compiled:
     leaves = [x for tree in weights for x in jax.tree.leaves(tree) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
     stacked = {w.cfg.num_layers, w.t5.num_layers}
     return Compiled(compiled, [tuple(x.shape) for x in leaves],

@@ -9,11 +9,14 @@ axis, split over the mesh's batch axes (data, fsdp); the model/T5/VAE states are
 Every random draw is keyed per chain by (seed, uid, oid, sample index, stream) (`settings.sample_key`,
 `flow_euler.initial_noise`), so results do not depend on the batch size, padding or device count.
 Each process passes its own chains (`make_array_from_process_local_data`) and gets its own rows back.
+The programs are traced under `jax.set_mesh(mesh)` and the rules preset (`activations.use_rules`), so the
+models' activation constraints keep each device on its own rows (tests/test_partitioning.py checks the HLO).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +31,7 @@ from dualfashion_jax.models import mmdit
 from dualfashion_jax.models import vae as vae_lib
 from dualfashion_jax.samplers.flow_euler import initial_noise, sample_images
 from dualfashion_jax.samplers.masked_caption import caption_logits_fn, sample_caption
-from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules as rules_lib
+from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 
 # keys of a `sample` batch (all [C, ...]); see `Programs.sample`
 SAMPLE_KEYS = ("uid", "oid", "image_idx", "caption_idx", "ctx_latents", "ctx_valid", "pref_ids", "pref_mask",
@@ -59,7 +62,7 @@ class Programs:
         self.bundle, self.settings = bundle, settings
         self.mesh = mesh if mesh is not None else make_mesh()
         self._check_offset_variant()
-        table = rules_lib.get(rules)
+        self.rules = table = rules_lib.get(rules)
         self.graphs, self.states = {}, {}
         for name, mod in (("model", bundle.model), ("t5", bundle.t5), ("vae", bundle.vae)):
             g, st = nnx.split(mod)
@@ -84,6 +87,18 @@ class Programs:
                              f"stage2_variant {want!r}, but the checkpoint has {cfg.stage2_variant!r}")
 
     # -------------------------------------------------------------------------------------------- programs
+    @contextlib.contextmanager
+    def traced(self) -> Iterator[None]:
+        """The context the programs are traced (and called) in: this mesh and rules preset."""
+        with jax.set_mesh(self.mesh), activations.use_rules(self.rules):
+            yield
+
+    def compile(self, name: str, *args):
+        """AOT-compiles program `name` ("encode" | "sample" | "decode") for abstract args after the states
+        (ShapeDtypeStructs with `self.batch_sh`): what tests/test_partitioning.py reads the HLO of."""
+        with self.traced():
+            return getattr(self, f"_{name}").lower(self.states, *args).compile()
+
     def _merge(self, states, name):
         return nnx.merge(self.graphs[name], states[name])
 
@@ -148,7 +163,9 @@ class Programs:
     def encode(self, images: np.ndarray, uid: np.ndarray, oid: np.ndarray) -> np.ndarray:
         """uint8 [C, K, S, S, 3] -> latents [C, K, h, w, ch] (host-local rows in, host-local rows out)."""
         self._check_rows(images.shape[0])
-        out = self._encode(self.states, self._put(images), self._put(uid.astype(np.uint32)), self._put(oid.astype(np.uint32)))
+        with self.traced():
+            out = self._encode(self.states, self._put(images), self._put(uid.astype(np.uint32)),
+                               self._put(oid.astype(np.uint32)))
         return self._get(out)
 
     def sample(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -157,13 +174,16 @@ class Programs:
         if missing:
             raise ValueError(f"generation batch: missing field(s) {missing}")
         self._check_rows(batch["uid"].shape[0])
-        lat, ids = self._sample(self.states, {k: self._put(batch[k]) for k in SAMPLE_KEYS})
+        with self.traced():
+            lat, ids = self._sample(self.states, {k: self._put(batch[k]) for k in SAMPLE_KEYS})
         return self._get(lat), self._get(ids)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """latents [C, N, h, w, ch] -> uint8 images [C, N, S, S, 3]."""
         self._check_rows(latents.shape[0])
-        return self._get(self._decode(self.states, self._put(latents)))
+        with self.traced():
+            out = self._decode(self.states, self._put(latents))
+        return self._get(out)
 
 
 def pad_rows(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -3,7 +3,8 @@
 Schedule: diffusers' `FlowMatchEulerDiscreteScheduler(shift=3.0).set_timesteps(n)` reproduced exactly
 (`diffusion.flow.inference_sigmas`), Euler x <- x + (s_{i+1} - s_i) v in fp32, inside `lax.fori_loop`.
 
-Guidance (spec §5.1), branches stacked on the batch axis [4B, ...]:
+Guidance (spec §5.1), branches stacked on a new leading axis [4, B, ...] and the model vmapped over it, so a
+batch sharded over devices stays local (each device runs its own rows' 4 branches; no re-layout of [4B]):
   (0) x         with [neg, neg]        (T) x         with [neg, sentence]
   (M) x + lam c with [neg, sentence]   (P) x + lam c with [pref, sentence]
   v = v0 + sT (vT - v0) + sM (vM - vT) + sP (vP - vM), defaults sT = 8, sM = 7, sP = 8, lam = 0.1.
@@ -113,7 +114,7 @@ def _check(x, offset, neg, sentence, pref):
 
 
 def branch_texts(neg: jax.Array, sentence: jax.Array, pref: jax.Array, cfg: GuidanceConfig) -> jax.Array:
-    """The guidance branches' texts stacked on the batch axis: [nB, 2L, D] (constant over the steps)."""
+    """The guidance branches' texts stacked on a new leading axis: [n, B, 2L, D] (constant over the steps)."""
     cat = lambda *s: jnp.concatenate(s, axis=1)  # noqa: E731  [B, 2L, D]
     mode = cfg.effective_mode
     if mode == "four_way":
@@ -122,12 +123,12 @@ def branch_texts(neg: jax.Array, sentence: jax.Array, pref: jax.Array, cfg: Guid
         txt = [cat(neg, neg), cat(pref, sentence)]
     else:
         txt = [cat(pref, sentence)]
-    return jnp.concatenate(txt, axis=0)
+    return jnp.stack(txt, axis=0)
 
 
 def branch_latents(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, cfg: GuidanceConfig,
                    target_role: jax.Array | None = None) -> jax.Array:
-    """The guidance branches' latent inputs stacked on the batch axis: [nB, H, W, C] (order as branch_texts)."""
+    """The guidance branches' latent inputs stacked on a new leading axis: [n, B, H, W, C] (order as branch_texts)."""
     lam = cfg.matching_lambda
     c = jnp.zeros_like(x) if offset is None else offset.astype(jnp.float32)
     if cfg.match_train_input:
@@ -136,21 +137,21 @@ def branch_latents(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, cfg
     else:
         plain, with_ctx = x, x + lam * c
     lat = {"four_way": [plain, plain, with_ctx, with_ctx], "cfg": [plain, with_ctx], "none": [with_ctx]}
-    return jnp.concatenate(lat[cfg.effective_mode], axis=0)
+    return jnp.stack(lat[cfg.effective_mode], axis=0)
 
 
 def combine(v: jax.Array, cfg: GuidanceConfig, sigma: jax.Array | float = 1.0) -> jax.Array:
-    """Guided velocity [B, ...] from the stacked branch velocities [nB, ...] (fp32); outside `cfg.interval`
+    """Guided velocity [B, ...] from the stacked branch velocities [n, B, ...] (fp32); outside `cfg.interval`
     (by the step's sigma) the fully conditional branch vP."""
     v = v.astype(jnp.float32)
     mode = cfg.effective_mode
     if mode == "none":
-        return v
+        return v[0]
     if mode == "cfg":
-        v0, vp = jnp.split(v, 2, axis=0)
+        v0, vp = v[0], v[1]
         guided = v0 + cfg.cfg_scale * (vp - v0)
     else:
-        v0, vt, vm, vp = jnp.split(v, 4, axis=0)
+        v0, vt, vm, vp = v[0], v[1], v[2], v[3]
         guided = v0 + cfg.text_scale * (vt - v0) + cfg.context_scale * (vm - vt) + cfg.preference_scale * (vp - vm)
     if cfg.interval == (0.0, 1.0):
         return guided
@@ -172,19 +173,20 @@ def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, o
     _check(x_init, offset, neg_emb, sentence_emb, pref_emb)
     model_fn = as_pure(model_fn)  # an nnx.Module is re-merged inside the loop (see diffusion/pure_fn.py)
     sigmas = jnp.asarray(inference_sigmas(cfg.num_steps, cfg.shift))  # [n + 1]
-    nb = cfg.num_branches * x_init.shape[0]
+    branch_shape = (cfg.num_branches, x_init.shape[0])  # (n, B)
+    # one model call per branch, batched by vmap: the model sees [B] rows (its batch-axis constraints keep
+    # them on their devices; the branch axis is unsharded), instead of a concatenated [nB] batch
+    model_v = jax.vmap(lambda lat, txt, t: model_fn(lat, txt, t, heads=("image",), text_logits_len=None)[0])
 
-    txt = branch_texts(neg_emb, sentence_emb, pref_emb, cfg)  # [nB, 2L, D]
+    txt = branch_texts(neg_emb, sentence_emb, pref_emb, cfg)  # [n, B, 2L, D]
 
     def step(i, x):
         s, s_next = sigmas[i], sigmas[i + 1]
-        lat = branch_latents(x, s, offset, cfg, target_role)  # [nB, H, W, C]
-        t = jnp.full((nb,), s * NUM_TRAIN_TIMESTEPS, jnp.float32)
-        v, _ = model_fn(lat, txt, t, heads=("image",), text_logits_len=None)
-        v = v.astype(jnp.float32)
+        lat = branch_latents(x, s, offset, cfg, target_role)  # [n, B, H, W, C]
+        t = jnp.full(branch_shape, s * NUM_TRAIN_TIMESTEPS, jnp.float32)  # [n, B]
+        v = model_v(lat, txt, t).astype(jnp.float32)  # [n, B, H, W, C]
         if cfg.space == "x0":  # branch x0_hat = x_in - s F (as trained) -> velocity of the state: (x - x0_hat) / s
-            x_rep = jnp.concatenate([x] * cfg.num_branches, axis=0)  # [nB, H, W, C]
-            v = (x_rep - (lat - s * v)) / s  # s > 0 at every step (sigmas[n] = 0 is only a target)
+            v = (x[None] - (lat - s * v)) / s  # s > 0 at every step (sigmas[n] = 0 is only a target)
         return x + (s_next - s) * combine(v, cfg, s)
 
     return jax.lax.fori_loop(0, cfg.num_steps, step, x_init.astype(jnp.float32))
