@@ -57,6 +57,7 @@ class DemoPlan:
     # to learn in 2500 steps (colour lift 1.5x; 0.2: 2.2x). Guidance still gets the preference-free branch.
     preference_dropout: float = 0.2
     gen_rows: int = 0                  # 0 = the whole test split
+    num_images: int = 1                # samples per blank (generate's task defaults, 2 / 5, cost 2x / 5x the time)
     image_steps: int = 12              # Euler steps per image
     caption_steps: int = 8             # masked-diffusion caption steps
     guidance: str = "four_way"         # `generate --guidance`
@@ -191,7 +192,8 @@ def generate(out: pathlib.Path, plan: DemoPlan, task: str) -> pathlib.Path:
     res = out / "generations" / task
     argv = ["generate", "--task", task, "--checkpoint", str(out / "stage3"), "--split", "test", "--out", str(res),
             "--data", str(out / "data"), "--steps", str(plan.image_steps), "--caption-steps", str(plan.caption_steps),
-            "--guidance", plan.guidance, "--scales", plan.scales, "--rows-per-batch", str(plan.rows_per_batch)]
+            "--guidance", plan.guidance, "--scales", plan.scales, "--rows-per-batch", str(plan.rows_per_batch),
+            "--num-images", str(plan.num_images)]
     if plan.gen_rows:
         argv += ["--max-rows", str(plan.gen_rows)]
     if plan.match_train_input:

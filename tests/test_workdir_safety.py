@@ -69,8 +69,10 @@ def test_shape_mismatch_is_a_config_mismatch_not_corruption(tmp_path):
 
 
 def test_differences_ignores_runtime_and_warns_on_paths():
-    saved = {"seed": 0, "mesh": {"data": -1}, "data": {"dir": "/a", "max_length": 24}, "model": {"remat_policy": "x"}}
-    new = {"seed": 0, "mesh": {"data": 2}, "data": {"dir": "/b", "max_length": 32}, "model": {"remat_policy": "y"}}
+    saved = {"seed": 0, "mesh": {"data": -1}, "data": {"dir": "/a", "max_length": 24}, "model": {"remat_policy": "x"},
+             "removed_field": 1}
+    new = {"seed": 0, "mesh": {"data": 2}, "data": {"dir": "/b", "max_length": 32}, "model": {"remat_policy": "y"},
+           "optim": {"field_added_later": "mean"}}
     identity, paths = workdir.differences(saved, new)
     assert identity == ["data.max_length: 24 -> 32"] and paths == ["data.dir: '/a' -> '/b'"]
     assert checkpoint.has_checkpoints("/nonexistent") is False

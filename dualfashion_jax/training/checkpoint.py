@@ -68,12 +68,13 @@ def _path_key(path) -> str:
 
 
 def shape_mismatches(saved_tree: Any, target: Any) -> list[str]:
-    """'path: checkpoint shape vs config shape' for every array that differs or exists on one side only."""
+    """'path: checkpoint shape vs config shape' for every array both sides have with different shapes (a missing
+    array is left to the restore: damaged metadata of a partial save lists fewer arrays, like a corrupt step)."""
     saved = {_path_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(saved_tree)
              if hasattr(v, "shape")}
     want = {_path_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
-    return [f"{k}: checkpoint {saved.get(k, 'absent')} vs config {want.get(k, 'absent')}"
-            for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
+    return [f"{k}: checkpoint {saved[k]} vs config {want[k]}" for k in sorted(set(saved) & set(want))
+            if saved[k] != want[k]]
 
 
 class Checkpointer:

@@ -39,13 +39,15 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(identity fields that differ, path fields that differ) as 'key: saved -> new' lines."""
+    """(identity fields that differ, path fields that differ) as 'key: saved -> new' lines. A field on one side
+    only is not a difference: fields are added with defaults that keep the earlier behaviour (and removed
+    fields no longer act)."""
     a, b = dict(_flat(saved)), dict(_flat(new))
     identity, paths = [], []
-    for key in sorted(set(a) | set(b)):
-        if _matches(key, RUNTIME_FIELDS) or a.get(key, "<absent>") == b.get(key, "<absent>"):
+    for key in sorted(set(a) & set(b)):
+        if _matches(key, RUNTIME_FIELDS) or a[key] == b[key]:
             continue
-        line = f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
+        line = f"{key}: {a[key]!r} -> {b[key]!r}"
         (paths if _matches(key, PATH_FIELDS) else identity).append(line)
     return identity, paths
 
