@@ -1,8 +1,10 @@
 """PFITB sampling benchmark: the JAX batched jitted sampler vs a PyTorch loop written as the original does it,
-same config, same weights (the torch reference model converted to Flax), side by side; prints items/s.
+same config, same weights (the torch reference model converted to Flax), interleaved runs; items/s.
 
 CPU, side by side (default):
     python benchmarks/sampling.py --config tiny --rows 8 --batch 8 --steps 28 --caption-steps 64
+The demo's sampling shape (DemoPlan: 12 Euler steps, 8 caption steps, 16 rows per batch, 24-token segments):
+    python benchmarks/sampling.py --config demo --rows 16 --batch 16 --steps 12 --caption-steps 8 --txt-len 24
 GPU (JAX batched vs torch per-row on CUDA when torch sees a GPU, else JAX only):
     python benchmarks/sampling.py --config sd3_medium --device gpu --dtype bfloat16 --rows 32 --batch 8
 One PFITB item = one row: 1 image (`--steps` Euler steps, 4-way guidance = a batch of 4 per step) + 1 caption
@@ -19,10 +21,10 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 def _inputs(cfg, rows: int, txt_len: int, seed: int = 0):
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     h, w = cfg.latent_hw
     d = cfg.joint_attention_dim
@@ -77,7 +79,6 @@ def jax_sampler(cfg, model, inp, batch: int, steps: int, caption_steps: int):
 
 def torch_sampler(cfg, ref, inp, steps: int, caption_steps: int, device: str, dtype):
     """run() -> None: the original's per-row loops (4-way guidance batch of 4; ddpm_cache caption sampler)."""
-    import numpy as np
     import torch
 
     from dualfashion_jax.diffusion.flow import inference_sigmas
@@ -132,7 +133,7 @@ def torch_sampler(cfg, ref, inp, steps: int, caption_steps: int, device: str, dt
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="tiny", help="MMDiT preset: tiny | small | sd3_medium")
+    p.add_argument("--config", default="tiny", help="MMDiT preset: tiny | small | demo | sd3_medium")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--rows", type=int, default=8)
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--caption-steps", type=int, default=64)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each side (after a warm-up)")
     a = p.parse_args(argv)
     if a.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -151,7 +153,12 @@ def main(argv=None) -> int:
     from dualfashion_jax.conversion import mmdit as conv
     from dualfashion_jax.models import mmdit_config
 
-    cfg = mmdit_config.get(a.config, dtype=a.dtype)  # compute dtype (params stay fp32)
+    if a.config == "demo":  # the demo's trunk (benchmarks/train_step.py DEMO) with its stage-2 modules
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from train_step import DEMO
+        cfg = mmdit_config.get("small", **DEMO, dtype=a.dtype)
+    else:
+        cfg = mmdit_config.get(a.config, dtype=a.dtype)  # compute dtype (params stay fp32)
     inp = _inputs(cfg, a.rows, a.txt_len)
     ref = None
     if a.config == "sd3_medium" and a.no_torch:
@@ -170,28 +177,36 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     run()
     print(f"JAX  compile+first run {time.perf_counter() - t0:.1f}s")
-    t0 = time.perf_counter()
-    run()
-    jt = time.perf_counter() - t0
-    print(f"JAX  batched jit (batch {a.batch}): {a.rows / jt:8.3f} items/s ({jt:.2f}s)")
-    if a.no_torch or ref is None:
-        return 0
-    import torch
+    fns = {"jax": run}
+    if not (a.no_torch or ref is None):
+        import torch
 
-    dev = "cuda" if a.device == "gpu" and torch.cuda.is_available() else "cpu"
-    if a.device == "gpu" and dev == "cpu":
-        print("torch sees no GPU: skipping the torch side")
-        return 0
-    torch.manual_seed(0)
-    if a.torch_threads:
-        torch.set_num_threads(a.torch_threads)
-    tdt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
-    trun = torch_sampler(cfg, ref, inp, a.steps, a.caption_steps, dev, tdt)
-    t0 = time.perf_counter()
-    trun()
-    tt = time.perf_counter() - t0
-    print(f"torch per-row loop ({dev}):     {a.rows / tt:8.3f} items/s ({tt:.2f}s)")
-    print(f"speed-up JAX / torch: {tt / jt:.2f}x")
+        dev = "cuda" if a.device == "gpu" and torch.cuda.is_available() else "cpu"
+        if dev == "cpu" and a.device == "gpu":
+            print("torch sees no GPU: skipping the torch side")
+        else:
+            torch.manual_seed(0)
+            if a.torch_threads:
+                torch.set_num_threads(a.torch_threads)
+            tdt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
+            fns["torch"] = torch_sampler(cfg, ref, inp, a.steps, a.caption_steps, dev, tdt)
+            fns["torch"]()  # warm-up
+    load0 = os.getloadavg()[0]
+    times = {n: [] for n in fns}
+    for _ in range(a.repeats):  # interleaved: one JAX pass, one torch pass per round
+        for n, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[n].append(time.perf_counter() - t0)
+    med = {n: float(np.median(t)) for n, t in times.items()}
+    for n, t in times.items():
+        label = f"JAX  batched jit (batch {a.batch})" if n == "jax" else "torch per-row loop"
+        print(f"{label}: {a.rows / med[n]:8.3f} items/s (median {med[n]:.2f}s, {min(t):.2f}-{max(t):.2f}s "
+              f"over {a.repeats} interleaved runs)")
+    print(f"load avg {load0:.2f} -> {os.getloadavg()[0]:.2f}; cpus {len(os.sched_getaffinity(0))}")
+    if "torch" in med:
+        r = np.asarray(times["torch"]) / np.asarray(times["jax"])
+        print(f"speed-up JAX / torch: {med['torch'] / med['jax']:.2f}x (per-round {r.min():.2f}-{r.max():.2f}x)")
     return 0
 
 

@@ -121,6 +121,14 @@ def test_nan_guard_names_step_and_batch_ids(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints" / "3")
 
 
+def test_nan_guard_with_deferred_metric_fetch(tmp_path):
+    """log_every=10 > steps: metrics are fetched only at the last step, yet the guard names step 3 and its ids."""
+    c = _toy_config(**{"data.nan_at_step": 2, "checkpoint.every_steps": 100, "log_every": 10})
+    with pytest.raises(train.NonFiniteLossError, match=r"step 3: non-finite loss.*batch ids .*\[32, 33"):
+        train.run(c, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints" / "4")
+
+
 def test_train_run_writes_metrics_tensorboard_png(tmp_path):
     out = train.run(_toy_config(**{"grad_accum": 2}), str(tmp_path))
     rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))

@@ -196,6 +196,10 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
     last: dict[str, float] = {}
     step_no, exit_reason = start, "done"
     t_last = time.perf_counter()
+    # Metrics stay on device until a log / checkpoint / last / stop step (no host sync per step: the next batch
+    # is built while the device runs). `pending` keeps (step, batch ids, device metrics) of the unfetched steps,
+    # so the NaN guard still names the first non-finite step and its batch ids, before any checkpoint is saved.
+    pending: list[tuple[int, Any, dict]] = []
     try:
         for step_no in range(start + 1, total + 1):
             host_batch = next(data)
@@ -209,27 +213,35 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
                     compiled = jitted.lower(state, batch, frozen).compile()
                 _log_compiled(compiled, time.perf_counter() - t0)
             state, m = compiled(state, batch, frozen)
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-                raise NonFiniteLossError(
-                    f"step {step_no}: non-finite loss={m['loss']} grad_norm={m['grad_norm']}; "
-                    f"batch ids on process {jax.process_index()}: {None if ids is None else ids.tolist()}")
+            pending.append((step_no, ids, m))
+            if config.get("debug_step_delay_s", 0):
+                time.sleep(float(config.debug_step_delay_s))  # tests: leaves time to kill between steps
+            save = step_no % config.checkpoint.every_steps == 0 or step_no == total or stop["signal"]
+            if not (save or step_no % config.log_every == 0):
+                continue
+            fetched = jax.device_get([pm for _, _, pm in pending])
             now = time.perf_counter()
-            m["steps_per_s"] = 1.0 / max(now - t_last, 1e-9)
+            rate = len(pending) / max(now - t_last, 1e-9)  # mean steps/s over the unfetched window
             t_last = now
-            last = m
-            if step_no % config.log_every == 0 or step_no == total:
-                writer.write(step_no, m)
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", steps_per_s=f"{m['steps_per_s']:.2f}")
-            if step_no % config.checkpoint.every_steps == 0 or step_no == total or stop["signal"]:
+            for (s_no, s_ids, _), fm in zip(pending, fetched):
+                fm = {k: float(v) for k, v in fm.items()}
+                if not (np.isfinite(fm["loss"]) and np.isfinite(fm["grad_norm"])):
+                    raise NonFiniteLossError(
+                        f"step {s_no}: non-finite loss={fm['loss']} grad_norm={fm['grad_norm']}; "
+                        f"batch ids on process {jax.process_index()}: {None if s_ids is None else s_ids.tolist()}")
+                fm["steps_per_s"] = rate
+                last = fm
+                if s_no % config.log_every == 0 or s_no == total:
+                    writer.write(s_no, fm)
+            bar.update(len(pending))
+            pending.clear()
+            bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{last['steps_per_s']:.2f}")
+            if save:
                 ckpt.save(step_no, state, data.get_state(), config_json, wait=bool(stop["signal"]))
             if stop["signal"]:
                 exit_reason = stop["signal"].lower()  # "sigterm" | "sigint"
                 log.warning("%s: saved checkpoint %d, exiting cleanly", stop["signal"], step_no)
                 break
-            if config.get("debug_step_delay_s", 0):
-                time.sleep(float(config.debug_step_delay_s))  # tests: leaves time to kill between steps
     finally:
         bar.close()
         ckpt.close()
