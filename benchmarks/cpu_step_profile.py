@@ -1,17 +1,23 @@
 """Where the CPU train step's time goes: forward, forward+backward, optimizer+EMA and the whole step, interleaved.
 
-    python benchmarks/cpu_step_profile.py --config small --batch 4 --txt_len 64 --rounds 15
+    python benchmarks/cpu_step_profile.py --config small --batch 4 --txt_len 64 --rounds 15 [--ops]
+    python benchmarks/cpu_step_profile.py --config demo --batch 16 --txt_len 72 --rounds 15 [--ops]
 Each part is its own jitted program on the bench step's shapes (`dualfashion_jax/bench_step.py`); all parts are
 timed round-robin in one process (median, min-max) with the load average printed beside them.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as ts  # noqa: E402  (benchmarks/train_step.py: presets incl. 'demo')
 
 
 def main(argv=None) -> int:
@@ -21,18 +27,21 @@ def main(argv=None) -> int:
     p.add_argument("--txt_len", type=int, default=64)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--no_scan", action="store_true")
+    p.add_argument("--ops", action="store_true", help="also: per-op-category thread time of the whole step (trace)")
     a = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if a.ops:
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
     from dualfashion_jax import bench_step
-    from dualfashion_jax.models import mmdit, mmdit_config
+    from dualfashion_jax.models import mmdit
     from dualfashion_jax.training import optim
 
-    cfg = mmdit_config.get(a.config, stage2=False, scan_layers=not a.no_scan)
+    cfg = ts.preset(a.config, stage2=False, scan_layers=not a.no_scan)
     shape = bench_step.StepShape(a.batch, a.txt_len)
     model = mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
@@ -113,7 +122,52 @@ def main(argv=None) -> int:
     for n, t in times.items():
         t = np.array(t) * 1e3
         print(f"  {n:>26}: median {np.median(t):7.1f} ms  (min {t.min():.1f}, max {t.max():.1f})")
+    if a.ops:
+        op_categories(run_full, box, b, rounds=5)
     return 0
+
+
+CATEGORIES = (  # first match wins, on "<opcode> <op_name metadata>" of the HLO op a trace event names
+    ("text head / CE", r"log_softmax|take_along_axis|text_proj_out|logsumexp|32100"),
+    ("attention (QK^T, PV, softmax)", r"bqhd|bhqk|bkhd|softmax"),
+    ("optimizer + EMA", r"^\S+ jit\(step\)/(?!.*jvp)"),
+    ("linear layers (dot_general)", r"dot_general|^dot "),
+    ("scan stacking / slicing / copies", r"^(dynamic-slice|dynamic-update-slice|copy|broadcast|transpose|concatenate)"
+                                         r"|dynamic_slice|dynamic_update_slice|broadcast_in_dim"),
+    ("layer norm / modulate / GELU / residual", r"reduce|rsqrt|tanh|square|mean|integer_pow|mul|add|sub|div|exp"),
+)
+NESTED = re.compile(r"^(while|call|conditional)")  # their trace events enclose their body's ops: not counted
+
+
+def op_categories(compiled, box, b, rounds: int) -> None:
+    """Thread time per op category of the compiled step, from an XLA CPU trace (one line per category)."""
+    import jax
+    from jax._src.lib import _profiler
+    from jax.profiler import ProfileData
+
+    hlo = compiled.as_text()
+    meta = {m.group(1): (m.group(2) + " " + m.group(3)) for m in
+            re.finditer(r"%([\w.-]+) = .*? (\w[\w-]*)\(.*?op_name=\"([^\"]*)\"", hlo)}
+    sess = _profiler.ProfilerSession()
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        box["s"], m = compiled(box["s"], b, {})
+        jax.block_until_ready(m)
+    wall = (time.perf_counter() - t0) / rounds
+    agg = collections.Counter()
+    for plane in ProfileData.from_serialized_xspace(sess.stop()).planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if "Eigen" in line.name and not ev.name.startswith(("ThunkExecutor", "Slinky")):
+                    info = meta.get(ev.name, ev.name)
+                    if NESTED.match(info) or NESTED.match(ev.name):
+                        continue
+                    cat = next((c for c, rx in CATEGORIES if re.search(rx, info)), "other")
+                    agg[cat] += ev.duration_ns / rounds / 1e6
+    total = sum(agg.values())
+    print(f"  per-op thread time of the whole step: {total:.1f} ms (wall {wall * 1e3:.1f} ms)")
+    for c, v in agg.most_common():
+        print(f"    {c:>34}: {v:7.1f} ms ({100 * v / total:4.1f} %)")
 
 
 if __name__ == "__main__":
