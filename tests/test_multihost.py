@@ -78,7 +78,7 @@ def test_two_process_generation_matches_one_process(tmp_path):
     def cmd(out):
         return [sys.executable, "-m", "dualfashion_jax.cli", "generate", "--task", "pfitb", "--checkpoint",
                 str(world / "wd"), "--out", str(out), "--steps", "2", "--caption-steps", "2", "--seed", "5",
-                "--rows-per-batch", "2", "--no-progress"]
+                "--rows-per-batch", "2", "--num-images", "1", "--no-progress"]
 
     single = subprocess.run(cmd(tmp_path / "one"), capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
