@@ -8,6 +8,7 @@ lives in the same process and sees the same load). Prints median (min-max) ms/st
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -53,12 +54,15 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no_torch", action="store_true")
+    p.add_argument("--extra", default="{}", help='more variants: JSON {name: {"scan": bool, "options": {...}}}')
     a = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     batch, txt_len = (16, 72) if a.config == "demo" else (4, 64)
     fns, host = {}, None
-    for name in a.variants.split(","):
-        scan, opts = VARIANTS[name]
+    extra = {n: (v.get("scan", True), v.get("options", {})) for n, v in json.loads(a.extra).items()}
+    table = {**VARIANTS, **extra}
+    for name in [v for v in a.variants.split(",") if v] + list(extra):
+        scan, opts = table[name]
         cfg = ts.preset(a.config, stage2=False, scan_layers=scan)
         fns[name], host = jax_variant(cfg, batch, txt_len, opts)
     if not a.no_torch:
