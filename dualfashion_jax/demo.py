@@ -216,7 +216,8 @@ def evaluate(out: pathlib.Path, plan: DemoPlan, task: str, strict: bool = False)
     res = out / "generations" / task
     metrics = plan.metrics if task == "pfitb" else plan.gor_metrics
     _cli(["evaluate", "--results", str(res), "--task", task, "--data", str(out / "data"), "--metrics", metrics,
-          "--collage-size", str(2 * plan.image_size), "--no-progress"] + (["--strict"] if strict else []), f"evaluate {task}")
+          "--collage-size", str(2 * plan.image_size), "--no-progress"] + (["--strict"] if strict else []),
+         f"evaluate {task}")
 
 
 def _cli(argv: list[str], what: str) -> None:
@@ -228,14 +229,17 @@ def _cli(argv: list[str], what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- driver
-def phases(out: pathlib.Path, plan: DemoPlan, strict: bool = False) -> list[tuple[str, tuple[str, ...], tuple[str, ...], Callable]]:
+Phase = tuple[str, tuple[str, ...], tuple[str, ...], Callable[[], object]]
+
+
+def phases(out: pathlib.Path, plan: DemoPlan, strict: bool = False) -> list[Phase]:
     """(name, input phases, outputs under OUT, run) in order; `demo_state.Ledger` decides skip / resume / redo."""
     steps = [(f"stage{s}", ("data", "vae", "tokenizer") + ((f"stage{s - 1}",) if s > 1 else ()), (f"stage{s}",),
               lambda s=s: train_stage(out, plan, s)) for s in (1, 2, 3)]
     gens = [(f"generate_{t}", ("stage3",), (f"generations/{t}",), lambda t=t: generate(out, plan, t))
             for t in ("pfitb", "gor")]
-    evals = [(f"evaluate_{t}", (f"generate_{t}",), (f"generations/{t}/report.json",), lambda t=t: evaluate(out, plan, t, strict))
-             for t in ("pfitb", "gor")]
+    evals = [(f"evaluate_{t}", (f"generate_{t}",), (f"generations/{t}/report.json",),
+              lambda t=t: evaluate(out, plan, t, strict)) for t in ("pfitb", "gor")]
     return [("data", (), ("data",), lambda: make_data(out, plan)),
             ("vae", ("data",), ("vae", "data/latents"), lambda: make_vae(out, plan)),
             ("tokenizer", ("data",), ("tokenizer",), lambda: make_tokenizer(out, plan))] + steps + gens + evals
@@ -243,9 +247,11 @@ def phases(out: pathlib.Path, plan: DemoPlan, strict: bool = False) -> list[tupl
 
 def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[str], None] = print,
         strict: bool = False) -> dict:
-    """Runs every phase in order (resumable, see demo_state); returns {"timings": {phase: s}, "reports": {task: report}}.
+    """Runs every phase in order (resumable, see demo_state); returns this run's {"timings": {phase: s}, "reports"}.
 
-    `strict`: a metric that cannot be computed fails the demo (default: listed as not available). SIGTERM / SIGINT stop the whole demo (`DemoInterrupted`) after the running stage saved its checkpoint."""
+    `strict`: a metric that cannot be computed fails the demo (default: listed as not available). SIGTERM / SIGINT
+    stop the whole demo (`DemoInterrupted`) after the running stage saved its checkpoint. OUT/timings.json keeps,
+    per phase, the wall time of the run that built it."""
     out = pathlib.Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     plan = plan or DemoPlan()
@@ -277,13 +283,16 @@ def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[
         for sig, h in handlers.items():
             signal.signal(sig, h)
     timings["total"] = round(sum(timings.values()), 1)
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    built = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    built.update({k: v for k, v in timings.items() if v or k not in built})  # skipped phases keep their time
+    built["total"] = round(sum(v for k, v in built.items() if k != "total"), 1)
+    (out / "timings.json").write_text(json.dumps(built, indent=2))
     reports = {t: json.loads((out / "generations" / t / "report.json").read_text()) for t in ("pfitb", "gor")}
     table = "\n\n".join((out / "generations" / t / "report.md").read_text().split("\n## Details")[0].strip()
                          for t in reports)
     summary = personalization_summary(reports)
     log("\n" + table + "\n\n" + summary)
-    write_readme(out, timings, table, summary)
+    write_readme(out, built, table, summary)
     return {"timings": timings, "reports": reports}
 
 

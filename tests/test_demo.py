@@ -62,6 +62,7 @@ def test_rerun_resumes(run):
     result = demo.run(out, demo.DemoPlan.fast(), log=lambda s: None)  # finished phases are skipped
     t = result["timings"]
     assert ckpt.stat().st_mtime == mtime  # not retrained
+    assert json.loads((out / "timings.json").read_text())["stage2"] > 0  # the file keeps the building run's time
     assert max(t[k] for k in ("data", "vae", "tokenizer", "stage1", "stage2", "stage3")) < 5.0, t
     assert json.loads((out / "generations" / "gor" / "report.json").read_text())["settings"]["num_generated"] == 16
 
