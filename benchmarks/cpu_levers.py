@@ -24,17 +24,12 @@ VARIANTS = {"base": (True, {}), "ynn_off": (True, YNN_OFF), "unroll": (False, {}
 def jax_variant(cfg, batch: int, txt_len: int, options: dict):
     """run() for the bench step compiled with `options` (the default options of `step.jit_step` are replaced)."""
     import jax
-    import numpy as onp
 
     from dualfashion_jax import bench_step
     from dualfashion_jax.sharding import partition
 
     fn, _, _, init, mesh = bench_step.build(cfg, bench_step.StepShape(batch, txt_len))
-    h, w = cfg.latent_hw
-    rng = onp.random.default_rng(0)
-    host = {"latents": rng.standard_normal((batch, h, w, cfg.in_channels), onp.float32),
-            "txt": rng.standard_normal((batch, txt_len, cfg.joint_attention_dim), onp.float32),
-            "ids": rng.integers(0, cfg.vocab_size, (batch, txt_len)).astype(onp.int32)}
+    host = ts.host_batch(cfg, batch, txt_len)
     with jax.set_mesh(mesh):
         b = partition.put_batch(host, mesh)
         box = {"state": init()}

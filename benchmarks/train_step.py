@@ -45,6 +45,15 @@ def preset(name: str, **over):
     return mmdit_config.get("small", **DEMO, **over) if name == "demo" else mmdit_config.get(name, **over)
 
 
+def host_batch(cfg, batch: int, txt_len: int) -> dict[str, np.ndarray]:
+    """The bench step's seeded host batch: latents [B, h, w, C], T5-like txt [B, L, D], caption ids [B, L]."""
+    h, w = cfg.latent_hw
+    rng = np.random.default_rng(0)
+    return {"latents": rng.standard_normal((batch, h, w, cfg.in_channels), np.float32),
+            "txt": rng.standard_normal((batch, txt_len, cfg.joint_attention_dim), np.float32),
+            "ids": rng.integers(0, cfg.vocab_size, (batch, txt_len)).astype(np.int32)}
+
+
 def jax_step(cfg, batch: int, txt_len: int):
     """(run_once, compiled, compile_s, host batch) for the bench step (`bench_step.build`: sharded, donated)."""
     import jax
@@ -54,11 +63,7 @@ def jax_step(cfg, batch: int, txt_len: int):
     from dualfashion_jax.sharding import partition
 
     fn, _, _, init, mesh = bench_step.build(cfg, bench_step.StepShape(batch, txt_len))
-    h, w = cfg.latent_hw
-    rng = np.random.default_rng(0)
-    host = {"latents": rng.standard_normal((batch, h, w, cfg.in_channels), np.float32),
-            "txt": rng.standard_normal((batch, txt_len, cfg.joint_attention_dim), np.float32),
-            "ids": rng.integers(0, cfg.vocab_size, (batch, txt_len)).astype(np.int32)}
+    host = host_batch(cfg, batch, txt_len)
     with jax.set_mesh(mesh):  # the context mesh lets the splash backend run per shard (attention_splash.py)
         b = partition.put_batch(host, mesh)
         state = init()
