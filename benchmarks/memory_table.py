@@ -4,6 +4,8 @@
     python benchmarks/memory_table.py --aot_sd3               # + sd3_medium compiled AOT on CPU at B=1, 2 (~5 min)
     python benchmarks/memory_table.py --configs "" --aot_sd3 --aot_batches 4,8 --policies dots_with_no_batch_dims,full
     python benchmarks/memory_table.py --json out.json         # also write every number as JSON
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/memory_table.py --devices 8 --configs small
+                                                              # the partitioned (fsdp) step per device vs the model
 
 The sd3_medium table is COMPUTED, not measured: analytic fixed bytes (20 B/param fp32 state + bf16 T5-XXL when
 in-step) + per-sample activations per remat policy (memory.py), on an 80 GB device, 512 px (N_img 1024),
@@ -36,6 +38,40 @@ def cpu_table(names, batch: int, txt_len: int, policies) -> list[dict]:
                          **dataclasses.asdict(s), "peak": s.peak})
             print(f"{name:6s} {pol:24s} B={batch} args {s.argument / 2**20:9.1f} MiB  out {s.output / 2**20:9.1f}  "
                   f"alias {s.alias / 2**20:9.1f}  temp {s.temp / 2**20:9.1f}  peak {s.peak / 2**20:9.1f} MiB", flush=True)
+    return rows
+
+
+def partitioned_table(names, devices: int, batches: tuple[int, int], txt_len: int, policies) -> list[dict]:
+    """The fsdp step on `devices` devices at two per-device batches: measured per-device fixed and per-sample
+    peak bytes next to the analytic model (20 B/param / N fixed; activations per sample are not sharded)."""
+    import jax
+
+    from dualfashion_jax import bench_step, flops, memory
+    from dualfashion_jax.models import mmdit_config
+
+    if jax.device_count() < devices:
+        raise SystemExit(f"--devices {devices}: only {jax.device_count()} devices; run with "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+    mesh = bench_step.make_mesh("fsdp", jax.devices()[:devices])
+    rows = []
+    for name in names:
+        for pol in policies:
+            cfg = mmdit_config.get(name, stage2=False, remat_policy=pol)
+            stats = [memory.MemoryStats.from_compiled(bench_step.lower_step(
+                cfg, bench_step.StepShape(b * devices, txt_len), rules_name="fsdp", mesh=mesh)[0]) for b in batches]
+            fixed, per = memory.measured_per_sample(stats[0], stats[1], *batches)
+            n_params = memory.param_count(cfg)
+            model_fixed = memory.fixed_bytes(n_params, shards=devices)
+            model_per = memory.activation_bytes_per_sample(cfg, flops.image_tokens(cfg), txt_len, txt_len, pol,
+                                                           flash=False)
+            rows.append({"config": name, "policy": pol, "devices": devices, "per_device_batches": list(batches),
+                         "peaks_mib": [x.peak / 2**20 for x in stats], "fixed_mib": fixed / 2**20,
+                         "per_sample_mib": per / 2**20, "model_fixed_mib": model_fixed / 2**20,
+                         "model_per_sample_mib": model_per / 2**20})
+            r = rows[-1]
+            print(f"{name:6s} {pol:24s} N={devices} B/dev={batches} peak/dev {r['peaks_mib'][0]:8.2f} | "
+                  f"{r['peaks_mib'][1]:8.2f} MiB  fixed/dev {r['fixed_mib']:8.2f} (model {r['model_fixed_mib']:8.2f})"
+                  f"  per sample {r['per_sample_mib']:7.2f} (model {r['model_per_sample_mib']:7.2f})", flush=True)
     return rows
 
 
@@ -107,11 +143,21 @@ def main(argv=None) -> int:
     p.add_argument("--seg_len", type=int, default=256, help="tokens per T5 segment in the sd3_medium table")
     p.add_argument("--aot_sd3", action="store_true", help="also compile sd3_medium on CPU at two batches per policy")
     p.add_argument("--aot_batches", default="1,2", help="the two batches of --aot_sd3 (the slope is per sample)")
+    p.add_argument("--devices", type=int, default=0, help="measure the fsdp step on this many (fake) devices instead")
+    p.add_argument("--device_batches", default="1,2", help="the two per-device batches of --devices")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     policies = [x for x in a.policies.split(",") if x]
-    out = {"cpu": cpu_table([c for c in a.configs.split(",") if c], a.batch, a.txt_len, policies),
+    configs = [c for c in a.configs.split(",") if c]
+    if a.devices:
+        out = {"partitioned": partitioned_table(configs, a.devices, tuple(int(x) for x in a.device_batches.split(",")),
+                                                a.txt_len, policies)}
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return 0
+    out = {"cpu": cpu_table(configs, a.batch, a.txt_len, policies),
            "sd3_medium": sd3_table(a.capacity_gb, a.seg_len, a.aot_sd3, policies,
                                    tuple(int(x) for x in a.aot_batches.split(",")))}
     if a.json:

@@ -23,8 +23,9 @@ MODES = ("dp", "fsdp", "fsdp_tp")
 LAYERS = ("scan", "unroll")
 
 
-def workload(name: str, n: int, per_device_batch: int, layers: str):
-    """The configs of a named workload at global batch per_device_batch * n (scanned or unrolled layers)."""
+def workload(name: str, n: int, per_device_batch: int, layers: str, dtype: str = "float32"):
+    """The configs of a named workload at global batch per_device_batch * n (scanned or unrolled layers; the
+    MMDiT's compute dtype, params stay fp32)."""
     import dataclasses
 
     from dualfashion_jax import bench_programs as bp
@@ -33,11 +34,12 @@ def workload(name: str, n: int, per_device_batch: int, layers: str):
     scan = layers == "scan"
     if name == "small":  # d 64 (4 heads), 2 layers, 8x8 latents (16 image tokens), 12-token segments, V 160
         cfg = mmdit_config.get("tiny", num_heads=4, head_dim=16, joint_attention_dim=48, vocab_size=160,
-                               scan_layers=scan)
+                               scan_layers=scan, dtype=dtype)
         return bp.Workload(cfg, t5.get_config("tiny", d_model=48, scan_layers=scan), vae.get_config("tiny"),
                            batch=per_device_batch * n, seg_len=12)
     if name == "issue13":  # issue #13: sd3_medium width (1536, 24 heads), 2 layers, 32x32 latents, 64 text tokens
-        cfg = mmdit_config.get("sd3_medium", num_layers=2, latent_size=32, sample_size=32, scan_layers=scan)
+        cfg = mmdit_config.get("sd3_medium", num_layers=2, latent_size=32, sample_size=32, scan_layers=scan,
+                               dtype=dtype)
         return bp.Workload(dataclasses.replace(cfg, stage2=False), t5.get_config("tiny", d_model=4096),
                            vae.get_config("tiny"), batch=per_device_batch * n, seg_len=64)
     raise ValueError(f"--workload: unknown {name!r}; expected small or issue13")
@@ -63,7 +65,7 @@ def _child(a) -> int:
             for mode in a.modes.split(","):
                 if mode == "fsdp_tp" and n == 1:
                     continue
-                w = workload(a.workload, n, a.per_device_batch, layers)
+                w = workload(a.workload, n, a.per_device_batch, layers, a.dtype)
                 mesh = mesh_lib.make_mesh(mesh_sizes(mode, n))
                 t0 = time.perf_counter()
                 with activations.disabled() if a.no_constraints else contextlib.nullcontext():
@@ -73,7 +75,7 @@ def _child(a) -> int:
                                        weight_bytes=c.weight_bytes, global_batch=w.batch,
                                        per_device_batch=w.batch // (mesh.shape["data"] * mesh.shape["fsdp"]),
                                        token_counts=w.token_counts(), shard_factors=mesh.shape.values())
-                row.update(program=program, mode=mode, layers=layers, devices=n, global_batch=w.batch,
+                row.update(program=program, mode=mode, layers=layers, devices=n, global_batch=w.batch, dtype=a.dtype,
                            constraints=not a.no_constraints, compile_s=time.perf_counter() - t0)
                 print("RESULT " + json.dumps(row), flush=True)
     return 0
@@ -107,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default=",".join(LAYERS))
     p.add_argument("--devices", default="1,2,4,8")
     p.add_argument("--per_device_batch", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the MMDiT's compute dtype (params stay fp32; bf16 weights are cast before the gather)")
     p.add_argument("--no_constraints", action="store_true", help="trace without activation constraints (before)")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)

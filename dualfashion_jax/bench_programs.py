@@ -27,7 +27,7 @@ from dualfashion_jax.generation.settings import GenSettings
 from dualfashion_jax.models import mmdit, t5 as t5_lib, vae as vae_lib
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 from dualfashion_jax.samplers.flow_euler import GuidanceConfig, sample_images
-from dualfashion_jax.sharding import partition, rules as rules_lib
+from dualfashion_jax.sharding import activations, partition, rules as rules_lib
 from dualfashion_jax.text import tokenizer as tok_lib
 from dualfashion_jax.training import optim, step as step_lib
 
@@ -203,7 +203,7 @@ def compile_program(kind: str, w: Workload, mesh, rules_name: str) -> Compiled:
     build = {"bench": _bench, "stage1": lambda *a: _train_step(w, "stage1", *a[1:]),
              "stage2": lambda *a: _train_step(w, "stage2", *a[1:]), "sampling": _sampler}[kind]
     fn, args, weights = build(w, mesh, rules_name)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), activations.use_rules(rules_lib.get(rules_name)):
         compiled = fn.lower(*args).compile()
     return _compiled(compiled, weights, w)
 

@@ -20,7 +20,7 @@ from flax import nnx
 import dualfashion_jax.models  # noqa: F401  (switches off eager sharding)
 from dualfashion_jax.models import mmdit
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
-from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules as rules_lib
+from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 from dualfashion_jax.training import optim, step as step_lib
 
 OPTIM = dict(lr=3e-5, warmup_steps=2000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, clip_norm=2.0,
@@ -107,7 +107,7 @@ def lower_step(cfg: MMDiTConfig, shape: StepShape, *, rules_name: str = "fsdp", 
     """AOT-compiles the step on abstract arrays: returns `(compiled, compile_seconds)`; nothing is allocated."""
     fn, st, b, _, mesh = build(cfg, shape, rules_name=rules_name, mesh=mesh)
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), activations.use_rules(rules_lib.get(rules_name)):
         compiled = fn.lower(st, b, {}).compile()
     return compiled, time.perf_counter() - t0
 
@@ -121,7 +121,7 @@ def run_step(cfg: MMDiTConfig, shape: StepShape, *, rules_name: str = "fsdp", me
     rng = np.random.default_rng(seed)
     host = {k: (rng.integers(0, cfg.vocab_size, s).astype(np.int32) if d == jnp.int32
                 else rng.standard_normal(s).astype(np.float32)) for k, (s, d) in _batch_shapes(cfg, shape).items()}
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), activations.use_rules(rules_lib.get(rules_name)):
         batch = partition.put_batch(host, mesh)
         state = init()
         t0 = time.perf_counter()

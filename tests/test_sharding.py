@@ -86,7 +86,8 @@ def test_presets_map_logical_axes():
     assert fsdp_tp[axes.EMBED] == "fsdp" and fsdp_tp[axes.MLP] == "tensor" and fsdp_tp[axes.HEADS] == "tensor"
     assert fsdp_tp[axes.VOCAB] == "tensor" and fsdp_tp[axes.LAYERS] is None
     assert fsdp_tp[axes.ACT_BATCH] == ("data", "fsdp")
-    assert all(v is None for k, v in rules.get("dp").items() if k != axes.ACT_BATCH)
+    assert all(v is None for k, v in rules.get("dp").items() if k not in (axes.ACT_BATCH, axes.ACT_BATCH_ALL))
+    assert fsdp_tp[axes.ACT_BATCH_ALL] == ("data", "fsdp", "tensor")  # the VAE: tensor as more data parallelism
     assert rules.get("fsdp", {axes.MLP: "tensor"})[axes.MLP] == "tensor"
     with pytest.raises(ValueError, match="unknown preset 'zero3'"):
         rules.get("zero3")

@@ -16,7 +16,7 @@ from flax import nnx
 
 from dualfashion_jax.models import layers
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
-from dualfashion_jax.sharding import axes
+from dualfashion_jax.sharding import activations as act, axes
 
 
 class PosEmbedBuffer(nnx.Variable):
@@ -110,9 +110,10 @@ class PatchEmbed(nnx.Module):
         p = self.patch_size
         h, w = hh // p, ww // p
         patches = x.reshape(b, h, p, w, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * w, p * p * c)  # [B, N, p*p*C]
+        patches = act.constrain_batch(patches)
         kernel = self.kernel[...].reshape(p * p * c, -1).astype(self.dtype)  # (kh, kw, C) order == patch order
         tokens = jnp.einsum("bnk,kd->bnd", patches.astype(self.dtype), kernel) + self.bias[...].astype(self.dtype)
-        return tokens + self.cropped_pos_embed(h, w).astype(self.dtype)[None]  # [B, N, D]
+        return act.constrain(tokens + self.cropped_pos_embed(h, w).astype(self.dtype)[None], act.RESIDUAL)  # [B, N, D]
 
 
 class TimestepEmbedder(nnx.Module):

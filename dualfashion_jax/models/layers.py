@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes as flax_dtypes
 from jax.ad_checkpoint import checkpoint_name
 
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
@@ -15,6 +16,29 @@ from dualfashion_jax.sharding import activations as act, axes
 
 # torch.nn.Linear's default init (kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))).
 torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class _CastBeforeGather:
+    """nnx.Linear's `promote_dtype` hook: the kernel and bias reach the compute dtype through
+    `activations.cast_weight` (cast while sharded, gathered in bf16); the inputs as flax would cast them."""
+
+    def __init__(self, logical: tuple[str | None, str | None]):
+        self.logical = tuple(logical)
+
+    def __eq__(self, other):
+        return isinstance(other, _CastBeforeGather) and other.logical == self.logical
+
+    def __hash__(self):
+        return hash(self.logical)
+
+    def __call__(self, arrays, dtype=None, inexact=True):
+        if dtype is None:
+            return flax_dtypes.promote_dtype(arrays, dtype=None, inexact=inexact)
+        inputs, kernel, bias = arrays
+        inputs = jnp.asarray(inputs, dtype)
+        kernel = act.cast_weight(kernel, self.logical, dtype)
+        bias = None if bias is None else act.cast_weight(bias, self.logical[1:], dtype)
+        return inputs, kernel, bias
 
 
 def linear(in_features: int, out_features: int, logical: tuple[str | None, str | None], cfg: MMDiTConfig,
@@ -25,7 +49,7 @@ def linear(in_features: int, out_features: int, logical: tuple[str | None, str |
         in_features, out_features, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         kernel_init=nnx.with_partitioning(kernel_init, logical),
         bias_init=nnx.with_partitioning(bias_init, (logical[1],)),
-        preferred_element_type=preferred_element_type, rngs=rngs)
+        preferred_element_type=preferred_element_type, promote_dtype=_CastBeforeGather(logical), rngs=rngs)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -218,7 +218,10 @@ class T5Encoder(nnx.Module):
                                  f"input_ids shape {(b, l)}")
             keep = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, L] key padding
             bias = bias + jnp.where(keep, 0.0, _MASK_VALUE)  # [B, H, L, L]
-        x = self.shared(input_ids.astype(jnp.int32))  # [B, L, D]
+        # the table gathered over fsdp (vocab stays split over tensor) so each device looks up only its rows
+        table = act.constrain_weight(self.shared.embedding[...], (axes.VOCAB, None), "t5.shared")  # [V, D]
+        ids = act.constrain_batch(input_ids.astype(jnp.int32))
+        x = act.constrain(jnp.take(table, ids, axis=0).astype(self.cfg.dtype), act.RESIDUAL)  # [B, L, D]
 
         if self.cfg.scan_layers:
             @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,

@@ -128,11 +128,11 @@ class Encoder(nnx.Module):
         self.conv_out = vb.conv(ch[-1], 2 * cfg.latent_channels, 3, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C_in] -> [B, H/f, W/f, 2 C_lat]
-        x = act.constrain_batch(self.conv_in(act.constrain_batch(x)))  # block boundaries: batch over (data, fsdp)
+        x = act.constrain_batch_all(self.conv_in(act.constrain_batch_all(x)))  # block boundaries: batch over every mesh axis
         for block in self.down_blocks:
-            x = act.constrain_batch(block(x))
-        x = act.constrain_batch(self.mid_block(x))
-        return act.constrain_batch(self.conv_out(jax.nn.silu(self.conv_norm_out(x))))
+            x = act.constrain_batch_all(block(x))
+        x = act.constrain_batch_all(self.mid_block(x))
+        return act.constrain_batch_all(self.conv_out(jax.nn.silu(self.conv_norm_out(x))))
 
 
 class Decoder(nnx.Module):
@@ -150,10 +150,10 @@ class Decoder(nnx.Module):
         self.conv_out = vb.conv(rev[-1], cfg.out_channels, 3, **kw)
 
     def __call__(self, z: jax.Array) -> jax.Array:  # [B, h, w, C_lat] -> [B, h*f, w*f, C_out]
-        x = act.constrain_batch(self.mid_block(self.conv_in(act.constrain_batch(z))))
+        x = act.constrain_batch_all(self.mid_block(self.conv_in(act.constrain_batch_all(z))))
         for block in self.up_blocks:
-            x = act.constrain_batch(block(x))
-        return act.constrain_batch(self.conv_out(jax.nn.silu(self.conv_norm_out(x))))
+            x = act.constrain_batch_all(block(x))
+        return act.constrain_batch_all(self.conv_out(jax.nn.silu(self.conv_norm_out(x))))
 
 
 class AutoencoderKL(nnx.Module):

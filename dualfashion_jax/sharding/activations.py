@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from typing import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding
 
 from dualfashion_jax.sharding import axes, partition, rules as rules_lib
@@ -80,6 +82,53 @@ def constrain(x: jax.Array, logical: Sequence[str | None], name: str = "activati
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def constrain_batch_all(x: jax.Array, name: str = "activation") -> jax.Array:
+    """Leading dim over every mesh axis (ACT_BATCH_ALL): a tower without tensor-parallel layers (the VAE) uses
+    `tensor` as more data parallelism instead of repeating its work on each tensor shard."""
+    return constrain(x, (axes.ACT_BATCH_ALL,) + (None,) * (x.ndim - 1), name)
+
+
 def constrain_batch(x: jax.Array, name: str = "activation") -> jax.Array:
     """Shorthand: only the leading dim is named (ACT_BATCH); the others stay replicated."""
     return constrain(x, (axes.ACT_BATCH,) + (None,) * (x.ndim - 1), name)
+
+
+def constrain_weight(w: jax.Array, logical: Sequence[str | None], name: str = "weight") -> jax.Array:
+    """`w` pinned to the layout its (parameter) logical names map to under the current mesh/rules, else `w`
+    (rules without those names, no mesh). E.g. an embedding table gathered over fsdp before a batch-local lookup."""
+    mesh, rules = _mesh(), current_rules()
+    if mesh is None or any(n is not None and n not in rules for n in logical):
+        return w
+    return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, spec_for(w.shape, logical, mesh, rules, name)))
+
+
+def cast_weight(w: jax.Array, logical: Sequence[str | None], dtype) -> jax.Array:
+    """`w` in the compute `dtype`, cast while still sharded by its own rule so FSDP gathers the bf16 copy.
+
+    Why: XLA otherwise all-gathers the fp32 master weight and converts after (2x the bytes). The gradient is cast
+    back to the parameter dtype before it is reduced (custom VJP), so gradient sums stay in fp32. Without a
+    mesh, with rules that do not name the weight's axes, or when the dtypes agree it is a plain `astype`.
+    """
+    if dtype is None or jnp.dtype(dtype) == w.dtype:
+        return w
+    mesh, rules = _mesh(), current_rules()
+    if mesh is None or any(n is not None and n not in rules for n in logical):
+        return w.astype(dtype)
+    spec = spec_for(w.shape, logical, mesh, rules, "weight")
+    return _cast_sharded(w, NamedSharding(mesh, spec), jnp.dtype(dtype), w.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _cast_sharded(w, sharding, dtype, src_dtype):
+    return jax.lax.with_sharding_constraint(w.astype(dtype), sharding)
+
+
+def _cast_fwd(w, sharding, dtype, src_dtype):
+    return _cast_sharded(w, sharding, dtype, src_dtype), None
+
+
+def _cast_bwd(sharding, dtype, src_dtype, _, g):
+    return (jax.lax.with_sharding_constraint(g.astype(src_dtype), sharding),)
+
+
+_cast_sharded.defvjp(_cast_fwd, _cast_bwd)

@@ -22,6 +22,7 @@ REL_BUCKETS = "rel_buckets"  # T5 relative-attention buckets
 
 # Activation axes.
 ACT_BATCH = "act_batch"
+ACT_BATCH_ALL = "act_batch_all"  # batch of a tower with no tensor-parallel layer (VAE): every mesh axis
 ACT_LEN = "act_len"
 ACT_EMBED = "act_embed"
 ACT_HEADS = "act_heads"

@@ -129,22 +129,70 @@ class HloStats:
     unknown_trip_loops: int  # while loops without known_trip_count (counted once)
 
 
+_LAYOUT_ONLY = ("bitcast", "copy", "reshape")
+_MOVES = ("all-gather", "all-to-all", "collective-permute", "collective-broadcast")
+
+
+def _widened_from(comps: dict[str, list[Instr]], producers: dict[str, Instr], name: str) -> str | None:
+    """The dtype (bf16/f16) the f32 value `name` was widened from by its last convert, else None.
+
+    Why: XLA:CPU has no bf16 collectives, so it widens a bf16 operand to f32 just before the collective (a
+    convert, or a fusion whose root is such a convert up to layout ops); on GPU/TPU the collective moves bf16.
+    """
+    ins, scope = producers.get(name), producers
+    for _ in range(16):
+        if ins is None:
+            return None
+        if ins.opcode == "fusion":
+            callee = _CALLS.search(ins.attrs)
+            body = comps.get(callee.group(2), []) if callee else []
+            if not body:
+                return None
+            scope = {i.name: i for i in body}
+            ins = body[-1]  # the ROOT is printed last
+            continue
+        if ins.opcode in _LAYOUT_ONLY and ins.operands:
+            ins = scope.get(ins.operands[0])
+            continue
+        if ins.opcode == "convert" and ins.operands:
+            src = scope.get(ins.operands[0])
+            dtype = src.shapes[0][0] if src is not None and src.shapes else None
+            return dtype if dtype in ("bf16", "f16") else None
+        return None
+    return None
+
+
+def _wire_shapes(comps, producers: dict[str, Instr], ins: Instr, bufs: list[Shape]) -> list[Shape]:
+    """`bufs` of a data-movement collective with f32 relabelled to the dtype the values were widened from (what
+    an accelerator moves). Reductions keep f32: widening before a sum is a precision choice, not a CPU detail."""
+    if ins.opcode.removesuffix("-start") not in _MOVES or len(bufs) != 1 or len(ins.operands) != 1 or bufs[0][0] != "f32":
+        return bufs
+    narrow = _widened_from(comps, producers, ins.operands[0])
+    return [(narrow, bufs[0][1])] if narrow else bufs
+
+
 def analyze_text(text: str) -> HloStats:
-    """Matmul FLOPs and collectives per device of one optimized HLO module, loop trip counts applied."""
+    """Matmul FLOPs and collectives per device of one optimized HLO module, loop trip counts applied.
+
+    A `conditional` runs one branch per execution: its most expensive branch (FLOPs, then collective bytes) is
+    counted, not the sum. Collective buffers are counted at the dtype they carry on an accelerator (`_wire_shapes`).
+    """
     comps, entry = parse(text)
     shape_maps = {c: {i.name: i.shapes for i in ins} for c, ins in comps.items()}
-    flops, colls, unknown = [0.0], [], [0]
+    producer_maps = {c: {i.name: i for i in ins} for c, ins in comps.items()}
+    unknown = [0]
 
-    def walk(comp: str, mult: float, stack: tuple[str, ...]) -> None:
+    def walk(comp: str, mult: float, stack: tuple[str, ...], acc: list) -> None:
+        """Adds comp's FLOPs (acc[0]) and collectives (acc[1]) at `mult` executions per step."""
         if comp not in comps or comp in stack:
             return
         shapes = shape_maps[comp]
         for ins in comps[comp]:
             op = ins.opcode
             if op == "dot":
-                flops[0] += mult * _dot_flops(ins, shapes)
+                acc[0] += mult * _dot_flops(ins, shapes)
             elif op == "convolution":
-                flops[0] += mult * _conv_flops(ins, shapes)
+                acc[0] += mult * _conv_flops(ins, shapes)
             base = op[:-6] if op.endswith("-start") else op
             if base in COLLECTIVES:
                 if base in _FULL_FROM_OPERAND:
@@ -153,21 +201,35 @@ def analyze_text(text: str) -> HloStats:
                     bufs = ins.shapes[len(ins.shapes) // 2:]  # (operands..., outputs...)
                 else:
                     bufs = ins.shapes
+                bufs = _wire_shapes(comps, producer_maps[comp], ins, bufs)
                 groups = re.search(r"replica_groups=([^,]*(?:\{[^}]*\})?)", ins.attrs)
-                colls.append(Collective(base, mult, bufs, groups.group(1) if groups else ""))
+                acc[1].append(Collective(base, mult, bufs, groups.group(1) if groups else ""))
             trip = 1.0
             if op == "while":
                 t = _TRIP.search(ins.attrs)
                 unknown[0] += t is None
                 trip = float(t.group(1)) if t else 1.0
             for kind, callee in _CALLS.findall(ins.attrs):
-                walk(callee, mult * (trip if kind == "body" else 1.0), stack + (comp,))
-            for _, names in _CALL_LISTS.findall(ins.attrs):
-                for callee in re.findall(r"%?([\w.\-]+)", names):
-                    walk(callee, mult, stack + (comp,))
+                walk(callee, mult * (trip if kind == "body" else 1.0), stack + (comp,), acc)
+            for kind, names in _CALL_LISTS.findall(ins.attrs):
+                callees = re.findall(r"%?([\w.\-]+)", names)
+                if kind != "branch_computations":
+                    for callee in callees:
+                        walk(callee, mult, stack + (comp,), acc)
+                    continue
+                branches = []
+                for callee in callees:
+                    sub = [0.0, []]
+                    walk(callee, mult, stack + (comp,), sub)
+                    branches.append(sub)
+                if branches:
+                    top = max(branches, key=lambda b: (b[0], sum(c.bytes for c in b[1])))
+                    acc[0] += top[0]
+                    acc[1].extend(top[1])
 
-    walk(entry, 1.0, ())
-    return HloStats(flops[0], colls, unknown[0])
+    acc = [0.0, []]
+    walk(entry, 1.0, (), acc)
+    return HloStats(acc[0], acc[1], unknown[0])
 
 
 def _key(dims: Iterable[int]) -> tuple[int, ...]:

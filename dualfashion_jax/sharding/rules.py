@@ -20,7 +20,7 @@ Rules = Mapping[str, MeshAxes]
 
 _ALWAYS: dict[str, MeshAxes] = {
     axes.LAYERS: None, axes.KV: None, axes.NORM: None, axes.REL_BUCKETS: None, axes.PATCH: None,
-    axes.CONV_IN: None, axes.ACT_BATCH: BATCH, axes.ACT_LEN: None, axes.ACT_EMBED: None,
+    axes.CONV_IN: None, axes.ACT_BATCH: BATCH, axes.ACT_BATCH_ALL: MESH_AXES, axes.ACT_LEN: None, axes.ACT_EMBED: None,
 }
 _DP: dict[str, MeshAxes] = {
     axes.EMBED: None, axes.MLP: None, axes.HEADS: None, axes.VOCAB: None, axes.MOD: None, axes.COND: None,
