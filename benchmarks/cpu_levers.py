@@ -25,7 +25,7 @@ def jax_variant(cfg, batch: int, txt_len: int, options: dict):
     """run() for the bench step compiled with `options` (the default options of `step.jit_step` are replaced)."""
     import jax
 
-    from dualfashion_jax import bench_step
+    from dualfashion_jax.perf import step as bench_step
     from dualfashion_jax.sharding import partition
 
     fn, _, _, init, mesh = bench_step.build(cfg, bench_step.StepShape(batch, txt_len))

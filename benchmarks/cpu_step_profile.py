@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_step_profile.py --config small --batch 4 --txt_len 64 --rounds 15 [--ops]
     python benchmarks/cpu_step_profile.py --config demo --batch 16 --txt_len 72 --rounds 15 [--ops]
-Each part is its own jitted program on the bench step's shapes (`dualfashion_jax/bench_step.py`); all parts are
+Each part is its own jitted program on the bench step's shapes (`dualfashion_jax/perf/step.py`); all parts are
 timed round-robin in one process (median, min-max) with the load average printed beside them.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import optax
     from flax import nnx
 
-    from dualfashion_jax import bench_step
+    from dualfashion_jax.perf import step as bench_step
     from dualfashion_jax.models import mmdit
     from dualfashion_jax.training import optim
 

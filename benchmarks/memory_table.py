@@ -25,7 +25,7 @@ POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims", "save_named", "s
 
 def cpu_table(names, batch: int, txt_len: int, policies) -> list[dict]:
     """memory_analysis of the synthetic train step (1 device, dp) for each config x policy."""
-    from dualfashion_jax import bench_step, memory
+    from dualfashion_jax.perf import memory, step as bench_step
     from dualfashion_jax.models import mmdit_config
 
     rows = []
@@ -46,7 +46,7 @@ def partitioned_table(names, devices: int, batches: tuple[int, int], txt_len: in
     peak bytes next to the analytic model (20 B/param / N fixed; activations per sample are not sharded)."""
     import jax
 
-    from dualfashion_jax import bench_step, flops, memory
+    from dualfashion_jax.perf import flops, memory, step as bench_step
     from dualfashion_jax.models import mmdit_config
 
     if jax.device_count() < devices:
@@ -79,7 +79,7 @@ def sd3_table(capacity_gb: float, seg_len: int, aot: bool, policies, aot_batches
     """Largest per-device sd3_medium batch per policy: analytic (flash / XLA attention), stages, optional CPU AOT."""
     import jax.numpy as jnp
 
-    from dualfashion_jax import bench_step, flops, memory
+    from dualfashion_jax.perf import flops, memory, step as bench_step
     from dualfashion_jax.models import mmdit_config, t5
 
     cap = capacity_gb * memory.GB

@@ -28,7 +28,7 @@ def workload(name: str, n: int, per_device_batch: int, layers: str, dtype: str =
     MMDiT's compute dtype, params stay fp32)."""
     import dataclasses
 
-    from dualfashion_jax import bench_programs as bp
+    from dualfashion_jax.perf import programs as bp
     from dualfashion_jax.models import mmdit_config, t5, vae
 
     scan = layers == "scan"
@@ -56,7 +56,7 @@ def mesh_sizes(mode: str, n: int) -> dict[str, int]:
 def _child(a) -> int:
     import contextlib
 
-    from dualfashion_jax import bench_programs as bp
+    from dualfashion_jax.perf import programs as bp
     from dualfashion_jax.sharding import activations, hlo_stats, mesh as mesh_lib
 
     n = int(a.devices)

@@ -10,7 +10,7 @@ image head + cross-entropy on the text head (both heads run), with random latent
 frozen encoders and data loading are excluded by design (jax_anchors.md §5.2). The PyTorch side does the same
 work, EMA included (`--no_torch_ema` drops it there only).
 
-Model FLOPs per sample come from `dualfashion_jax/flops.py` (fwd + bwd, remat recompute excluded; see
+Model FLOPs per sample come from `dualfashion_jax/perf/flops.py` (fwd + bwd, remat recompute excluded; see
 docs/performance.md). MFU = FLOPs/sample * batch / (step time * devices * peak bf16 FLOP/s). Beside it: the
 compiled HLO's matmul FLOPs with loop trip counts (`flops.compiled_matmul_flops`) and XLA's
 `cost_analysis()["flops"]`, which counts a scanned layer loop's body once (hence its ~1.7x under-count).
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from dualfashion_jax import flops
+from dualfashion_jax.perf import flops
 
 PEAK_BF16 = flops.PEAK_BF16  # re-exported for callers of this script
 
@@ -59,7 +59,7 @@ def jax_step(cfg, batch: int, txt_len: int):
     import jax
     import numpy as np
 
-    from dualfashion_jax import bench_step
+    from dualfashion_jax.perf import step as bench_step
     from dualfashion_jax.sharding import partition
 
     fn, _, _, init, mesh = bench_step.build(cfg, bench_step.StepShape(batch, txt_len))

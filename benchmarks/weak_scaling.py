@@ -24,7 +24,7 @@ def _child(a) -> int:
     import jax
     import jax.numpy as jnp
 
-    from dualfashion_jax import bench_step, flops, memory
+    from dualfashion_jax.perf import flops, memory, step as bench_step
     from dualfashion_jax.models import mmdit_config
 
     dtype = jnp.dtype(a.dtype or ("float32" if a.device == "cpu" else "bfloat16"))

@@ -1,4 +1,4 @@
-"""Analytic FLOPs (flops.py): hand counts, the jax_anchors worked example, stage/sampling composition, MFU,
+"""Analytic FLOPs (perf/flops.py): hand counts, the jax_anchors worked example, stage/sampling composition, MFU,
 and the cross-check against XLA's `compiled.cost_analysis()["flops"]` of the real train step on CPU."""
 import dataclasses
 
@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax import bench_step, flops
+from dualfashion_jax.perf import flops, step as bench_step
 from dualfashion_jax.models import mmdit, mmdit_config, t5
 
 TINY = mmdit_config.get("tiny")  # L=2, d=32 (2 heads x 16), p=2, C=16, 8x8 latent -> 16 image tokens, V=64

@@ -1,4 +1,4 @@
-"""Train-step memory (memory.py): memory_analysis of the real step per remat policy on CPU (ordering, fixed
+"""Train-step memory (perf/memory.py): memory_analysis of the real step per remat policy on CPU (ordering, fixed
 bytes), the analytic activation model cross-checked against it, T5 parameter count, largest-batch arithmetic."""
 import dataclasses
 import math
@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax import bench_step, memory
+from dualfashion_jax.perf import memory, step as bench_step
 from dualfashion_jax.models import mmdit, mmdit_config, remat, t5
 
 # Compiles (4) are the cost of this file; the full policy sweep is benchmarks/memory_table.py.

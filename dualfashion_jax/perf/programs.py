@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import dualfashion_jax.models  # noqa: F401  (switches off eager sharding)
-from dualfashion_jax import bench_step
+from dualfashion_jax.perf import step as bench_step
 from dualfashion_jax.diffusion import stages
 from dualfashion_jax.generation import bundle as bundle_lib, conditioning as cond, sampling as gen_sampling
 from dualfashion_jax.generation.settings import GenSettings
