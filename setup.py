@@ -11,7 +11,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["dualfashion_jax", "dualfashion_jax.*"]),
+    # configs/ (repo root) ships as dualfashion_jax.configs: `--config stage1.py:demo` and the demo find it installed
+    packages=find_packages(include=["dualfashion_jax", "dualfashion_jax.*"]) + ["dualfashion_jax.configs"],
+    package_dir={"dualfashion_jax.configs": "configs"},
     include_package_data=True,
     install_requires=[
         "jax>=0.10.2",

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     from dualfashion_jax import demo
     from dualfashion_jax.sharding import partition
 
-    out, plan = pathlib.Path(a.out), demo.DemoPlan()
+    out, plan = pathlib.Path(a.out), demo.DemoPlan.default()
     demo.make_data(out, plan)
     demo.make_vae(out, plan)
     demo.make_tokenizer(out, plan)

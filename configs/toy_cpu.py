@@ -3,15 +3,13 @@
     dualfashion-jax train --config configs/toy_cpu.py --workdir /tmp/toy [--config.total_steps=20]
 Expected: ~1 s/step after a ~5 s compile on a laptop CPU; the loss falls from ~2.3.
 """
-import os
-import sys
+from dualfashion_jax.core import config as cc
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
+common = cc.sibling(__file__, "common")
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, steps=6, batch=16)
+    a = cc.parse_arg(arg, steps=6, batch=16)
     c = common.base("toy", total_steps=a.steps, batch_size=a.batch)
     c.optim = common.optim(lr=1e-3, warmup_steps=2, ema_decay=0.9, ema_start_step=2)
     c.model.update(dict(features=8, width=32, layers=2, vocab=16, dtype="float32"))

@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dualfashion_jax.conversion.cli", "convert PyTorch/diffusers/transformers checkpoints to orbax"),
     "data": ("dualfashion_jax.data.cli", "build/convert/validate datasets (make-demo, convert-real, validate)"),
     "encode-latents": ("dualfashion_jax.data.encode_latents", "VAE-encode a dataset's images once"),
-    "train": ("dualfashion_jax.training.main", "train a stage: --config configs/<stage>_<size>.py --workdir DIR"),
+    "train": ("dualfashion_jax.training.main", "train a stage: --config configs/<stage>.py:<size> --workdir DIR"),
     "generate": ("dualfashion_jax.generation.cli", "PFITB / GOR generation for every row of a split"),
     "evaluate": ("dualfashion_jax.evaluators.cli", "compute recommendation metrics on generated results"),
     "demo": ("dualfashion_jax.demo", "end to end on the built-in dataset: data, 3 training stages, generation, eval"),

@@ -6,13 +6,14 @@ redoes, after moving its old output to OUT/stale/, any phase whose inputs change
   vae        the stand-in VAE (space-to-depth pixel autoencoder, models/pixel_ae.py) fitted to the images'
              mean/std, saved as a converted VAE (OUT/vae), and `encode-latents` -> OUT/data/latents
   tokenizer  a sentencepiece tokenizer with T5's id layout trained on the demo texts -> OUT/tokenizer
-  stage1..3  `train` with configs/stage{1,2,3}_demo.py + the demo overrides below -> OUT/stage{1,2,3}
+  stage1..3  `train` with configs/stage{1,2,3}.py:demo,out=OUT -> OUT/stage{1,2,3}
              (the frozen random `small_demo` T5 is saved by training to OUT/stage*/frozen/t5)
   generate   PFITB and GOR for the whole test split from the stage-3 workdir -> OUT/generations/{pfitb,gor}
   evaluate   oracle + network metrics per task -> OUT/generations/<task>/report.{json,md}; table printed
 OUT/README.md says where everything is; OUT/timings.json has each phase's wall time. SIGTERM / SIGINT stop the
 whole demo (exit 143 / 130) after the running stage saved a checkpoint; rerun the same command to resume.
-The demo settings (`DemoPlan`) were tuned on a 2-core CPU; see docs/demo.md.
+The settings live in configs/demo.py and configs/stage{1,2,3}.py (sizes demo, demo_quality, demo_fast;
+`DemoPlan` is their view); they were tuned on a 2-core CPU, see docs/demo.md.
 """
 from __future__ import annotations
 
@@ -28,61 +29,78 @@ import time
 from typing import Callable
 
 from dualfashion_jax import demo_state
+from dualfashion_jax.core import config as config_lib
 
-HERE = pathlib.Path(__file__).resolve().parent
-CONFIGS = HERE.parent / "configs"
-PFITB_METRICS = "oracle,fid,lpips"  # every network real-weight (installed by scripts/install.sh)
-GOR_METRICS = "oracle,lpips"
+
+MODEL_KEYS = ("num_layers", "num_heads", "head_dim", "matching_hidden", "patch_size")  # of the stage configs'
+SIZES = {"default": "demo", "quality": "demo_quality", "fast": "demo_fast"}
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoPlan:
-    """Every knob of a demo run. The defaults fit the 10-minute budget (install included) on a 2-core CPU;
-    `quality()` is the tuned full demo (longer stage 1 and 2), `fast()` the test-sized run."""
+    """A view of one demo size's configs (`from_configs`): configs/demo.py:SIZE and configs/stage{1,2,3}.py:SIZE
+    hold the values (tuned on a 2-core CPU, docs/demo.md); OUT/plan.json records every field but `size`."""
 
-    num_users: int = 160
-    image_size: int = 32
-    vae_factor: int = 4                # space-to-depth factor: 32 px -> 8 x 8 x 16 latents
-    vae_basis: str = "pca"             # 4x4x3 pixel blocks -> their top-16 principal directions (99.3 % variance)
-    vocab_size: int = 400              # tokenizer (soft limit)
-    max_length: int = 24               # tokens per text segment (4-key captions and preferences <= 23)
-    t5_preset: str = "small_demo"      # frozen random T5 (d_model 64)
-    # 64 wide: 2 heads x 32 run ~1.3x faster than 4 x 16 on CPU; patch 1 on the 8 x 8 latents = 64 image tokens
-    model: tuple = (("num_layers", 4), ("num_heads", 2), ("head_dim", 32), ("matching_hidden", 64), ("patch_size", 1))
-    # stage 1, 2, 3: what fits 10 minutes with the install (docs/demo.md "Measured"); `quality()` trains
-    # (500, 2500, 20), where the preference is learned late (1500 -> 2500 stage-2 steps lifts it)
-    steps: tuple = (400, 1100, 20)
-    batch: tuple = (16, 16, 16)
-    lr: tuple = (1e-3, 1e-3, 2e-4)
-    # `optim.decay` per stage: stage 2's cosine to 0 lifts the colour hit 2.17x -> 2.50x at the same cost
-    lr_decay: tuple = ("constant", "cosine", "constant")
-    # stage-2 P(drop the preference); the original's 0.5 left the preference too rare a cue for this small model
-    # to learn in 2500 steps (colour lift 1.5x; 0.2: 2.2x). Guidance still gets the preference-free branch.
-    preference_dropout: float = 0.2
-    gen_rows: int = 0                  # 0 = the whole test split
-    num_images: int = 1                # samples per blank (generate's task defaults, 2 / 5, cost 2x / 5x the time)
-    image_steps: int = 12              # Euler steps per image
-    caption_steps: int = 8             # masked-diffusion caption steps
-    guidance: str = "four_way"         # `generate --guidance`
-    scales: str = "1,1,12"             # text, context, preference: v = v_M + 12 (v_P - v_M), preference guidance
-    match_train_input: bool = True     # sample with the input stage 2 trained on (spec 7.2 item 7): +19 pt cat. acc
-    caption_cond: str = "train"        # `generate --caption-cond`: no T5(template) 4th segment (spec 7.2 item 10)
-    rows_per_batch: int = 16
-    metrics: str = PFITB_METRICS       # PFITB (160 images)
-    gor_metrics: str = GOR_METRICS     # GOR has 4x the images: FID there would cost minutes of the budget; LPIPS
-                                       # on 2x2 collages at the images' own scale (64 px, not the original's 1024)
+    num_users: int
+    image_size: int
+    vae_factor: int                    # space-to-depth factor: 32 px -> 8 x 8 x 16 latents
+    vae_basis: str
+    vocab_size: int                    # tokenizer (soft limit)
+    max_length: int                    # tokens per text segment
+    t5_preset: str                     # frozen random T5
+    model: tuple                       # MMDiT overrides, (name, value) in MODEL_KEYS order
+    steps: tuple                       # stage 1, 2, 3
+    batch: tuple
+    lr: tuple
+    lr_decay: tuple                    # `optim.decay` per stage
+    preference_dropout: float          # stage 2's
+    gen_rows: int                      # 0 = the whole test split
+    num_images: int
+    image_steps: int
+    caption_steps: int
+    guidance: str
+    scales: str
+    match_train_input: bool
+    caption_cond: str
+    rows_per_batch: int
+    metrics: str                       # PFITB
+    gor_metrics: str
+    size: str = "demo"
+
+    @classmethod
+    def from_configs(cls, size: str = "demo") -> "DemoPlan":
+        d = config_lib.load(f"demo.py:{size}")
+        st = [config_lib.load(f"stage{s}.py:{size}") for s in (1, 2, 3)]
+        g = d.generate
+        return cls(num_users=d.data.num_users, image_size=d.data.image_size, vae_factor=d.vae.factor,
+                   vae_basis=d.vae.basis, vocab_size=d.tokenizer.vocab_size, max_length=st[0].data.max_length,
+                   t5_preset=st[0].t5.preset, model=tuple((k, st[0].model.overrides[k]) for k in MODEL_KEYS),
+                   steps=tuple(c.total_steps for c in st), batch=tuple(c.batch_size for c in st),
+                   lr=tuple(c.optim.lr for c in st), lr_decay=tuple(c.optim.decay for c in st),
+                   preference_dropout=st[1].loss.preference_dropout, gen_rows=g.max_rows, num_images=g.num_images,
+                   image_steps=g.image_steps, caption_steps=g.caption_steps, guidance=g.guidance, scales=g.scales,
+                   match_train_input=g.match_train_input, caption_cond=g.caption_cond,
+                   rows_per_batch=g.rows_per_batch, metrics=d.evaluate.pfitb_metrics,
+                   gor_metrics=d.evaluate.gor_metrics, size=size)
+
+    @classmethod
+    def default(cls) -> "DemoPlan":
+        return cls.from_configs(SIZES["default"])
 
     @classmethod
     def quality(cls) -> "DemoPlan":
         """The tuned full demo (`demo --quality`): 2.3x the default's stage-2 steps, ~14 min with the install."""
-        return cls(steps=(500, 2500, 20))
+        return cls.from_configs(SIZES["quality"])
 
     @classmethod
     def fast(cls) -> "DemoPlan":
-        return cls(num_users=16, vocab_size=200, model=(("num_layers", 2), ("num_heads", 2), ("head_dim", 16),
-                                                        ("matching_hidden", 32), ("patch_size", 1)),
-                   steps=(24, 8, 4), batch=(8, 8, 8), gen_rows=4, image_steps=2, caption_steps=2, rows_per_batch=4,
-                   metrics=PFITB_METRICS, gor_metrics=GOR_METRICS)  # the real-weight metric paths, on 4 rows
+        return cls.from_configs(SIZES["fast"])
+
+    def record(self) -> dict:
+        """What OUT/plan.json keeps: the knobs (the size name is not one, so folders made before it stay valid)."""
+        d = dataclasses.asdict(self)
+        del d["size"]
+        return d
 
 
 # --------------------------------------------------------------------------------------------------- phases
@@ -156,28 +174,9 @@ def fixed_phrases(texts: list[str]) -> list[str]:
 
 
 def stage_config(out: pathlib.Path, plan: DemoPlan, stage: int):
-    """configs/stage{n}_demo.py with the demo's paths, sizes and the `small_demo` T5 (+ matching MMDiT width)."""
-    from dualfashion_jax.models import t5
-    from dualfashion_jax.training import main as train_main
-
+    """configs/stage{n}.py at the plan's size, reading and writing under OUT."""
     i = stage - 1
-    init_from = str(out / f"stage{stage - 1}") if stage > 1 else ""
-    arg = (f"data={out / 'data'},tokenizer={out / 'tokenizer'},steps={plan.steps[i]},batch={plan.batch[i]},"
-           f"max_length={plan.max_length},init_from={init_from}")
-    c = train_main.load_config(f"{CONFIGS / f'stage{stage}_demo.py'}:{arg}")
-    c.optim.lr = float(plan.lr[i])
-    c.optim.decay = str(plan.lr_decay[i])
-    if stage == 2:
-        c.loss.preference_dropout = float(plan.preference_dropout)
-    c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, plan.steps[i] // 10))
-    if c.optim.get("ema_decay") is not None:
-        c.optim.ema_start_step = min(int(c.optim.ema_start_step), plan.steps[i] // 2)
-    c.checkpoint.every_steps = plan.steps[i]
-    c.log_every = 1 if plan.steps[i] <= 100 else int(c.log_every)
-    c.t5.preset = plan.t5_preset
-    c.vae.checkpoint = str(out / "vae")  # generation decodes with the stand-in VAE (training reads latents)
-    c.model.overrides = dict(plan.model, joint_attention_dim=t5.get_config(plan.t5_preset).d_model)
-    return c
+    return config_lib.load(f"stage{stage}.py:{plan.size},out={out},steps={plan.steps[i]},batch={plan.batch[i]}")
 
 
 def train_stage(out: pathlib.Path, plan: DemoPlan, stage: int) -> pathlib.Path:
@@ -254,8 +253,8 @@ def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[
     per phase, the wall time of the run that built it."""
     out = pathlib.Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan or DemoPlan()
-    demo_state.claim_plan(out, dataclasses.asdict(plan))
+    plan = plan or DemoPlan.default()
+    demo_state.claim_plan(out, plan.record())
     ledger = demo_state.Ledger(out, log)
     timings: dict[str, float] = {}
     current = {"phase": ""}
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                    "table lists it as 'not available' with the reason)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    plan = DemoPlan.fast() if a.fast else DemoPlan.quality() if a.quality else DemoPlan()
+    plan = DemoPlan.fast() if a.fast else DemoPlan.quality() if a.quality else DemoPlan.default()
     try:
         run(a.out, plan, strict=a.strict)
     except demo_state.DemoInterrupted as e:

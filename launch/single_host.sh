@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Single host (one GPU box, one TPU VM, or CPU): runs `dualfashion-jax train` with an XLA preset.
-#   launch/single_host.sh --config configs/stage1_sd3_medium.py --workdir /ckpt/s1 [--preset h100|v5p|v6e|cpu]
+#   launch/single_host.sh --config configs/stage1.py:sd3_medium --workdir /ckpt/s1 [--preset h100|v5p|v6e|cpu]
 #                         [--dry-run] [-- extra train flags]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TPU pod slice: runs the SAME command on every host with `gcloud compute tpus tpu-vm ssh --worker=all`.
 # Each host calls jax.distributed.initialize() (TPU metadata gives coordinator/process ids automatically).
-#   launch/tpu_pod.sh --tpu NAME --zone ZONE [--project P] --config configs/stage1_sd3_medium.py \
+#   launch/tpu_pod.sh --tpu NAME --zone ZONE [--project P] --config configs/stage1.py:sd3_medium \
 #                     --workdir gs://bucket/run [--preset v5p|v6e] [--repo-dir ~/dualfashion_jax] [--setup] [--dry-run]
 #   launch/tpu_pod.sh --tpu NAME --zone ZONE --generate -- --task pfitb --checkpoint gs://b/run --out /shared/pfitb
 #     (generation: rows dealt over the hosts; --out must be a folder every host writes to)

@@ -51,10 +51,11 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     from dualfashion_jax.generation.bundle import module_from_flat
     from dualfashion_jax.models import mmdit
     from dualfashion_jax.text.tokenizer import CaptionTokenizer
-    from dualfashion_jax.training import checkpoint as ckpt_lib, main as main_lib, stage_tasks
+    from dualfashion_jax.core import config as config_lib
+    from dualfashion_jax.training import checkpoint as ckpt_lib, stage_tasks
 
-    config = main_lib.load_config(os.fspath(REPO / "configs" / "stage2_demo.py") +
-                                  f":data={root / 'data'},tokenizer={root / 'tokenizer'},max_length=96,init_from=")
+    config = config_lib.load(os.fspath(REPO / "configs" / "stage2.py") +
+                             f":tiny,data={root / 'data'},tokenizer={root / 'tokenizer'},max_length=96,init_from=")
     wd.mkdir(parents=True, exist_ok=True)
     cj = json.loads(config.to_json_best_effort())
     (wd / "config.json").write_text(json.dumps(cj, indent=1))

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import dualfashion_jax.models  # noqa: F401
+from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.sharding import mesh as mesh_lib, rules
-from dualfashion_jax.training import checkpoint as ckpt_lib, main as main_lib, metrics, tasks, train
+from dualfashion_jax.training import checkpoint as ckpt_lib, metrics, tasks, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "toy_cpu.py")
@@ -58,7 +59,7 @@ def _last_step(workdir):
 
 def _restore(workdir, step=None, config=CONFIG + ":steps=6"):
     """(step, host state, data state) of a workdir's checkpoint, restored onto one device (another sharding)."""
-    config = main_lib.load_config(config)
+    config = config_lib.load(config)
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     spec = train.build_state_spec(config, tasks.build(config), mesh, rules.get("fsdp"))
     ck = ckpt_lib.Checkpointer(workdir, keep=3)
@@ -95,8 +96,8 @@ def stage3(tmp_path_factory):
     texts = [json.dumps(v["elements"]) for v in ds.item_info.values()] + list(ds.categories.values())
     tk.build_test_tokenizer(texts, root / "tokenizer", vocab_size=200, max_length=32,
                             user_symbols=tk.caption_scaffold())
-    config = (os.path.join(ROOT, "configs", "stage3_demo.py") +
-              f":data={root / 'data'},tokenizer={root / 'tokenizer'},steps=6,init_from=")
+    config = (os.path.join(ROOT, "configs", "stage3.py") +
+              f":tiny,data={root / 'data'},tokenizer={root / 'tokenizer'},steps=6,init_from=")
     _run(root / "ref", "--config.checkpoint.every_steps=3", config=config)
     return config, root / "ref"
 

@@ -16,21 +16,21 @@ def _run(script, *args, ok=True):
 
 
 def test_gpu_slurm_dry_run_sets_coordinator_and_ranks():
-    out = _run("gpu_slurm.sh", "--dry-run", "--nodes", "gpu[01-03],dgx7", "--config", "configs/stage1_sd3_medium.py",
+    out = _run("gpu_slurm.sh", "--dry-run", "--nodes", "gpu[01-03],dgx7", "--config", "configs/stage1.py:sd3_medium",
                "--workdir", "/ckpt/run", "--", "--config.optim.lr=1e-5").stdout
     cmds = [shlex.split(l) for l in out.splitlines() if l.startswith("env ")]
     assert len(cmds) == 4
     for rank, cmd in enumerate(cmds):
         env = dict(a.split("=", 1) for a in cmd[1:4])
         assert env == {"JAX_COORDINATOR_ADDRESS": "gpu01:12345", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": str(rank)}
-        assert cmd[4:] == ["dualfashion-jax", "train", "--config", "configs/stage1_sd3_medium.py",
+        assert cmd[4:] == ["dualfashion-jax", "train", "--config", "configs/stage1.py:sd3_medium",
                            "--workdir", "/ckpt/run", "--config.optim.lr=1e-5"]
     assert "on dgx7" in out and "xla_gpu_enable_latency_hiding_scheduler" in out
 
 
 def test_tpu_pod_dry_run_runs_same_command_on_all_workers():
     out = _run("tpu_pod.sh", "--dry-run", "--tpu", "pod1", "--zone", "us-east5-a", "--project", "proj",
-               "--config", "configs/stage2_sd3_medium.py", "--workdir", "gs://b/run", "--preset", "v6e", "--setup").stdout
+               "--config", "configs/stage2.py:sd3_medium", "--workdir", "gs://b/run", "--preset", "v6e", "--setup").stdout
     setup, train = [shlex.split(l) for l in out.strip().splitlines()]
     for cmd in (setup, train):
         assert cmd[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in cmd
@@ -38,7 +38,7 @@ def test_tpu_pod_dry_run_runs_same_command_on_all_workers():
     assert "pip install" in setup[-1]
     remote = train[-1]
     assert "LIBTPU_INIT_ARGS" in remote and "xla_tpu_scoped_vmem_limit_kib" in remote
-    assert "dualfashion-jax train --config configs/stage2_sd3_medium.py --workdir gs://b/run" in remote
+    assert "dualfashion-jax train --config configs/stage2.py:sd3_medium --workdir gs://b/run" in remote
 
 
 def test_generate_mode_runs_generate_on_every_host():

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules
+from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.training import distributed, main as main_lib, metrics, optim, step as step_lib, toy, train
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "toy_cpu.py")
@@ -102,7 +103,7 @@ def test_accumulation_averages_micro_batch_grads():
 
 
 def _toy_config(**kw):
-    c = main_lib.load_config(CONFIG + ":steps=4")
+    c = config_lib.load(CONFIG + ":steps=4")
     c.progress_bar = False
     c.tensorboard = True
     for k, v in kw.items():
@@ -140,15 +141,17 @@ def test_train_run_writes_metrics_tensorboard_png(tmp_path):
 
 
 def test_config_overrides_are_type_checked():
-    c = main_lib.load_config(CONFIG)
-    main_lib.apply_overrides(c, ["--config.optim.lr=1e-4", "--config.mesh.tensor=2", "--config.init_from=/x"])
-    assert c.optim.lr == 1e-4 and c.mesh.tensor == 2 and c.init_from == "/x"
-    for bad, msg in [("--config.optim.lrr=1", "no field 'lrr'"), ("--config.optim.lr=abc", "not a Python literal"),
-                     ("--config.total_steps=1.5", "expected int"), ("--optim.lr=1", "unrecognized argument")]:
+    argv = ["--config", CONFIG, "--workdir", "/tmp/x"]
+    c, _ = main_lib.parse(argv + ["--config.optim.lr=1e-4", "--config.mesh.tensor=2", "--config.init_from=/x"])
+    assert c.optim.lr == 1e-4 and c.mesh.tensor == 2 and c.init_from == "/x" and c.is_locked
+    for bad, msg in [("--config.optim.lrr=1", "--config.optim.lrr: no field 'lrr'"),
+                     ("--config.optim.lr=abc", "--config.optim.lr: expected float"),
+                     ("--config.total_steps=1.5", "--config.total_steps: expected int"),
+                     ("--optim.lr=1", "unrecognized argument")]:
         with pytest.raises(ValueError, match=msg):
-            main_lib.apply_overrides(c, [bad])
+            main_lib.parse(argv + [bad])
     with pytest.raises(FileNotFoundError, match="no such file"):
-        main_lib.load_config("configs/nope.py")
+        config_lib.load("configs/nope.py")
     assert main_lib.main(["--config", CONFIG, "--workdir", "/tmp/x", "--config.nope=1"]) == 2
 
 

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from dualfashion_jax.training import main as main_lib, metrics, train
+from dualfashion_jax.core import config as config_lib
+from dualfashion_jax.training import metrics, train
 
-CONFIG = "configs/stage{}_demo.py"
+CONFIG = "configs/stage{}.py:tiny"
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def demo(tmp_path_factory):
 def _config(stage, root, init_from=""):
     import os
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    c = main_lib.load_config(os.path.join(here, CONFIG.format(stage)) +
-                             f":data={root / 'data'},tokenizer={root / 'tokenizer'},steps=2,init_from={init_from}")
+    c = config_lib.load(os.path.join(here, CONFIG.format(stage)) +
+                        f",data={root / 'data'},tokenizer={root / 'tokenizer'},steps=2,init_from={init_from}")
     c.progress_bar, c.tensorboard, c.log_every = False, False, 1
     return c
 

@@ -1,7 +1,7 @@
 """`dualfashion-jax generate`: PFITB or GOR for every row of a split, resumable (rerun the same command).
 
   dualfashion-jax generate --task pfitb --checkpoint WORKDIR --split test --out results/pfitb \
-      [--data DIR] [--num-images K] [--num-captions 1] [--seed 0] [--steps 28] [--shift 3] \
+      [--config configs/generate.py:pfitb] [--data DIR] [--num-images K] [--num-captions 1] [--seed 0] [--steps 28] [--shift 3] \
       [--guidance four_way|cfg|none] [--scales 8,7,8] [--guidance-interval 0,1] [--caption-steps 64] \
       [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
@@ -10,15 +10,23 @@ Multi-host: start one process per host with --coordinator/--num-processes/--proc
 variables, as `train`); rows are dealt round-robin over processes and --out must be a shared folder.
 Bad input ends with one `error:` line naming the file/field (exit 1; exit 2 for an --out that is a file or a
 foreign non-empty folder, checked before anything loads), not a traceback.
+The sampling settings come from `configs/generate.py:TASK` (or --config); each of their flags overrides its field.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dualfashion_jax.generation.settings import CAPTION_CONDS, DEFAULT_NUM_IMAGES, GOR_OFFSETS, TASKS
+from dualfashion_jax.generation import settings as settings_lib
+from dualfashion_jax.generation.settings import CAPTION_CONDS, GOR_OFFSETS, TASKS, GenSettings
 from dualfashion_jax.samplers.flow_euler import GUIDANCE_MODES
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
+
+
+# flags that override the same-named field of the generation config (configs/generate.py)
+CONFIG_FLAGS = ("num_images", "num_captions", "seed", "steps", "shift", "guidance", "scales", "guidance_interval",
+                "caption_steps", "template", "caption_cond", "mask_padding", "context_sample", "match_train_input",
+                "guidance_space", "original_guidance", "gor_offset")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,37 +36,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="training workdir, or converted {transformer,t5,vae,tokenizer}")
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, help="results dir (rerun to resume)")
+    p.add_argument("--config", default=None, help="sampling settings FILE.py[:arg] (default configs/generate.py:TASK); "
+                   "the flags below marked 'config' override its fields")
     p.add_argument("--data", default=None, help="dataset dir (default: the training config's)")
     p.add_argument("--t5", default=None, help="converted T5 dir (overrides the checkpoint's)")
     p.add_argument("--vae", default=None, help="converted VAE dir (overrides the checkpoint's)")
     p.add_argument("--tokenizer", default=None, help="T5 tokenizer dir (overrides the checkpoint's)")
-    p.add_argument("--num-images", type=int, default=None,
-                   help="images per blank (GOR: samples per outfit); default pfitb 2 (LPIPS diversity needs >= 2; the "
-                        "original used 1), gor 5 (the original's)")
-    p.add_argument("--num-captions", type=int, default=1, help="captions per blank (GOR: per generated item)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=28, help="Euler steps")
-    p.add_argument("--shift", type=float, default=3.0, help="SD3 schedule shift")
-    p.add_argument("--guidance", choices=GUIDANCE_MODES, default="four_way")
-    p.add_argument("--scales", default="8,7,8", help="four_way: text,context,preference; cfg: one scale")
-    p.add_argument("--guidance-interval", default="0,1",
-                   help="lo,hi: guide only the steps with lo <= sigma <= hi (the fully conditional branch elsewhere)")
-    p.add_argument("--caption-steps", type=int, default=64)
-    p.add_argument("--template", choices=TEMPLATE_SOURCES, default="budget",
-                   help="caption template: GT-free length budget, or the original GT-item template")
-    p.add_argument("--caption-cond", choices=CAPTION_CONDS, default="original",
-                   help="caption conditioning: [pref, sent, T5(template)] (original) or [pref, sent] (training)")
-    p.add_argument("--mask-padding", action="store_true", help="original caption prior (also masks padding)")
-    p.add_argument("--context-sample", action="store_true", help="sample context latents (original) instead of the mean")
-    p.add_argument("--match-train-input", action="store_true",
-                   help="train-consistent image input (spec 7.2 item 7); the default now, kept for older scripts")
-    p.add_argument("--guidance-space", choices=("x0", "velocity"), default=None,
-                   help="space the guidance branches are mixed in (default x0, as training supervises; velocity: "
-                        "the original)")
-    p.add_argument("--original-guidance", action="store_true",
-                   help="the original image sampler: input x + lam c (no (1-lam), no r_t), branches mixed in velocity "
-                        "space (default: train input (1-lam)(x + (1-sigma) r_t) + lam m c, mixed in x0 space)")
-    p.add_argument("--gor-offset", choices=GOR_OFFSETS, default="mlp")
+    # config fields (default None: the config's value; see configs/generate.py for the defaults and their reasons)
+    p.add_argument("--num-images", type=int, help="config: images per blank (GOR: samples per outfit); pfitb 2, gor 5")
+    p.add_argument("--num-captions", type=int, help="config: captions per blank (GOR: per generated item); 1")
+    p.add_argument("--seed", type=int, help="config: 0")
+    p.add_argument("--steps", type=int, help="config: Euler steps; 28")
+    p.add_argument("--shift", type=float, help="config: SD3 schedule shift; 3")
+    p.add_argument("--guidance", choices=GUIDANCE_MODES, help="config: four_way")
+    p.add_argument("--scales", help="config: four_way: text,context,preference; cfg: one scale; 8,7,8 (cfg: 7)")
+    p.add_argument("--guidance-interval",
+                   help="config: lo,hi: guide only the steps with lo <= sigma <= hi (the fully conditional branch "
+                        "elsewhere); 0,1")
+    p.add_argument("--caption-steps", type=int, help="config: 64")
+    p.add_argument("--template", choices=TEMPLATE_SOURCES,
+                   help="config: caption template: GT-free length budget, or the original GT-item template; budget")
+    p.add_argument("--caption-cond", choices=CAPTION_CONDS,
+                   help="config: caption conditioning: [pref, sent, T5(template)] (original) or [pref, sent] "
+                        "(training); original")
+    p.add_argument("--mask-padding", action="store_true", default=None,
+                   help="config: original caption prior (also masks padding)")
+    p.add_argument("--context-sample", action="store_true", default=None,
+                   help="config: sample context latents (original) instead of the mean")
+    p.add_argument("--match-train-input", action="store_true", default=None,
+                   help="config: train-consistent image input (spec 7.2 item 7); the default now, kept for older "
+                        "scripts")
+    p.add_argument("--guidance-space", choices=("x0", "velocity"),
+                   help="config: space the guidance branches are mixed in (default x0, as training supervises; "
+                        "velocity: the original)")
+    p.add_argument("--original-guidance", action="store_true", default=None,
+                   help="config: the original image sampler: input x + lam c (no (1-lam), no r_t), branches mixed in "
+                        "velocity space (default: train input (1-lam)(x + (1-sigma) r_t) + lam m c, mixed in x0 space)")
+    p.add_argument("--gor-offset", choices=GOR_OFFSETS, help="config: mlp")
     p.add_argument("--rows-per-batch", type=int, default=4,
                    help="rows per jitted call per process (rounded up to a multiple of its devices)")
     p.add_argument("--param-sharding", choices=("dp", "fsdp"), default="dp",
@@ -74,46 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(args):
-    """GenSettings from parsed flags (validates --scales against --guidance)."""
-    from dualfashion_jax.generation.settings import GenSettings
-    from dualfashion_jax.samplers.flow_euler import GuidanceConfig
-
-    try:
-        scales = [float(x) for x in args.scales.split(",")]
-    except ValueError:
-        raise ValueError(f"--scales {args.scales!r}: expected comma-separated numbers") from None
-    try:
-        interval = tuple(float(x) for x in args.guidance_interval.split(","))
-    except ValueError:
-        raise ValueError(f"--guidance-interval {args.guidance_interval!r}: expected two numbers lo,hi") from None
-    if len(interval) != 2:
-        raise ValueError(f"--guidance-interval {args.guidance_interval!r}: expected two numbers lo,hi")
-    if args.original_guidance and args.match_train_input:
-        raise ValueError("--original-guidance uses the original input x + lam c; it excludes --match-train-input")
-    space = args.guidance_space or ("velocity" if args.original_guidance else "x0")
-    g = {"mode": args.guidance, "num_steps": args.steps, "shift": args.shift,
-         "match_train_input": not args.original_guidance, "space": space, "interval": interval}
-    if args.guidance == "four_way":
-        if len(scales) != 3:
-            raise ValueError(f"--scales {args.scales!r}: four_way guidance needs 3 scales (text,context,preference)")
-        g.update(text_scale=scales[0], context_scale=scales[1], preference_scale=scales[2])
-    elif args.guidance == "cfg":
-        if len(scales) != 1:
-            raise ValueError(f"--scales {args.scales!r}: cfg guidance needs 1 scale")
-        g.update(cfg_scale=scales[0])
-    num_images = DEFAULT_NUM_IMAGES[args.task] if args.num_images is None else args.num_images
-    return GenSettings(num_images=num_images, num_captions=args.num_captions, seed=args.seed,
-                       guidance=GuidanceConfig(**g), caption_steps=args.caption_steps, template_source=args.template,
-                       caption_cond=args.caption_cond, mask_padding=args.mask_padding,
-                       context_sample=args.context_sample, gor_offset=args.gor_offset)
+def settings_from_args(args) -> GenSettings:
+    """GenSettings from the task's generation config with the given flags applied over it."""
+    c = settings_lib.load_config(args.task, args.config)
+    for name in CONFIG_FLAGS:
+        if getattr(args, name) is not None:
+            c[name] = getattr(args, name)
+    return settings_lib.from_config(c)
 
 
 def main(argv: list[str]) -> int:
     p = _parser()
     args = p.parse_args(argv)
-    if args.scales == "8,7,8" and args.guidance == "cfg":
-        args.scales = "7"
     from dualfashion_jax.conversion.common import ConversionError
     from dualfashion_jax.data.safe_io import FormatError
     from dualfashion_jax.generation.outputs import check_out_dir

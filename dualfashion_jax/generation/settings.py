@@ -1,4 +1,5 @@
-"""`GenSettings`: every knob of a PFITB/GOR run (samples, seed, image guidance, caption sampler, fixes vs original).
+"""`GenSettings`: every knob of a PFITB/GOR run (samples, seed, image guidance, caption sampler, fixes vs original),
+built from the task's config (`configs/generate.py:TASK`, `from_config`; `generate`'s flags override its fields).
 
 Stored verbatim in the results' settings.json and run.json; a resumed run must use identical settings
 (`check_resume`), so one results dir never mixes samples drawn under different settings.
@@ -11,17 +12,16 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 
+from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.samplers.flow_euler import GuidanceConfig
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 
 TASKS = ("pfitb", "gor")
 CAPTION_CONDS = ("original", "train")  # [pref, sent, T5(masked template)] (spec §5.2) | [pref, sent] (training)
 GOR_OFFSETS = ("mlp", "projector")
-# `generate --num-images` default per task: GOR the original's --num_samples 5 (spec §5.4); PFITB 2, the fewest that
-# gives LPIPS diversity (a default metric) a value -- the original's PFITB default 1 makes it 0 (spec §7.2 item 17).
-DEFAULT_NUM_IMAGES = {"pfitb": 2, "gor": 5}
 # Streams folded after (seed, uid, oid, sample): keep image noise, captions, context samples and GOR orders apart.
 STREAM_CAPTION, STREAM_CONTEXT, STREAM_ORDER = 1, 2, 3
 
@@ -64,6 +64,43 @@ class GenSettings:
         d = dict(d)
         d["guidance"] = GuidanceConfig(**d.get("guidance", {}))
         return cls(**d)
+
+
+def load_config(task: str, spec: str | None = None) -> mlc.ConfigDict:
+    """The generation config: `spec` (FILE.py[:arg]) or the shipped `generate.py:<task>`."""
+    return config_lib.load(spec or f"generate.py:{task}")
+
+
+def from_config(c: mlc.ConfigDict) -> GenSettings:
+    """GenSettings from a generation config (validates `scales` against `guidance`); errors name the flag."""
+    scales_str = "7" if c.scales == "8,7,8" and c.guidance == "cfg" else c.scales  # cfg's default scale
+    try:
+        scales = [float(x) for x in scales_str.split(",")]
+    except ValueError:
+        raise ValueError(f"--scales {scales_str!r}: expected comma-separated numbers") from None
+    try:
+        interval = tuple(float(x) for x in c.guidance_interval.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance-interval {c.guidance_interval!r}: expected two numbers lo,hi") from None
+    if len(interval) != 2:
+        raise ValueError(f"--guidance-interval {c.guidance_interval!r}: expected two numbers lo,hi")
+    if c.original_guidance and c.match_train_input:
+        raise ValueError("--original-guidance uses the original input x + lam c; it excludes --match-train-input")
+    space = c.guidance_space or ("velocity" if c.original_guidance else "x0")
+    g = {"mode": c.guidance, "num_steps": c.steps, "shift": c.shift, "match_train_input": not c.original_guidance,
+         "space": space, "interval": interval}
+    if c.guidance == "four_way":
+        if len(scales) != 3:
+            raise ValueError(f"--scales {scales_str!r}: four_way guidance needs 3 scales (text,context,preference)")
+        g.update(text_scale=scales[0], context_scale=scales[1], preference_scale=scales[2])
+    elif c.guidance == "cfg":
+        if len(scales) != 1:
+            raise ValueError(f"--scales {scales_str!r}: cfg guidance needs 1 scale")
+        g.update(cfg_scale=scales[0])
+    return GenSettings(num_images=c.num_images, num_captions=c.num_captions, seed=c.seed,
+                       guidance=GuidanceConfig(**g), caption_steps=c.caption_steps, template_source=c.template,
+                       caption_cond=c.caption_cond, mask_padding=c.mask_padding, context_sample=c.context_sample,
+                       gor_offset=c.gor_offset)
 
 
 def check_resume(previous: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:

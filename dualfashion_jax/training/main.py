@@ -1,117 +1,128 @@
 """`dualfashion-jax train --config FILE[:arg] --workdir DIR [--config.a.b=value ...]`.
 
-The config file is a Python module with `get_config(arg)` returning an ml_collections ConfigDict
-(big_vision style); `--config.x=v` overrides existing fields only (type-checked), then the config is locked.
-Multi-host: flags or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (see distributed.py).
+The config file is a Python module with `get_config(arg)` returning an ml_collections ConfigDict (big_vision style;
+`configs/stage2.py:demo`); `--config.x=v` overrides existing fields only, parsed by `ml_collections.config_flags`
+against the field's type, then the config is locked. A FILE that is not there is looked up by name in the
+shipped configs (`core/config.py: resolve`). Multi-host: flags or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID (see distributed.py).
 """
 from __future__ import annotations
 
-import argparse
-import ast
-import importlib.util
 import logging
 import os
 import sys
 
 import ml_collections as mlc
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_flags import config_path
+
+from dualfashion_jax.core import config as config_lib
+from dualfashion_jax.training import distributed
+
+PROG = "dualfashion-jax train"
 
 
-def load_config(spec: str):
-    """'configs/x.py:arg' -> the file's get_config(arg)."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config: no such file {path!r}")
-    name = "dualfashion_config_" + os.path.splitext(os.path.basename(path))[0]
-    mod_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config {path}: the file defines no get_config(arg)")
-    return module.get_config(arg or None)
+def _flags(argv: list[str]) -> flags.FlagValues:
+    """This command's flags on a private FlagValues (argv: the full command line, program name first)."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file with get_config(arg): FILE.py[:arg]",
+                                    flag_values=fv, lock_config=False, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard, loss_curve.png", flag_values=fv)
+    flags.DEFINE_string("coordinator", None, "multi-host coordinator host:port", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
+    flags.DEFINE_string("log_level", "INFO", "Python logging level", flag_values=fv)
+    flags.DEFINE_boolean("allow-config-change", False, "continue a workdir whose checkpoints were written under a "
+                         "different config (default: refuse)", flag_values=fv)
+    return fv
 
 
-def _parse_value(raw: str, current, key: str):
-    if isinstance(current, str):
-        return raw
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        if current is None:
-            return raw
-        raise ValueError(f"--config.{key}={raw!r}: not a Python literal (expected {type(current).__name__})")
-    if current is None or value is None:
-        return value
-    if isinstance(current, bool) != isinstance(value, bool) or (
-            isinstance(current, (int, float)) and not isinstance(value, (int, float))):
-        raise ValueError(f"--config.{key}={raw!r}: expected {type(current).__name__}, got {type(value).__name__}")
-    if isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
-        raise ValueError(f"--config.{key}={raw!r}: expected int, got float")
-    return value
-
-
-def apply_overrides(config: mlc.ConfigDict, overrides: list[str]) -> mlc.ConfigDict:
-    """Applies `--config.a.b=value` strings to existing fields; unknown keys are an error."""
+def _missing_field(config: mlc.ConfigDict, overrides: list[str]) -> str | None:
+    """The first `--config.a.b` override naming no field of `config`, as a message naming it."""
     for item in overrides:
-        if not item.startswith("--config.") or "=" not in item:
-            raise ValueError(f"unrecognized argument {item!r}; overrides look like --config.optim.lr=1e-4")
-        key, raw = item[len("--config."):].split("=", 1)
-        *parents, leaf = key.split(".")
+        parts = item.split("=", 1)[0].lstrip("-").split(".")[1:]
         node = config
-        for i, p in enumerate(parents):
-            if p not in node:
-                raise ValueError(f"--config.{key}: no field {'.'.join(parents[:i + 1])!r} in the config")
-            node = node[p]
-        if leaf not in node:
-            raise ValueError(f"--config.{key}: no field {leaf!r} (have {sorted(node.keys())})")
-        with node.unlocked() if isinstance(node, mlc.ConfigDict) else _null():
-            node[leaf] = _parse_value(raw, node[leaf], key)
-    return config
+        for i, part in enumerate(parts):
+            if not isinstance(node, mlc.ConfigDict) or part not in node:
+                have = sorted(node.keys()) if isinstance(node, mlc.ConfigDict) else type(node).__name__
+                return (f"--config.{'.'.join(parts)}: no field {part!r} in {'.'.join(['config'] + parts[:i])} "
+                        f"(have {have})")
+            node = node[part]
+    return None
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _resolve_config(argv: list[str]) -> tuple[list[str], str]:
+    """argv with its --config value resolved to an existing file (`core/config.py: resolve`: a path that is not
+    there is the shipped config of that name), and that value."""
+    for i, item in enumerate(argv):
+        if item.startswith("--config=") or (item == "--config" and i + 1 < len(argv)):
+            raw = item[len("--config="):] if item.startswith("--config=") else argv[i + 1]
+            path, arg = config_lib.resolve(raw)
+            spec = path + (f":{arg}" if arg else "")
+            return (argv[:i] + [f"--config={spec}"] + argv[i + (1 if "=" in item else 2):]), spec
+    raise ValueError("--config is required (e.g. --config configs/stage1.py:demo)")
 
-    def __exit__(self, *a):
-        return False
+
+def parse(argv: list[str]) -> tuple[mlc.ConfigDict, flags.FlagValues]:
+    """argv (without the program name) -> (the overridden, locked config, the parsed flags).
+
+    Raises ValueError / FileNotFoundError naming the flag or config field at fault."""
+    argv, spec = _resolve_config(list(argv))
+    fv = _flags([PROG] + argv)
+    overrides = [a for a in argv if a.startswith(("--config.", "-config."))]
+    try:
+        rest = fv([PROG] + argv)
+    except flags.UnrecognizedFlagError as e:
+        raise ValueError(f"unrecognized argument {'--' + e.flagname!r}; overrides look like "
+                         f"--config.optim.lr=1e-4") from None
+    except (AttributeError, KeyError, TypeError) as e:  # config_flags: an override path not in the config
+        missing = _missing_field(config_lib.load(spec), overrides)
+        raise ValueError(missing or f"--config override: {e}") from None
+    except flags.IllegalFlagValueError as e:
+        msg = str(e)
+        if "Error whilst parsing config file" in msg:  # get_config raised: its own message is the last line
+            msg = f"--config: {msg.strip().splitlines()[-1]}"
+        elif msg.startswith("flag --config."):  # 'flag --config.a=x: could not convert ...' -> name the type
+            key = msg[len("flag --config."):].split("=", 1)[0]
+            want = config_path.get_type(key, fv["config"].value).__name__
+            msg = f"--config.{key}: expected {want}: {msg.split(': ', 1)[-1]}"
+        raise ValueError(msg) from None
+    except flags.Error as e:  # e.g. an override of a field whose type config_flags cannot parse
+        raise ValueError(f"--config override: {e}") from None
+    if len(rest) > 1:
+        raise ValueError(f"unrecognized argument {rest[1]!r}; overrides look like --config.optim.lr=1e-4")
+    if fv["workdir"].value is None:
+        raise ValueError("--workdir is required")
+    config = fv["config"].value
+    config.lock()
+    return config, fv
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dualfashion-jax train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="config file with get_config(arg): FILE.py[:arg]")
-    p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard, loss_curve.png")
-    p.add_argument("--coordinator", default=None, help="multi-host coordinator host:port")
-    p.add_argument("--num_processes", type=int, default=None)
-    p.add_argument("--process_id", type=int, default=None)
-    p.add_argument("--log_level", default="INFO")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="continue a workdir whose checkpoints were written under a different config (default: refuse)")
-    args, rest = p.parse_known_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__ + "\nflags:\n" + _flags([PROG]).get_help())
+        return 0
+    try:
+        config, fv = parse(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=fv.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        config = apply_overrides(load_config(args.config), rest)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dualfashion-jax train: {e}", file=sys.stderr)
-        return 2
-    config.lock()
+    distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id)
+    from dualfashion_jax.training import train  # after distributed.initialize: before any other JAX work
 
-    from dualfashion_jax.training import distributed
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-
-    from dualfashion_jax.training import train
     try:
-        out = train.run(config, args.workdir, allow_config_change=args.allow_config_change)
+        out = train.run(config, fv.workdir, allow_config_change=fv["allow-config-change"].value)
     except train.NonFiniteLossError as e:
-        print(f"dualfashion-jax train: stopped: {e}", file=sys.stderr)
+        print(f"{PROG}: stopped: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:
-        print(f"dualfashion-jax train: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     m = out["metrics"]
     print(f"finished at step {out['step']} ({out['exit']}); last loss "
-          f"{m.get('loss', float('nan')):.6f}; workdir {os.path.abspath(args.workdir)}")
+          f"{m.get('loss', float('nan')):.6f}; workdir {os.path.abspath(fv.workdir)}")
     return 0

@@ -1,0 +1,35 @@
+"""`dualfashion-jax demo`'s own knobs (docs/demo.md): dataset, stand-in VAE, tokenizer, generation, evaluation.
+Training reads the stage configs at the same size (`stage{1,2,3}.py:SIZE,out=OUT`); `demo.DemoPlan` is the view
+of both. Sizes: demo (the default: ~10 min with the install on a 2-core CPU), demo_quality (`--quality`: longer
+stages 1 and 2, ~14 min), demo_fast (`--fast`: a tiny run for the tests).
+"""
+import ml_collections as mlc
+
+SIZES = ("demo", "demo_quality", "demo_fast")
+
+
+def get_config(arg=None):
+    size = arg or "demo"
+    if size not in SIZES:
+        raise ValueError(f"config arg {arg!r}: expected a size, one of {list(SIZES)}")
+    fast = size == "demo_fast"
+    c = mlc.ConfigDict()
+    c.data = dict(num_users=16 if fast else 160, image_size=32)
+    # space-to-depth pixel autoencoder: 32 px -> 8 x 8 x 16 latents; 4x4x3 pixel blocks -> their top-16 principal
+    # directions (99.3 % variance)
+    c.vae = dict(factor=4, basis="pca")
+    c.tokenizer = dict(vocab_size=200 if fast else 400)  # sentencepiece soft limit; max_length: the stage configs'
+    c.generate = dict(
+        max_rows=4 if fast else 0,            # 0 = the whole test split
+        num_images=1,                         # samples per blank (generate's task defaults, 2 / 5, cost 2x / 5x)
+        image_steps=2 if fast else 12,        # Euler steps per image
+        caption_steps=2 if fast else 8,       # masked-diffusion caption steps
+        guidance="four_way",
+        scales="1,1,12",                      # text, context, preference: v = v_M + 12 (v_P - v_M)
+        match_train_input=True,               # sample with the input stage 2 trained on (spec 7.2 item 7): +19 pt
+        caption_cond="train",                 # no T5(template) 4th segment (spec 7.2 item 10)
+        rows_per_batch=4 if fast else 16)
+    # every network real-weight (installed by scripts/install.sh) on PFITB (160 images); GOR has 4x the images: FID
+    # there would cost minutes of the budget; LPIPS on 2x2 collages at the images' own scale (64 px, not 1024)
+    c.evaluate = dict(pfitb_metrics="oracle,fid,lpips", gor_metrics="oracle,lpips")
+    return c
