@@ -9,7 +9,8 @@ from PIL import Image
 import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.conversion import common, open_clip as oc_conv
 from dualfashion_jax.data.format import SafeDataset
-from dualfashion_jax.evaluators import cli, records as R, registry
+from dualfashion_jax.data import records as R
+from dualfashion_jax.evaluators import cli, inception_score, metrics
 from dualfashion_jax.evaluators.nets import clip_text, clip_tokenizer
 from dualfashion_jax.text.tokenizer import caption_json
 
@@ -146,7 +147,7 @@ def test_cli_errors(data_dir, tmp_path, capsys):
         cli.main(["--results", str(res), "--data", str(data_dir), "--collage-size", "63"])
     assert "--collage-size must be an even number" in capsys.readouterr().err
     assert cli.main(["--list-metrics"]) == 0 and "grounding_recall" in capsys.readouterr().out
-    assert set(registry.DEFAULT_METRICS["gor"]) <= set(registry.METRICS)
+    assert set(metrics.DEFAULT_METRICS["gor"]) <= set(metrics.METRICS)
 
 
 def test_default_metrics_include_is_and_lpips_diversity(monkeypatch):
@@ -154,17 +155,15 @@ def test_default_metrics_include_is_and_lpips_diversity(monkeypatch):
     available by the CLI) and delegates to the runner with it; requested by name it is the plain runner."""
     import types
 
-    from dualfashion_jax.evaluators import runners
-
     for task in ("pfitb", "gor"):
-        specs = {s.name: s for s in registry.resolve(None, task)}
+        specs = {s.name: s for s in metrics.resolve(None, task)}
         assert {"inception_score", "lpips_diversity"} <= set(specs)
-    run = registry.resolve("default", "pfitb")[0].load()
-    assert run is registry.run_default_inception_score
+    run = metrics.resolve("default", "pfitb")[0].load()
+    assert run is inception_score.run_default_inception_score
     ctx = types.SimpleNamespace(opt=types.SimpleNamespace(checkpoints={"inception": None}))
     with pytest.raises(ValueError, match="no --inception checkpoint"):
         run(ctx)
-    monkeypatch.setattr(runners, "run_inception_score", lambda c: {"is_acc_top3": 1.0})
+    monkeypatch.setattr(inception_score, "run_inception_score", lambda c: {"is_acc_top3": 1.0})
     ctx.opt.checkpoints["inception"] = "/ckpt/Inception-finetune-epoch300"
     assert run(ctx) == {"is_acc_top3": 1.0}
-    assert registry.resolve("inception_score", "gor")[0].load() is runners.run_inception_score
+    assert metrics.resolve("inception_score", "gor")[0].load() is inception_score.run_inception_score

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dualfashion_jax.evaluators import clip_metrics as cm
+from dualfashion_jax.evaluators import clip_metrics as cm, preprocess
 
 
 def test_eval_prompt_rule():
@@ -60,8 +60,8 @@ def test_grounding_recall():
 
 def test_collage():
     imgs = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (0, 60, 120, 180)])
-    c = cm.collage_2x2(imgs, size=16)
+    c = preprocess.collage_2x2(imgs, size=16)
     assert c.shape == (16, 16, 3)
     assert c[0, 0, 0] == 0 and c[0, 15, 0] == 60 and c[15, 0, 0] == 120 and c[15, 15, 0] == 180  # row-major
     with pytest.raises(ValueError, match="4 images"):
-        cm.collage_2x2(imgs[:3])
+        preprocess.collage_2x2(imgs[:3])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax.evaluators import clip_metrics as cm, compatibility as comp, grounding, registry, report, runners
+from dualfashion_jax.evaluators import clip_metrics as cm, compatibility as comp, grounding, metrics, report
 from dualfashion_jax.evaluators.context import EvalContext, EvalOptions
 from dualfashion_jax.evaluators.nets import clip_tokenizer
 from test_eval_cli import _fake_results  # the fake PFITB/GOR results dirs of the CLI test
@@ -103,26 +103,26 @@ def test_pfitb_grounded_metrics_by_hand(data_dir, tmp_path):
     want = np.array([cands[0, 0], cands[1, 3]])
     assert grounding.for_context(ctx).iids.tolist() == want.tolist()
 
-    acc = runners.run_grounded_retrieval_acc(ctx)
-    assert acc["grounded_retrieval_acc"] == 0.5 == runners.run_retrieval_acc(ctx)["retrieval_acc"]
+    acc = grounding.run_grounded_retrieval_acc(ctx)
+    assert acc["grounded_retrieval_acc"] == 0.5 == cm.run_retrieval_acc(ctx)["retrieval_acc"]
     assert acc["chance"] == 0.2
 
     text = _text(ctx)
-    cs = runners.run_grounded_clip_score(ctx)["grounded_clip_score"]
+    cs = grounding.run_grounded_clip_score(ctx)["grounded_clip_score"]
     assert cs == pytest.approx(np.mean(100 * np.sum(_unit(feats[want]) * _unit(text), -1)), rel=1e-5)
-    cis = runners.run_grounded_clip_image_score(ctx)["grounded_clip_image_score"]
+    cis = grounding.run_grounded_clip_image_score(ctx)["grounded_clip_image_score"]
     by_hand = 100 * np.sum(_unit(feats[want]) * _unit(feats[ctx.gt_iids]), -1)
     assert by_hand[0] == pytest.approx(100) and cis == pytest.approx(by_hand.mean(), rel=1e-5)
 
     ps = _personal_sim_by_hand(ctx, feats, want)
-    assert runners.run_grounded_personal_sim(ctx)["grounded_personal_sim"] == pytest.approx(ps, rel=1e-5)
+    assert grounding.run_grounded_personal_sim(ctx)["grounded_personal_sim"] == pytest.approx(ps, rel=1e-5)
 
-    compat = runners.run_grounded_compatibility(ctx)
+    compat = grounding.run_grounded_compatibility(ctx)
     outfits = np.array([r.outfit for r in ctx.records])
     grounded = outfits.copy()
     grounded[1, ctx.slots[1]] = want[1]                            # the negative replaces row 1's blank
-    scores = comp.compatibility_scores(ctx.compat(), feats[grounded])
-    gt_scores = comp.compatibility_scores(ctx.compat(), feats[outfits])
+    scores = comp.compatibility_scores(comp.compat_net(ctx), feats[grounded])
+    gt_scores = comp.compatibility_scores(comp.compat_net(ctx), feats[outfits])
     assert compat["grounded_compatibility"] == pytest.approx(scores.mean(), rel=1e-5)
     assert scores[0] == pytest.approx(gt_scores[0], rel=1e-6) and abs(scores[1] - gt_scores[1]) > 1e-6
     assert compat["outfits_equal_to_gt"] == 1 and compat["n"] == 2
@@ -146,24 +146,24 @@ def test_gor_grounded_metrics_by_hand(data_dir, tmp_path):
     same0 = np.flatnonzero(ic == ctx.categories[0])
     top0 = same0[np.argmax(_unit(feats[same0]) @ _unit(feats[wrong_cat]))]
     assert gr.iids.tolist() == [top0, other1, gt[2], gt[3]]
-    acc = runners.run_grounded_retrieval_acc(ctx)
+    acc = grounding.run_grounded_retrieval_acc(ctx)
     assert acc["grounded_retrieval_acc"] == pytest.approx(np.mean(gr.iids == gt))
     assert acc["chance"] == pytest.approx(np.mean([1 / np.sum(ic == c) for c in ctx.categories]))
-    compat = runners.run_grounded_compatibility(ctx)
-    want = comp.compatibility_scores(ctx.compat(), feats[gr.iids][None])   # the 4 retrieved items, slot order
+    compat = grounding.run_grounded_compatibility(ctx)
+    want = comp.compatibility_scores(comp.compat_net(ctx), feats[gr.iids][None])   # the 4 retrieved items, slot order
     assert compat["grounded_compatibility"] == pytest.approx(float(want[0]), rel=1e-5) and compat["n"] == 1
     ps = _personal_sim_by_hand(ctx, feats, gr.iids)
-    assert runners.run_grounded_personal_sim(ctx)["grounded_personal_sim"] == pytest.approx(ps, rel=1e-5)
+    assert grounding.run_grounded_personal_sim(ctx)["grounded_personal_sim"] == pytest.approx(ps, rel=1e-5)
 
 
 def test_registry_and_report_layout():
-    grounded = [n for n, s in registry.METRICS.items() if s.group == "Grounding"]
+    grounded = [n for n, s in metrics.METRICS.items() if s.group == "Grounding"]
     assert set(grounded) == {"grounded_retrieval_acc", "grounded_clip_score", "grounded_clip_image_score",
                              "grounded_lpips", "grounded_personal_sim", "grounded_compatibility"}
     for task in ("pfitb", "gor"):
-        names = [s.name for s in registry.resolve("all", task)]
+        names = [s.name for s in metrics.resolve("all", task)]
         assert set(grounded) <= set(names)
-        assert "grounded_lpips" not in registry.DEFAULT_METRICS[task]
+        assert "grounded_lpips" not in metrics.DEFAULT_METRICS[task]
     assert {n for n, *_ in report.GROUNDING_TABLE} == set(grounded)
     rep = {"task": "gor", "model": "m", "metrics": {"grounded_retrieval_acc": {"grounded_retrieval_acc": 0.25},
                                                     "grounding_recall": {"recall@10": 0.5}},

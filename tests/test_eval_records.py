@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualfashion_jax.evaluators import records as R
+from dualfashion_jax.data import records as R
 
 
 def _records():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from generation_support import make_workdir, make_world
 
-from dualfashion_jax.evaluators.records import read_records
+from dualfashion_jax.data.records import read_records
 from dualfashion_jax.generation import cli, runner
 from dualfashion_jax.generation.bundle import BundleError, load_bundle
 from dualfashion_jax.generation.settings import GenSettings, gor_order

@@ -88,7 +88,7 @@ def test_two_process_generation_matches_one_process(tmp_path):
     assert n >= 3 and f"{n} rows" in outs[0][0]
     generated = [int(o.split("rows (")[1].split(" generated")[0]) for o, _ in outs]
     assert sorted(generated) == [n // 2, n - n // 2]  # each process generated its own half of the rows
-    from dualfashion_jax.evaluators.records import read_records
+    from dualfashion_jax.data.records import read_records
 
     (a, _), (b, _) = read_records(tmp_path / "one"), read_records(tmp_path / "two")
     assert len(a) == len(b) == n

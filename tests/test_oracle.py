@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from dualfashion_jax.data import oracle as O
+from dualfashion_jax.evaluators import oracle_metrics as OM
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic import fashion_mnist, load_truth, make_dataset, render, world
@@ -44,7 +45,7 @@ def dataset(tmp_path_factory):
 
 def test_decode_clean(every_combo):
     imgs, truth = every_combo
-    acc = O.attribute_accuracy(O.decode_attributes(imgs), truth)
+    acc = OM.attribute_accuracy(O.decode_attributes(imgs), truth)
     assert acc["colour_acc"] >= CLEAN_MIN and acc["category_acc"] >= CLEAN_MIN, acc
     assert acc["material_acc"] >= CLEAN_MATERIAL_MIN and acc["style_acc"] >= CLEAN_MATERIAL_MIN, acc
 
@@ -54,7 +55,7 @@ def test_decode_blurred_and_noisy(every_combo):
     bad = O.degrade(imgs, np.random.default_rng(3), BLUR, NOISE)
     assert np.abs(bad.astype(int) - imgs).mean() > 5  # the degradation is real
     dec = O.decode_attributes(bad)
-    acc = O.attribute_accuracy(dec, truth)
+    acc = OM.attribute_accuracy(dec, truth)
     assert acc["colour_acc"] >= DEGRADED_MIN and acc["category_acc"] >= DEGRADED_MIN, acc
     assert acc["material_acc"] >= DEGRADED_MATERIAL_MIN, acc
     for k in ("category_conf", "colour_conf", "material_conf"):
@@ -65,7 +66,7 @@ def test_off_white_background_and_tint(every_combo):
     """A generator's grey/tinted background is white-balanced away instead of read as garment."""
     imgs, truth = every_combo
     shifted = np.clip(imgs.astype(np.float32) * np.array([0.86, 0.88, 0.92]), 0, 255).astype(np.uint8)
-    acc = O.attribute_accuracy(O.decode_attributes(shifted), truth)
+    acc = OM.attribute_accuracy(O.decode_attributes(shifted), truth)
     assert min(acc.values()) >= DEGRADED_MATERIAL_MIN, acc
 
 
@@ -84,9 +85,9 @@ def test_blank_and_bad_inputs(every_combo):
 def test_attribute_accuracy_by_hand():
     dec = {"category": np.array([0, 1, 2, 3]), "colour": np.array([0, 0, 1, 1])}
     true = {"category": np.array([0, 1, 2, 0]), "colour": np.array([0, 1, 1, 1]), "material": np.zeros(4)}
-    assert O.attribute_accuracy(dec, true) == {"category_acc": 0.75, "colour_acc": 0.75}
+    assert OM.attribute_accuracy(dec, true) == {"category_acc": 0.75, "colour_acc": 0.75}
     with pytest.raises(ValueError, match="shape"):
-        O.attribute_accuracy(dec, {"colour": np.zeros(3)})
+        OM.attribute_accuracy(dec, {"colour": np.zeros(3)})
 
 
 def test_caption_agreement_by_hand():
@@ -98,7 +99,7 @@ def test_caption_agreement_by_hand():
             "no caption at all",
             '"Color": "yellow", "Material": "striped knit", "Design features": "plain", '
             '"Clothing Fashion Style": "casual"']  # no braces
-    got = O.caption_agreement(caps, dec)
+    got = OM.caption_agreement(caps, dec)
     assert got == {"caption_parse_rate": 0.5, "caption_colour_agreement": 0.75,
                    "caption_material_agreement": 0.5, "caption_style_agreement": 0.5}
 
@@ -120,13 +121,13 @@ def _hand_truth() -> Truth:
 def test_preference_match_by_hand():
     truth = _hand_truth()
     uids, cats = np.array([10, 11, 10, 11]), np.array([0, 0, 5, 0])
-    got = O.preference_match({"colour": np.array([0, 1, 7, 3])}, uids, cats, truth)
+    got = OM.preference_match({"colour": np.array([0, 1, 7, 3])}, uids, cats, truth)
     # favourites: (10, 0) red, (11, 0) green, (10, 5) black -> hits 1, 0, 1, 1
     assert got["pref_colour_match"] == 0.75
     assert got["pref_colour_chance"] == pytest.approx((0.5 + 0.25 + 0.1 + 0.25) / 4)
     assert got["pref_colour_lift"] == pytest.approx(0.75 / 0.275)
     with pytest.raises(ValueError, match=r"uids \[99\]"):
-        O.preference_match({"colour": np.array([0])}, np.array([99]), np.array([0]), truth)
+        OM.preference_match({"colour": np.array([0])}, np.array([99]), np.array([0]), truth)
 
 
 def test_outfit_compatibility_by_hand():
@@ -137,13 +138,13 @@ def test_outfit_compatibility_by_hand():
     gen = {"category": np.array([[0, 0, 0, 6], [0, 0, 0, 6], [0, 1, 5, 6], [0, 0, 0, 0]]),
            "colour": np.array([[0, 0, 0, 4], [0, 0, 0, 3], [0, 1, 7, 4], [0, 0, 0, 4]]),
            "material": np.array([[0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 2, 1], [0, 0, 0, 1]])}
-    got = O.outfit_compatibility(outfits, gen, truth)
+    got = OM.outfit_compatibility(outfits, gen, truth)
     # row 0 ok, row 1 colour clash, row 2 (GOR) ok, row 3 generated a second t-shirt
     assert got["compat_rate"] == 0.5 and got["generated_items"] == 7.0
     # random bag {4 ok, 5 clash, 6 ok} -> 2/3 for rows 0-1; random t-shirt in row 3: only item 1 -> clash of roles
     assert got["compat_chance"] == pytest.approx((2 / 3 + 2 / 3 + 0.0) / 3)
     with pytest.raises(ValueError, match=r"generated\['colour'\]"):
-        O.outfit_compatibility(outfits, {**gen, "colour": gen["colour"][:2]}, truth)
+        OM.outfit_compatibility(outfits, {**gen, "colour": gen["colour"][:2]}, truth)
 
 
 def test_vectorised_rules_agree_with_world():
@@ -166,18 +167,18 @@ def test_personalisation_is_measurable(dataset):
     rng = np.random.default_rng(11)
     fav_c, fav_m = truth.fav_colour[rows, cats], truth.fav_material[rows, cats]
     perfect = O.decode_attributes(O.degrade(_render(cats, fav_c, fav_m, rng), rng, BLUR, NOISE))
-    good = O.preference_match(perfect, t.uids, cats, truth)
+    good = OM.preference_match(perfect, t.uids, cats, truth)
     assert good["pref_colour_match"] >= 0.9 and good["pref_colour_lift"] > 3.0, good
     rand_c = np.array([rng.choice(len(A.COLORS), p=truth.colour_prior[c] / truth.colour_prior[c].sum()) for c in cats])
     rand_m = rng.integers(0, len(A.MATERIALS), len(cats))
-    rand = O.preference_match(O.decode_attributes(_render(cats, rand_c, rand_m, rng)), t.uids, cats, truth)
+    rand = OM.preference_match(O.decode_attributes(_render(cats, rand_c, rand_m, rng)), t.uids, cats, truth)
     assert abs(rand["pref_colour_match"] - rand["pref_colour_chance"]) < 0.08, rand  # ~3 sigma at N=160
     # the ground-truth items themselves: compatible outfits; a random item of the category: about chance
     gt = t.outfits[blank]
     gt_imgs = _render(truth.item["category"][gt], truth.item["colour"][gt], truth.item["material"][gt], rng)
     dec = O.decode_attributes(gt_imgs)
     slots = {k: np.where(blank, dec[k][:, None], 0) for k in ("category", "colour", "material")}
-    comp = O.outfit_compatibility(f.outfits, slots, truth)
+    comp = OM.outfit_compatibility(f.outfits, slots, truth)
     assert comp["compat_rate"] >= 0.97 and 0.1 < comp["compat_chance"] < 0.7, comp
 
 
@@ -187,7 +188,7 @@ def test_decode_64px():
     n = 120
     cat, col, mat = rng.integers(0, 8, n), rng.integers(0, 8, n), rng.integers(0, 5, n)
     imgs = O.degrade(_render(cat, col, mat, rng, size=64), rng, 1.5, NOISE)  # same blur relative to the garment
-    acc = O.attribute_accuracy(O.decode_attributes(imgs), {"category": cat, "colour": col, "material": mat})
+    acc = OM.attribute_accuracy(O.decode_attributes(imgs), {"category": cat, "colour": col, "material": mat})
     assert min(acc.values()) >= DEGRADED_MATERIAL_MIN, acc
 
 
@@ -202,7 +203,7 @@ def test_decode_fashion_mnist_shapes():
     cat, col, mat = rng.integers(0, 8, n), rng.integers(0, 8, n), rng.integers(0, 5, n)
     sils = [fashion_mnist.silhouette(images[pools[c][rng.integers(len(pools[c]))]]) for c in cat]
     dec = O.decode_attributes(_render(cat, col, mat, rng, silhouettes=sils), shapes="fashion_mnist")
-    acc = O.attribute_accuracy(dec, {"category": cat, "colour": col, "material": mat})
+    acc = OM.attribute_accuracy(dec, {"category": cat, "colour": col, "material": mat})
     assert acc["category_acc"] >= 0.7 and acc["colour_acc"] >= 0.95 and acc["material_acc"] >= 0.85, acc
 
 
@@ -213,15 +214,15 @@ def test_task_summaries_on_ground_truth(dataset):
     load = lambda iid: np.asarray(Image.open(ds.image_file(int(iid))))  # noqa: E731
     gt = t.outfits[f.outfits == 0]
     caps = [json.dumps(ds.item_info[int(i)]["elements"]) for i in gt]
-    got = O.pfitb_oracle_metrics(np.stack([load(i) for i in gt]), f.uids, f.outfits, f.category, truth,
+    got = OM.pfitb_oracle_metrics(np.stack([load(i) for i in gt]), f.uids, f.outfits, f.category, truth,
                                  captions=caps, gt_outfits=t.outfits)
     for key in ("category_match", "compat_rate", "gt_colour_match", "gt_material_match", "caption_colour_agreement",
                 "caption_material_agreement", "caption_style_agreement"):
         assert got[key] >= 0.95, (key, got)
     assert 0.0 < got["compat_chance"] < got["compat_rate"] and got["caption_parse_rate"] == 1.0
-    gor = O.gor_oracle_metrics(np.stack([[load(i) for i in row] for row in t.outfits]), t.uids, t.category, truth)
+    gor = OM.gor_oracle_metrics(np.stack([[load(i) for i in row] for row in t.outfits]), t.uids, t.category, truth)
     assert gor["category_match"] >= 0.95 and gor["compat_rate"] >= 0.9 and gor["generated_items"] == 160.0, gor
     with pytest.raises(ValueError, match="exactly one 0"):
-        O.pfitb_oracle_metrics(np.stack([load(i) for i in gt]), f.uids, t.outfits, f.category, truth)
+        OM.pfitb_oracle_metrics(np.stack([load(i) for i in gt]), f.uids, t.outfits, f.category, truth)
     with pytest.raises(ValueError, match=r"\[N, 4, S, S, 3\]"):
-        O.gor_oracle_metrics(np.stack([load(i) for i in gt]), t.uids, t.category, truth)
+        OM.gor_oracle_metrics(np.stack([load(i) for i in gt]), t.uids, t.category, truth)

@@ -193,7 +193,7 @@ def test_validate_names_bad_captions_and_latents(tiny):
 # ------------------------------------------------------------------------------ 3. evaluate on a partial results dir
 def _results(tiny: Path, out: Path, rows: list[int], settings_rows: int | None) -> Path:
     """A PFITB results dir for the given rows of the tiny test split (captions only; no image is read)."""
-    from dualfashion_jax.evaluators import records as R
+    from dualfashion_jax.data import records as R
 
     ds = SafeDataset(tiny)
     gt, fitb = ds.split("test"), ds.fitb("test")
@@ -233,7 +233,7 @@ def test_evaluate_refuses_a_results_dir_with_a_missing_record(tiny, tmp_path, ca
 
 
 def test_evaluate_complete_and_inconsistent_results(tiny, tmp_path, capsys):
-    from dualfashion_jax.evaluators import records as R
+    from dualfashion_jax.data import records as R
 
     res = _results(tiny, tmp_path / "full", [0, 1, 2], settings_rows=3)
     assert _evaluate(res, tiny) == 0

@@ -1,4 +1,5 @@
-"""Oracle for the synthetic outfits dataset: decode category/colour/material from pixels, score generations.
+"""Oracle for the synthetic outfits dataset: what it reads back from pixels (category/colour/material/style) and
+the world's outfit rules, vectorised. The metrics built on it live in `evaluators/oracle_metrics.py`.
 
 `decode_attributes(images)` reads garments back from uint8 [N, S, S, 3] images (fast numpy, no learning
 framework). Images are first white-balanced on their border. Colour = vote of the garment's interior pixels
@@ -7,21 +8,18 @@ classifier on statistics of the pattern map (shade coverage, autocorrelation alo
 directions at the pattern periods); category = 5-nearest-neighbour template matching of the silhouette's
 coverage map. The classifiers are calibrated at first use, per (image size, shapes), on renders from
 `data/synthetic/render.py` with random blur and noise, so they tolerate the blurry output of a weak
-generator. Style follows from colour x material. The metric functions return plain dicts of floats.
+generator. Style follows from colour x material.
 """
 from __future__ import annotations
 
 import functools
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from dualfashion_jax.data.synthetic import attributes as A
-from dualfashion_jax.data.synthetic import captions as C
 from dualfashion_jax.data.synthetic import fashion_mnist, render
-from dualfashion_jax.data.synthetic.truth import Truth
 
 FOREGROUND_DIST = 60.0  # RGB distance from white above which a pixel is garment
 # Autocorrelation lags (dy, dx): directions of stripes/twill/checks and the half/full pattern periods.
@@ -222,81 +220,7 @@ def decode_attributes(images: np.ndarray, shapes: str = "procedural") -> dict[st
     return get_oracle(int(imgs.shape[1]), shapes).decode(imgs)
 
 
-# --------------------------------------------------------------------------------------------------- metrics
-def _rate(hits: np.ndarray) -> float:
-    return float(np.mean(hits)) if hits.size else float("nan")
-
-
-def attribute_accuracy(decoded: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
-    """Fraction of images whose decoded attribute equals the truth, for every attribute present in both."""
-    out = {}
-    for key in ("category", "colour", "material", "style"):
-        if key in decoded and key in true:
-            d, t = np.asarray(decoded[key]), np.asarray(true[key])
-            if d.shape != t.shape:
-                raise ValueError(f"attribute {key!r}: decoded shape {d.shape} != truth shape {t.shape}")
-            out[f"{key}_acc"] = _rate(d == t)
-    if not out:
-        raise ValueError(f"no common attribute between decoded {sorted(decoded)} and truth {sorted(true)}")
-    return out
-
-
-def item_truth(truth: Truth, iids: np.ndarray) -> dict[str, np.ndarray]:
-    """Ground-truth attributes of items `iids` (any shape) from truth/items.json."""
-    iids = np.asarray(iids, np.int64)
-    n = truth.item["category"].shape[0] - 1
-    if iids.size and (iids.min() < 1 or iids.max() > n):
-        raise ValueError(f"item ids must be in 1..{n}, got range [{iids.min()}, {iids.max()}]")
-    return {k: v[iids] for k, v in truth.item.items()}
-
-
-def caption_agreement(captions: Sequence[str], decoded: dict[str, np.ndarray]) -> dict[str, float]:
-    """How often a caption's Color / Material / Style agrees with the attributes decoded from its image.
-
-    Unparsable or unknown values count as disagreement; style is compared with the style implied by the
-    decoded colour x material (`attributes.STYLE_TABLE`).
-    """
-    if len(captions) != np.asarray(decoded["colour"]).shape[0]:
-        raise ValueError(f"{len(captions)} captions for {np.asarray(decoded['colour']).shape[0]} decoded images")
-    keys = {"Color": "colour", "Material": "material", "Clothing Fashion Style": "style"}
-    hits = {k: np.zeros(len(captions), bool) for k in keys}
-    parsed = np.zeros(len(captions), bool)
-    for i, text in enumerate(captions):
-        values = C.parse_caption(text)
-        parsed[i] = all(k in values for k in A.CAPTION_KEYS)
-        for key, field in keys.items():
-            pixel_value = int(decoded[field][i])
-            if key in values and pixel_value >= 0:
-                hits[key][i] = A.parse_value(key, values[key]) == pixel_value
-    return {"caption_parse_rate": _rate(parsed), "caption_colour_agreement": _rate(hits["Color"]),
-            "caption_material_agreement": _rate(hits["Material"]),
-            "caption_style_agreement": _rate(hits["Clothing Fashion Style"])}
-
-
-def preference_match(decoded: dict[str, np.ndarray], uids: np.ndarray, categories: np.ndarray,
-                     truth: Truth) -> dict[str, float]:
-    """Rate at which generated colour/material equal the user's latent favourite for the requested category.
-
-    `*_chance` is the rate a non-personalised generator sampling the train outfits' attribute prior of that
-    category would get; `*_lift` = match / chance.
-    """
-    uids, categories = np.asarray(uids).reshape(-1), np.asarray(categories, np.int64).reshape(-1)
-    if not uids.shape == categories.shape == np.asarray(decoded["colour"]).shape:
-        raise ValueError(f"uids {uids.shape}, categories {categories.shape} and decoded "
-                         f"{np.asarray(decoded['colour']).shape} must have one entry per generated image")
-    rows = truth.user_rows(uids)
-    out = {}
-    for field, fav, prior in (("colour", truth.fav_colour, truth.colour_prior),
-                              ("material", truth.fav_material, truth.material_prior)):
-        if field not in decoded:
-            continue
-        target = fav[rows, categories]
-        match, chance = _rate(np.asarray(decoded[field]) == target), _rate(prior[categories, target])
-        out[f"pref_{field}_match"], out[f"pref_{field}_chance"] = match, chance
-        out[f"pref_{field}_lift"] = match / chance if chance > 0 else float("nan")
-    return out
-
-
+# ---------------------------------------------------------------------------------------------- world rules
 def compatible_batch(category: np.ndarray, colour: np.ndarray, material: np.ndarray) -> np.ndarray:
     """Vectorised `world.rule_compatible` for outfits [N, 4] of attribute indices (-1 = undecodable). [N] bool"""
     cat, col, mat = (np.asarray(x, np.int64) for x in (category, colour, material))
@@ -310,83 +234,3 @@ def compatible_batch(category: np.ndarray, colour: np.ndarray, material: np.ndar
     style = A.STYLE_TABLE[col, mat]  # [N, 4]
     majority = np.stack([(style == s).sum(-1) for s in range(len(A.STYLES))], -1).max(-1) >= 3
     return valid & distinct & harmony & bold & majority
-
-
-def outfit_compatibility(outfits: np.ndarray, generated: dict[str, np.ndarray], truth: Truth) -> dict[str, float]:
-    """Rule-compatibility rate of outfits whose 0 slots are filled by generated items.
-
-    outfits [N, 4] item ids with 0 where an item was generated (PFITB: one 0; GOR: all 0); `generated` holds
-    decoded "category", "colour", "material" arrays [N, 4] (read at the 0 slots). For rows with exactly one
-    generated slot, `compat_chance` is the rate for a random catalogue item of the same decoded category.
-    """
-    outfits = np.asarray(outfits, np.int64)
-    if outfits.ndim != 2 or outfits.shape[1] != 4:
-        raise ValueError(f"outfits must be [N, 4] item ids, got {list(outfits.shape)}")
-    gen = {k: np.asarray(generated[k], np.int64) for k in ("category", "colour", "material")}
-    for k, v in gen.items():
-        if v.shape != outfits.shape:
-            raise ValueError(f"generated[{k!r}] must be [N, 4] like outfits {list(outfits.shape)}, got {list(v.shape)}")
-    ctx = item_truth(truth, np.maximum(outfits, 1))
-    is_gen = outfits == 0
-    attrs = {k: np.where(is_gen, gen[k], ctx[k]) for k in gen}
-    ok = compatible_batch(attrs["category"], attrs["colour"], attrs["material"])
-    out = {"compat_rate": _rate(ok), "generated_items": float(is_gen.sum())}
-    single = np.flatnonzero(is_gen.sum(-1) == 1)
-    if single.size:
-        item_cat = truth.item["category"][1:]
-        rates = []
-        for r in single:
-            slot = int(np.flatnonzero(is_gen[r])[0])
-            pool = np.flatnonzero(item_cat == attrs["category"][r, slot]) + 1
-            if pool.size == 0:
-                rates.append(0.0)
-                continue
-            tiled = {k: np.repeat(attrs[k][r][None], pool.size, 0) for k in attrs}
-            for k in tiled:
-                tiled[k][:, slot] = truth.item[k][pool]
-            rates.append(compatible_batch(tiled["category"], tiled["colour"], tiled["material"]).mean())
-        out["compat_chance"] = float(np.mean(rates))
-    return out
-
-
-# --------------------------------------------------------------------------------------- task-level summaries
-def pfitb_oracle_metrics(images: np.ndarray, uids: np.ndarray, fitb_outfits: np.ndarray, categories: np.ndarray,
-                         truth: Truth, captions: Sequence[str] | None = None, shapes: str = "procedural",
-                         gt_outfits: np.ndarray | None = None) -> dict[str, float]:
-    """All oracle metrics for PFITB: one generated image [N, S, S, 3] per FITB row (outfits with one 0)."""
-    fitb_outfits, categories = np.asarray(fitb_outfits, np.int64), np.asarray(categories, np.int64)
-    blank = fitb_outfits == 0
-    if fitb_outfits.shape != categories.shape or not (blank.sum(-1) == 1).all():
-        raise ValueError(f"fitb_outfits {list(fitb_outfits.shape)} and categories {list(categories.shape)} must be "
-                         "[N, 4] with exactly one 0 (the blank) per row")
-    dec = decode_attributes(images, shapes)
-    if dec["colour"].shape[0] != fitb_outfits.shape[0]:
-        raise ValueError(f"{dec['colour'].shape[0]} images for {fitb_outfits.shape[0]} FITB rows")
-    want = categories[blank]  # [N] the requested category
-    out = {"category_match": _rate(dec["category"] == want)}
-    out.update(preference_match(dec, uids, want, truth))
-    out.update(outfit_compatibility(fitb_outfits, {k: np.where(blank, dec[k][:, None], 0)
-                                                   for k in ("category", "colour", "material")}, truth))
-    if gt_outfits is not None:
-        gt = item_truth(truth, np.asarray(gt_outfits, np.int64)[blank])
-        out.update({f"gt_{k}_match": _rate(dec[k] == gt[k]) for k in ("colour", "material", "style")})
-    if captions is not None:
-        out.update(caption_agreement(captions, dec))
-    return out
-
-
-def gor_oracle_metrics(images: np.ndarray, uids: np.ndarray, categories: np.ndarray, truth: Truth,
-                       shapes: str = "procedural") -> dict[str, float]:
-    """All oracle metrics for GOR: 4 generated images [N, 4, S, S, 3] per row of requested categories [N, 4]."""
-    imgs, categories = np.asarray(images), np.asarray(categories, np.int64)
-    if imgs.ndim != 5 or imgs.shape[:2] != categories.shape or categories.shape[1:] != (4,):
-        raise ValueError(f"GOR images must be [N, 4, S, S, 3] matching categories [N, 4]; got images "
-                         f"{list(imgs.shape)}, categories {list(categories.shape)}")
-    n = imgs.shape[0]
-    dec = {k: v.reshape(n, 4) for k, v in decode_attributes(imgs.reshape(n * 4, *imgs.shape[2:]), shapes).items()}
-    out = {"category_match": _rate(dec["category"] == categories)}
-    flat = {k: v.reshape(-1) for k, v in dec.items()}
-    out.update(preference_match(flat, np.repeat(np.asarray(uids), 4), categories.reshape(-1), truth))
-    comp = outfit_compatibility(np.zeros((n, 4), np.int64), dec, truth)
-    out.update({k: v for k, v in comp.items() if k != "compat_chance"})
-    return out

@@ -9,15 +9,12 @@ from typing import Callable, Iterable
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 
 def progress(iterable: Iterable, *, total: int | None = None, desc: str = "", enabled: bool = True):
-    """tqdm progress bar when available and enabled (long metric runs), else the plain iterable."""
+    """tqdm progress bar when enabled (long metric runs), else the plain iterable."""
     if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional
         return iterable
     return tqdm(iterable, total=total, desc=desc, leave=False)
 

@@ -9,6 +9,7 @@ Clothing Fashion Style). `encode_text` is any `texts -> [N, E]` function (normal
     reported per key, as a mean over keys, and count-weighted by the number of values per key.
   * image-text alignment (per key): cos(E_img(g), E("Key: value")) with the value read from g's OWN generated
     caption (the original read a never-produced `extracted_caption.json`), no x100, as in DualFashion.
+Also their runners and registration.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from dualfashion_jax.evaluators.clip_metrics import cosine
+from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.registry import register
 from dualfashion_jax.text.tokenizer import CAPTION_KEYS, parse_caption
 
 EncodeText = Callable[[Sequence[str]], np.ndarray]
@@ -123,4 +126,46 @@ def attribute_entropy(captions: Sequence[str | None]) -> dict[str, float]:
             weights.append(n)
     out["attr_entropy_mean"] = float(np.mean(ents)) if ents else float("nan")
     out["attr_entropy_weighted"] = float(np.average(ents, weights=weights)) if ents else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ runners
+def need_captions(ctx: EvalContext) -> list[str | None]:
+    """The entries' generated captions; ValueError when the run generated no text."""
+    if all(c is None for c in ctx.captions):
+        raise ValueError(f"{ctx.results_dir / 'records.json'}: no generated captions (gen[].caption is null); "
+                         "text metrics need a run that generated text")
+    return ctx.captions
+
+
+@register("caption_parse_rate", group="Text", headline=[("caption_parse_rate", "Parse")],
+          description="fraction of generated captions with all 4 attributes parsed")
+def run_caption_parse_rate(ctx: EvalContext) -> dict:
+    return parse_rate(need_captions(ctx))
+
+
+@register("text_align", networks=["clip"], group="Text", headline=[("text_align", "Text Align")],
+          description="cos(CLIP image, CLIP text 'Key: value') per attribute, values from the image's own caption")
+def run_text_align(ctx: EvalContext) -> dict:
+    return text_image_alignment(need_captions(ctx), ctx.gen_clip(), ctx.clip().texts)
+
+
+@register("text_personalization", networks=["clip"], group="Text", headline=[("text_personalization", "Text Pers.")],
+          description="cos(CLIP 'Key: generated value', CLIP 'Key: preference value') per attribute")
+def run_text_personalization(ctx: EvalContext) -> dict:
+    return text_personalization(need_captions(ctx), ctx.preferences, ctx.clip().texts)
+
+
+@register("text_diversity", networks=["clip"], group="Text",
+          description="D_s: pairwise 1-cos of caption embeddings per blank (K >= 2); D_a: attribute value entropy "
+                      "(nats)",
+          headline=[("text_diversity_semantic", "D_s"), ("attr_entropy_mean", "D_a")])
+def run_text_diversity(ctx: EvalContext) -> dict:
+    caps = need_captions(ctx)
+    rows: dict[tuple[int, int], list[str]] = {}
+    for (ri, g), c in zip(ctx.entries, caps):
+        if c is not None:
+            rows.setdefault((ri, g.slot), []).append(c)
+    out = semantic_diversity(list(rows.values()), ctx.clip().texts)
+    out.update(attribute_entropy(caps))
     return out

@@ -11,7 +11,8 @@ import os
 import sys
 import time
 
-from dualfashion_jax.evaluators import registry
+from dualfashion_jax.evaluators import grounding, metrics, report as rep
+from dualfashion_jax.evaluators.context import EvalContext, EvalOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,9 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> str:
-    w = max(len(n) for n in registry.METRICS) + 2
+    w = max(len(n) for n in metrics.METRICS) + 2
     rows = [f"{'metric':<{w}}{'tasks':<11}{'networks':<16}description"]
-    for s in registry.METRICS.values():
+    for s in metrics.METRICS.values():
         rows.append(f"{s.name:<{w}}{','.join(s.tasks):<11}{','.join(s.networks) or '-':<16}{s.description}")
     return "\n".join(rows)
 
@@ -70,9 +71,6 @@ def main(argv: list[str]) -> int:
     if args.collage_size < 2 or args.collage_size % 2:
         _parser().error(f"--collage-size must be an even number of pixels >= 2, got {args.collage_size}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from dualfashion_jax.evaluators import report as rep
-    from dualfashion_jax.evaluators.context import EvalContext, EvalOptions
-
     opts = EvalOptions(
         checkpoints={"clip": args.clip, "inception": args.inception, "fid": args.fid, "lpips": args.lpips,
                      "compat": args.compat},
@@ -84,7 +82,7 @@ def main(argv: list[str]) -> int:
         ctx = EvalContext(args.results, args.data, opts)
         if args.task and args.task != ctx.task:
             raise ValueError(f"--task {args.task} but {args.results}/records.json holds a {ctx.task!r} run")
-        specs = registry.resolve(args.metrics, ctx.task)
+        specs = metrics.resolve(args.metrics, ctx.task)
     except (ValueError, FileNotFoundError) as e:
         print(f"dualfashion-jax evaluate: {e}", file=sys.stderr)
         return 2
@@ -102,8 +100,6 @@ def main(argv: list[str]) -> int:
     settings["metrics_requested"] = [s.name for s in specs]
     settings["llm_judge_enabled"] = bool(args.llm_judge)
     if any(s.group == "Grounding" for s in specs):
-        from dualfashion_jax.evaluators import grounding
-
         settings["grounding"] = grounding.describe(ctx.task)
     report = rep.build_report(task=ctx.task, model_name=str(ctx.settings.get("model")), results=results,
                               errors=errors, networks=ctx.networks, settings=settings, timings=timings,

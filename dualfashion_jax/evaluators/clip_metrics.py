@@ -1,6 +1,6 @@
 """CLIP-based recommendation metrics (difashion_eval.md §2.3-§2.9): CLIP score, CLIP image score, personalisation,
-FITB retrieval accuracy, GOR grounding recall and same-category top-1 retrieval (used by `grounding.py`); plus
-`ClipEncoder`, the batched + jitted embedding front end.
+FITB retrieval accuracy, GOR grounding recall and same-category top-1 retrieval (used by `grounding.py`); their
+runners and registration. The CLIP encoder itself is `EvalContext.clip` (`clip_encoder.ClipEncoder`).
 
 All metric functions take UNnormalised embeddings (as DiFashion stores them) and normalise where the original does.
 """
@@ -11,14 +11,13 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from dualfashion_jax.evaluators import batched
-from dualfashion_jax.evaluators.nets import clip_vit
+from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.registry import register
 
 PAIR_WORDS = ("shoes", "pants", "sneakers", "boots", "earrings", "slippers", "sandals")
 RECALL_KS = (10, 20, 50, 100)
-COLLAGE_SIZE = 1024
 
 
 def eval_prompt(category_name: str) -> str:
@@ -44,39 +43,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f"cosine: embedding shapes differ {a.shape} vs {b.shape}")
     return np.asarray(_cos(a, b)) if a.size else np.zeros(a.shape[:-1], np.float32)
-
-
-class ClipEncoder:
-    """Jitted, fixed-batch CLIP embedding of images (uint8 NHWC, any size) and texts (cached per string)."""
-
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, show_progress: bool = True):
-        self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.show_progress = batch_size, show_progress
-        size = model.config.vision.image_size
-        graphdef, state = nnx.split(model)
-        self._img = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode_image(clip_vit.preprocess(x, size)))
-        self._txt = jax.jit(lambda s, ids: nnx.merge(graphdef, s).encode_text(ids))
-        self._state = state
-        self._text_cache: dict[str, np.ndarray] = {}
-
-    def images(self, images: np.ndarray, desc: str = "CLIP images") -> np.ndarray:
-        """uint8 [N, H, W, 3] -> UNnormalised image embeddings [N, E]."""
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"ClipEncoder.images: expected [N, H, W, 3] RGB images, got {images.shape}")
-        return batched.map_batches(lambda x: self._img(self._state, x), images, batch_size=self.batch_size,
-                                   desc=desc, show_progress=self.show_progress)
-
-    def texts(self, texts: Sequence[str]) -> np.ndarray:
-        """texts -> UNnormalised text embeddings [N, E] (each distinct string encoded once)."""
-        todo = sorted({t for t in texts if t not in self._text_cache})
-        if todo:
-            ids = self.tokenizer(todo)
-            emb = batched.map_batches(lambda x: self._txt(self._state, x), ids, batch_size=self.batch_size,
-                                      desc="CLIP texts", show_progress=self.show_progress)
-            self._text_cache.update(zip(todo, emb))
-        dim = self.model.config.text.output_dim
-        return np.stack([self._text_cache[t] for t in texts]) if len(texts) else np.zeros((0, dim), np.float32)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -197,16 +163,59 @@ def same_category_top1(gen_emb: np.ndarray, categories: np.ndarray, catalogue_em
                         batch_size).astype(np.int64)
 
 
-def collage_2x2(images: np.ndarray, size: int = COLLAGE_SIZE) -> np.ndarray:
-    """4 images [4, H, W, 3] uint8 -> one size x size white-canvas collage, slots row-major (DiFashion GOR CIS)."""
-    from PIL import Image
+# ------------------------------------------------------------------------------------------------ runners
+def prompt_clip(ctx: EvalContext) -> np.ndarray:
+    """[N, E] CLIP text embedding of each entry's category prompt (DiFashion's CS prompt)."""
+    names = ctx.category_names()
+    return ctx.clip().texts([eval_prompt(names[int(c)]) for c in ctx.categories])
 
-    images = np.asarray(images)
-    if images.shape[0] != 4 or images.ndim != 4:
-        raise ValueError(f"collage_2x2: expected 4 images [4, H, W, 3], got {images.shape}")
-    half = size // 2
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    for k, img in enumerate(images):
-        tile = Image.fromarray(np.asarray(img, np.uint8)).resize((half, half), Image.BILINEAR)
-        canvas.paste(tile, ((k % 2) * half, (k // 2) * half))
-    return np.asarray(canvas)
+
+def gt_collage_clip(ctx: EvalContext) -> np.ndarray:
+    """[G, E] CLIP of the GT outfits' 2x2 collages (GOR)."""
+    return ctx.cached("gt_collage_clip", lambda: ctx.clip().images(ctx.collages(ctx.gt_images()), "CLIP GT collages"))
+
+
+def history(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
+    """(h(u, c) [N, E], has_history [N]) per entry: mean UNnormalised CLIP of the user's history items of c."""
+    return ctx.cached("history_means", lambda: history_means(ctx.catalogue_clip(), ctx.dataset.history(ctx.split),
+                                                             ctx.uids, ctx.categories))
+
+
+@register("clip_score", networks=["clip"], group="Fidelity",
+          description="100*cos(CLIP image, 'A photo of a [pair of] {name}, on white background'); also on GT images",
+          headline=[("clip_score", "CS"), ("grd_clip_score", "Grd CS")])
+def run_clip_score(ctx: EvalContext) -> dict:
+    text = prompt_clip(ctx)
+    out = clip_score(ctx.gen_clip(), text)
+    out["grd_clip_score"] = clip_score(ctx.gt_clip(), text)["clip_score"]
+    return out
+
+
+@register("clip_image_score", networks=["clip"], group="Fidelity",
+          description="100*cos(CLIP gen, CLIP GT); GOR on 2x2 collages (1024 px, white canvas)",
+          headline=[("clip_image_score", "CIS")])
+def run_clip_image_score(ctx: EvalContext) -> dict:
+    if ctx.task == "pfitb":
+        return clip_image_score(ctx.gen_clip(), ctx.gt_clip())
+    return clip_image_score(ctx.clip().images(ctx.collages(ctx.gen_images()), "CLIP collages"), gt_collage_clip(ctx))
+
+
+@register("personal_sim", networks=["clip"], group="Personalization",
+          description="100*cos(CLIP gen, mean UNnormalised CLIP of the user's history items of that category)",
+          headline=[("personal_sim", "Personal Sim")])
+def run_personal_sim(ctx: EvalContext) -> dict:
+    return personalization_sim(ctx.gen_clip(), *history(ctx))
+
+
+@register("retrieval_acc", networks=["clip"], tasks=["pfitb"], group="Retrieval",
+          description="5-way FITB retrieval accuracy by CLIP cosine (chance 0.2)", headline=[("retrieval_acc", "Acc")])
+def run_retrieval_acc(ctx: EvalContext) -> dict:
+    out, _ = fitb_retrieval(ctx.gen_clip(), ctx.catalogue_clip()[ctx.candidate_iids()])  # cands [N, 5, E]
+    return out
+
+
+@register("grounding_recall", networks=["clip"], tasks=["gor"], group="Retrieval",
+          description="Recall@{10,20,50,100} of the GT item among all same-category catalogue items by CLIP cosine",
+          headline=[(f"recall@{k}", f"R@{k}") for k in RECALL_KS])
+def run_grounding_recall(ctx: EvalContext) -> dict:
+    return grounding_recall(ctx.gen_clip(), ctx.categories, ctx.gt_iids, ctx.catalogue_clip(), ctx.item_category())

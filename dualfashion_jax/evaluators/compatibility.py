@@ -7,7 +7,7 @@ GOR: outfit = the 4 generated items of THAT outfit (images 4k..4k+3 for outfit k
 Grd compatibility = the same score on the GT outfits. Score = mean over outfits of sigmoid(logit).
 The original evaluator checkpoints are not public: `train_compat_evaluator` trains one per dataset (positives =
 real outfits, negatives = outfits with 1-2 items swapped for random catalogue items), so our compatibility numbers
-are not comparable to the papers'.
+are not comparable to the papers'. Also the `compatibility` runner and its network (`compat_net`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dualfashion_jax.conversion.compat_net import load_compat
+from dualfashion_jax.evaluators.context import RANDOM, REAL, TRAINED, EvalContext, NetworkInfo
 from dualfashion_jax.evaluators.nets.compat_net import OUTFIT_SIZE, CompatConfig, FashionEvaluator
+from dualfashion_jax.evaluators.registry import register
 
 
 def _check_ids(outfits: np.ndarray, num_items: int, what: str) -> np.ndarray:
@@ -153,3 +156,61 @@ def train_compat_evaluator(features: np.ndarray, outfits: np.ndarray, *, config:
     return model, {"loss": losses, "accuracy": float(acc), "steps": steps, "batch_size": batch_size,
                    "learning_rate": learning_rate, "seed": seed, "negatives": "1-2 items swapped" +
                    (" within category" if item_category is not None else " (any category)")}
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def compat_net(ctx: EvalContext) -> FashionEvaluator:
+    """FashionEvaluator from --compat, else trained here (--compat-train-steps) or a random stand-in."""
+    def build():
+        path = ctx.opt.checkpoints.get("compat")
+        dim = ctx.catalogue_clip().shape[1]
+        if path:
+            model, config, source = load_compat(path)
+            if config.feat_dim != dim:
+                raise ValueError(f"--compat {path}: evaluator expects {config.feat_dim}-d item features but "
+                                 f"the CLIP network gives {dim}-d")
+            ctx.networks["compat"] = NetworkInfo("compat", REAL, source, config.to_json())
+            return model
+        config = CompatConfig(feat_dim=dim)
+        if ctx.opt.compat_train_steps > 0:
+            train = ctx.dataset.split("train")
+            model, info = train_compat_evaluator(
+                ctx.catalogue_clip(), train.outfits, config=config, item_category=ctx.dataset.iid_category,
+                steps=ctx.opt.compat_train_steps, seed=ctx.opt.seed)
+            info.pop("loss")
+            ctx.networks["compat"] = NetworkInfo("compat", TRAINED, f"trained on {ctx.data_dir} train split "
+                                                 f"with this run's CLIP features", {**config.to_json(), **info})
+            return model
+        model = FashionEvaluator(config, rngs=nnx.Rngs(ctx.opt.seed))
+        model.eval()
+        ctx.networks["compat"] = NetworkInfo("compat", RANDOM, f"random init, seed {ctx.opt.seed}", config.to_json())
+        return model
+    return ctx.cached("compat", build)
+
+
+def score_catalogue_outfits(ctx: EvalContext, outfits: np.ndarray) -> dict[str, float]:
+    """Compatibility of catalogue outfits [G, 4] (item ids) by their catalogue CLIP features."""
+    return compatibility(compat_net(ctx), ctx.catalogue_clip()[outfits], batch_size=max(ctx.opt.batch_size, 8))
+
+
+@register("compatibility", networks=["clip", "compat"], group="Compatibility",
+          description="mean sigmoid of the outfit compatibility net (PFITB: 3 GT + generated; GOR: 4 generated); "
+                      "+ GT outfits",
+          headline=[("compatibility", "Compat."), ("grd_compatibility", "Grd Compat.")])
+def run_compatibility(ctx: EvalContext) -> dict:
+    model, cat, gen = compat_net(ctx), ctx.catalogue_clip(), ctx.gen_clip()
+    groups = ctx.groups()
+    if ctx.task == "pfitb":
+        idx = np.asarray([v[0] for v in groups.values()])
+        outfits = np.asarray([ctx.records[ri].outfit for ri, _ in groups])
+        feats = pfitb_outfit_features(outfits, ctx.slots[idx], gen[idx], cat)
+    else:
+        full = [v for v in groups.values() if len(v) == 4]
+        if not full:
+            raise ValueError("GOR compatibility needs rows with 4 generated items")
+        feats = gor_outfit_features(gen[np.concatenate(full)], original_gor_indexing=ctx.opt.original_gor_indexing)
+    out = compatibility(model, feats, batch_size=max(ctx.opt.batch_size, 8))
+    grd = np.asarray([r.outfit for r in ctx.records])                                       # [R, 4] GT outfits
+    out["grd_compatibility"] = score_catalogue_outfits(ctx, grd)["compatibility"]
+    out["gor_indexing"] = "original (bugged)" if ctx.opt.original_gor_indexing and ctx.task == "gor" else "fixed"
+    return out

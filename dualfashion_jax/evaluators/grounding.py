@@ -1,6 +1,6 @@
 """Generate-then-retrieve ("grounding") evaluation (difashion_eval.md §2.9): every generated image is replaced by the
 real catalogue item that CLIP retrieves for it, and CS / CIS / LPIPS / Personal Sim / Compatibility are recomputed on
-those real items (the runners `run_grounded_*` in `runners.py`; this module does the retrieval and the bookkeeping).
+those real items. This file holds the retrieval, the bookkeeping and the `grounded_*` runners and registration.
 
 * PFITB: g -> argmax CLIP cosine among the row's 5 FITB candidates (GT + 4 negatives), so the grounded accuracy is
   exactly the §2.8 retrieval accuracy; the grounded outfit = the 3 visible GT items + the retrieved item.
@@ -12,14 +12,15 @@ the dataset images), pixel metrics (LPIPS, GOR collages) by the dataset images r
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from dualfashion_jax.evaluators import clip_metrics as cm
-
-if TYPE_CHECKING:
-    from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.compatibility import score_catalogue_outfits
+from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.lpips_metrics import lpips_to_gt
+from dualfashion_jax.evaluators.registry import register
 
 CANDIDATES = "pfitb: argmax CLIP cosine (normalised) among the row's 5 candidates of fitb_<split>_candidates"
 CATALOGUE = "gor: top-1 CLIP cosine (normalised) among all catalogue items of the generated item's category"
@@ -131,3 +132,57 @@ def describe(task: str) -> dict:
             "pixels": "dataset images of the retrieved items, resized to the GT size (LPIPS; GOR 2x2 collages)",
             "outfits": "3 visible GT items + the retrieved item" if task == "pfitb"
                        else "the 4 retrieved items of each fully generated outfit"}
+
+
+# ------------------------------------------------------------------------------------------------ runners
+def _renamed(out: dict, key: str, new: str) -> dict:
+    return {new if k == key else k: v for k, v in out.items()}
+
+
+@register("grounded_retrieval_acc", networks=["clip"], group="Grounding",
+          description="retrieved item == GT: PFITB 5-way accuracy (== retrieval_acc); GOR same-category top-1 "
+                      "(== Recall@1)")
+def run_grounded_retrieval_acc(ctx: EvalContext) -> dict:
+    hits = for_context(ctx).hits
+    return {"grounded_retrieval_acc": float(hits.mean()), "n": int(hits.size), "chance": chance(ctx)}
+
+
+@register("grounded_clip_score", networks=["clip"], group="Grounding",
+          description="clip_score of the retrieved real items")
+def run_grounded_clip_score(ctx: EvalContext) -> dict:
+    ret = ctx.catalogue_clip()[for_context(ctx).iids]                                         # [N, E]
+    return _renamed(cm.clip_score(ret, cm.prompt_clip(ctx)), "clip_score", "grounded_clip_score")
+
+
+@register("grounded_clip_image_score", networks=["clip"], group="Grounding",
+          description="clip_image_score retrieved vs GT items (GOR: 2x2 collages of the retrieved items)")
+def run_grounded_clip_image_score(ctx: EvalContext) -> dict:
+    if ctx.task == "pfitb":
+        gr, cat = for_context(ctx), ctx.catalogue_clip()
+        out = cm.clip_image_score(cat[gr.iids], cat[gr.gt_iids])
+    else:
+        ret = ctx.clip().images(ctx.collages(grounded_images(ctx)), "CLIP grounded collages")
+        out = cm.clip_image_score(ret, cm.gt_collage_clip(ctx))
+    return _renamed(out, "clip_image_score", "grounded_clip_image_score")
+
+
+@register("grounded_lpips", networks=["lpips"], group="Grounding",
+          description="LPIPS-VGG retrieved vs GT item images (GOR on 2x2 collages)")
+def run_grounded_lpips(ctx: EvalContext) -> dict:
+    return _renamed(lpips_to_gt(ctx, grounded_images(ctx)), "lpips_to_gt", "grounded_lpips")
+
+
+@register("grounded_personal_sim", networks=["clip"], group="Grounding",
+          description="personal_sim of the retrieved items")
+def run_grounded_personal_sim(ctx: EvalContext) -> dict:
+    ret = ctx.catalogue_clip()[for_context(ctx).iids]
+    return _renamed(cm.personalization_sim(ret, *cm.history(ctx)), "personal_sim", "grounded_personal_sim")
+
+
+@register("grounded_compatibility", networks=["clip", "compat"], group="Grounding",
+          description="compatibility of the grounded outfits (PFITB: 3 GT + retrieved; GOR: the 4 retrieved items)")
+def run_grounded_compatibility(ctx: EvalContext) -> dict:
+    outfits, gt = outfits_for_context(ctx)                                                    # [G, 4] each
+    out = _renamed(score_catalogue_outfits(ctx, outfits), "compatibility", "grounded_compatibility")
+    out["outfits_equal_to_gt"] = int((outfits == gt).all(axis=1).sum())
+    return out

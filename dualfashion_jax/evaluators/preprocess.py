@@ -5,6 +5,7 @@ Per metric (difashion_eval.md §1, §2):
     `F.interpolate(mode="bilinear", align_corners=False)` semantics (no antialiasing) -> 2x - 1 in [-1, 1].
     `inception_input` does both. The IS net then applies torchvision's `transform_input` itself.
   * LPIPS: uint8 / 127.5 - 1 at full resolution (`lpips_input`); no resize.
+  * GOR collages (CLIP image score, LPIPS): 4 slot images on one white 2x2 canvas (`collage_2x2`).
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 INCEPTION_SIZE = 299
+COLLAGE_SIZE = 1024  # GOR 2x2 collages (CLIP image score, LPIPS): the original's canvas
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,3 +86,16 @@ def gray_to_rgb(images: np.ndarray | jax.Array) -> jax.Array:
     if x.ndim != 4 or x.shape[-1] != 1:
         raise ValueError(f"gray_to_rgb expects [B, H, W] or [B, H, W, 1], got {tuple(x.shape)}")
     return jnp.repeat(x, 3, axis=-1)
+
+
+def collage_2x2(images: np.ndarray, size: int = COLLAGE_SIZE) -> np.ndarray:
+    """4 images [4, H, W, 3] uint8 -> one size x size white-canvas collage, slots row-major (DiFashion GOR CIS)."""
+    images = np.asarray(images)
+    if images.shape[0] != 4 or images.ndim != 4:
+        raise ValueError(f"collage_2x2: expected 4 images [4, H, W, 3], got {images.shape}")
+    half = size // 2
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    for k, img in enumerate(images):
+        tile = Image.fromarray(np.asarray(img, np.uint8)).resize((half, half), Image.BILINEAR)
+        canvas.paste(tile, ((k % 2) * half, (k // 2) * half))
+    return np.asarray(canvas)

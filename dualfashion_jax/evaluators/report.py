@@ -11,26 +11,9 @@ import pathlib
 from typing import Any, Mapping
 
 from dualfashion_jax.evaluators.context import RANDOM as RANDOM_WEIGHT, REAL as REAL_WEIGHT
-from dualfashion_jax.evaluators.registry import GROUPS, METRICS
+from dualfashion_jax.evaluators.metrics import METRICS
+from dualfashion_jax.evaluators.registry import GROUPS
 
-
-# metric -> headline (key, column label) pairs for the paper-style table; everything else goes to "Details".
-HEADLINE = {
-    "fid": [("fid", "FID↓")],
-    "inception_score": [("is_acc_top1", "IS-acc"), ("is_acc_top3", "IS-acc@3"), ("is_uniform", "IS")],
-    "clip_score": [("clip_score", "CS"), ("grd_clip_score", "Grd CS")], "clip_image_score": [("clip_image_score", "CIS")],
-    "lpips": [("lpips_to_gt", "LPIPS↓")], "lpips_diversity": [("lpips_diversity", "LPIPS div.")],
-    "personal_sim": [("personal_sim", "Personal Sim")],
-    "compatibility": [("compatibility", "Compat."), ("grd_compatibility", "Grd Compat.")],
-    "retrieval_acc": [("retrieval_acc", "Acc")],
-    "grounding_recall": [("recall@10", "R@10"), ("recall@20", "R@20"), ("recall@50", "R@50"), ("recall@100", "R@100")],
-    "caption_parse_rate": [("caption_parse_rate", "Parse")], "text_align": [("text_align", "Text Align")],
-    "text_personalization": [("text_personalization", "Text Pers.")],
-    "text_diversity": [("text_diversity_semantic", "D_s"), ("attr_entropy_mean", "D_a")],
-    "llm_judge": [("llm_judge", "LLM judge")],
-    "oracle": [("oracle_category_acc", "Cat. acc"), ("oracle_colour_acc", "Colour acc"),
-               ("oracle_pref_colour_lift", "Pref lift"), ("oracle_compat_rate", "Rule compat")],
-}
 
 # The "Grounding" group is its own table, laid out like DiFashion's grounding table: (metric, key, sub-group, label).
 GROUNDING_TABLE = [
@@ -110,7 +93,7 @@ def _headline_cols(metrics: Mapping[str, Any], names: set[str]) -> list[tuple[st
     for group in GROUPS:
         for name, spec in METRICS.items():
             if spec.group == group and group != "Grounding" and name in names:
-                for key, label in HEADLINE.get(name, []):
+                for key, label in spec.headline:  # (key, column label) pairs registered with the metric
                     if (v := _value(metrics, name, key)) is not None:
                         cols.append((group, label, v))
     return cols

@@ -4,7 +4,7 @@ HTML index; finished rows are found again so an interrupted run resumes where it
 Layout of a results dir:
   rows/<index>_<uid>_<oid>/gen_s<slot>_k<k>.png, grd_s<slot>.png, incomplete_outfit.png (PFITB), grid.png,
                            row.json   (written LAST, atomically: the row's done marker)
-  records.json + settings.json        (evaluators/records.py; rebuilt from all row.json files at the end)
+  records.json + settings.json        (data/records.py; rebuilt from all row.json files at the end)
   generated_caption.json (PFITB, spec §5.3 step 6) | generated_captions.json (GOR, spec §5.4)
   index.html                          (every row: grid, preference, captions)
   gen.npy / grd.npy                   (only on request: the original pickled layout)
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from dualfashion_jax.data.examples import TaskRow
-from dualfashion_jax.evaluators.records import GenEntry, GrdEntry, Record, record_from_json, save_original_layout, \
+from dualfashion_jax.data.records import GenEntry, GrdEntry, Record, record_from_json, save_original_layout, \
     write_records
 from dualfashion_jax.generation.grid import grid_image
 

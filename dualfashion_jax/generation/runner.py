@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
 
 from dualfashion_jax.generation import outputs
 from dualfashion_jax.generation.gor import generate_gor
@@ -44,7 +46,6 @@ class RunSummary:
 def _max_over_processes(n: int) -> int:
     if jax.process_count() == 1:
         return n
-    from jax.experimental import multihost_utils
     return int(np.max(multihost_utils.process_allgather(np.asarray([n]))))
 
 
@@ -107,7 +108,6 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
         bar.close()
     cut = _truncated_since(bundle.tokenizer, cut_before, f"generate {task} inputs (preferences, sentences)")
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("dualfashion_jax.generation.rows_written")
     n_records = 0
     if jax.process_index() == 0:
@@ -129,5 +129,4 @@ def _truncated_since(tok, before, what: str) -> dict[str, int]:
 
 
 def _bar(total: int, task: str, enabled: bool) -> Any:
-    import tqdm
     return tqdm.tqdm(total=total, desc=f"{task} rows", unit="row", disable=not enabled, dynamic_ncols=True)

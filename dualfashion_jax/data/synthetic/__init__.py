@@ -1,8 +1,9 @@
 """The built-in "synthetic outfits" dataset: a procedural fashion world with known ground truth.
 
 `make_dataset(out_dir, seed=0, image_size=32, ...)` writes it in the safe format (see `make.py`);
-`load_truth(root)` reads its truth/ folder; `data/oracle.py` decodes attributes back from pixels and scores
-generations against it. Imports are lazy so `python -m dualfashion_jax.data.synthetic.make` runs cleanly.
+`load_truth(root)` reads its truth/ folder; `data/oracle.py` decodes attributes back from pixels and
+`evaluators/oracle_metrics.py` scores generations against it. Imports are lazy so
+`python -m dualfashion_jax.data.synthetic.make` runs cleanly.
 """
 import importlib
 

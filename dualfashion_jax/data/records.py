@@ -1,5 +1,7 @@
 """The results-record format: what generation writes and every evaluator reads (safe JSON, no pickles).
 
+The one shared definition of the format, in the data layer: `generation/outputs.py` writes it, `evaluators/` read it.
+
 A results dir holds
   records.json   {"format_version": 1, "task": "pfitb"|"gor", "records": [Record, ...]}
   settings.json  {"model": ..., "task": ..., "sampler": {...}, "seeds": ..., ...}  (free-form beyond those keys)
@@ -18,6 +20,7 @@ import pathlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 FORMAT_VERSION = 1
 TASKS = ("pfitb", "gor")
@@ -263,8 +266,6 @@ def check_complete(records: Sequence[Record], settings: Mapping[str, Any], resul
 # ------------------------------------------------------------------------------------------------ images
 def load_image(results_dir: str | os.PathLike, rel_path: str, size: int | None = None) -> np.ndarray:
     """Reads one image as uint8 RGB [H, W, 3]; `size` resizes (bilinear) to size x size, as for Polyvore GT."""
-    from PIL import Image
-
     path = pathlib.Path(results_dir) / rel_path
     if not rel_path or not path.is_file():
         raise FileNotFoundError(f"{path}: image referenced by {pathlib.Path(results_dir) / RECORDS_FILE} is missing")
