@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dualfashion_jax.models import vae as vae_lib
+from dualfashion_jax.modeling.latents import encode_images
 from dualfashion_jax.samplers.flow_euler import NEGATIVE_PROMPT
 
 
@@ -32,16 +32,12 @@ def context_latents(vae, images: jax.Array, *, sample: bool = False, keys: jax.A
     with per-row keys [B] when `sample`)."""
     b, k = images.shape[:2]
     flat = images.reshape((b * k,) + images.shape[2:])  # [B*K, S, S, 3]
-    if not sample:
-        z = vae_lib.encode_images(vae, flat, sample=False)
-    else:
+    item_keys = None
+    if sample:
         if keys is None:
             raise ValueError("context_latents: sample=True needs per-row keys")
-        x = flat.astype(jnp.float32) / 127.5 - 1.0
-        post = vae.encode(x)
         item_keys = jax.vmap(lambda kk: jax.random.split(kk, k))(keys).reshape(b * k)  # [B*K]
-        noise = jax.vmap(lambda kk, m: jax.random.normal(kk, m.shape, jnp.float32))(item_keys, post.mean)
-        z = vae_lib.to_model_latents(post.mean + post.std * noise, vae.cfg)
+    z = encode_images(vae, flat, sample=sample, item_keys=item_keys)
     return z.reshape((b, k) + z.shape[1:]).astype(jnp.float32)
 
 
