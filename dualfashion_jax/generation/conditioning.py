@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dualfashion_jax.diffusion.conditioning import context_mean
 from dualfashion_jax.modeling.latents import encode_images
 from dualfashion_jax.samplers.flow_euler import NEGATIVE_PROMPT
 
@@ -41,11 +42,7 @@ def context_latents(vae, images: jax.Array, *, sample: bool = False, keys: jax.A
     return z.reshape((b, k) + z.shape[1:]).astype(jnp.float32)
 
 
-def masked_context_mean(latents: jax.Array, valid: jax.Array) -> jax.Array:
-    """Mean of the valid context latents: [B, K, h, w, C], valid [B, K] -> [B, h, w, C] (zeros if none valid)."""
-    w = valid.astype(jnp.float32)[:, :, None, None, None]  # [B, K, 1, 1, 1]
-    n = jnp.maximum(w.sum(axis=1), 1.0)  # [B, 1, 1, 1]
-    return (latents.astype(jnp.float32) * w).sum(axis=1) / n
+masked_context_mean = context_mean  # the valid-items mean [B, K, h, w, C], [B, K] -> [B, h, w, C] (one definition)
 
 
 def context_offset(model, ctx_mean: jax.Array) -> jax.Array:

@@ -9,6 +9,7 @@ max_length, use_latents, seed, split, n_aug) and config.loss (diffusion.stages.L
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -142,4 +143,4 @@ def task(config, s: Setup, mcfg, frozen: Mapping[str, Frozen], loss_fn, make_dat
     """The stage Task: a DualMMDiT of `mcfg`, the frozen modules, the loss, the data and the T5 null prompts."""
     return Task(model_factory=lambda rngs: mmdit.DualMMDiT(mcfg, rngs=rngs), frozen=frozen, loss_fn=loss_fn,
                 make_data=make_data, global_batch=config.batch_size,
-                make_consts=lambda mods: null_embeddings(s.tok, mods), model_config=mcfg)
+                make_consts=functools.partial(null_embeddings, s.tok), model_config=mcfg)
