@@ -131,8 +131,8 @@ def make_vae(out: pathlib.Path, plan: DemoPlan) -> pathlib.Path:
         cfg = pixel_ae.PixelAEConfig(factor=plan.vae_factor, sample_size=plan.image_size, basis=plan.vae_basis)
         pixel_ae.save(pixel_ae.fit(cfg, images), vae_dir)
     if not (data / "latents" / "latents.npy").is_file():
-        ae, cfg = encode_latents.load_vae(vae_dir)  # the same loader as `dualfashion-jax encode-latents --vae`
-        encode_latents.encode_dataset(data, ae, cfg, mode="mean", batch_size=64, vae_name=str(vae_dir))
+        ae = encode_latents.load_vae(vae_dir)  # the same loader as `dualfashion-jax encode-latents --vae`
+        encode_latents.encode_dataset(data, ae, mode="mean", batch_size=64, vae_name=str(vae_dir))
     return vae_dir
 
 

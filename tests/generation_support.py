@@ -48,11 +48,13 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
 
     import dualfashion_jax.models  # noqa: F401
     from dualfashion_jax.conversion import common
-    from dualfashion_jax.generation.bundle import module_from_flat
+    from dualfashion_jax.modeling.frozen import frozen_spec
+    from dualfashion_jax.modeling.restore import module_from_flat
+    from dualfashion_jax.modeling.transformer import mmdit_config
     from dualfashion_jax.models import mmdit
     from dualfashion_jax.text.tokenizer import CaptionTokenizer
     from dualfashion_jax.core import config as config_lib
-    from dualfashion_jax.training import checkpoint as ckpt_lib, stage_tasks
+    from dualfashion_jax.training import checkpoint as ckpt_lib
 
     config = config_lib.load(os.fspath(REPO / "configs" / "stage2.py") +
                              f":tiny,data={root / 'data'},tokenizer={root / 'tokenizer'},max_length=96,init_from=")
@@ -61,10 +63,10 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     (wd / "config.json").write_text(json.dumps(cj, indent=1))
     tok = CaptionTokenizer.from_pretrained(root / "tokenizer", max_length=96)
     for kind in ("t5", "vae"):
-        spec, cfg = stage_tasks.frozen_spec(kind, config[kind], config[kind].seed, min_vocab=tok.vocab_size)
+        spec, cfg = frozen_spec(kind, config[kind], config[kind].seed, min_vocab=tok.vocab_size)
         common.save_converted(wd / "frozen" / kind, kind=kind, config=cfg.to_dict(),
                               params=random_params(spec.factory, seed=len(kind)))
-    mcfg = stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size, latent_hw=(16, 16))
+    mcfg = mmdit_config(config, vocab_size=tok.vocab_size, latent_hw=(16, 16))
     factory = lambda: mmdit.DualMMDiT(mcfg, rngs=nnx.Rngs(0))  # noqa: E731
     model = module_from_flat(factory, random_params(factory, seed=0), source="random")
     _, params, _ = nnx.split(model, nnx.Param, ...)

@@ -29,11 +29,11 @@ def test_stage_sources_on_demo_captions(demo, tmp_path):
     texts = caps + [sentence_text(c) for c in demo.categories.values()] + [tk.caption_json({})]
     tok = tk.build_test_tokenizer(texts, tmp_path / "tok", vocab_size=200, max_length=128)
     s1, s2, s3 = E.Stage1Source(demo, tok), E.Stage2Source(demo, tok), E.Stage3Source(demo, tok)
-    assert s1[0]["image"].shape == (32, 32, 3) and s1[0]["caption_labels"].sum() > 0
+    assert s1[0]["images"].shape == (32, 32, 3) and s1[0]["caption_label_mask"].sum() > 0
     ex = s2[7]
-    assert ex["context_images"].shape == (3, 32, 32, 3) and ex["caption_labels"].sum() > 0
+    assert ex["context_images"].shape == (3, 32, 32, 3) and ex["caption_label_mask"].sum() > 0
     assert tk.parse_caption(tok.decode(ex["pref_ids"])[0]).keys() == set(tk.CAPTION_KEYS)
-    assert s3[0]["caption_ids"].shape == (s3.n_aug, 128) and (s3[0]["caption_labels"].sum(1) > 0).all()
+    assert s3[0]["caption_ids"].shape == (s3.n_aug, 128) and (s3[0]["caption_label_mask"].sum(1) > 0).all()
     row = E.TaskRows(demo, "test")[0]
     assert row.candidates[0] == row.target and row.categories[row.blank] in row.history
 

@@ -50,16 +50,16 @@ def test_sample_mode_is_seeded_and_examples_use_latents(setup, tmp_path):
     root, ae, cfg, _ = setup
     d = tmp_path / "ds"
     shutil.copytree(root, d)
-    a = np.load(EL.encode_dataset(d, ae, cfg, mode="sample", seed=1, batch_size=4, progress=False)).copy()
-    b = np.load(EL.encode_dataset(d, ae, cfg, mode="sample", seed=1, batch_size=4, progress=False)).copy()
-    c = np.load(EL.encode_dataset(d, ae, cfg, mode="sample", seed=2, batch_size=4, progress=False))
+    a = np.load(EL.encode_dataset(d, ae, mode="sample", seed=1, batch_size=4, progress=False)).copy()
+    b = np.load(EL.encode_dataset(d, ae, mode="sample", seed=1, batch_size=4, progress=False)).copy()
+    c = np.load(EL.encode_dataset(d, ae, mode="sample", seed=2, batch_size=4, progress=False))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a[1:], c[1:])
     ds = SafeDataset(d)
     tok = tk.build_test_tokenizer([tk.caption_json(v["elements"]) for v in ds.item_info.values()],
                                   tmp_path / "tok", vocab_size=100, max_length=96)
     ex = Stage2Source(ds, tok)[0]
-    assert ex["target_latent"].shape == (8, 8, 16)
-    np.testing.assert_array_equal(ex["target_latent"], c[int(ds.split("train").outfits[0, 0])])
+    assert ex["target_latents"].shape == (8, 8, 16)
+    np.testing.assert_array_equal(ex["target_latents"], c[int(ds.split("train").outfits[0, 0])])
     with pytest.raises(ValueError, match="mode must be one of"):
-        EL.encode_dataset(d, ae, cfg, mode="median")
+        EL.encode_dataset(d, ae, mode="median")

@@ -50,13 +50,13 @@ def test_stage1_examples(ds, tok):
     assert len(src) == 30
     ex = src[4]
     rec = ds.stage1[4]
-    assert ex["image"].shape == (16, 16, 3) and ex["image"].dtype == np.uint8 and int(ex["iid"]) == rec["iid"]
-    np.testing.assert_array_equal(ex["image"], ItemImages(ds)(rec["iid"]))
+    assert ex["images"].shape == (16, 16, 3) and ex["images"].dtype == np.uint8 and int(ex["ids"]) == rec["iid"]
+    np.testing.assert_array_equal(ex["images"], ItemImages(ds)(rec["iid"]))
     ids, mask = tok.encode([rec["re_caption"]])
     np.testing.assert_array_equal(ex["re_caption_ids"], ids[0])
     np.testing.assert_array_equal(ex["re_caption_mask"], mask[0])
-    assert "re_caption_labels" not in ex
-    assert ex["caption_labels"].sum() > 0 and ex["caption_ids"].shape == (L,)
+    assert "re_caption_label_mask" not in ex
+    assert ex["caption_label_mask"].sum() > 0 and ex["caption_ids"].shape == (L,)
 
 
 def test_stage2_example_contents(ds, tok, stage2):
@@ -64,16 +64,16 @@ def test_stage2_example_contents(ds, tok, stage2):
     assert len(stage2) == 4 * len(t)
     ex = stage2[4 * 3 + 2]  # row 3, target slot 2
     iid, cid, uid = int(t.outfits[3, 2]), int(t.category[3, 2]), int(t.uids[3])
-    assert (int(ex["iid"]), int(ex["cid"]), int(ex["uid"]), int(ex["oid"])) == (iid, cid, uid, int(t.oids[3]))
+    assert (int(ex["ids"]), int(ex["cid"]), int(ex["uid"]), int(ex["oid"])) == (iid, cid, uid, int(t.oids[3]))
     imgs = ItemImages(ds)
-    np.testing.assert_array_equal(ex["target_image"], imgs(iid))
+    np.testing.assert_array_equal(ex["target_images"], imgs(iid))
     np.testing.assert_array_equal(ex["context_images"], imgs.many(t.outfits[3, [0, 1, 3]]))
     assert ex["context_images"].shape == (3, 16, 16, 3)
     pref = tk.caption_json(ds.preference("train")[uid][cid]["Frequency"])
     assert tok.decode(ex["pref_ids"]) == [pref]
     assert tok.decode(ex["sentence_ids"]) == [sentence_text(ds.categories[cid])]
     want = tok.encode_caption(tk.caption_json(ds.item_info[iid]["elements"]))
-    for got, exp in zip((ex["caption_ids"], ex["caption_mask"], ex["caption_labels"]), want):
+    for got, exp in zip((ex["caption_ids"], ex["caption_mask"], ex["caption_label_mask"]), want):
         np.testing.assert_array_equal(got, exp)
     cached = E.Stage2Source(ds, tok, split="train", use_latents=False, cache_items=64)
     for _ in range(2):  # miss, then hit
@@ -96,13 +96,13 @@ def test_stage2_missing_captions_error_or_skip(ds, tok, tmp_path):
     src = E.Stage2Source(SafeDataset(root), tok, use_latents=False, missing_captions="skip")
     n = int((t.outfits == gone).sum())
     assert src.num_skipped == n and len(src) == 4 * len(t) - n
-    assert gone not in {int(src[i]["iid"]) for i in range(len(src))}
+    assert gone not in {int(src[i]["ids"]) for i in range(len(src))}
 
 
 def test_stage3_and_task_rows(ds, tok):
     s3 = E.Stage3Source(ds, tok)
     ex = s3[0]
-    assert s3.n_aug == 3 and ex["caption_ids"].shape == (3, L) and ex["caption_labels"].sum() > 0
+    assert s3.n_aug == 3 and ex["caption_ids"].shape == (3, L) and ex["caption_label_mask"].sum() > 0
     assert tok.decode(ex["pref_ids"]) == [tk.caption_json({})]
     rows = E.TaskRows(ds, "test")
     r = rows[5]
@@ -168,7 +168,7 @@ def test_latents_are_used_when_present(ds, tok, tmp_path):
     src = E.Stage2Source(d2, tok)
     ex = src[1]
     t = d2.split("train")
-    np.testing.assert_array_equal(ex["target_latent"], lat[t.outfits[0, 1]])
+    np.testing.assert_array_equal(ex["target_latents"], lat[t.outfits[0, 1]])
     np.testing.assert_array_equal(ex["context_latents"], lat[t.outfits[0, [0, 2, 3]]])
     (root / "latents" / "latents.npy").write_bytes(b"\x93NUMPY\x01\x00")
     with pytest.raises(ValueError, match="latents.npy: cannot read latents"):
@@ -202,7 +202,7 @@ def _run(it, n=None):
 def test_pipeline_resume_is_bitwise(stage2):
     kw = dict(global_batch_size=4, seed=3, num_epochs=2, process_index=0, process_count=1)
     full = _run(BatchIterator(stage2, **kw))
-    assert len(full) == 2 * (len(stage2) // 4) and full[0]["target_image"].shape == (4, 16, 16, 3)
+    assert len(full) == 2 * (len(stage2) // 4) and full[0]["target_images"].shape == (4, 16, 16, 3)
     it = BatchIterator(stage2, **kw)
     _run(it, 11)  # crosses the epoch boundary (8 batches per epoch)
     state = json.loads(json.dumps(it.get_state()))
@@ -213,7 +213,7 @@ def test_pipeline_resume_is_bitwise(stage2):
     assert len(rest) == len(full) - 11
     for a, b in zip(full[11:], rest):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.array_equal(full[0]["iid"], full[8]["iid"])  # a fresh permutation each epoch
+    assert not np.array_equal(full[0]["ids"], full[8]["ids"])  # a fresh permutation each epoch
     with pytest.raises(ValueError, match="seed=3 does not match this loader's seed=4"):
         BatchIterator(stage2, **{**kw, "seed": 4}).set_state(state)
 
@@ -224,9 +224,9 @@ def test_pipeline_two_processes_are_disjoint_and_cover(stage2):
     b = _run(BatchIterator(stage2, process_index=1, process_count=2, **kw))
     single = _run(BatchIterator(stage2, process_index=0, process_count=1, **kw))
     assert len(a) == len(b) == len(single) == len(stage2) // 8
-    key = lambda x: list(zip(x["oid"].tolist(), x["iid"].tolist()))  # noqa: E731  (unique per example)
+    key = lambda x: list(zip(x["oid"].tolist(), x["ids"].tolist()))  # noqa: E731  (unique per example)
     for xa, xb, xs in zip(a, b, single):
-        assert xa["iid"].shape == (4,) and not set(key(xa)) & set(key(xb))
+        assert xa["ids"].shape == (4,) and not set(key(xa)) & set(key(xb))
         assert sorted(key(xa) + key(xb)) == sorted(key(xs))
     with pytest.raises(ValueError, match="multiple of process_count 3"):
         BatchIterator(stage2, global_batch_size=8, process_index=0, process_count=3)
@@ -239,6 +239,6 @@ def test_pipeline_global_arrays_on_a_mesh(stage2):
     g = next(it)
     local = BatchIterator(stage2, global_batch_size=8, seed=0, num_epochs=1, process_index=0, process_count=1)
     ref = next(local)
-    assert isinstance(g["target_image"], jax.Array) and g["target_image"].sharding == sh
+    assert isinstance(g["target_images"], jax.Array) and g["target_images"].sharding == sh
     assert g["context_images"].shape == (8, 3, 16, 16, 3)
     np.testing.assert_array_equal(np.asarray(g["caption_ids"]), ref["caption_ids"])

@@ -46,13 +46,15 @@ def test_model_space_helpers_use_shift_and_scale(images):
     np.testing.assert_allclose(back * 255.0, u8.astype(np.float32), atol=1e-2)
 
 
-def test_saved_stand_in_loads_through_the_vae_loaders(ae, images, tmp_path):
-    from dualfashion_jax.data.encode_latents import load_vae
+def test_saved_stand_in_loads_through_the_vae_loader(ae, images, tmp_path):
+    from dualfashion_jax.data import encode_latents
+    from dualfashion_jax.modeling.vae import load_vae
 
     pixel_ae.save(ae, tmp_path / "vae")
-    for loaded in (vae.AutoencoderKL.from_pretrained(tmp_path / "vae"), load_vae(tmp_path / "vae")[0]):
-        assert isinstance(loaded, pixel_ae.PixelAutoencoder) and loaded.cfg == ae.cfg
-        np.testing.assert_array_equal(np.asarray(loaded.encode(images).mean), np.asarray(ae.encode(images).mean))
+    assert encode_latents.load_vae is load_vae  # encode-latents, training, generation and the demo share it
+    loaded = load_vae(tmp_path / "vae")
+    assert isinstance(loaded, pixel_ae.PixelAutoencoder) and loaded.cfg == ae.cfg
+    np.testing.assert_array_equal(np.asarray(loaded.encode(images).mean), np.asarray(ae.encode(images).mean))
 
 
 def test_bad_inputs_name_the_problem(ae, images, tmp_path):
@@ -89,7 +91,7 @@ def test_pca_basis_is_the_best_rank_16_linear_autoencoder(tmp_path):
     """factor 4: 48 pixel numbers per latent pixel -> 16 whitened principal directions (orthogonal columns, unit
     variance per channel); reconstructions keep the oracle's attributes; the fitted basis saves/loads through
     the VAE loader and is validated there."""
-    from dualfashion_jax.conversion import vae as vae_conv
+    from dualfashion_jax.modeling.vae import load_vae
     from dualfashion_jax.data import oracle
 
     u8 = _garments()
@@ -117,7 +119,7 @@ def test_pca_basis_is_the_best_rank_16_linear_autoencoder(tmp_path):
     for k in ("category", "colour"):
         assert (got[k] == want[k]).mean() >= 0.95, k
     pixel_ae.save(ae, tmp_path / "pca")
-    loaded = vae_conv.load(tmp_path / "pca")
+    loaded = load_vae(tmp_path / "pca")
     assert loaded.cfg == ae.cfg
     np.testing.assert_array_equal(np.asarray(loaded.proj[...]), w)
     with pytest.raises(ValueError, match="needs proj of shape"):
@@ -128,4 +130,4 @@ def test_pca_basis_is_the_best_rank_16_linear_autoencoder(tmp_path):
         pixel_ae.PixelAEConfig(basis="svd")
     pixel_ae.save(pixel_ae.PixelAutoencoder(ae.cfg, proj=w + 0.1), tmp_path / "bad")  # not a PCA basis
     with pytest.raises(ValueError, match="orthogonal columns"):
-        vae_conv.load(tmp_path / "bad")
+        load_vae(tmp_path / "bad")

@@ -16,7 +16,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import dualfashion_jax.models  # noqa: E402,F401  (switches off eager sharding)
 from dualfashion_jax.conversion import mmdit as conv  # noqa: E402
-from dualfashion_jax.models import api, embeddings, mmdit_config, t5, vae  # noqa: E402
+from dualfashion_jax.modeling import api  # noqa: E402
+from dualfashion_jax.models import embeddings, mmdit_config, t5, vae  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 REL_TOL = 3e-5

@@ -259,7 +259,8 @@ def test_gor_projector_variant_reachable(bundle):
     from flax import nnx
 
     from dualfashion_jax.generation import conditioning as cond
-    from dualfashion_jax.generation.bundle import Bundle, module_from_flat
+    from dualfashion_jax.generation.bundle import Bundle
+    from dualfashion_jax.modeling.restore import module_from_flat
     from dualfashion_jax.generation.sampling import Programs
     from dualfashion_jax.models import mmdit
     from generation_support import random_params

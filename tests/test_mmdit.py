@@ -233,7 +233,7 @@ def test_converted_checkpoint_round_trip_without_torch(model, batch, tmp_path):
     """save_converted(kind="mmdit") -> DualFashionTransformer.from_pretrained -> same outputs in NCHW layout."""
     from dualfashion_jax.conversion import common
     from dualfashion_jax.conversion import mmdit as conv
-    from dualfashion_jax.models import api
+    from dualfashion_jax.modeling import api
 
     x, txt, t = batch
     flat = {**common.flat_params(model), conv.POS_EMBED_KEY: np.asarray(model.patch_embed.pos_embed[...])}

@@ -16,7 +16,8 @@ import jax.numpy as jnp  # noqa: E402
 import dualfashion_jax.models  # noqa: E402,F401  (switches off eager sharding)
 from dualfashion_jax.conversion import common  # noqa: E402
 from dualfashion_jax.conversion import mmdit as conv  # noqa: E402
-from dualfashion_jax.models import api, mmdit_config  # noqa: E402
+from dualfashion_jax.modeling import api  # noqa: E402
+from dualfashion_jax.models import mmdit_config  # noqa: E402
 
 pytestmark = pytest.mark.torch
 REL_TOL = 1e-4  # max abs error relative to the reference output's std

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from configs import common
-from dualfashion_jax.training import optim, stage_tasks, step as step_lib
+from dualfashion_jax.modeling.transformer import mmdit_config
+from dualfashion_jax.training import optim, step as step_lib
 
 BF16 = ml_dtypes.bfloat16
 
@@ -120,9 +121,9 @@ def test_param_dtype_flag_reaches_the_model_config():
     """`config.optim.param_dtype="bfloat16"` stores the MMDiT params in bf16; the default keeps fp32."""
     c = mlc.ConfigDict(dict(stage="stage2", optim=common.optim(),
                             model=dict(preset="tiny", dtype="float32", attention_backend="xla", remat_policy="none")))
-    assert stage_tasks.mmdit_config(c).param_dtype == jnp.float32
+    assert mmdit_config(c).param_dtype == jnp.float32
     c.optim.param_dtype = "bfloat16"
-    assert stage_tasks.mmdit_config(c).param_dtype == jnp.bfloat16
+    assert mmdit_config(c).param_dtype == jnp.bfloat16
 
 
 def test_stage3_drop_stage2_flag_builds_the_model_without_them():
@@ -132,11 +133,11 @@ def test_stage3_drop_stage2_flag_builds_the_model_without_them():
     c = mlc.ConfigDict(dict(stage="stage3", optim=common.optim(),
                             model=dict(preset="tiny", dtype="float32", attention_backend="xla", remat_policy="none",
                                        stage3_drop_stage2=False)))
-    assert stage_tasks.mmdit_config(c).stage2 is True
+    assert mmdit_config(c).stage2 is True
     c.model.stage3_drop_stage2 = True
-    cfg = stage_tasks.mmdit_config(c)
+    cfg = mmdit_config(c)
     assert cfg.stage2 is False
     model = nnx.eval_shape(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0)))
     assert model.stage2 is None and "stage2" not in nnx.state(model, nnx.Param)
     c.stage = "stage2"  # the flag is about stage 3 only
-    assert stage_tasks.mmdit_config(c).stage2 is True
+    assert mmdit_config(c).stage2 is True

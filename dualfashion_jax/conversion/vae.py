@@ -160,13 +160,9 @@ def load(folder: str | os.PathLike, *, dtype: Any = None, param_dtype: Any = Non
 
     import jax.numpy as jnp
 
-    from dualfashion_jax.models import pixel_ae
-
     folder = pathlib.Path(folder)
     cfg_path = folder / "config.json"
     meta = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    if "kind" in meta and pixel_ae.is_pixel_config(meta.get("config")):  # the demo's stand-in VAE
-        return pixel_ae.load(folder, dtype=dtype, param_dtype=param_dtype)
     if "kind" in meta:
         meta, params = common.load_converted(folder, kind=KIND)
         cfg = vae_model.VAEConfig.from_dict(meta["config"], source=str(cfg_path))

@@ -16,58 +16,36 @@ import os
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from tqdm import tqdm
 
 from dualfashion_jax.data.format import SafeDataset, write_json
 from dualfashion_jax.data.images import ItemImages
+from dualfashion_jax.modeling.latents import encode_images
+from dualfashion_jax.modeling.vae import load_vae
 
 MODES = ("mean", "sample")
 
 
-def load_vae(ckpt: str | os.PathLike):
-    """(model, config) from a converted VAE checkpoint folder (`dualfashion-jax convert vae`)."""
-    from flax import nnx
-
-    from dualfashion_jax.conversion.common import load_converted
-    from dualfashion_jax.conversion.materialize import build_from_flat
-    from dualfashion_jax.models import pixel_ae, vae
-
-    meta, flat = load_converted(ckpt, kind="vae")
-    if pixel_ae.is_pixel_config(meta.get("config")):  # the demo's space-to-depth stand-in VAE
-        model = pixel_ae.load(ckpt)
-        return model, model.cfg
-    cfg = vae.VAEConfig.from_dict(meta["config"], source=str(Path(ckpt) / "config.json"))
-    model = build_from_flat(lambda: vae.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), flat, source=str(ckpt))
-    return model, cfg
-
-
 @functools.lru_cache(maxsize=8)
-def _encoder(graphdef, vae_cfg, mode: str):
+def _encoder(graphdef, mode: str):
     """A jitted (state, uint8 images [B, S, S, 3], key) -> model-space latents [B, h, w, C]; cached per model."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from dualfashion_jax.models import vae
 
     @jax.jit
     def encode(state, x, key):
-        model = nnx.merge(graphdef, state)
-        post = model.encode(x.astype(jnp.float32) / 127.5 - 1.0)
-        z = post.mode() if mode == "mean" else post.sample(key)
-        return vae.to_model_latents(z, vae_cfg).astype(jnp.float32)
+        return encode_images(nnx.merge(graphdef, state), x, key, sample=mode == "sample")
 
     return encode
 
 
-def encode_dataset(data_dir: str | os.PathLike, ae, vae_cfg, *, mode: str = "sample", seed: int = 0,
+def encode_dataset(data_dir: str | os.PathLike, ae, *, mode: str = "sample", seed: int = 0,
                    batch_size: int = 16, vae_name: str = "<in-memory>", image_size: int | None = None,
                    progress: bool = True) -> Path:
-    """Encode all items of the dataset at `data_dir`; returns the path of latents.npy."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
+    """Encode all items of the dataset at `data_dir` with the VAE `ae` (`modeling.vae.load_vae`); returns the
+    path of latents.npy."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     ds = SafeDataset(data_dir)
@@ -76,7 +54,7 @@ def encode_dataset(data_dir: str | os.PathLike, ae, vae_cfg, *, mode: str = "sam
     paths = ds.image_paths
     todo = np.array([i for i in range(1, n + 1) if paths[i]], np.int64)
     graphdef, state = nnx.split(ae)
-    encode = _encoder(graphdef, vae_cfg, mode)
+    encode = _encoder(graphdef, mode)
 
     x0 = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8)
     out_shape = jax.eval_shape(encode, state, x0, jax.random.key(0)).shape[1:]
@@ -91,8 +69,6 @@ def encode_dataset(data_dir: str | os.PathLike, ae, vae_cfg, *, mode: str = "sam
     starts = range(0, len(todo), batch_size)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(todo), desc=f"encode-latents {ds.name}", unit="img", file=sys.stderr)
     for b, s in enumerate(starts):
         ids = todo[s:s + batch_size]
@@ -124,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=None, help="default: the dataset's meta.json image_size")
     a = p.parse_args(argv)
-    ae, cfg = load_vae(a.vae)
-    out = encode_dataset(a.data, ae, cfg, mode=a.mode, seed=a.seed, batch_size=a.batch_size,
+    out = encode_dataset(a.data, load_vae(a.vae), mode=a.mode, seed=a.seed, batch_size=a.batch_size,
                          vae_name=str(Path(a.vae).resolve()), image_size=a.image_size)
     print(f"wrote {out} {json.loads((out.parent / 'meta.json').read_text())['shape']}")
     return 0

@@ -1,12 +1,14 @@
 """Training examples for the 3 stages and PFITB/GOR task rows, read from a safe-format dataset (spec §2.3-2.5, §3, §5).
 
 Each `Stage*Source` is a random-access source (`len`, `[i]` -> dict of numpy arrays) for `grain.MapDataset`.
-Visuals are uint8 images `[S, S, 3]` (key suffix `_image(s)`) or, when `latents/` exists, precomputed
-latents `[h, w, C]` float32 (suffix `_latent(s)`). Token fields are int32 `[L]` (L = tokenizer.max_length):
-  stage 1: image|latent, caption_{ids,mask,labels} (i2t target, JSON), re_caption_{ids,mask} (t2i prompt, free text), iid
-  stage 2: target_image|target_latent, context_images|context_latents [3, ...], caption_{ids,mask,labels} (the
-           target's 4-key caption), pref_{ids,mask}, sentence_{ids,mask}, uid, oid, iid, cid
-  stage 3: caption_{ids,mask,labels} [n_aug, L], pref_{ids,mask}, sentence_{ids,mask}, iid, cid
+Keys are those of `data/keys.py`, the names the losses read. Visuals are uint8 images `[S, S, 3]` (`*images`) or,
+when `latents/` exists, precomputed latents `[h, w, C]` float32 (`*latents`). Token fields are int32 `[L]`
+(L = tokenizer.max_length); `ids` is the example's item id:
+  stage 1: images|latents, caption_{ids,mask,label_mask} (i2t target, JSON), re_caption_{ids,mask} (t2i prompt,
+           free text), ids
+  stage 2: target_images|target_latents, context_images|context_latents [3, ...], caption_{ids,mask,label_mask}
+           (the target's 4-key caption), pref_{ids,mask}, sentence_{ids,mask}, uid, oid, ids, cid
+  stage 3: caption_{ids,mask,label_mask} [n_aug, L], pref_{ids,mask}, sentence_{ids,mask}, ids, cid
 Stage-2 example i is (row i // 4, target slot i % 4): every outfit item is a target once per epoch, the
 other three items are the context. Preference text = the user's per-category "Frequency" attributes as a
 4-key caption JSON ("Unknown" where absent). Stage-3 preference is all-"Unknown" (no user; inferred, §7.3).
@@ -21,11 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dualfashion_jax.data import keys as K
 from dualfashion_jax.data.format import SafeDataset, sentence_text
 from dualfashion_jax.data.images import item_visuals
 from dualfashion_jax.text.tokenizer import CaptionTokenizer, Truncation, TruncationWarning, caption_json
-
-_IMAGE_SUFFIX = {"image": "image", "latent": "latent"}
 
 
 class _Texts:
@@ -98,8 +99,8 @@ class Stage1Source:
         iid, cap, re_cap = self.records[i]
         c_ids, c_mask, c_lab = self.texts.caption(cap)
         r_ids, r_mask = self.texts.text(re_cap)  # the t2i prompt: free text, no label mask (spec §2.3)
-        return {self.kind: self.visual(iid), "caption_ids": c_ids, "caption_mask": c_mask, "caption_labels": c_lab,
-                "re_caption_ids": r_ids, "re_caption_mask": r_mask, "iid": np.int64(iid)}
+        return {K.visual(self.kind): self.visual(iid), K.CAPTION_IDS: c_ids, K.CAPTION_MASK: c_mask,
+                K.CAPTION_LABEL_MASK: c_lab, K.RE_CAPTION_IDS: r_ids, K.RE_CAPTION_MASK: r_mask, K.IDS: np.int64(iid)}
 
 
 class Stage2Source:
@@ -147,10 +148,11 @@ class Stage2Source:
         cap_ids, cap_mask, cap_lab = self.texts.caption(self.texts.item_caption(iid))
         p_ids, p_mask = self.texts.text(self.texts.preference(uid, cid))
         s_ids, s_mask = self.texts.text(self.texts.sentence(cid))
-        return {f"target_{self.kind}": self.visual(iid), f"context_{self.kind}s": self.visual.many(ctx),
-                "caption_ids": cap_ids, "caption_mask": cap_mask, "caption_labels": cap_lab,
-                "pref_ids": p_ids, "pref_mask": p_mask, "sentence_ids": s_ids, "sentence_mask": s_mask,
-                "uid": np.int64(uid), "oid": np.int64(t.oids[r]), "iid": np.int64(iid), "cid": np.int64(cid)}
+        return {K.visual(self.kind, K.TARGET): self.visual(iid),
+                K.visual(self.kind, K.CONTEXT): self.visual.many(ctx),
+                K.CAPTION_IDS: cap_ids, K.CAPTION_MASK: cap_mask, K.CAPTION_LABEL_MASK: cap_lab,
+                K.PREF_IDS: p_ids, K.PREF_MASK: p_mask, K.SENTENCE_IDS: s_ids, K.SENTENCE_MASK: s_mask,
+                K.UID: np.int64(uid), K.OID: np.int64(t.oids[r]), K.IDS: np.int64(iid), K.CID: np.int64(cid)}
 
 
 class Stage3Source:
@@ -181,9 +183,9 @@ class Stage3Source:
         cid = int(self.iid_category[iid])
         p_ids, p_mask = self.texts.text(caption_json({}))
         s_ids, s_mask = self.texts.text(self.texts.sentence(cid))
-        return {"caption_ids": np.stack([e[0] for e in enc]), "caption_mask": np.stack([e[1] for e in enc]),
-                "caption_labels": np.stack([e[2] for e in enc]), "pref_ids": p_ids, "pref_mask": p_mask,
-                "sentence_ids": s_ids, "sentence_mask": s_mask, "iid": np.int64(iid), "cid": np.int64(cid)}
+        return {K.CAPTION_IDS: np.stack([e[0] for e in enc]), K.CAPTION_MASK: np.stack([e[1] for e in enc]),
+                K.CAPTION_LABEL_MASK: np.stack([e[2] for e in enc]), K.PREF_IDS: p_ids, K.PREF_MASK: p_mask,
+                K.SENTENCE_IDS: s_ids, K.SENTENCE_MASK: s_mask, K.IDS: np.int64(iid), K.CID: np.int64(cid)}
 
 
 @dataclass(frozen=True)

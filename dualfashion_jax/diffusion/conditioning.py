@@ -48,11 +48,16 @@ def concat_segments(*segments: jax.Array) -> jax.Array:
     return jnp.concatenate(segments, axis=1)
 
 
-def context_mean(context_latents: jax.Array) -> jax.Array:
-    """Mean of the K context-item latents: [B, K, H, W, C] -> [B, H, W, C] (fp32)."""
+def context_mean(context_latents: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Mean of the K context-item latents: [B, K, H, W, C] -> [B, H, W, C] (fp32); with `valid` [B, K] (generation:
+    PFITB/GOR outfits with missing items) the mean of the valid ones only, zeros where none is valid."""
     if context_latents.ndim != 5:
         raise ValueError(f"context_latents: expected [B, K, H, W, C], got {context_latents.shape}")
-    return jnp.mean(context_latents.astype(jnp.float32), axis=1)
+    if valid is None:
+        return jnp.mean(context_latents.astype(jnp.float32), axis=1)
+    w = valid.astype(jnp.float32)[:, :, None, None, None]  # [B, K, 1, 1, 1]
+    n = jnp.maximum(w.sum(axis=1), 1.0)  # [B, 1, 1, 1]
+    return (context_latents.astype(jnp.float32) * w).sum(axis=1) / n
 
 
 def context_keep(u: jax.Array, drop_prob: float = 0.5) -> jax.Array:

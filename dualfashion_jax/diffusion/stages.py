@@ -15,7 +15,8 @@ T5 is run INSIDE the loss on the noised caption x_t (spec §1.3); its outputs ar
 NNX modules passed as model_fn / t5_fn are wrapped by `pure_fn.as_pure` (safe under lax.cond and under grad
 when merged outside it); pass the module itself, not a lambda around it.
 
-Batch keys (ids int32, masks int/bool, latents fp32 NHWC model-space latents):
+Batch keys (`data/keys.py`, the names data/examples.py emits; ids int32, masks int/bool, latents fp32 NHWC
+model-space latents):
   stage 1: t2i_latents [B,H,W,C], t2i_ids [B,L] (T5'd without mask), i2t_latents [B',H,W,C],
            caption_ids [B',L], caption_label_mask [B',L]; with real_caption_ratio >= 0 also t2i_real_ids
            [B,L] (the t2i rows' structured captions, used as the prompt with that probability)
@@ -34,6 +35,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from dualfashion_jax.data import keys as K
 from dualfashion_jax.diffusion import conditioning as cond
 from dualfashion_jax.diffusion import flow, losses, masked_text
 from dualfashion_jax.diffusion.pure_fn import as_pure
@@ -43,6 +45,8 @@ T5Fn = Callable[[jax.Array, Any], jax.Array]
 
 PREFERENCE_DROPOUT_MODES = ("per_sample", "per_batch")
 STAGE3_LOSSES = ("brier", "mdlm")
+T2I_LATENTS, I2T_LATENTS = K.visual(K.LATENT, K.T2I), K.visual(K.LATENT, K.I2T)
+TARGET_LATENTS, CONTEXT_LATENTS = K.visual(K.LATENT, K.TARGET), K.visual(K.LATENT, K.CONTEXT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,15 +164,15 @@ def caption_branch(draws, model_fn: ModelFn, t5_fn: T5Fn, image: jax.Array | Non
 # ----------------------------------------------------------------------------------------------------------
 # Stage 1: t2i image flow + i2t caption diffusion (spec §2.3).
 # ----------------------------------------------------------------------------------------------------------
-STAGE1_KEYS = ("t2i_latents", "t2i_ids", "i2t_latents", "caption_ids", "caption_label_mask")
+STAGE1_KEYS = (T2I_LATENTS, K.T2I_IDS, I2T_LATENTS, K.CAPTION_IDS, K.CAPTION_LABEL_MASK)
 
 
 def draw_stage1(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
     """All stage-1 randomness: {"image": draw_image(...), "text": draw_text(...), "real_caption": uniforms [B]}."""
     k1, k2 = jax.random.split(key)
     k3 = jax.random.fold_in(key, 3)  # a separate stream, so the image/text draws stay as they were
-    b = batch["t2i_latents"].shape[0]
-    return {"image": draw_image(k1, batch["t2i_latents"].shape), "text": draw_text(k2, batch["caption_ids"].shape),
+    b = batch[T2I_LATENTS].shape[0]
+    return {"image": draw_image(k1, batch[T2I_LATENTS].shape), "text": draw_text(k2, batch[K.CAPTION_IDS].shape),
             "real_caption": jax.random.uniform(k3, (b,), jnp.float32)}
 
 
@@ -177,22 +181,22 @@ def stage1_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn, null_emb:
     """Stage 1: flow loss on t2i latents with T5(t2i_ids) (10% -> null_emb) + caption loss given i2t latents."""
     model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     _require(batch, STAGE1_KEYS, "stage-1")
-    x0 = batch["t2i_latents"].astype(jnp.float32)
-    _check_latents(x0, "t2i_latents")
-    _check_latents(batch["i2t_latents"], "i2t_latents")
+    x0 = batch[T2I_LATENTS].astype(jnp.float32)
+    _check_latents(x0, T2I_LATENTS)
+    _check_latents(batch[I2T_LATENTS], I2T_LATENTS)
     d = draws["image"]
     sigma, timestep = _sigma(d, cfg)
     x_in = flow.add_noise(x0, d["noise"], sigma)  # [B, H, W, C]
-    ids = batch["t2i_ids"]  # [B, L] re-captions
+    ids = batch[K.T2I_IDS]  # [B, L] re-captions
     if cfg.real_caption_ratio >= 0:  # the original's train_real_cap_ratio: some prompts are the structured caption
-        _require(batch, ("t2i_real_ids",), f"stage-1 (real_caption_ratio={cfg.real_caption_ratio})")
+        _require(batch, (K.T2I_REAL_IDS,), f"stage-1 (real_caption_ratio={cfg.real_caption_ratio})")
         use_real = draws["real_caption"] < cfg.real_caption_ratio  # [B]
-        ids = jnp.where(use_real[:, None], batch["t2i_real_ids"], ids)
+        ids = jnp.where(use_real[:, None], batch[K.T2I_REAL_IDS], ids)
     txt = _t5(t5_fn, ids, None)  # [B, L, D]
     txt, dropped = cond.drop_text(d["text_drop"], txt, null_emb, cfg.text_dropout)
     l_img = image_branch(model_fn, x_in, x0, sigma, timestep, txt)
-    l_txt, tm = caption_branch(draws["text"], model_fn, t5_fn, batch["i2t_latents"].astype(jnp.float32),
-                               batch["caption_ids"], batch["caption_label_mask"], (), cfg)
+    l_txt, tm = caption_branch(draws["text"], model_fn, t5_fn, batch[I2T_LATENTS].astype(jnp.float32),
+                               batch[K.CAPTION_IDS], batch[K.CAPTION_LABEL_MASK], (), cfg)
     loss = jnp.mean(l_img) + cfg.caption_weight * jnp.mean(l_txt)
     return loss, {"loss_img": jnp.mean(l_img), "loss_txt": jnp.mean(l_txt), "sigma_mean": jnp.mean(sigma),
                   "text_drop_frac": jnp.mean(dropped.astype(jnp.float32)), **tm}
@@ -207,15 +211,15 @@ def stage1_loss(key, batch, **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
 # ----------------------------------------------------------------------------------------------------------
 # Stage 2: preference + incomplete outfit (spec §2.4).
 # ----------------------------------------------------------------------------------------------------------
-STAGE2_KEYS = ("target_latents", "context_latents", "caption_ids", "caption_label_mask", "pref_ids",
-               "pref_mask", "sentence_ids", "sentence_mask")
+STAGE2_KEYS = (TARGET_LATENTS, CONTEXT_LATENTS, K.CAPTION_IDS, K.CAPTION_LABEL_MASK, K.PREF_IDS, K.PREF_MASK,
+               K.SENTENCE_IDS, K.SENTENCE_MASK)
 
 
 def draw_stage2(key: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
     """All stage-2 randomness: image/text draws, context/preference dropout uniforms [B], MLP dropout key."""
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
-    b = batch["target_latents"].shape[0]
-    return {"image": draw_image(k1, batch["target_latents"].shape), "text": draw_text(k2, batch["caption_ids"].shape),
+    b = batch[TARGET_LATENTS].shape[0]
+    return {"image": draw_image(k1, batch[TARGET_LATENTS].shape), "text": draw_text(k2, batch[K.CAPTION_IDS].shape),
             "context_drop": jax.random.uniform(k3, (b,), jnp.float32),
             "pref_drop": jax.random.uniform(k4, (b,), jnp.float32), "dropout_key": k5}
 
@@ -234,17 +238,17 @@ def stage2_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn,
     """
     model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     _require(batch, STAGE2_KEYS, "stage-2")
-    x0 = batch["target_latents"].astype(jnp.float32)
-    _check_latents(x0, "target_latents")
+    x0 = batch[TARGET_LATENTS].astype(jnp.float32)
+    _check_latents(x0, TARGET_LATENTS)
     b = x0.shape[0]
-    ctx = cond.context_mean(batch["context_latents"])  # [B, H, W, C]
+    ctx = cond.context_mean(batch[CONTEXT_LATENTS])  # [B, H, W, C]
     c = offset_fn(ctx, draws["dropout_key"])  # MatchingMLP(ctx + r_c), train-mode dropout; outside any lax.cond
     keep = cond.context_keep(draws["context_drop"], cfg.context_dropout)  # [B]
     d = draws["image"]
     sigma, timestep = _sigma(d, cfg)
     x_in = cond.stage2_image_input(x0, d["noise"], sigma, target_role, c, keep, cfg.matching_lambda)
-    pref = _t5(t5_fn, batch["pref_ids"], batch["pref_mask"])  # [B, L, D]
-    sent = _t5(t5_fn, batch["sentence_ids"], batch["sentence_mask"])  # [B, L, D]
+    pref = _t5(t5_fn, batch[K.PREF_IDS], batch[K.PREF_MASK])  # [B, L, D]
+    sent = _t5(t5_fn, batch[K.SENTENCE_IDS], batch[K.SENTENCE_MASK])  # [B, L, D]
 
     if cfg.preference_dropout_mode == "per_sample":
         pref_in, pref_dropped = cond.drop_text(draws["pref_drop"], pref, null_emb, cfg.preference_dropout)
@@ -261,8 +265,8 @@ def stage2_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn,
                              lambda: image_branch(model_fn, x_in, x0, sigma, timestep, short),
                              lambda: image_branch(model_fn, x_in, x0, sigma, timestep, full))
 
-    l_txt, tm = caption_branch(draws["text"], model_fn, t5_fn, ctx, batch["caption_ids"],
-                               batch["caption_label_mask"], (pref, sent), cfg)
+    l_txt, tm = caption_branch(draws["text"], model_fn, t5_fn, ctx, batch[K.CAPTION_IDS],
+                               batch[K.CAPTION_LABEL_MASK], (pref, sent), cfg)
     loss = jnp.mean(l_img) + cfg.caption_weight * jnp.mean(l_txt)
     return loss, {"loss_img": jnp.mean(l_img), "loss_txt": jnp.mean(l_txt), "sigma_mean": jnp.mean(sigma),
                   "text_drop_frac": jnp.mean(dropped.astype(jnp.float32)),
@@ -279,11 +283,11 @@ def stage2_loss(key, batch, **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
 # ----------------------------------------------------------------------------------------------------------
 # Stage 3: text only, null image tokens (spec §2.5).
 # ----------------------------------------------------------------------------------------------------------
-STAGE3_KEYS = ("caption_ids", "caption_label_mask", "pref_ids", "pref_mask", "sentence_ids", "sentence_mask")
+STAGE3_KEYS = (K.CAPTION_IDS, K.CAPTION_LABEL_MASK, K.PREF_IDS, K.PREF_MASK, K.SENTENCE_IDS, K.SENTENCE_MASK)
 
 
 def _flatten_aug(batch) -> tuple[jax.Array, jax.Array, int]:
-    ids, lm = batch["caption_ids"], batch["caption_label_mask"]
+    ids, lm = batch[K.CAPTION_IDS], batch[K.CAPTION_LABEL_MASK]
     if ids.shape != lm.shape or ids.ndim not in (2, 3):
         raise ValueError(f"stage-3 batch: caption_ids {ids.shape} and caption_label_mask {lm.shape} must both "
                          "be [B, L] or [B, A, L]")
@@ -303,8 +307,8 @@ def stage3_loss_given(draws, batch, *, model_fn: ModelFn, t5_fn: T5Fn,
     model_fn, t5_fn = as_pure(model_fn), as_pure(t5_fn)
     _require(batch, STAGE3_KEYS, "stage-3")
     ids, lm, reps = _flatten_aug(batch)  # [B*A, L]
-    pref = jnp.repeat(_t5(t5_fn, batch["pref_ids"], batch["pref_mask"]), reps, axis=0)  # [B*A, L, D]
-    sent = jnp.repeat(_t5(t5_fn, batch["sentence_ids"], batch["sentence_mask"]), reps, axis=0)
+    pref = jnp.repeat(_t5(t5_fn, batch[K.PREF_IDS], batch[K.PREF_MASK]), reps, axis=0)  # [B*A, L, D]
+    sent = jnp.repeat(_t5(t5_fn, batch[K.SENTENCE_IDS], batch[K.SENTENCE_MASK]), reps, axis=0)
     l_txt, tm = caption_branch(draws["text"], model_fn, t5_fn, None, ids, lm, (pref, sent), cfg, kind=cfg.stage3_loss)
     loss = jnp.mean(l_txt)
     return loss, {"loss_txt": loss, **tm}

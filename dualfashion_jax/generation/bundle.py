@@ -4,10 +4,10 @@ from a training workdir or from converted checkpoints, with clear errors when th
 Sources, in this order:
   training workdir  `<dir>/{config.json, model_config.json, checkpoints/<step>/state}`: the model is rebuilt from
                     the MMDiT config training saved (older workdirs: from the training config, as
-                    `training/stage_tasks.py` builds it); params = the EMA (default) or the raw
-                    params of the newest restorable step. T5/VAE: the config's converted checkpoint, else the
-                    random init training saved to `<dir>/frozen/<name>` (followed through `init_from`), else
-                    the same seeded random init training used.
+                    `modeling.transformer.mmdit_config` builds it); params = the EMA (default) or the raw
+                    params of the newest restorable step. T5/VAE: `modeling.frozen.load_frozen` (the config's
+                    converted checkpoint, else the random init training saved to `<dir>/frozen/<name>`, else
+                    the same seeded random init training used).
   converted         `<dir>/{transformer, t5, vae, tokenizer}` (`dualfashion-jax convert ...` outputs + the T5
                     tokenizer folder), or `<dir>` = the converted transformer with t5=/vae=/tokenizer= given.
 Caption template budget (`value_lengths`): the median value token length per attribute over the dataset's
@@ -22,14 +22,16 @@ import pathlib
 import warnings
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
 import dualfashion_jax.models  # noqa: F401  (no eager sharding)
 from dualfashion_jax.conversion import common
+from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.modeling import frozen as frozen_lib, params as params_lib, restore, transformer
 from dualfashion_jax.models import mmdit, t5 as t5_lib, vae as vae_lib
+from dualfashion_jax.samplers.templates import median_value_lengths
 from dualfashion_jax.text.tokenizer import CaptionTokenizer, caption_json
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,7 @@ DEFAULT_VALUE_LENGTH = 4
 MAX_BUDGET_CAPTIONS = 2000  # captions tokenized to estimate the per-attribute median length
 
 
-class BundleError(ValueError):
-    """A checkpoint, its config and the T5/VAE/tokenizer do not fit together (names files and fields)."""
+BundleError = restore.MismatchError  # a checkpoint, its config and the T5/VAE/tokenizer do not fit together
 
 
 @dataclasses.dataclass
@@ -113,11 +114,7 @@ def _kind(p: pathlib.Path) -> str | None:
 
 def value_lengths_from_data(tok: CaptionTokenizer, data_dir: str | None) -> tuple[dict[str, int] | int, str]:
     """Median value lengths over (up to MAX_BUDGET_CAPTIONS) item captions of the dataset, else the default."""
-    from dualfashion_jax.samplers.templates import median_value_lengths
-
     if data_dir and (pathlib.Path(data_dir) / "text" / "item_info.json").is_file():
-        from dualfashion_jax.data.format import SafeDataset
-
         info = SafeDataset(data_dir).item_info
         iids = sorted(info)
         step = max(1, len(iids) // MAX_BUDGET_CAPTIONS)
@@ -130,29 +127,18 @@ def value_lengths_from_data(tok: CaptionTokenizer, data_dir: str | None) -> tupl
 
 
 # --------------------------------------------------------------------------------------------------- workdir
-def _resolve(path: str, base: pathlib.Path) -> pathlib.Path:
-    """A path from a training config: as written (cwd-relative), else relative to the workdir's parent."""
-    q = pathlib.Path(path)
-    if q.exists() or q.is_absolute():
-        return q
-    alt = base.parent / q
-    return alt if alt.exists() else q
-
-
 def _params_from_workdir(wd: pathlib.Path, ema: bool) -> tuple[int, dict[str, np.ndarray], bool]:
     """(step, flat params, used_ema) of the newest restorable checkpoint; falls back to raw params without EMA."""
-    from dualfashion_jax.training import checkpoint as ckpt_lib
-
     used_ema = ema
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ckpt_lib.CorruptCheckpointWarning)
-            step, tree = ckpt_lib.load_params(wd, use_ema=ema)
+            warnings.simplefilter("ignore", params_lib.CorruptCheckpointWarning)
+            step, tree = params_lib.load_params(wd, use_ema=ema)
     except FileNotFoundError:
         if not ema:
             raise
         warnings.warn(f"{wd}: checkpoint has no EMA (e.g. stage 3); using the raw params", stacklevel=3)
-        step, tree = ckpt_lib.load_params(wd, use_ema=False)
+        step, tree = params_lib.load_params(wd, use_ema=False)
         used_ema = False
     flat = {}
     for k, v in common.flatten(tree).items():
@@ -160,119 +146,50 @@ def _params_from_workdir(wd: pathlib.Path, ema: bool) -> tuple[int, dict[str, np
     return step, flat, used_ema
 
 
-def module_from_flat(factory, flat: dict[str, np.ndarray], *, source: str, what: str = "model"):
-    """factory()'s module holding `flat` nnx.Param values (validated against eval_shape; nothing random is
-    initialised); non-Param state (pos-embed buffer, RNG streams) is computed under jit."""
-    abstract = nnx.eval_shape(factory)
-    graphdef, pstate, rest = nnx.split(abstract, nnx.Param, ...)
-    expected = {"/".join(map(str, path)): v.get_value() for path, v in pstate.flat_state()}
-    try:
-        common.validate(flat, expected, source=source)
-    except common.ConversionError as e:
-        raise BundleError(f"checkpoint/config mismatch (the config builds a different {what}):\n{e}") from None
-    if jax.tree.leaves(rest):
-        rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
-    fs = pstate.flat_state()
-    for path, var in fs:
-        var.set_value(jnp.asarray(flat["/".join(map(str, path))], dtype=var.get_value().dtype))
-    return nnx.merge(graphdef, nnx.State.from_flat_path(fs), rest)
-
-
-def build_jitted(factory):
-    """factory() run under jit (one compile instead of one per initializer op), returned as a concrete module."""
-    graphdef, _ = nnx.split(nnx.eval_shape(factory))
-    return nnx.merge(graphdef, jax.jit(lambda: nnx.split(factory())[1])())
-
-
-def _frozen_module(kind: str, explicit: str | None, config, wd: pathlib.Path, min_vocab: int):
-    """(module, source string): explicit dir > config checkpoint > <workdir>/frozen > init_from chain > seeded init."""
-    from dualfashion_jax.training import stage_tasks
-
-    cls = {"t5": t5_lib.T5Encoder, "vae": vae_lib.AutoencoderKL}[kind]
-    block = config[kind]
-    if explicit:
-        return cls.from_pretrained(explicit), str(explicit)
-    if block.get("checkpoint"):
-        return cls.from_pretrained(str(_resolve(block.checkpoint, wd))), str(block.checkpoint)
-    seen, cur = set(), wd
-    while cur is not None and cur not in seen:
-        seen.add(cur)
-        cand = cur / "frozen" / kind
-        if (cand / "config.json").is_file():
-            meta, flat = common.load_converted(cand, kind=kind)
-            cfg_cls = type(t5_lib.get_config("tiny") if kind == "t5" else vae_lib.get_config("tiny"))
-            cfg = cfg_cls.from_dict({**meta["config"], "dtype": block.dtype}, source=str(cand / "config.json"))
-            mod = module_from_flat(lambda: cls(cfg, rngs=nnx.Rngs(0)), flat, source=str(cand), what=kind.upper())
-            return mod, str(cand)
-        nxt = _workdir_config(cur).get("init_from") if (cur / "config.json").is_file() else ""
-        cur = _resolve(nxt, cur) if nxt else None
-    spec, _ = stage_tasks.frozen_spec(kind, block, block.seed, min_vocab=min_vocab)  # the training's own random init
-    return build_jitted(spec.factory), f"seeded random init ({block.preset}, seed {block.seed}) as in training"
-
-
-def _workdir_config(wd: pathlib.Path) -> dict:
-    f = wd / "config.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{f}: missing; a training workdir holds the config it was trained with")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{f}: not valid JSON ({e})") from None
-
-
 def _saved_model_config(path: pathlib.Path):
     """The MMDiT config training saved next to its checkpoints."""
-    from dualfashion_jax.models.mmdit_config import MMDiTConfig
-
     try:
-        return MMDiTConfig.from_dict(json.loads(path.read_text()), source=str(path))
+        return transformer.saved_model_config(path)
     except json.JSONDecodeError as e:
         raise BundleError(f"{path}: not valid JSON ({e})") from None
 
 
 def _rebuilt_model_config(config, data_dir: pathlib.Path, vae_mod, tok: CaptionTokenizer):
-    """The MMDiT config as `training/stage_tasks.py` builds it (workdirs written before model_config.json)."""
-    from dualfashion_jax.training import stage_tasks
-
+    """The MMDiT config as training builds it (workdirs written before model_config.json)."""
     latent_hw = None
     if config.model.get("latent_from_data"):
         lat = data_dir / "latents" / "latents.npy"
         if lat.is_file():
             latent_hw = tuple(int(x) for x in np.load(lat, mmap_mode="r").shape[1:3])
         else:
-            from dualfashion_jax.data.format import SafeDataset
-
             size = SafeDataset(data_dir).image_size
             if not size:
                 raise BundleError(f"{data_dir}/meta.json: image_size unset; the workdir's model takes its latent "
                                   "size from the dataset (config.model.latent_from_data), pass --data")
             f = vae_mod.cfg.downsample_factor
             latent_hw = (size // f, size // f)
-    return stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size if config.model.get("vocab_from_tokenizer")
+    return transformer.mmdit_config(config, vocab_size=tok.vocab_size if config.model.get("vocab_from_tokenizer")
                                     else None, latent_hw=latent_hw)
 
 
 def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> Bundle:
-    import ml_collections as mlc
-
-    from dualfashion_jax.training import tasks
-
-    raw = _workdir_config(wd)
+    raw = frozen_lib.workdir_config(wd)
     for k in ("stage", "model", "t5", "vae", "data"):
         if k not in raw:
             raise BundleError(f"{wd / 'config.json'}: field {k!r} missing (not a stage-1/2/3 training config)")
     config = mlc.ConfigDict(raw)
-    tok_dir = _resolve(tokenizer or config.data.tokenizer, wd)
+    tok_dir = frozen_lib.workdir_path(tokenizer or config.data.tokenizer, wd)
     tok = CaptionTokenizer.from_pretrained(tok_dir, max_length=int(config.data.max_length))
-    data_dir = _resolve(data or config.data.dir, wd)
-    vae_mod, vae_src = _frozen_module("vae", vae, config, wd, 0)
-    t5_mod, t5_src = _frozen_module("t5", t5, config, wd, tok.vocab_size)
-    saved = wd / tasks.MODEL_CONFIG  # written by training; older workdirs: rebuilt from the config + dataset
+    data_dir = frozen_lib.workdir_path(data or config.data.dir, wd)
+    vae_mod, vae_src = frozen_lib.load_frozen("vae", config, wd, explicit=vae)
+    t5_mod, t5_src = frozen_lib.load_frozen("t5", config, wd, explicit=t5, min_vocab=tok.vocab_size)
+    saved = wd / transformer.MODEL_CONFIG  # written by training; older workdirs: rebuilt from the config + dataset
     mcfg = _saved_model_config(saved) if saved.is_file() else _rebuilt_model_config(config, data_dir, vae_mod, tok)
     if dtype:
         mcfg = dataclasses.replace(mcfg, dtype=dtype)
     step, flat, used_ema = _params_from_workdir(wd, ema)
-    model = module_from_flat(lambda: mmdit.DualMMDiT(mcfg, rngs=nnx.Rngs(0)), flat, source=f"{wd}/checkpoints/{step} ({'ema' if used_ema else 'params'})")
+    model = restore.module_from_flat(lambda: mmdit.DualMMDiT(mcfg, rngs=nnx.Rngs(0)), flat,
+                                     source=f"{wd}/checkpoints/{step} ({'ema' if used_ema else 'params'})")
     info = {"source": str(wd), "kind": "workdir", "stage": config.stage, "step": step, "ema": used_ema,
             "t5": t5_src, "vae": vae_src, "tokenizer": str(tok_dir)}
     return Bundle(model, t5_mod, vae_mod, tok, data_dir=str(data_dir), info=info)
@@ -280,25 +197,18 @@ def _from_workdir(wd: pathlib.Path, *, ema, data, t5, vae, tokenizer, dtype) -> 
 
 # --------------------------------------------------------------------------------------------------- converted
 def _from_converted(root: pathlib.Path, *, data, t5, vae, tokenizer, dtype) -> Bundle:
-    from dualfashion_jax.conversion import mmdit as conv
-    from dualfashion_jax.models.mmdit_config import MMDiTConfig
-
     tdir = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
     parts = {"t5": t5 or root / "t5", "vae": vae or root / "vae", "tokenizer": tokenizer or root / "tokenizer"}
     for name, d in parts.items():
         if not pathlib.Path(d).is_dir():
             raise FileNotFoundError(f"{d}: {name} folder not found (converted layout: {root}/{{transformer, t5, vae, "
                                     f"tokenizer}}, or pass --{name})")
-    meta, flat = common.load_converted(tdir, kind="mmdit")
-    cfg = MMDiTConfig.from_dict(meta["config"], source=str(tdir / "config.json"))
-    if dtype:
-        cfg = dataclasses.replace(cfg, dtype=dtype)
     try:
-        model = conv.model_from_flat(cfg, flat)
+        model = transformer.load_transformer(tdir, **({"dtype": dtype} if dtype else {}))
     except common.ConversionError as e:
         raise BundleError(f"{tdir}: checkpoint/config mismatch:\n{e}") from None
     tok = CaptionTokenizer.from_pretrained(parts["tokenizer"])
     info = {"source": str(root), "kind": "converted", "ema": None, "t5": str(parts["t5"]), "vae": str(parts["vae"]),
             "tokenizer": str(parts["tokenizer"])}
-    return Bundle(model, t5_lib.T5Encoder.from_pretrained(parts["t5"]), vae_lib.AutoencoderKL.from_pretrained(parts["vae"]),
+    return Bundle(model, frozen_lib.load_pretrained("t5", parts["t5"]), frozen_lib.load_pretrained("vae", parts["vae"]),
                   tok, data_dir=str(data) if data else None, info=info)

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dualfashion_jax.models import vae as vae_lib
+from dualfashion_jax.diffusion.conditioning import context_mean
+from dualfashion_jax.modeling.latents import encode_images
 from dualfashion_jax.samplers.flow_euler import NEGATIVE_PROMPT
 
 
@@ -32,24 +33,16 @@ def context_latents(vae, images: jax.Array, *, sample: bool = False, keys: jax.A
     with per-row keys [B] when `sample`)."""
     b, k = images.shape[:2]
     flat = images.reshape((b * k,) + images.shape[2:])  # [B*K, S, S, 3]
-    if not sample:
-        z = vae_lib.encode_images(vae, flat, sample=False)
-    else:
+    item_keys = None
+    if sample:
         if keys is None:
             raise ValueError("context_latents: sample=True needs per-row keys")
-        x = flat.astype(jnp.float32) / 127.5 - 1.0
-        post = vae.encode(x)
         item_keys = jax.vmap(lambda kk: jax.random.split(kk, k))(keys).reshape(b * k)  # [B*K]
-        noise = jax.vmap(lambda kk, m: jax.random.normal(kk, m.shape, jnp.float32))(item_keys, post.mean)
-        z = vae_lib.to_model_latents(post.mean + post.std * noise, vae.cfg)
+    z = encode_images(vae, flat, sample=sample, item_keys=item_keys)
     return z.reshape((b, k) + z.shape[1:]).astype(jnp.float32)
 
 
-def masked_context_mean(latents: jax.Array, valid: jax.Array) -> jax.Array:
-    """Mean of the valid context latents: [B, K, h, w, C], valid [B, K] -> [B, h, w, C] (zeros if none valid)."""
-    w = valid.astype(jnp.float32)[:, :, None, None, None]  # [B, K, 1, 1, 1]
-    n = jnp.maximum(w.sum(axis=1), 1.0)  # [B, 1, 1, 1]
-    return (latents.astype(jnp.float32) * w).sum(axis=1) / n
+masked_context_mean = context_mean  # the valid-items mean [B, K, h, w, C], [B, K] -> [B, h, w, C] (one definition)
 
 
 def context_offset(model, ctx_mean: jax.Array) -> jax.Array:

@@ -15,8 +15,8 @@ a matrix W [d, latent_channels]: encode z = x W, decode x = z W^T. Two bases:
       scaled down by that component's small s when decoded.
 The posterior is (nearly) a point mass: logvar = `posterior_logvar` (default -30).
 `shift_factor`/`scaling_factor` play SD3's roles; `fit_scaling` sets them from the demo images (mean 0, std 1).
-Saved like a converted VAE (kind "vae", config with architecture "pixel_s2d"); `conversion.vae.load` and
-`data.encode_latents.load_vae` dispatch on that field, so encode-latents/training/generation share one path.
+Saved like a converted VAE (kind "vae", config with architecture "pixel_s2d"); `modeling.vae` (the one VAE loader)
+dispatches on that field, so encode-latents/training/generation share one path.
 """
 from __future__ import annotations
 

@@ -18,14 +18,11 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 
+from dualfashion_jax.modeling.params import CorruptCheckpointWarning, state_metadata
 from dualfashion_jax.training.workdir import ConfigMismatchError
 
 log = logging.getLogger(__name__)
-ITEMS = ("state", "data", "config")
-
-
-class CorruptCheckpointWarning(UserWarning):
-    """A checkpoint step could not be restored and was skipped."""
+ITEMS = ("state", "data", "config")  # params only, without the train state: modeling/params.py
 
 
 def _is_key(x) -> bool:
@@ -134,7 +131,7 @@ class Checkpointer:
         """Shape differences between a step's saved state and `target`; [] when its metadata is unreadable
         (a partial save: the restore below then fails and the step is quarantined as corrupt)."""
         try:
-            tree = _state_metadata(os.path.join(self.directory, str(step), "state"))
+            tree = state_metadata(os.path.join(self.directory, str(step), "state"))
         except Exception:  # noqa: BLE001  (missing/partial metadata = a corrupt step, handled by the caller)
             return []
         return shape_mismatches(tree, target) if tree else []
@@ -153,41 +150,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def _state_metadata(path: str) -> Any:
-    """The saved state's tree of array metadata (shapes, dtypes), read without loading any array."""
-    meta = ocp.PyTreeCheckpointer().metadata(path)
-    tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-    return getattr(tree, "tree", tree)
-
-
-def load_params(directory: str | os.PathLike, use_ema: bool = False) -> tuple[int, dict[str, Any]]:
-    """Host (numpy) params -- or the EMA -- of the newest valid checkpoint under `directory` (`init_from`).
-
-    Returns (step, nested dict). Only the requested subtree is read (orbax partial restore).
-    """
-    import numpy as np
-
-    directory = os.path.abspath(os.fspath(directory))
-    root = directory if os.path.basename(directory) == "checkpoints" else os.path.join(directory, "checkpoints")
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"config.init_from: no checkpoints folder at {root}")
-    key = "ema" if use_ema else "params"
-    steps = sorted((int(d) for d in os.listdir(root) if d.isdigit()), reverse=True)
-    reader = ocp.PyTreeCheckpointer()
-    for s in steps:
-        path = os.path.join(root, str(s), "state")
-        try:
-            tree = _state_metadata(path)
-            if key not in tree or not tree[key]:
-                raise ValueError(f"the checkpoint's state has no {key!r} entry (keys: {sorted(tree)})")
-            item = {key: tree[key]}
-            rargs = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-            out = reader.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=rargs,
-                                                                   partial_restore=True))
-            return s, out[key]
-        except Exception as e:  # noqa: BLE001
-            warnings.warn(f"{path}: cannot load {key} ({type(e).__name__}: {str(e)[:300]}); trying older",
-                          CorruptCheckpointWarning, stacklevel=2)
-    raise FileNotFoundError(f"config.init_from: no restorable checkpoint in {root}")

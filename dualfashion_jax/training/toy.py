@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dualfashion_jax.data import keys as K
 from dualfashion_jax.sharding import axes
+from dualfashion_jax.training.tasks import Task
 
 
 def _p(rngs, init, shape, names):
@@ -102,4 +104,18 @@ class ToyData:
         ids = np.arange(self.k * self.b, (self.k + 1) * self.b, dtype=np.int64)
         self.k += 1
         s = slice(self.lo, self.hi)
-        return {"x": x[s], "y": y[s], "label": label[s], "ids": ids[s]}
+        return {"x": x[s], "y": y[s], "label": label[s], K.IDS: ids[s]}
+
+
+def build(config) -> Task:
+    """The toy Task of `configs/toy_cpu.py` (config.model: features, width, layers, vocab, dtype)."""
+    m = config.model
+    dtype = {"float32": "float32", "bfloat16": "bfloat16"}[m.dtype]
+    return Task(
+        model_factory=lambda rngs: ToyModel(m.features, m.width, m.layers, m.vocab, dtype=dtype, rngs=rngs),
+        frozen={},
+        loss_fn=toy_loss,
+        make_data=lambda pi, pc: ToyData(config.batch_size, m.features, m.vocab, config.data.seed, pi, pc,
+                                         nan_at_step=config.data.get("nan_at_step", -1)),
+        global_batch=config.batch_size,
+    )

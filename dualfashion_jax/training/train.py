@@ -2,7 +2,7 @@
 
 Sections: config + workdir | mesh | data | model + optimizer shapes | shardings + sharded init |
 resume (own workdir > config.init_from > scratch) | step fn (jit, AOT) | loop (tqdm, metrics, NaN guard,
-checkpoints, SIGTERM/SIGINT) | final checkpoint + loss-curve PNG. Stage specifics live in `tasks.py`.
+checkpoints, SIGTERM/SIGINT) | final checkpoint + loss-curve PNG. Stage specifics live in `tasks.py` + `stage*.py`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -22,6 +23,9 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dualfashion_jax.data import keys as K
+from dualfashion_jax.modeling import frozen as frozen_lib, params as params_lib
+from dualfashion_jax.modeling.transformer import MODEL_CONFIG
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
 from dualfashion_jax.training import workdir as workdir_lib
@@ -128,7 +132,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
     # ------------------------------------------------------------------------------------------------
     task = tasks.build(config)
     if primary and task.model_config is not None:
-        with open(os.path.join(workdir, tasks.MODEL_CONFIG), "w", encoding="utf-8") as f:
+        with open(os.path.join(workdir, MODEL_CONFIG), "w", encoding="utf-8") as f:
             json.dump(task.model_config.to_dict(), f, indent=2)
     partition.check_batch_divisible(task.global_batch, mesh)
     if task.global_batch % config.grad_accum:
@@ -148,7 +152,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
         frozen_gd[name], frozen_sh[name] = gd, partition.state_shardings(abs_fz, mesh, rules)
         if fz.params is None:
             frozen[name] = partition.sharded_init(lambda f=fz.factory: nnx.split(f())[1], frozen_sh[name])
-            _save_random_frozen(workdir, name, fz, frozen[name])
+            frozen_lib.save_random(workdir, name, fz, frozen[name])
         else:
             frozen[name] = partition.place_flat(abs_fz, frozen_sh[name], fz.params, fz.source or name)
     if task.make_consts is not None:
@@ -170,7 +174,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
         state = partition.sharded_init(spec.init, state_sh)
         start, fresh = 0, None
         if config.get("init_from"):
-            src_step, loaded = ckpt_lib.load_params(config.init_from, use_ema=config.get("init_from_ema", False))
+            src_step, loaded = params_lib.load_params(config.init_from, use_ema=config.get("init_from_ema", False))
             params, fresh = _merge_init_from(state["params"], loaded, config.init_from)
             state["params"] = params
             if use_ema:
@@ -203,7 +207,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
     try:
         for step_no in range(start + 1, total + 1):
             host_batch = next(data)
-            ids = np.asarray(host_batch.pop("ids")) if "ids" in host_batch else None
+            ids = np.asarray(host_batch.pop(K.IDS)) if K.IDS in host_batch else None
             batch = partition.put_batch(host_batch, mesh)
             if compiled is None:
                 t0 = time.perf_counter()
@@ -259,27 +263,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
             "loss_curve": png, "init_from_fresh": fresh}
 
 
-def _save_random_frozen(workdir: str, name: str, fz: tasks.Frozen, state: nnx.State) -> None:
-    """A randomly initialised frozen module (demo T5/VAE) is saved once to <workdir>/frozen/<name>
-    (`conversion.common` format), so generation uses exactly the encoder the model was trained with."""
-    out = os.path.join(workdir, "frozen", name)
-    if not fz.kind or fz.config is None or os.path.exists(os.path.join(out, "config.json")):
-        return
-    if jax.process_count() > 1:  # shards live on several hosts; demo-only feature
-        log.warning("random frozen %s not saved (multi-process run); generation must rebuild it from the config",
-                    name)
-        return
-    from dualfashion_jax.conversion import common
-
-    flat = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p[:-1]): np.asarray(jax.device_get(v))
-            for p, v in jax.tree_util.tree_leaves_with_path(state)}
-    if jax.process_index() == 0:
-        common.save_converted(out, kind=fz.kind, config=fz.config, params=flat,
-                              extra={"note": f"random init ({fz.source}); saved by dualfashion-jax train"})
-
-
 def _in_main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 

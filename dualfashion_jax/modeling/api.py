@@ -3,13 +3,11 @@
 `model(hidden_states NCHW | None, encoder_hidden_states [B, L, 4096], timestep [B])` returns
 `(velocity NCHW | null tokens [B, 8, D], logits [B, L, vocab])` like `SD3JointModelFlexible.forward`, so
 scripts written against the PyTorch model can swap it in. `from_pretrained` reads a diffusers transformer
-folder (converted on the fly) or a converted orbax checkpoint; neither needs torch.
+folder (converted on the fly) or a converted orbax checkpoint (`modeling.transformer.load_transformer`); neither
+needs torch.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import pathlib
 from typing import Any, Sequence
 
 import jax
@@ -17,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dualfashion_jax.modeling.transformer import load_transformer
 from dualfashion_jax.models import mmdit
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 
@@ -79,28 +78,11 @@ class DualFashionTransformer:
 
         `overrides` replace config fields, e.g. `dtype=jnp.bfloat16, attention_backend="auto"`.
         """
-        from dualfashion_jax.conversion import common
-        from dualfashion_jax.conversion import mmdit as conv
-
-        path = pathlib.Path(path)
-        cfg_path = path / "config.json"
-        meta = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        if "kind" in meta:
-            if meta["kind"] != "mmdit":
-                raise ValueError(f"{cfg_path}: holds a {meta['kind']!r} checkpoint, expected 'mmdit' (a transformer)")
-            if stage2_variant is not None and meta["config"].get("stage2_variant") != stage2_variant:
-                raise ValueError(f"{cfg_path}: converted with stage2_variant {meta['config'].get('stage2_variant')!r}; "
-                                 f"re-convert from the source checkpoint with --stage2-variant {stage2_variant}")
-            meta, flat = common.load_converted(path, kind="mmdit")
-            cfg = MMDiTConfig.from_dict(meta["config"], source=str(cfg_path))
-        else:
-            notes: list[str] = []
-            cfg, flat = conv.load_source(path, stage2_variant=stage2_variant, notes=notes)
-            for n in notes:
-                print(f"[from_pretrained] {n}")
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
-        return cls(conv.model_from_flat(cfg, flat))
+        notes: list[str] = []
+        model = load_transformer(path, stage2_variant=stage2_variant, notes=notes, **overrides)
+        for n in notes:
+            print(f"[from_pretrained] {n}")
+        return cls(model)
 
 
 def _as_jax(x, name: str) -> jax.Array:
