@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401
+from dualfashion_jax.conversion import vae as vae_conv
 from dualfashion_jax.models import pixel_ae, vae
 from dualfashion_jax.sharding import axes
 
@@ -50,7 +50,7 @@ def test_saved_stand_in_loads_through_the_vae_loaders(ae, images, tmp_path):
     from dualfashion_jax.data.encode_latents import load_vae
 
     pixel_ae.save(ae, tmp_path / "vae")
-    for loaded in (vae.AutoencoderKL.from_pretrained(tmp_path / "vae"), load_vae(tmp_path / "vae")[0]):
+    for loaded in (vae_conv.load(tmp_path / "vae"), load_vae(tmp_path / "vae")[0]):
         assert isinstance(loaded, pixel_ae.PixelAutoencoder) and loaded.cfg == ae.cfg
         np.testing.assert_array_equal(np.asarray(loaded.encode(images).mean), np.asarray(ae.encode(images).mean))
 
@@ -89,7 +89,6 @@ def test_pca_basis_is_the_best_rank_16_linear_autoencoder(tmp_path):
     """factor 4: 48 pixel numbers per latent pixel -> 16 whitened principal directions (orthogonal columns, unit
     variance per channel); reconstructions keep the oracle's attributes; the fitted basis saves/loads through
     the VAE loader and is validated there."""
-    from dualfashion_jax.conversion import vae as vae_conv
     from dualfashion_jax.data import oracle
 
     u8 = _garments()

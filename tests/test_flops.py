@@ -6,7 +6,6 @@ import jax
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax import bench_step, flops
 from dualfashion_jax.models import mmdit, mmdit_config, t5
 

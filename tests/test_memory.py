@@ -7,7 +7,6 @@ import jax
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax import bench_step, memory
 from dualfashion_jax.models import mmdit, mmdit_config, remat, t5
 

@@ -28,8 +28,8 @@ def load_vae(ckpt: str | os.PathLike):
     """(model, config) from a converted VAE checkpoint folder (`dualfashion-jax convert vae`)."""
     from flax import nnx
 
-    from dualfashion_jax.conversion.common import load_converted
-    from dualfashion_jax.conversion.materialize import build_from_flat
+    from dualfashion_jax.core.converted import load_converted
+    from dualfashion_jax.core.params import module_from_flat
     from dualfashion_jax.models import pixel_ae, vae
 
     meta, flat = load_converted(ckpt, kind="vae")
@@ -37,7 +37,7 @@ def load_vae(ckpt: str | os.PathLike):
         model = pixel_ae.load(ckpt)
         return model, model.cfg
     cfg = vae.VAEConfig.from_dict(meta["config"], source=str(Path(ckpt) / "config.json"))
-    model = build_from_flat(lambda: vae.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), flat, source=str(ckpt))
+    model = module_from_flat(lambda: vae.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), flat, source=str(ckpt))
     return model, cfg
 
 

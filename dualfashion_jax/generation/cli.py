@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.scales == "8,7,8" and args.guidance == "cfg":
         args.scales = "7"
-    from dualfashion_jax.conversion.common import ConversionError
+    from dualfashion_jax.core.params import ConversionError
     from dualfashion_jax.data.safe_io import FormatError
     from dualfashion_jax.generation.outputs import check_out_dir
 

@@ -79,8 +79,8 @@ class DualFashionTransformer:
 
         `overrides` replace config fields, e.g. `dtype=jnp.bfloat16, attention_backend="auto"`.
         """
-        from dualfashion_jax.conversion import common
         from dualfashion_jax.conversion import mmdit as conv
+        from dualfashion_jax.core import converted
 
         path = pathlib.Path(path)
         cfg_path = path / "config.json"
@@ -91,7 +91,7 @@ class DualFashionTransformer:
             if stage2_variant is not None and meta["config"].get("stage2_variant") != stage2_variant:
                 raise ValueError(f"{cfg_path}: converted with stage2_variant {meta['config'].get('stage2_variant')!r}; "
                                  f"re-convert from the source checkpoint with --stage2-variant {stage2_variant}")
-            meta, flat = common.load_converted(path, kind="mmdit")
+            meta, flat = converted.load_converted(path, kind="mmdit")
             cfg = MMDiTConfig.from_dict(meta["config"], source=str(cfg_path))
         else:
             notes: list[str] = []

@@ -56,7 +56,7 @@ def frozen_spec(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen
     over = {"dtype": _dtype(block.dtype, f"config.{kind}.dtype"),  # frozen: bf16 storage loses nothing it trains
             "param_dtype": _dtype(block.get("param_dtype", "float32"), f"config.{kind}.param_dtype")}
     if block.get("checkpoint"):
-        from dualfashion_jax.conversion.common import load_converted
+        from dualfashion_jax.core.converted import load_converted
 
         meta, flat = load_converted(block.checkpoint, kind=kind)
         names = {k: jnp.dtype(v).name for k, v in over.items()}

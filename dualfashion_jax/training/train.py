@@ -22,6 +22,7 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dualfashion_jax.core import keys
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
 from dualfashion_jax.training import workdir as workdir_lib
@@ -35,19 +36,17 @@ class NonFiniteLossError(FloatingPointError):
 
 def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.State, list[str]]:
     """Copies every loaded param whose path and shape match into `fresh`; returns the paths kept fresh."""
-    flat_loaded = {tuple(map(str, k)): v for k, v in _flatten(loaded)}
+    flat_loaded = keys.flatten(loaded)
     kept, mismatched = [], []
 
     def one(path, x):
-        key = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+        key = keys.key_str(path)
         v = flat_loaded.get(key)
         if v is None:
-            v = flat_loaded.get(key + ("value",))
-        if v is None:
-            kept.append("/".join(key))
+            kept.append(key)
             return x
         if tuple(v.shape) != tuple(x.shape):
-            mismatched.append(f"{'/'.join(key)}: checkpoint {tuple(v.shape)} vs model {tuple(x.shape)}")
+            mismatched.append(f"{key}: checkpoint {tuple(v.shape)} vs model {tuple(x.shape)}")
             return x
         return partition.put_global(np.asarray(v, dtype=x.dtype), x.sharding)  # multi-host too
 
@@ -58,14 +57,6 @@ def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.S
     if len(kept) == len(jax.tree.leaves(fresh)):
         raise ValueError(f"config.init_from={source}: no parameter matched the model (wrong stage/size?)")
     return merged, kept
-
-
-def _flatten(tree, prefix=()):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten(v, prefix + (k,))
-    else:
-        yield prefix, tree
 
 
 @dataclasses.dataclass
@@ -261,7 +252,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
 
 def _save_random_frozen(workdir: str, name: str, fz: tasks.Frozen, state: nnx.State) -> None:
     """A randomly initialised frozen module (demo T5/VAE) is saved once to <workdir>/frozen/<name>
-    (`conversion.common` format), so generation uses exactly the encoder the model was trained with."""
+    (`core.converted` format), so generation uses exactly the encoder the model was trained with."""
     out = os.path.join(workdir, "frozen", name)
     if not fz.kind or fz.config is None or os.path.exists(os.path.join(out, "config.json")):
         return
@@ -269,12 +260,11 @@ def _save_random_frozen(workdir: str, name: str, fz: tasks.Frozen, state: nnx.St
         log.warning("random frozen %s not saved (multi-process run); generation must rebuild it from the config",
                     name)
         return
-    from dualfashion_jax.conversion import common
+    from dualfashion_jax.core import converted, params as core_params
 
-    flat = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p[:-1]): np.asarray(jax.device_get(v))
-            for p, v in jax.tree_util.tree_leaves_with_path(state)}
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in core_params.flat_view(state).items()}
     if jax.process_index() == 0:
-        common.save_converted(out, kind=fz.kind, config=fz.config, params=flat,
+        converted.save_converted(out, kind=fz.kind, config=fz.config, params=flat,
                               extra={"note": f"random init ({fz.source}); saved by dualfashion-jax train"})
 
 
