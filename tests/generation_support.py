@@ -26,7 +26,7 @@ def make_world(root: pathlib.Path, num_users: int = 4) -> pathlib.Path:
 def random_params(factory, seed: int, std: float = 0.05) -> dict:
     """Random flat params for factory()'s module from its abstract shapes (no jitted init: seconds, not minutes):
     norm scales 1, biases 0, everything else N(0, std)."""
-    from dualfashion_jax.core import converted, params as core_params
+    from dualfashion_jax.core import params as core_params
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -46,6 +46,7 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     import jax
     from flax import nnx
 
+    from dualfashion_jax.core import converted
     from dualfashion_jax.generation.bundle import module_from_flat
     from dualfashion_jax.models import mmdit
     from dualfashion_jax.text.tokenizer import CaptionTokenizer
@@ -60,7 +61,7 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     for kind in ("t5", "vae"):
         spec, cfg = stage_tasks.frozen_spec(kind, config[kind], config[kind].seed, min_vocab=tok.vocab_size)
         converted.save_converted(wd / "frozen" / kind, kind=kind, config=cfg.to_dict(),
-                              params=random_params(spec.factory, seed=len(kind)))
+                                 params=random_params(spec.factory, seed=len(kind)))
     mcfg = stage_tasks.mmdit_config(config, vocab_size=tok.vocab_size, latent_hw=(16, 16))
     factory = lambda: mmdit.DualMMDiT(mcfg, rngs=nnx.Rngs(0))  # noqa: E731
     model = module_from_flat(factory, random_params(factory, seed=0), source="random")
