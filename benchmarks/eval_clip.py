@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from flax import nnx
 
-    import dualfashion_jax.models  # noqa: F401
-    from dualfashion_jax.conversion import common, open_clip as oc_conv
+    from dualfashion_jax.core import params as core_params
+    from dualfashion_jax.evaluators.nets import clip_weights as oc_conv
     from dualfashion_jax.evaluators.nets import clip_text, clip_vit
     from dualfashion_jax.reference import open_clip_ref
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         import dataclasses
 
         m = nnx.eval_shape(lambda: clip_vit.VisionTransformer(dataclasses.replace(vc, dtype=dtype), rngs=nnx.Rngs(0)))
-        common.load_flat_into(m, flat)
+        core_params.load_flat_into(m, flat, source="open_clip VisionTransformer")
         models[name] = m
     print(f"# CLIP image tower ({args.preset}: {vc.image_size}px, patch {vc.patch_size}, width {vc.width}, "
           f"{vc.layers} layers), CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from flax import nnx
 
-    import dualfashion_jax.models  # noqa: F401
-    from dualfashion_jax.conversion import evaluator_nets as ev
+    from dualfashion_jax.evaluators.nets import weights as ev
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = ev.load_real_fid_inception(dtype=dtype)

@@ -89,6 +89,9 @@ def sd3_table(capacity_gb: float, seg_len: int, aot: bool, policies, aot_batches
     n_img, L = flops.image_tokens(base), seg_len
     fixed = memory.fixed_bytes(n_params, t5_params=t5_params)
     fixed_fsdp8 = memory.fixed_bytes(n_params, t5_params=t5_params, shards=8)
+    # The partitioned step measured on 8 fake CPU devices (`--devices 8`) holds one full fp32 gradient copy
+    # beyond the ZeRO-3 model (XLA:CPU all-reduces full-size gradient buffers): the conservative column adds it.
+    fixed_fsdp8_cpu = fixed_fsdp8 + 4 * n_params
     print(f"\nsd3_medium: {n_params / 1e9:.3f} B params (fp32 state {20 * n_params / 1e9:.1f} GB), T5-XXL "
           f"{t5_params / 1e9:.2f} B (bf16 {2 * t5_params / 1e9:.1f} GB); capacity {capacity_gb:.0f} GB; fixed "
           f"{fixed / 1e9:.1f} GB (1 device) / {fixed_fsdp8 / 1e9:.1f} GB (FSDP x8)")
@@ -104,7 +107,9 @@ def sd3_table(capacity_gb: float, seg_len: int, aot: bool, policies, aot_batches
                "B_xla": memory.largest_batch(cap, fixed, syn_xla),
                "B_stage1_flash": memory.largest_batch(cap, fixed, st1),
                "B_stage2_flash": memory.largest_batch(cap, fixed, st2),
-               "B_stage2_flash_fsdp8": memory.largest_batch(cap, fixed_fsdp8, st2), "measured": "not yet (no GPU)"}
+               "B_stage2_flash_fsdp8": memory.largest_batch(cap, fixed_fsdp8, st2),
+               "B_stage2_flash_fsdp8_cpu_fixed": memory.largest_batch(cap, fixed_fsdp8_cpu, st2),
+               "measured": "not yet (no GPU)"}
         if aot:
             cfg = dataclasses.replace(base, stage2=False, remat_policy=pol)
             b0, b1 = aot_batches
@@ -120,11 +125,12 @@ def sd3_table(capacity_gb: float, seg_len: int, aot: bool, policies, aot_batches
                        B_aot=memory.largest_batch(cap, f_aot + 2 * t5_params, per_aot) if ok else None)
         rows.append(row)
     hdr = (f"{'policy':24s} {'act/sample GB flash|xla':>24s} {'B flash':>8s} {'B xla':>6s} {'B st1':>6s} "
-           f"{'B st2':>6s} {'B st2 fsdp8':>11s}" + (f" {'AOT act GB':>10s} {'B AOT':>6s}" if aot else ""))
+           f"{'B st2':>6s} {'B st2 fsdp8':>11s} {'(+grad copy)':>12s}" + (f" {'AOT act GB':>10s} {'B AOT':>6s}" if aot else ""))
     print(hdr)
     for r in rows:
         line = (f"{r['policy']:24s} {r['act_gb_flash']:11.2f} | {r['act_gb_xla']:10.2f} {r['B_flash']:8d} "
-                f"{r['B_xla']:6d} {r['B_stage1_flash']:6d} {r['B_stage2_flash']:6d} {r['B_stage2_flash_fsdp8']:11d}")
+                f"{r['B_xla']:6d} {r['B_stage1_flash']:6d} {r['B_stage2_flash']:6d} {r['B_stage2_flash_fsdp8']:11d} "
+                f"{r['B_stage2_flash_fsdp8_cpu_fixed']:12d}")
         if aot and r["B_aot"] is not None:
             line += f" {r['aot_act_gb']:10.2f} {r['B_aot']:6d}"
         elif aot:

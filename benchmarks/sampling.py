@@ -149,7 +149,6 @@ def main(argv=None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    import dualfashion_jax.models  # noqa: F401
     from dualfashion_jax.conversion import mmdit as conv
     from dualfashion_jax.models import mmdit_config
 

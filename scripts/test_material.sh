@@ -62,7 +62,7 @@ fi
 
 # 3. Safe .npz copies of the real weights (the only step that unpickles or runs torch.jit.load).
 DUALFASHION_MATERIAL="$MAT" "$PY" - <<'EOF' || need "converting the real FID/LPIPS weights to .npz failed"
-from dualfashion_jax.conversion import evaluator_nets as en
+from dualfashion_jax.evaluators.nets import weights as en
 for what, fn in (("FID Inception", en.cached_fid_torchscript_state), ("LPIPS VGG", en.cached_lpips_torch_layout)):
     try:
         print(f"[material] {what}: {len(fn())} tensors in {en.material_dir()}")

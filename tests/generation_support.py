@@ -26,11 +26,11 @@ def make_world(root: pathlib.Path, num_users: int = 4) -> pathlib.Path:
 def random_params(factory, seed: int, std: float = 0.05) -> dict:
     """Random flat params for factory()'s module from its abstract shapes (no jitted init: seconds, not minutes):
     norm scales 1, biases 0, everything else N(0, std)."""
-    from dualfashion_jax.conversion import common
+    from dualfashion_jax.core import params as core_params
 
     rng = np.random.default_rng(seed)
     out = {}
-    for k, a in sorted(common.abstract_params(factory).items()):
+    for k, a in sorted(core_params.abstract_params(factory).items()):
         leaf = k.rsplit("/", 1)[-1]
         if leaf in ("scale",) or k.endswith("norm/scale"):
             out[k] = np.ones(a.shape, np.float32)
@@ -46,8 +46,7 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     import jax
     from flax import nnx
 
-    import dualfashion_jax.models  # noqa: F401
-    from dualfashion_jax.conversion import common
+    from dualfashion_jax.core import converted
     from dualfashion_jax.modeling.frozen import frozen_spec
     from dualfashion_jax.modeling.restore import module_from_flat
     from dualfashion_jax.modeling.transformer import mmdit_config
@@ -64,8 +63,8 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     tok = CaptionTokenizer.from_pretrained(root / "tokenizer", max_length=96)
     for kind in ("t5", "vae"):
         spec, cfg = frozen_spec(kind, config[kind], config[kind].seed, min_vocab=tok.vocab_size)
-        common.save_converted(wd / "frozen" / kind, kind=kind, config=cfg.to_dict(),
-                              params=random_params(spec.factory, seed=len(kind)))
+        converted.save_converted(wd / "frozen" / kind, kind=kind, config=cfg.to_dict(),
+                                 params=random_params(spec.factory, seed=len(kind)))
     mcfg = mmdit_config(config, vocab_size=tok.vocab_size, latent_hw=(16, 16))
     factory = lambda: mmdit.DualMMDiT(mcfg, rngs=nnx.Rngs(0))  # noqa: E731
     model = module_from_flat(factory, random_params(factory, seed=0), source="random")

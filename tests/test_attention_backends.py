@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding)
 from dualfashion_jax.models import attention as attn_lib
 from dualfashion_jax.models import attention_splash as splash
 from dualfashion_jax.models import mmdit, mmdit_config

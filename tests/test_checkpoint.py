@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.sharding import mesh as mesh_lib, rules
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics, tasks, train

@@ -5,7 +5,6 @@ import shutil
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding before building partitioned modules)
 from dualfashion_jax.data import encode_latents as EL
 from dualfashion_jax.data.examples import Stage2Source
 from dualfashion_jax.data.format import SafeDataset
@@ -20,7 +19,8 @@ vae = pytest.importorskip("dualfashion_jax.models.vae")
 def setup(tmp_path_factory):
     from flax import nnx
 
-    from dualfashion_jax.conversion.common import flat_params, save_converted
+    from dualfashion_jax.core.converted import save_converted
+    from dualfashion_jax.core.params import flat_params
 
     root = make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "ds", num_items=10, rows_per_split=4)
     cfg = vae.get_config("tiny")

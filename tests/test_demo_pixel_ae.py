@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401
+from dualfashion_jax.conversion import vae as vae_conv
 from dualfashion_jax.models import pixel_ae, vae
 from dualfashion_jax.sharding import axes
 

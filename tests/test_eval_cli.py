@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax.conversion import common, open_clip as oc_conv
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.evaluators.nets import clip_weights as oc_conv
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data import records as R
 from dualfashion_jax.evaluators import cli, inception_score, metrics
@@ -58,7 +58,7 @@ def clip_ckpt(tmp_path_factory):
         bpe = clip_tokenizer.find_bpe_file()
     except FileNotFoundError:
         pytest.skip("CLIP BPE file unavailable (install open-clip-torch==3.3.0 --no-deps)")
-    return oc_conv.save_clip(out, model.config, common.flat_params(model), source="tiny test CLIP", bpe_file=bpe)
+    return oc_conv.save_clip(out, model.config, core_params.flat_params(model), source="tiny test CLIP", bpe_file=bpe)
 
 
 def test_pfitb_end_to_end(data_dir, clip_ckpt, tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax.conversion import common, open_clip as oc_conv
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.evaluators.nets import clip_weights as oc_conv
 from dualfashion_jax.evaluators.nets import clip_text, clip_tokenizer, clip_vit
 
 TEXTS = ["A photo of a pair of pants, on white background", "A photo of a bag, on white background",
@@ -82,9 +82,9 @@ def pair(oc):
     sd["logit_scale"] = np.asarray(np.log(100.0), np.float32)
     config = oc_conv.infer_config(sd, vision_heads=4, text_heads=4)
     flat = oc_conv.convert_state_dict(sd)
-    common.validate(flat, common.abstract_params(oc_conv._factory(config)), source="test")
+    core_params.validate(flat, core_params.abstract_params(oc_conv._factory(config)), source="test")
     model = clip_text.CLIP(config, rngs=nnx.Rngs(0))
-    common.load_flat_into(model, flat)
+    core_params.load_flat_into(model, flat, source="test")
     return vis, txt, model, sd, torch
 
 
@@ -125,12 +125,12 @@ def test_convert_save_load_roundtrip_and_errors(pair, tmp_path):
     np.testing.assert_array_equal(np.asarray(again.encode_image(x)), np.asarray(model.encode_image(x)))
     bad = dict(sd)
     bad["visual.transformer.resblocks.0.attn.bogus"] = np.zeros(3, np.float32)
-    with pytest.raises(common.ConversionError, match="bogus"):
+    with pytest.raises(core_params.ConversionError, match="bogus"):
         oc_conv.convert_state_dict(bad)
     del bad["visual.transformer.resblocks.0.attn.bogus"], bad["visual.ln_post.weight"]
     flat = oc_conv.convert_state_dict(bad)
-    with pytest.raises(common.ConversionError, match="visual/ln_post/norm/scale"):
-        common.validate(flat, common.abstract_params(oc_conv._factory(model.config)), source="x")
+    with pytest.raises(core_params.ConversionError, match="visual/ln_post/norm/scale"):
+        core_params.validate(flat, core_params.abstract_params(oc_conv._factory(model.config)), source="x")
 
 
 @pytest.mark.torch
@@ -141,7 +141,7 @@ def test_vit_h_14_param_count_matches_open_clip(oc):
         vis = oc["transformer"].VisionTransformer(224, 14, 1280, 32, 16, 4.0, output_dim=1024)
         txt = oc["transformer"].TextTransformer(77, 49408, 1024, 16, 24, output_dim=1024)
     n_torch = sum(p.numel() for p in vis.parameters()) + sum(p.numel() for p in txt.parameters()) + 1  # + logit_scale
-    shapes = common.abstract_params(oc_conv._factory(clip_text.get_config("vit_h_14")))
+    shapes = core_params.abstract_params(oc_conv._factory(clip_text.get_config("vit_h_14")))
     n_jax = sum(int(np.prod(s.shape)) for s in shapes.values())
     assert n_jax == n_torch and 985_000_000 < n_jax < 988_000_000
 
@@ -184,7 +184,7 @@ def test_bf16_compute_tracks_fp32():
     cfg = clip_text.get_config("tiny")
     m32 = clip_text.CLIP(cfg, rngs=nnx.Rngs(0))
     m16 = clip_text.CLIP(cfg.with_dtype(jnp.bfloat16), rngs=nnx.Rngs(0))
-    assert all(v.dtype == np.float32 for v in common.flat_params(m16).values())
+    assert all(v.dtype == np.float32 for v in core_params.flat_params(m16).values())
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
     a, b = np.asarray(m32.encode_image(x)), np.asarray(m16.encode_image(x))
     cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))

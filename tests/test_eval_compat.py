@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import jax.numpy as jnp
 
-import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax.conversion import common, compat_net as cc
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.evaluators.nets import compat_weights as cc
 from dualfashion_jax.evaluators import compatibility as comp
 from dualfashion_jax.evaluators.nets import compat_net
 
@@ -30,7 +30,7 @@ def test_parity_with_torch_reference(torch_pair, tmp_path):
     torch.save(ref.state_dict(), tmp_path / "ifashion_evaluator.pth")
     model, config, _ = cc.load_compat(tmp_path / "ifashion_evaluator.pth")
     assert config == compat_net.PRESETS["difashion"]
-    n = sum(v.size for v in common.flat_params(model).values())
+    n = sum(v.size for v in core_params.flat_params(model).values())
     assert n == sum(p.numel() for p in ref.parameters()) and 2_500_000 < n < 2_800_000
     x = np.random.default_rng(0).normal(size=(5, 4, 1024)).astype(np.float32)
     with torch.no_grad():
@@ -48,9 +48,9 @@ def test_converter_names_bad_keys(torch_pair):
     _, _, sd = torch_pair
     bad = dict(sd)
     bad["emb_layer.2.weight"] = np.zeros(3, np.float32)
-    with pytest.raises(common.ConversionError, match="emb_layer.2.weight"):
+    with pytest.raises(core_params.ConversionError, match="emb_layer.2.weight"):
         cc.convert_state_dict(bad, cc.infer_config(sd))
-    with pytest.raises(common.ConversionError, match="feat_layer.weight"):
+    with pytest.raises(core_params.ConversionError, match="feat_layer.weight"):
         cc.infer_config({"x": np.zeros(1)})
 
 

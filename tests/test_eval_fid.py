@@ -10,8 +10,7 @@ import inspect
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax.conversion import evaluator_nets as ev
+from dualfashion_jax.evaluators.nets import weights as ev
 from dualfashion_jax.evaluators import fid, preprocess
 from dualfashion_jax.evaluators.nets import fid_inception
 from eval_nets_support import fashion_mnist_rgb, randomize_batchnorm, upstream_modules
@@ -142,7 +141,7 @@ def test_torchscript_layout_maps_all_376_tensors():
     assert len(sd) == 376
     flat = ev.fid_inception_from_torch(sd, source="default_1.pt")
     assert len(flat) == 94 * 5  # 94 conv+BN blocks: kernel, scale (=1), bias, mean, var
-    with pytest.raises(ev.common.ConversionError, match="net.layers.mixed_11"):
+    with pytest.raises(ev.ConversionError, match="net.layers.mixed_11"):
         ev.fid_inception_from_torch({**sd, "net.layers.mixed_11.conv.weight": sd["net.layers.conv.weight"]})
 
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.evaluators import clip_metrics as cm, compatibility as comp, grounding, metrics, report
 from dualfashion_jax.evaluators.context import EvalContext, EvalOptions
 from dualfashion_jax.evaluators.nets import clip_tokenizer

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding before modules are built)
-from dualfashion_jax.conversion import common, evaluator_nets as ev
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.evaluators.nets import weights as ev
 from dualfashion_jax.evaluators import inception_score, preprocess
 from dualfashion_jax.evaluators.nets import inception_v3
 from eval_nets_support import randomize_batchnorm, upstream_modules
@@ -62,13 +62,13 @@ def test_inception_v3_parity_random_weights(torch_and_flax):
 def test_converter_names_every_bad_key(torch_and_flax):
     torch, ref, _ = torch_and_flax
     sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-    with pytest.raises(common.ConversionError, match="unexpected keys.*Mixed_5b.bogus"):
+    with pytest.raises(core_params.ConversionError, match="unexpected keys.*Mixed_5b.bogus"):
         ev.inception_v3_from_torch({**sd, "Mixed_5b.bogus.weight": np.zeros(3, np.float32)})
     bad = dict(sd)
     bad["fc.weight"] = np.zeros((10, 2048), np.float32)  # a 10-way head into a 50-way model
     del bad["Mixed_7c.branch_pool.bn.running_var"]
     from flax import nnx
-    with pytest.raises(common.ConversionError) as e:
+    with pytest.raises(core_params.ConversionError) as e:
         ev.build(lambda: inception_v3.InceptionV3(rngs=nnx.Rngs(0)), ev.inception_v3_from_torch(bad), source="ckpt")
     assert "Mixed_7c/branch_pool/bn/var" in str(e.value) and "fc/kernel" in str(e.value)
 
@@ -148,7 +148,7 @@ def test_load_inception_v3_rejects_pickled_module(tmp_path):
     torch = pytest.importorskip("torch")
     path = tmp_path / "Inception-finetune-epoch300"
     torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled module, not a state dict
-    with pytest.raises(common.ConversionError, match=r"(?s)Inception-finetune-epoch300.*model.state_dict\(\)"):
+    with pytest.raises(core_params.ConversionError, match=r"(?s)Inception-finetune-epoch300.*model.state_dict\(\)"):
         ev.load_inception_v3(path)
     with pytest.raises(FileNotFoundError):
         ev.load_inception_v3(tmp_path / "missing")

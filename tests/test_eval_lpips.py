@@ -7,8 +7,8 @@ lpips builds its trunk with torchvision's `vgg16`; both come through `reference/
 import numpy as np
 import pytest
 
-import dualfashion_jax.models  # noqa: F401
-from dualfashion_jax.conversion import common, evaluator_nets as ev
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.evaluators.nets import weights as ev
 from dualfashion_jax.evaluators import lpips_metrics
 from dualfashion_jax.evaluators.nets import lpips_vgg
 from eval_nets_support import fashion_mnist_rgb, upstream_modules
@@ -109,7 +109,7 @@ def test_diversity_rejects_single_sample_rows():
 
 
 def test_lpips_converter_errors():
-    with pytest.raises(common.ConversionError, match="net.slice9.0.weight"):
+    with pytest.raises(core_params.ConversionError, match="net.slice9.0.weight"):
         ev.lpips_vgg_from_torch({"net.slice9.0.weight": np.zeros((1,), np.float32)})
     assert ev.lpips_torch_key(0) == "net.slice1.0" and ev.lpips_torch_key(12) == "net.slice5.28"
     assert ev.lpips_torch_key(2) == "net.slice2.5" and ev.lpips_torch_key(4) == "net.slice3.10"

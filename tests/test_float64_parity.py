@@ -14,8 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import dualfashion_jax.models  # noqa: E402,F401  (switches off eager sharding)
-from dualfashion_jax.conversion import mmdit as conv  # noqa: E402
+from dualfashion_jax.conversion import mmdit as conv, t5 as t5_conv, vae as vae_conv  # noqa: E402
 from dualfashion_jax.modeling import api  # noqa: E402
 from dualfashion_jax.models import embeddings, mmdit_config, t5, vae  # noqa: E402
 
@@ -134,7 +133,7 @@ def test_t5_encoder(tmp_path):
         for p in model.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=g) + (1.0 if p.ndim == 1 else 0.0))
     model.save_pretrained(tmp_path)
-    ours = t5.T5Encoder.from_pretrained(tmp_path)
+    ours = t5_conv.load(tmp_path)
     model64 = transformers.T5EncoderModel(hf).eval().double()
     model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     rng = np.random.default_rng(0)
@@ -165,7 +164,7 @@ def test_vae_encode_decode(tmp_path):
     model64 = diffusers.AutoencoderKL(**cfg).eval().double()
     model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     model.save_pretrained(tmp_path)
-    ae = vae.AutoencoderKL.from_pretrained(tmp_path)
+    ae = vae_conv.load(tmp_path)
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, size=(2, 3, 24, 40))
     z = rng.normal(size=(2, 6, 6, 10))

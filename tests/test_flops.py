@@ -6,7 +6,6 @@ import jax
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.perf import flops, step as bench_step
 from dualfashion_jax.models import mmdit, mmdit_config, t5
 

@@ -217,14 +217,15 @@ def test_converted_layout_loads(world, bundle, tmp_path):
     """DIR/{transformer, t5, vae, tokenizer} (convert outputs) gives the same model as the workdir."""
     from flax import nnx
 
-    from dualfashion_jax.conversion import common
+    from dualfashion_jax.core import converted, params as core_params
     from dualfashion_jax.conversion.mmdit import POS_EMBED_KEY
 
-    flat = common.flat_params(bundle.model)
+    flat = core_params.flat_params(bundle.model)
     flat[POS_EMBED_KEY] = np.asarray(bundle.model.patch_embed.pos_embed[...])
-    common.save_converted(tmp_path / "transformer", kind="mmdit", config=bundle.model.config.to_dict(), params=flat)
+    converted.save_converted(tmp_path / "transformer", kind="mmdit", config=bundle.model.config.to_dict(), params=flat)
     for kind, mod in (("t5", bundle.t5), ("vae", bundle.vae)):
-        common.save_converted(tmp_path / kind, kind=kind, config=mod.cfg.to_dict(), params=common.flat_params(mod))
+        converted.save_converted(tmp_path / kind, kind=kind, config=mod.cfg.to_dict(),
+                                 params=core_params.flat_params(mod))
     shutil.copytree(world / "tokenizer", tmp_path / "tokenizer")
     conv = load_bundle(tmp_path, data=str(world / "data"))
     assert conv.info["kind"] == "converted" and conv.image_size == bundle.image_size

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding before modules are built)
 from dualfashion_jax.diffusion import stages
 from dualfashion_jax.diffusion.pure_fn import as_pure
 from dualfashion_jax.models import mmdit, mmdit_config, t5

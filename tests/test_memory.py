@@ -7,7 +7,6 @@ import jax
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.perf import memory, step as bench_step
 from dualfashion_jax.models import mmdit, mmdit_config, remat, t5
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding)
 from dualfashion_jax.models import attention as attn_lib
 from dualfashion_jax.models import mmdit, mmdit_config, remat
 from dualfashion_jax.sharding import axes
@@ -231,13 +230,13 @@ def test_config_round_trip_and_validation():
 
 def test_converted_checkpoint_round_trip_without_torch(model, batch, tmp_path):
     """save_converted(kind="mmdit") -> DualFashionTransformer.from_pretrained -> same outputs in NCHW layout."""
-    from dualfashion_jax.conversion import common
+    from dualfashion_jax.core import converted, params as core_params
     from dualfashion_jax.conversion import mmdit as conv
     from dualfashion_jax.modeling import api
 
     x, txt, t = batch
-    flat = {**common.flat_params(model), conv.POS_EMBED_KEY: np.asarray(model.patch_embed.pos_embed[...])}
-    common.save_converted(tmp_path / "ckpt", kind="mmdit", config=CFG.to_dict(), params=flat)
+    flat = {**core_params.flat_params(model), conv.POS_EMBED_KEY: np.asarray(model.patch_embed.pos_embed[...])}
+    converted.save_converted(tmp_path / "ckpt", kind="mmdit", config=CFG.to_dict(), params=flat)
     loaded = api.DualFashionTransformer.from_pretrained(tmp_path / "ckpt")
     assert loaded.config == CFG
     img, logits = loaded(np.asarray(x).transpose(0, 3, 1, 2), np.asarray(txt), np.asarray(t))
@@ -245,7 +244,7 @@ def test_converted_checkpoint_round_trip_without_torch(model, batch, tmp_path):
     np.testing.assert_allclose(np.asarray(img), np.asarray(ref_img).transpose(0, 3, 1, 2), atol=1e-5)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5)
     with pytest.raises(ValueError, match="holds a 'vae' checkpoint, expected 'mmdit'"):
-        common.save_converted(tmp_path / "vae", kind="vae", config={}, params={"a": np.zeros(1)})
+        converted.save_converted(tmp_path / "vae", kind="vae", config={}, params={"a": np.zeros(1)})
         api.DualFashionTransformer.from_pretrained(tmp_path / "vae")
 
 

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
 
-import dualfashion_jax.models  # noqa: E402,F401  (switches off eager sharding)
-from dualfashion_jax.conversion import common  # noqa: E402
-from dualfashion_jax.conversion import mmdit as conv  # noqa: E402
+from dualfashion_jax.conversion import common, mmdit as conv  # noqa: E402
+from dualfashion_jax.core import converted, params as core_params  # noqa: E402
+from dualfashion_jax.core.params import ConversionError  # noqa: E402
 from dualfashion_jax.modeling import api  # noqa: E402
 from dualfashion_jax.models import mmdit_config  # noqa: E402
 
@@ -159,7 +159,7 @@ def _write_broken(tmp_path, src, edit):
 def test_missing_key_is_named(saved, tmp_path):
     _, src, _ = saved
     bad = _write_broken(tmp_path, src, lambda w: w.pop("transformer_blocks.1.attn.add_k_proj.bias"))
-    with pytest.raises(common.ConversionError, match=r"missing \(1\):\s+transformer_blocks\.1\.attn\.add_k_proj\.bias"):
+    with pytest.raises(ConversionError, match=r"missing \(1\):\s+transformer_blocks\.1\.attn\.add_k_proj\.bias"):
         conv.convert(bad, tmp_path / "out")
 
 
@@ -171,7 +171,7 @@ def test_wrong_shape_is_named(saved, tmp_path):
         w["stage2_mystery"] = np.zeros((2,), np.float32)
 
     bad = _write_broken(tmp_path, src, edit)
-    with pytest.raises(common.ConversionError) as e:
+    with pytest.raises(ConversionError) as e:
         conv.convert(bad, tmp_path / "out")
     msg = str(e.value)
     assert "context_embedder.weight: checkpoint (32, 31) vs model (32, 32)" in msg
@@ -191,7 +191,7 @@ def test_dropped_and_absent_stage2_are_reported(saved, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "time_text_embed.text_embedder.linear_1.weight" in err
     assert "stage2=False" in err
-    meta, _ = common.load_converted(tmp_path / "out", kind="mmdit")
+    meta, _ = converted.load_converted(tmp_path / "out", kind="mmdit")
     assert meta["config"]["stage2"] is False
 
 
@@ -213,7 +213,8 @@ def test_sd3_medium_param_count_matches_torch(stage2):
     from flax import nnx
 
     cfg = dataclasses.replace(mmdit_config.get("sd3_medium"), stage2=stage2)
-    ours = sum(int(np.prod(s.shape)) for s in common.abstract_params(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))).values())
+    ours = sum(int(np.prod(s.shape))
+               for s in core_params.abstract_params(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))).values())
     with torch.device("meta"):
         ref = torch_mmdit.SD3JointModelFlexible(**torch_mmdit.reference_kwargs(cfg))
     theirs = sum(p.numel() for p in ref.parameters())
@@ -246,7 +247,7 @@ def test_original_style_config_without_stage2_fields(saved, tmp_path):
     dconf = {k: v for k, v in json.loads((src / "config.json").read_text()).items()
              if not k.startswith("stage2_") and k != "num_null_tokens"}
     weights = common.read_weights(src)
-    with pytest.raises(common.ConversionError, match=r"input size 1536 is not 16\*H\*W with H == W"):
+    with pytest.raises(ConversionError, match=r"input size 1536 is not 16\*H\*W with H == W"):
         conv.config_from_diffusers(dconf, weights, source="config.json", notes=[])
     square = dict(weights, **{"stage2_matching_mlp.hidden_layer.weight": np.zeros((32, 1024), np.float32)})
     cfg = conv.config_from_diffusers(dconf, square, source="config.json", notes=[])

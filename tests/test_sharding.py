@@ -13,7 +13,6 @@ from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections as mlc
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.models import mmdit, mmdit_config
 from dualfashion_jax.sharding import axes, mesh as mesh_lib, partition, rules
 from dualfashion_jax.training import optim, step as step_lib, toy

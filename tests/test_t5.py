@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding before modules are built)
 from dualfashion_jax.conversion import common
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.core.params import ConversionError
 from dualfashion_jax.conversion import t5 as conv
 from dualfashion_jax.models import t5
 
@@ -64,7 +65,7 @@ def _torch_out(model, ids, mask):
 
 @pytest.fixture(scope="module")
 def flax_t5(torch_t5):
-    return t5.T5Encoder.from_pretrained(torch_t5[1])
+    return conv.load(torch_t5[1])
 
 
 def _check(got, want, what):
@@ -95,12 +96,12 @@ def test_bucket_function_matches_transformers():
 def test_unrolled_layers_and_bf16_compute(flax_t5, inputs):
     ids, mask = jnp.asarray(inputs[0]), jnp.asarray(inputs[1])
     ref = flax_t5(ids, mask)
-    params = common.flat_params(flax_t5)
-    unrolled = conv.build_from_flat(
+    params = core_params.flat_params(flax_t5)
+    unrolled = core_params.module_from_flat(
         lambda: t5.T5Encoder(dataclasses.replace(flax_t5.cfg, scan_layers=False), rngs=nnx.Rngs(1)), params,
         source="test")
     np.testing.assert_allclose(unrolled(ids, mask), ref, atol=1e-5)
-    bf16 = conv.build_from_flat(
+    bf16 = core_params.module_from_flat(
         lambda: t5.T5Encoder(dataclasses.replace(flax_t5.cfg, dtype=jnp.bfloat16), rngs=nnx.Rngs(1)), params,
         source="test")
     out = bf16(ids, mask)
@@ -117,7 +118,7 @@ def test_convert_round_trip_with_mask_emb(torch_t5, inputs, tmp_path):
     out = conv.convert(folder, tmp_path / "out", mask_emb=tmp_path / "mask_emb.pth", mask_token_id=99)
     meta = json.loads((out / "config.json").read_text())
     assert meta["kind"] == "t5" and meta["mask_token_id"] == 99
-    enc = t5.T5Encoder.from_pretrained(out)
+    enc = conv.load(out)
     np.testing.assert_array_equal(np.asarray(enc.shared.embedding[...][99]), vec[0].numpy())
     model = copy.deepcopy(model)
     with torch.no_grad():
@@ -141,13 +142,13 @@ def test_missing_and_misshaped_keys_are_named(torch_t5, tmp_path):
     sd = common.read_weights(torch_t5[1])
     bad = dict(sd)
     del bad["encoder.block.1.layer.1.DenseReluDense.wi_1.weight"]
-    with pytest.raises(common.ConversionError, match=r"missing \(1\):\s+encoder\.block\.1\.layer\.1\.Dense"):
+    with pytest.raises(ConversionError, match=r"missing \(1\):\s+encoder\.block\.1\.layer\.1\.Dense"):
         conv.convert(_write_state(tmp_path / "a", bad, _hf_config()), tmp_path / "oa")
     bad = dict(sd)
     bad["encoder.block.0.layer.0.SelfAttention.q.weight"] = np.zeros((32, 31), np.float32)
-    with pytest.raises(common.ConversionError, match=r"encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight: "
+    with pytest.raises(ConversionError, match=r"encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight: "
                                                       r"checkpoint \(32, 31\) vs model \(32, 32\)"):
-        t5.T5Encoder.from_pretrained(_write_state(tmp_path / "b", bad, _hf_config()))
+        conv.load(_write_state(tmp_path / "b", bad, _hf_config()))
     with pytest.raises(ValueError, match="feed_forward_proj 'relu'"):
         conv.convert(_write_state(tmp_path / "c", sd, _hf_config(feed_forward_proj="relu")), tmp_path / "oc")
 
@@ -175,7 +176,7 @@ def test_bad_inputs_raise_clear_errors(flax_t5):
 
 def test_full_size_xxl_parameter_count():
     cfg = t5.get_config("t5_v1_1_xxl")
-    ours = sum(int(np.prod(v.shape)) for v in common.abstract_params(lambda: t5.T5Encoder(cfg, rngs=nnx.Rngs(0)))
+    ours = sum(int(np.prod(v.shape)) for v in core_params.abstract_params(lambda: t5.T5Encoder(cfg, rngs=nnx.Rngs(0)))
                .values())
     hf = _hf_config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                     relative_attention_num_buckets=32, relative_attention_max_distance=128)
@@ -196,7 +197,7 @@ def test_sharded_bf16_checkpoint_loads_exactly(torch_t5, tmp_path):
     model.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     (tmp_path / "stray.safetensors").write_bytes(b"")  # not in the index: must be ignored
-    params = common.flat_params(t5.T5Encoder.from_pretrained(tmp_path))
+    params = core_params.flat_params(conv.load(tmp_path))
     sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
     np.testing.assert_array_equal(params["shared/embedding"], sd["shared.weight"])
     wo = sd["encoder.block.1.layer.1.DenseReluDense.wo.weight"]

@@ -11,7 +11,6 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-import dualfashion_jax.models  # noqa: F401
 from dualfashion_jax.sharding import mesh as mesh_lib, partition, rules
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.training import distributed, main as main_lib, metrics, optim, step as step_lib, toy, train

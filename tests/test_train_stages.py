@@ -46,7 +46,7 @@ def test_stage2_then_stage3_from_stage2(demo):
     assert (demo / "stage2" / "checkpoints" / "2").is_dir()
     data_state = json.loads((demo / "stage2" / "checkpoints" / "2" / "data" / "metadata").read_text())
     assert set(data_state) == {"main"}  # the grain pipeline's iterator state is checkpointed
-    from dualfashion_jax.conversion.common import load_converted
+    from dualfashion_jax.core.converted import load_converted
     meta, flat = load_converted(demo / "stage2" / "frozen" / "t5", kind="t5")  # the random demo T5, for generation
     assert meta["config"]["d_model"] == 32 and "shared/embedding" in flat
     saved = json.loads((demo / "stage2" / "model_config.json").read_text())  # generation rebuilds from this

@@ -301,7 +301,8 @@ def test_convert_refuses_a_pth_holding_pickled_objects_by_name(kind, tmp_path, c
 def test_truncated_torch_file_is_named(tmp_path):
     import torch
 
-    from dualfashion_jax.conversion.common import ConversionError, read_weights
+    from dualfashion_jax.conversion.common import read_weights
+    from dualfashion_jax.core.params import ConversionError
 
     p = tmp_path / "w.pth"
     torch.save({"weight": torch.zeros(64)}, p)
@@ -316,8 +317,8 @@ def test_truncated_torch_file_is_named(tmp_path):
 def test_inception_loader_gets_the_same_refusal(tmp_path):
     import torch
 
-    from dualfashion_jax.conversion.common import ConversionError
-    from dualfashion_jax.conversion.evaluator_nets import load_inception_v3
+    from dualfashion_jax.core.params import ConversionError
+    from dualfashion_jax.evaluators.nets.weights import load_inception_v3
 
     torch.save({"extra": Opaque()}, tmp_path / "inception.pth")
     with pytest.raises(ConversionError, match="holds pickled Python objects") as e:
@@ -326,7 +327,8 @@ def test_inception_loader_gets_the_same_refusal(tmp_path):
 
 
 def test_garbage_torch_file_is_named_without_the_unsafe_advice(tmp_path):
-    from dualfashion_jax.conversion.common import ConversionError, UnsafePickleError, read_weights
+    from dualfashion_jax.conversion.common import UnsafePickleError, read_weights
+    from dualfashion_jax.core.params import ConversionError
 
     (tmp_path / "g.bin").write_bytes(b"xyz garbage" * 10)
     with pytest.raises(ConversionError, match=r"g.bin: not a plain torch weights file \(the safe loader stopped at: "

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding before modules are built)
 from dualfashion_jax.conversion import common
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.core.params import ConversionError
 from dualfashion_jax.conversion import vae as conv
 from dualfashion_jax.models import vae
 
@@ -53,7 +54,7 @@ def torch_vae(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flax_vae(torch_vae):
-    return vae.AutoencoderKL.from_pretrained(torch_vae[1])
+    return conv.load(torch_vae[1])
 
 
 def _check(got, want, what):
@@ -97,7 +98,7 @@ def test_quant_conv_variant_parity(tmp_path):
                      shift_factor=None, scaling_factor=0.18215, use_quant_conv=True, use_post_quant_conv=True)
     model = _torch_vae(cfg, 1)
     model.save_pretrained(tmp_path)
-    ae = vae.AutoencoderKL.from_pretrained(tmp_path)
+    ae = conv.load(tmp_path)
     assert ae.cfg.use_quant_conv and ae.cfg.shift_factor == 0.0
     rng = np.random.default_rng(3)
     x = rng.uniform(-1, 1, size=(1, 16, 24, 3)).astype(np.float32)
@@ -114,7 +115,7 @@ def test_convert_round_trip(torch_vae, tmp_path):
     out = conv.convert(torch_vae[1], tmp_path / "out")
     meta = json.loads((out / "config.json").read_text())
     assert meta["kind"] == "vae" and meta["config"]["latent_channels"] == 16
-    ae = vae.AutoencoderKL.from_pretrained(out)
+    ae = conv.load(out)
     assert ae.cfg.shift_factor == SHIFT and ae.cfg.scaling_factor == SCALE
     _compare(torch_vae[0], ae, 16, 24, seed=5)
 
@@ -133,15 +134,15 @@ def test_conversion_errors_name_keys(torch_vae, tmp_path):
     sd = common.read_weights(torch_vae[1] / "diffusion_pytorch_model.safetensors")
     bad = dict(sd)
     del bad["decoder.up_blocks.1.resnets.2.conv2.bias"]
-    with pytest.raises(common.ConversionError, match=r"missing \(1\):\s+decoder\.up_blocks\.1\.resnets\.2\.conv2"):
+    with pytest.raises(ConversionError, match=r"missing \(1\):\s+decoder\.up_blocks\.1\.resnets\.2\.conv2"):
         conv.convert(_write(tmp_path / "a", bad, _sd3_style()), tmp_path / "oa")
     bad = dict(sd)
     bad["encoder.mid_block.attentions.0.to_q.weight"] = np.zeros((64, 32), np.float32)
     msg = r"encoder\.mid_block\.attentions\.0\.to_q\.weight: checkpoint \(64, 32\) vs model \(64, 64\)"
-    with pytest.raises(common.ConversionError, match=msg):
-        vae.AutoencoderKL.from_pretrained(_write(tmp_path / "b", bad, _sd3_style()))
+    with pytest.raises(ConversionError, match=msg):
+        conv.load(_write(tmp_path / "b", bad, _sd3_style()))
     bad = {**sd, "quant_conv.weight": np.zeros((32, 32, 1, 1), np.float32), "quant_conv.bias": np.zeros(32, np.float32)}
-    with pytest.raises(common.ConversionError, match=r"quant_conv\.bias.*use_quant_conv=False"):
+    with pytest.raises(ConversionError, match=r"quant_conv\.bias.*use_quant_conv=False"):
         conv.convert(_write(tmp_path / "c", bad, _sd3_style()), tmp_path / "oc")
     with pytest.raises(ValueError, match="down_block_types"):
         conv.convert(_write(tmp_path / "d", sd, _sd3_style(down_block_types=["AttnDownEncoderBlock2D"] * 3)),
@@ -207,9 +208,9 @@ def test_bad_inputs_raise_clear_errors(flax_vae):
 
 def test_bf16_compute_tiny():
     ae32 = vae.AutoencoderKL(vae.get_config("tiny"), rngs=nnx.Rngs(0))
-    params = common.flat_params(ae32)
-    ae16 = conv.build_from_flat(lambda: vae.AutoencoderKL(dataclasses.replace(ae32.cfg, dtype=jnp.bfloat16),
-                                                          rngs=nnx.Rngs(1)), params, source="test")
+    params = core_params.flat_params(ae32)
+    ae16 = core_params.module_from_flat(lambda: vae.AutoencoderKL(dataclasses.replace(ae32.cfg, dtype=jnp.bfloat16),
+                                                                  rngs=nnx.Rngs(1)), params, source="test")
     x = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3), minval=-1, maxval=1)
     run = nnx.jit(lambda m, a: (m.encode(a).mean, m.decode(m.encode(a).mean)))
     (ref, _), (out, dec) = run(ae32, x), run(ae16, x)
@@ -220,7 +221,7 @@ def test_bf16_compute_tiny():
 
 
 def test_full_size_sd3_parameter_count():
-    ours = sum(int(np.prod(v.shape)) for v in common.abstract_params(
+    ours = sum(int(np.prod(v.shape)) for v in core_params.abstract_params(
         lambda: vae.AutoencoderKL(vae.get_config("sd3"), rngs=nnx.Rngs(0))).values())
     sd3 = _sd3_style(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
                      up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32, sample_size=1024)

@@ -79,8 +79,8 @@ def test_differences_ignores_runtime_and_warns_on_paths():
 
 
 @pytest.mark.parametrize("module, call", [
-    ("dualfashion_jax.conversion.evaluator_nets", "m.load_real_fid_inception()"),  # the probe
-    ("dualfashion_jax.conversion.evaluator_nets", "m.load_real_lpips_vgg()"),
+    ("dualfashion_jax.evaluators.nets.weights", "m.load_real_fid_inception()"),  # the probe
+    ("dualfashion_jax.evaluators.nets.weights", "m.load_real_lpips_vgg()"),
     ("dualfashion_jax.evaluators.nets.fid_inception", "m.FIDInception(rngs=__import__('flax').nnx.Rngs(0))"),
 ])
 def test_any_submodule_works_without_importing_models_first(module, call):

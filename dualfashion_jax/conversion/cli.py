@@ -9,7 +9,8 @@ import argparse
 import importlib
 import sys
 
-from dualfashion_jax.conversion.common import ConversionError, UnsafePickleError
+from dualfashion_jax.conversion.common import UnsafePickleError
+from dualfashion_jax.core.params import ConversionError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,10 +55,10 @@ def main(argv: list[str]) -> int:
             out = importlib.import_module("dualfashion_jax.conversion.t5").convert(
                 args.src, args.out, mask_emb=args.mask_emb, mask_token_id=args.mask_token_id)
         elif args.target == "clip":
-            out = importlib.import_module("dualfashion_jax.conversion.open_clip").convert(
+            out = importlib.import_module("dualfashion_jax.evaluators.nets.clip_weights").convert(
                 args.src, args.out, vision_heads=args.vision_heads, text_heads=args.text_heads)
         else:
-            out = importlib.import_module("dualfashion_jax.conversion.compat_net").convert(args.src, args.out)
+            out = importlib.import_module("dualfashion_jax.evaluators.nets.compat_weights").convert(args.src, args.out)
     except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"dualfashion-jax convert {args.target}: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UnsafePickleError) else 1

@@ -1,8 +1,8 @@
-"""Shared torch->Flax conversion plumbing: read weights safely, validate against `eval_shape`, save/load orbax.
+"""Reading torch-side weights safely: safetensors without torch, torch pickles only with `weights_only=True`.
 
-Every converter (MMDiT, VAE, T5, evaluator nets) maps a flat `{torch_key: array}` dict to a flat
-`{flax_path: array}` dict; this module does everything around that map. Nothing here imports torch
-unless a `.pth`/`.pt`/`.bin` file is read (and then only with `weights_only=True`).
+Every converter (MMDiT, VAE, T5, evaluator nets) maps the flat `{torch_key: array}` dict read here to a flat
+`{flax_key: array}` dict; validating it and building the model is `core.params`, saving it `core.converted`.
+Nothing here imports torch unless a `.pth`/`.pt`/`.bin` file is read.
 """
 from __future__ import annotations
 
@@ -12,21 +12,17 @@ import pathlib
 import pickle
 import re
 import struct
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import ml_dtypes
 import numpy as np
 
-FlatParams = dict[str, np.ndarray]  # "blocks/attn/to_q/kernel" -> array
+from dualfashion_jax.core.params import ConversionError
 
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not match the model it is converted into (names every offending key)."""
 
 
 class UnsafePickleError(ConversionError):
@@ -96,7 +92,7 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _torch_to_numpy(t) -> np.ndarray:
-    import torch
+    import torch  # local: torch only when a torch file is read
 
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
@@ -122,115 +118,3 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         return read_torch_file(path)
     raise ConversionError(f"{path}: unknown weight file type {path.suffix!r} (expected .safetensors or .pth/.pt/.bin)")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Flat views of NNX models, validation, loading.
-# ----------------------------------------------------------------------------------------------------------
-def _path_str(path: tuple) -> str:
-    return "/".join(str(p) for p in path)
-
-
-def abstract_params(model_factory: Callable[[], Any]) -> dict[str, Any]:
-    """Flat `{path: ShapeDtypeStruct}` of a model's nnx.Param leaves, without allocating it."""
-    from flax import nnx
-
-    abstract = nnx.eval_shape(model_factory)
-    return {_path_str(p): v.get_value() for p, v in nnx.state(abstract, nnx.Param).flat_state()}
-
-
-def flat_params(model) -> FlatParams:
-    """Flat `{path: np.ndarray}` of a concrete model's params."""
-    from flax import nnx
-
-    return {_path_str(p): np.asarray(v.get_value()) for p, v in nnx.state(model, nnx.Param).flat_state()}
-
-
-def validate(converted: Mapping[str, np.ndarray], expected: Mapping[str, Any], *, source: str,
-             ignore_missing: Callable[[str], bool] = lambda k: False) -> None:
-    """Raises one ConversionError listing every missing, unexpected and mis-shaped key."""
-    missing = sorted(k for k in expected if k not in converted and not ignore_missing(k))
-    unexpected = sorted(k for k in converted if k not in expected)
-    bad_shape = sorted(
-        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in converted if k in expected and tuple(converted[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or bad_shape:
-        parts = [f"{source} does not match the model:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)):
-            if items:
-                shown = items[:50] + ([f"... and {len(items) - 50} more"] if len(items) > 50 else [])
-                parts.append(f"  {title} ({len(items)}):\n    " + "\n    ".join(shown))
-        raise ConversionError("\n".join(parts))
-
-
-def load_flat_into(model, params: Mapping[str, np.ndarray]) -> None:
-    """Writes flat params into a concrete model (dtype cast to each param's dtype)."""
-    from flax import nnx
-    import jax.numpy as jnp
-
-    state = nnx.state(model, nnx.Param)
-    flat = state.flat_state()
-    for path, var in flat:
-        key = _path_str(path)
-        if key in params:
-            var.set_value(jnp.asarray(params[key], dtype=var.get_value().dtype))
-    nnx.update(model, nnx.State.from_flat_path(flat))
-
-
-def unflatten(params: Mapping[str, np.ndarray]) -> dict:
-    """`{"a/b/c": x}` -> `{"a": {"b": {"c": x}}}` (integer path parts become int keys, as NNX uses for lists)."""
-    tree: dict = {}
-    for key, value in params.items():
-        node = tree
-        parts = [int(p) if p.isdigit() else p for p in key.split("/")]
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return tree
-
-
-def flatten(tree: Mapping, prefix: str = "") -> FlatParams:
-    out: FlatParams = {}
-    for k, v in tree.items():
-        key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key))
-        else:
-            out[key] = np.asarray(v)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Converted checkpoints: orbax params + config.json (loadable without torch).
-# ----------------------------------------------------------------------------------------------------------
-def save_converted(out_dir: str | os.PathLike, *, kind: str, config: Mapping[str, Any],
-                   params: Mapping[str, np.ndarray], extra: Mapping[str, Any] | None = None) -> pathlib.Path:
-    """Writes `<out_dir>/config.json` ({"kind", "config", ...extra}) and `<out_dir>/params` (orbax)."""
-    import orbax.checkpoint as ocp
-
-    out_dir = pathlib.Path(out_dir).absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "params"
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; choose an empty output folder")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, unflatten({k: np.asarray(v) for k, v in params.items()}))
-    meta = {"kind": kind, "config": dict(config), **dict(extra or {})}
-    (out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str))
-    return out_dir
-
-
-def load_converted(ckpt_dir: str | os.PathLike, *, kind: str | None = None) -> tuple[dict, FlatParams]:
-    """Reads a converted checkpoint: returns (config.json dict, flat params as numpy)."""
-    import orbax.checkpoint as ocp
-
-    ckpt_dir = pathlib.Path(ckpt_dir).absolute()
-    cfg_path = ckpt_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path}: missing; not a converted dualfashion_jax checkpoint")
-    meta = json.loads(cfg_path.read_text())
-    if kind is not None and meta.get("kind") != kind:
-        raise ConversionError(f"{cfg_path}: holds a {meta.get('kind')!r} checkpoint, expected {kind!r}")
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(ckpt_dir / "params")
-    return meta, flatten(tree)

@@ -14,10 +14,15 @@ import pathlib
 import sys
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
+from flax import nnx
 
 from dualfashion_jax.conversion import common
-from dualfashion_jax.conversion.common import ConversionError
+from dualfashion_jax.core import converted, params as core_params
+from dualfashion_jax.core.params import ConversionError
+from dualfashion_jax.models import mmdit
+from dualfashion_jax.models.mmdit_config import MMDiTConfig
 
 POS_EMBED_KEY = "patch_embed/pos_embed"  # a PosEmbedBuffer, not an nnx.Param
 # Stock SD3 / SD3JointModelFlexible keys that DualFashion drops on load (strict=False): reported, not errors.
@@ -84,14 +89,7 @@ def _expand(entries):
 
 def expected_shapes(cfg) -> dict[str, Any]:
     """Flat `{flax_key: ShapeDtypeStruct}` of the model's params plus the pos-embed buffer."""
-    import jax
-    from flax import nnx
-
-    from dualfashion_jax.models import mmdit
-
-    abstract = nnx.eval_shape(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract, mmdit.WEIGHTS)
-    out = {"/".join(str(p) for p in path): v.get_value() for path, v in state.flat_state()}
+    out = core_params.abstract_params(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0)), mmdit.WEIGHTS)
     buf = out[POS_EMBED_KEY]
     out[POS_EMBED_KEY] = jax.ShapeDtypeStruct(buf.shape, buf.dtype)
     return out
@@ -126,10 +124,8 @@ def _resolve_source(src: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | Non
 
 
 def config_from_diffusers(dconf: Mapping[str, Any], weights: Mapping[str, np.ndarray], *, source: str,
-                          stage2_variant: str | None = None, notes: list[str]) -> "Any":
+                          stage2_variant: str | None = None, notes: list[str]) -> MMDiTConfig:
     """`MMDiTConfig` from a diffusers transformer config.json + the checkpoint's tensor shapes."""
-    from dualfashion_jax.models.mmdit_config import MMDiTConfig
-
     def need(name):
         if name not in dconf:
             raise ConversionError(f"{source}: config.json has no {name!r} (needed to build the model)")
@@ -218,7 +214,7 @@ def _latent_size(size) -> int | tuple[int, int]:
 # The conversion itself.
 # ----------------------------------------------------------------------------------------------------------
 def convert_weights(weights: Mapping[str, np.ndarray], cfg, *, source: str,
-                    notes: list[str] | None = None) -> common.FlatParams:
+                    notes: list[str] | None = None) -> core_params.FlatParams:
     """Flat torch state dict -> flat flax params (+ pos-embed buffer) for `cfg`; one error names every bad key."""
     notes = [] if notes is None else notes
     expected = expected_shapes(cfg)
@@ -254,7 +250,7 @@ def convert_weights(weights: Mapping[str, np.ndarray], cfg, *, source: str,
                 parts.append(f"  {title} ({len(items)}):\n    " + "\n    ".join(shown))
         raise ConversionError("\n".join(parts))
 
-    flat: common.FlatParams = {}
+    flat: core_params.FlatParams = {}
     stacks: dict[str, list] = {}
     for k, (f, layer, kind) in kmap.items():
         x = np.asarray(_TO_FLAX[kind](np.asarray(weights[k])), dtype=np.float32)
@@ -264,7 +260,7 @@ def convert_weights(weights: Mapping[str, np.ndarray], cfg, *, source: str,
             stacks.setdefault(f, [None] * cfg.num_layers)[layer] = x
     for f, per_layer in stacks.items():
         flat[f] = np.stack(per_layer)  # [num_layers, ...] scan axis
-    common.validate(flat, expected, source=source)
+    core_params.validate(flat, expected, source=source)
     return flat
 
 
@@ -299,27 +295,11 @@ def convert(src, out, *, config: str | None = None, stage2_variant: str | None =
     cfg, flat = load_source(src, config=config, stage2_variant=stage2_variant, notes=notes)
     for n in notes:
         print(f"[convert transformer] {n}", file=sys.stderr)
-    return common.save_converted(out, kind="mmdit", config=cfg.to_dict(), params=flat,
-                                 extra={"source": str(src), "notes": notes})
+    return converted.save_converted(out, kind="mmdit", config=cfg.to_dict(), params=flat,
+                                    extra={"source": str(src), "notes": notes})
 
 
-def model_from_flat(cfg, flat: Mapping[str, np.ndarray], *, seed: int = 0):
+def model_from_flat(cfg, flat: Mapping[str, np.ndarray], *, seed: int = 0) -> mmdit.DualMMDiT:
     """A `DualMMDiT` holding `flat` (params + pos-embed buffer) without a random init of the weights."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from dualfashion_jax.models import mmdit
-
-    weights = mmdit.WEIGHTS
-    expected = expected_shapes(cfg)
-    common.validate(flat, expected, source="converted params")
-    abstract = nnx.eval_shape(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(seed)))
-    graphdef, wstate, rest = nnx.split(abstract, weights, ...)
-    # Non-weight state (dropout RNG streams) is built for real; jit drops the unused weight inits.
-    rest = jax.jit(lambda: nnx.split(mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(seed)), weights, ...)[2])()
-    flat_state = wstate.flat_state()
-    for path, var in flat_state:
-        key = "/".join(str(p) for p in path)
-        var.set_value(jnp.asarray(flat[key], dtype=var.get_value().dtype))
-    return nnx.merge(graphdef, nnx.State.from_flat_path(flat_state), rest)
+    return core_params.module_from_flat(lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(seed)), flat,
+                                        source="converted params", types=mmdit.WEIGHTS)

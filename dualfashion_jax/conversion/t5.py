@@ -7,15 +7,18 @@ shared input embedding (`<extra_id_0>`, id 32099 in the real vocabulary).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 from typing import Any, Mapping
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from dualfashion_jax.conversion import common
-from dualfashion_jax.conversion.materialize import build_from_flat
+from dualfashion_jax.core import converted, params as core_params
 from dualfashion_jax.models import t5 as t5_model
 
 KIND = "t5"
@@ -39,7 +42,7 @@ _REL_BIAS = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weigh
 
 
 class _Shape:
-    """Stands in for a ShapeDtypeStruct in `common.validate` (only `.shape` is read)."""
+    """Stands in for a ShapeDtypeStruct in `core_params.validate` (only `.shape` is read)."""
 
     def __init__(self, *shape: int):
         self.shape = tuple(shape)
@@ -79,12 +82,12 @@ def expected_torch_shapes(cfg: t5_model.T5Config) -> dict[str, _Shape]:
     return out
 
 
-def torch_to_flax(sd: Mapping[str, np.ndarray], cfg: t5_model.T5Config, *, source: str) -> common.FlatParams:
+def torch_to_flax(sd: Mapping[str, np.ndarray], cfg: t5_model.T5Config, *, source: str) -> core_params.FlatParams:
     """Maps a T5EncoderModel state dict to the flat Flax params of `T5Encoder(cfg)` (float32)."""
     sd = {k: v for k, v in sd.items() if not k.startswith(_IGNORED_PREFIXES)}
     if "shared.weight" not in sd and _TIED in sd:
         sd["shared.weight"] = sd[_TIED]
-    common.validate(sd, expected_torch_shapes(cfg), source=source, ignore_missing=lambda k: k == _TIED)
+    core_params.validate(sd, expected_torch_shapes(cfg), source=source, ignore_missing=lambda k: k == _TIED)
 
     def f32(x):
         return np.asarray(x, dtype=np.float32)
@@ -120,7 +123,7 @@ def read_mask_emb(path: str | os.PathLike, d_model: int) -> np.ndarray:
     return vec
 
 
-def apply_mask_emb(params: common.FlatParams, vec: np.ndarray, mask_token_id: int, *, source: str) -> None:
+def apply_mask_emb(params: core_params.FlatParams, vec: np.ndarray, mask_token_id: int, *, source: str) -> None:
     """Overwrites row `mask_token_id` of the shared input embedding with `vec` (in place)."""
     table = params["shared/embedding"]
     if not 0 <= mask_token_id < table.shape[0]:
@@ -160,7 +163,7 @@ def _hf_folder(src: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
     return json.loads(cfg_path.read_text()), _weight_files(src)
 
 
-def _convert_hf(src: pathlib.Path, mask_emb, mask_token_id: int) -> tuple[t5_model.T5Config, common.FlatParams]:
+def _convert_hf(src: pathlib.Path, mask_emb, mask_token_id: int) -> tuple[t5_model.T5Config, core_params.FlatParams]:
     hf, files = _hf_folder(src)
     cfg = config_from_hf(hf, source=str(src / "config.json"))
     sd: dict[str, np.ndarray] = {}
@@ -170,14 +173,12 @@ def _convert_hf(src: pathlib.Path, mask_emb, mask_token_id: int) -> tuple[t5_mod
     del sd
     if mask_emb is not None:
         apply_mask_emb(params, read_mask_emb(mask_emb, cfg.d_model), mask_token_id, source=str(mask_emb))
-    expected = common.abstract_params(lambda: t5_model.T5Encoder(cfg, rngs=_rngs()))
-    common.validate(params, expected, source=f"{src} (after conversion)")
+    expected = core_params.abstract_params(lambda: t5_model.T5Encoder(cfg, rngs=_rngs()))
+    core_params.validate(params, expected, source=f"{src} (after conversion)")
     return cfg, params
 
 
 def _rngs():
-    from flax import nnx
-
     return nnx.Rngs(0)
 
 
@@ -186,7 +187,7 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, mask_emb: str | 
     """Converts a transformers T5EncoderModel folder (+ optional mask-token vector) to an orbax checkpoint."""
     src = pathlib.Path(src)
     cfg, params = _convert_hf(src, mask_emb, mask_token_id)
-    return common.save_converted(
+    return converted.save_converted(
         out_dir, kind=KIND, config=cfg.to_dict(), params=params,
         extra={"source": str(src.absolute()), "mask_emb": None if mask_emb is None else str(mask_emb),
                "mask_token_id": mask_token_id if mask_emb is not None else None})
@@ -196,15 +197,11 @@ def load(folder: str | os.PathLike, *, dtype: Any = None, param_dtype: Any = Non
          mask_emb: str | os.PathLike | None = None,
          mask_token_id: int = DEFAULT_MASK_TOKEN_ID) -> t5_model.T5Encoder:
     """T5Encoder from a converted checkpoint (config.json "kind": "t5") or a transformers folder."""
-    import dataclasses
-
-    import jax.numpy as jnp
-
     folder = pathlib.Path(folder)
     cfg_path = folder / "config.json"
     meta = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     if "kind" in meta:
-        meta, params = common.load_converted(folder, kind=KIND)
+        meta, params = converted.load_converted(folder, kind=KIND)
         cfg = t5_model.T5Config.from_dict(meta["config"], source=str(cfg_path))
         if mask_emb is not None:
             apply_mask_emb(params, read_mask_emb(mask_emb, cfg.d_model), mask_token_id, source=str(mask_emb))
@@ -212,4 +209,4 @@ def load(folder: str | os.PathLike, *, dtype: Any = None, param_dtype: Any = Non
         cfg, params = _convert_hf(folder, mask_emb, mask_token_id)
     cfg = dataclasses.replace(cfg, dtype=jnp.dtype(dtype or jnp.float32),
                               param_dtype=jnp.dtype(param_dtype or jnp.float32))
-    return build_from_flat(lambda: t5_model.T5Encoder(cfg, rngs=_rngs()), params, source=str(folder))
+    return core_params.module_from_flat(lambda: t5_model.T5Encoder(cfg, rngs=_rngs()), params, source=str(folder))

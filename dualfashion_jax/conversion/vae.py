@@ -7,16 +7,19 @@ checkpoint whose config says there are none are rejected with a dedicated messag
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 from typing import Any, Mapping
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from dualfashion_jax.conversion import common
-from dualfashion_jax.conversion.materialize import build_from_flat
-from dualfashion_jax.models import vae as vae_model
+from dualfashion_jax.core import converted, params as core_params
+from dualfashion_jax.models import pixel_ae, vae as vae_model
 
 KIND = "vae"
 _NORMS = {"norm1", "norm2", "group_norm", "conv_norm_out"}
@@ -26,7 +29,7 @@ _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "t
 
 
 class _Shape:
-    """Stands in for a ShapeDtypeStruct in `common.validate` (only `.shape` is read)."""
+    """Stands in for a ShapeDtypeStruct in `core_params.validate` (only `.shape` is read)."""
 
     def __init__(self, shape):
         self.shape = tuple(shape)
@@ -94,33 +97,31 @@ def _rename_legacy(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def torch_to_flax(sd: Mapping[str, np.ndarray], cfg: vae_model.VAEConfig, *, source: str) -> common.FlatParams:
+def torch_to_flax(sd: Mapping[str, np.ndarray], cfg: vae_model.VAEConfig, *, source: str) -> core_params.FlatParams:
     """Maps a diffusers AutoencoderKL state dict to the flat (float32) Flax params of `AutoencoderKL(cfg)`."""
     sd = _rename_legacy(sd)
-    expected = common.abstract_params(lambda: vae_model.AutoencoderKL(cfg, rngs=_rngs()))
+    expected = core_params.abstract_params(lambda: vae_model.AutoencoderKL(cfg, rngs=_rngs()))
     quant = sorted(k for k in sd if k.split(".")[0] in ("quant_conv", "post_quant_conv")
                    and not getattr(cfg, "use_" + k.split(".")[0]))
     if quant:
-        raise common.ConversionError(
+        raise core_params.ConversionError(
             f"{source}: holds {quant} but the config says use_quant_conv={cfg.use_quant_conv}, "
             f"use_post_quant_conv={cfg.use_post_quant_conv}; the checkpoint and its config.json disagree "
             "(an SD1/2-style VAE needs use_quant_conv/use_post_quant_conv true in config.json)")
     torch_names = {flax_to_torch_key(p): p for p in expected}
-    common.validate(sd, {t: _Shape(_torch_shape(p, expected[p].shape)) for t, p in torch_names.items()},
-                    source=source)
-    out: common.FlatParams = {}
+    core_params.validate(sd, {t: _Shape(_torch_shape(p, expected[p].shape)) for t, p in torch_names.items()},
+                         source=source)
+    out: core_params.FlatParams = {}
     for tkey, path in torch_names.items():
         w = np.asarray(sd[tkey], dtype=np.float32)
         if path.endswith("kernel"):
             w = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
         out[path] = np.ascontiguousarray(w)
-    common.validate(out, expected, source=f"{source} (after conversion)")
+    core_params.validate(out, expected, source=f"{source} (after conversion)")
     return out
 
 
 def _rngs():
-    from flax import nnx
-
     return nnx.Rngs(0)
 
 
@@ -140,7 +141,7 @@ def _diffusers_folder(src: pathlib.Path) -> tuple[dict, pathlib.Path]:
                             f"found {[f.name for f in files]}")
 
 
-def _convert_diffusers(src: pathlib.Path) -> tuple[vae_model.VAEConfig, common.FlatParams]:
+def _convert_diffusers(src: pathlib.Path) -> tuple[vae_model.VAEConfig, core_params.FlatParams]:
     d, weights = _diffusers_folder(src)
     cfg = config_from_diffusers(d, source=str(src / "config.json"))
     return cfg, torch_to_flax(common.read_weights(weights), cfg, source=str(weights))
@@ -150,24 +151,21 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike) -> pathlib.Path:
     """Converts a diffusers AutoencoderKL folder to an orbax checkpoint (config.json "kind": "vae")."""
     src = pathlib.Path(src)
     cfg, params = _convert_diffusers(src)
-    return common.save_converted(out_dir, kind=KIND, config=cfg.to_dict(), params=params,
-                                 extra={"source": str(src.absolute())})
+    return converted.save_converted(out_dir, kind=KIND, config=cfg.to_dict(), params=params,
+                                    extra={"source": str(src.absolute())})
 
 
 def load(folder: str | os.PathLike, *, dtype: Any = None, param_dtype: Any = None) -> vae_model.AutoencoderKL:
     """AutoencoderKL from a converted checkpoint or a diffusers folder (converted on the fly)."""
-    import dataclasses
-
-    import jax.numpy as jnp
-
     folder = pathlib.Path(folder)
     cfg_path = folder / "config.json"
     meta = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     if "kind" in meta:
-        meta, params = common.load_converted(folder, kind=KIND)
+        meta, params = converted.load_converted(folder, kind=KIND)
         cfg = vae_model.VAEConfig.from_dict(meta["config"], source=str(cfg_path))
     else:
         cfg, params = _convert_diffusers(folder)
     cfg = dataclasses.replace(cfg, dtype=jnp.dtype(dtype or jnp.float32),
                               param_dtype=jnp.dtype(param_dtype or jnp.float32))
-    return build_from_flat(lambda: vae_model.AutoencoderKL(cfg, rngs=_rngs()), params, source=str(folder))
+    return core_params.module_from_flat(lambda: vae_model.AutoencoderKL(cfg, rngs=_rngs()), params,
+                                        source=str(folder))

@@ -5,13 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from dualfashion_jax.data.difashion import convert_real
 from dualfashion_jax.data.format import FormatError, SafeDataset
+from dualfashion_jax.data.pickled import UntrustedPickleError
+from dualfashion_jax.data.synthetic import make_dataset
+from dualfashion_jax.data.validate import validate_dataset
 
 
 def _convert(a) -> int:
-    from dualfashion_jax.data.difashion import convert_real
-    from dualfashion_jax.data.pickled import UntrustedPickleError
-
     earlier = Path(a.out).is_dir() and any(Path(a.out).iterdir())
     try:
         convert_real(a.src, a.out, dataset=a.dataset, trust_pickle=a.trust_pickle, missing_images=a.missing_images,
@@ -27,8 +28,6 @@ def _convert(a) -> int:
 
 
 def _validate(a) -> int:
-    from dualfashion_jax.data.validate import validate_dataset
-
     rep = validate_dataset(SafeDataset(a.dir), check_images=not a.no_images)
     print(rep.summary())
     print("OK")
@@ -61,8 +60,6 @@ def _info(a) -> int:
 
 
 def _make_demo(a) -> int:
-    from dualfashion_jax.data.synthetic import make_dataset
-
     make_dataset(a.out, seed=a.seed, image_size=a.image_size, shapes=a.shapes)
     return 0
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import grain
+import jax
 import numpy as np
 
 STATE_VERSION = 1
@@ -26,8 +27,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def to_global(local_batch: dict, sharding) -> dict:
     """Assemble global arrays from each process's local batch (batch dim sharded as `sharding` says)."""
-    import jax
-
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
@@ -38,8 +37,6 @@ class BatchIterator:
                  num_epochs: int | None = None, process_index: int | None = None, process_count: int | None = None,
                  sharding=None, transform: Callable[[dict], dict] | None = None, prefetch: int = 2):
         if process_index is None or process_count is None:
-            import jax
-
             process_index = jax.process_index() if process_index is None else process_index
             process_count = jax.process_count() if process_count is None else process_count
         if not 0 <= process_index < process_count:

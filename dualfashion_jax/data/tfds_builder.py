@@ -17,11 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dualfashion_jax.data import examples as E
+from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.text.tokenizer import CaptionTokenizer
+
 
 @functools.lru_cache(maxsize=1)
 def _builder_class():
     """(StageConfig, DualFashionStage), defined once: TFDS registers builder classes by name."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # local: optional TFDS path; tensorflow_datasets is slow to import
 
     @dataclasses.dataclass
     class StageConfig(tfds.core.BuilderConfig):
@@ -41,10 +45,6 @@ def _builder_class():
         BUILDER_CONFIGS = []
 
         def _source(self):
-            from dualfashion_jax.data import examples as E
-            from dualfashion_jax.data.format import SafeDataset
-            from dualfashion_jax.text.tokenizer import CaptionTokenizer
-
             c = self.builder_config
             ds = SafeDataset(c.data)
             tok = CaptionTokenizer.from_pretrained(c.tokenizer, max_length=c.max_length)
@@ -93,7 +93,7 @@ def fingerprint(data: Path, tokenizer: Path, *parts) -> str:
 def build_stage_tfds(data: str | os.PathLike, tokenizer: str | os.PathLike, out_dir: str | os.PathLike, *,
                      stage: int = 2, split: str = "train", max_length: int = 256, use_latents: bool = False):
     """Prepare the ArrayRecord dataset under `out_dir` (idempotent) and return the TFDS builder."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # local: optional TFDS path; tensorflow_datasets is slow to import
 
     config_cls, builder_cls = _builder_class()
     data, tokenizer = Path(data).resolve(), Path(tokenizer).resolve()

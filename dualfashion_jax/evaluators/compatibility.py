@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dualfashion_jax.conversion.compat_net import load_compat
+from dualfashion_jax.evaluators.nets.compat_weights import load_compat
 from dualfashion_jax.evaluators.context import RANDOM, REAL, TRAINED, EvalContext, NetworkInfo
 from dualfashion_jax.evaluators.nets.compat_net import OUTFIT_SIZE, CompatConfig, FashionEvaluator
 from dualfashion_jax.evaluators.registry import register

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dualfashion_jax.conversion.open_clip import load_clip
+from dualfashion_jax.evaluators.nets.clip_weights import load_clip
 from dualfashion_jax.data import records as R
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.evaluators.clip_encoder import ClipEncoder

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from scipy import linalg
 
-from dualfashion_jax.conversion import evaluator_nets as en
+from dualfashion_jax.evaluators.nets import weights as en
 from dualfashion_jax.evaluators import batched, preprocess
 from dualfashion_jax.evaluators.context import EvalContext
 from dualfashion_jax.evaluators.nets.fid_inception import FIDInception

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dualfashion_jax.conversion.evaluator_nets import load_inception_v3
+from dualfashion_jax.evaluators.nets.weights import load_inception_v3
 from dualfashion_jax.evaluators import batched, preprocess
 from dualfashion_jax.evaluators.context import RANDOM, REAL, EvalContext, NetworkInfo
 from dualfashion_jax.evaluators.nets import inception_v3

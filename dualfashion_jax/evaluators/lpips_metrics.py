@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dualfashion_jax.conversion import evaluator_nets as en
+from dualfashion_jax.evaluators.nets import weights as en
 from dualfashion_jax.evaluators import batched
 from dualfashion_jax.evaluators.context import EvalContext
 from dualfashion_jax.evaluators.nets.lpips_vgg import LPIPSVGG

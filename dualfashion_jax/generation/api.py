@@ -12,6 +12,8 @@ latent (as GOR's first item). The request is keyed as (uid, oid) = (0, 0), so a 
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Mapping, Sequence
 
 import jax
@@ -59,8 +61,6 @@ def recommend(bundle, preference: Mapping[str, str], category: str, outfit_image
     `settings` overrides every sampler knob (its num_images/num_captions/seed are replaced by the arguments).
     """
     _check(preference, category, outfit_images)
-    import dataclasses
-
     s = dataclasses.replace(settings or GenSettings(), num_images=num_images, num_captions=num_captions, seed=seed)
     progs = _programs(bundle, s)
     tok, size = bundle.tokenizer, bundle.image_size

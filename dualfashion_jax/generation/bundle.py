@@ -26,8 +26,7 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (no eager sharding)
-from dualfashion_jax.conversion import common
+from dualfashion_jax.core import keys, params as core_params
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.modeling import frozen as frozen_lib, params as params_lib, restore, transformer
 from dualfashion_jax.models import mmdit, t5 as t5_lib, vae as vae_lib
@@ -140,10 +139,7 @@ def _params_from_workdir(wd: pathlib.Path, ema: bool) -> tuple[int, dict[str, np
         warnings.warn(f"{wd}: checkpoint has no EMA (e.g. stage 3); using the raw params", stacklevel=3)
         step, tree = params_lib.load_params(wd, use_ema=False)
         used_ema = False
-    flat = {}
-    for k, v in common.flatten(tree).items():
-        flat[k[: -len("/value")] if k.endswith("/value") else k] = v
-    return step, flat, used_ema
+    return step, keys.flatten(tree), used_ema
 
 
 def _saved_model_config(path: pathlib.Path):
@@ -205,7 +201,7 @@ def _from_converted(root: pathlib.Path, *, data, t5, vae, tokenizer, dtype) -> B
                                     f"tokenizer}}, or pass --{name})")
     try:
         model = transformer.load_transformer(tdir, **({"dtype": dtype} if dtype else {}))
-    except common.ConversionError as e:
+    except core_params.ConversionError as e:
         raise BundleError(f"{tdir}: checkpoint/config mismatch:\n{e}") from None
     tok = CaptionTokenizer.from_pretrained(parts["tokenizer"])
     info = {"source": str(root), "kind": "converted", "ema": None, "t5": str(parts["t5"]), "vae": str(parts["vae"]),

@@ -100,7 +100,7 @@ def settings_from_args(args) -> GenSettings:
 def main(argv: list[str]) -> int:
     p = _parser()
     args = p.parse_args(argv)
-    from dualfashion_jax.conversion.common import ConversionError
+    from dualfashion_jax.core.params import ConversionError
     from dualfashion_jax.data.safe_io import FormatError
     from dualfashion_jax.generation.outputs import check_out_dir
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dualfashion_jax.conversion import common, t5 as conv_t5
+from dualfashion_jax.conversion import t5 as conv_t5
+from dualfashion_jax.core import converted, params as core_params
 from dualfashion_jax.modeling import restore
 from dualfashion_jax.modeling.transformer import dtype as dtype_of
 from dualfashion_jax.modeling.vae import load_vae, vae_factory
@@ -43,7 +44,7 @@ class Frozen:
 
 def converted_spec(kind: str, folder: str | os.PathLike, dtypes: Mapping[str, str]) -> tuple[Frozen, Any]:
     """Spec + config of a converted T5/VAE checkpoint folder, its dtypes replaced by `dtypes` (names)."""
-    meta, flat = common.load_converted(folder, kind=kind)
+    meta, flat = converted.load_converted(folder, kind=kind)
     source = f"{folder}/config.json"
     if kind == "vae":
         factory, cfg = vae_factory(meta["config"], source=source, dtypes=dtypes)
@@ -71,7 +72,7 @@ def frozen_spec(kind: str, block, seed: int, min_vocab: int = 0) -> tuple[Frozen
 
 def save_random(workdir: str, name: str, fz: Frozen, state: nnx.State) -> None:
     """A randomly initialised frozen module (demo T5/VAE) is saved once to <workdir>/frozen/<name>
-    (`conversion.common` format), so generation uses exactly the encoder the model was trained with."""
+    (`core.converted` format), so generation uses exactly the encoder the model was trained with."""
     out = os.path.join(workdir, FROZEN_DIR, name)
     if not fz.kind or fz.config is None or os.path.exists(os.path.join(out, "config.json")):
         return
@@ -79,11 +80,10 @@ def save_random(workdir: str, name: str, fz: Frozen, state: nnx.State) -> None:
         log.warning("random frozen %s not saved (multi-process run); generation must rebuild it from the config",
                     name)
         return
-    flat = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p[:-1]): np.asarray(jax.device_get(v))
-            for p, v in jax.tree_util.tree_leaves_with_path(state)}
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in core_params.flat_view(state).items()}
     if jax.process_index() == 0:
-        common.save_converted(out, kind=fz.kind, config=fz.config, params=flat,
-                              extra={"note": f"random init ({fz.source}); saved by dualfashion-jax train"})
+        converted.save_converted(out, kind=fz.kind, config=fz.config, params=flat,
+                                 extra={"note": f"random init ({fz.source}); saved by dualfashion-jax train"})
 
 
 def workdir_path(path: str, workdir: pathlib.Path) -> pathlib.Path:

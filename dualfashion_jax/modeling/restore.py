@@ -1,18 +1,14 @@
-"""A concrete NNX module from a factory and flat "a/b/kernel" params, with nothing random initialised first.
-
-Unlike `conversion.materialize.build_from_flat` (Param-only models), the factory's non-Param state (pos-embed
-buffer, RNG streams) is kept, computed under jit.
-"""
+"""A concrete NNX module from a factory and flat "a/b/kernel" params (`core.params`), with checkpoint/config
+mismatches reported as `MismatchError`; `build_jitted` builds a module's random init in one compile."""
 from __future__ import annotations
 
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dualfashion_jax.conversion import common
+from dualfashion_jax.core import params as core_params
 
 
 class MismatchError(ValueError):
@@ -21,21 +17,12 @@ class MismatchError(ValueError):
 
 def module_from_flat(factory: Callable[[], nnx.Module], flat: dict[str, np.ndarray], *, source: str,
                      what: str = "model"):
-    """factory()'s module holding `flat` nnx.Param values (validated against eval_shape; nothing random is
-    initialised); non-Param state (pos-embed buffer, RNG streams) is computed under jit."""
-    abstract = nnx.eval_shape(factory)
-    graphdef, pstate, rest = nnx.split(abstract, nnx.Param, ...)
-    expected = {"/".join(map(str, path)): v.get_value() for path, v in pstate.flat_state()}
+    """factory()'s module holding `flat` nnx.Param values (`core.params.module_from_flat`: validated against
+    eval_shape, nothing random initialised); a mismatch names the config as the cause."""
     try:
-        common.validate(flat, expected, source=source)
-    except common.ConversionError as e:
+        return core_params.module_from_flat(factory, flat, source=source)
+    except core_params.ConversionError as e:
         raise MismatchError(f"checkpoint/config mismatch (the config builds a different {what}):\n{e}") from None
-    if jax.tree.leaves(rest):
-        rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
-    fs = pstate.flat_state()
-    for path, var in fs:
-        var.set_value(jnp.asarray(flat["/".join(map(str, path))], dtype=var.get_value().dtype))
-    return nnx.merge(graphdef, nnx.State.from_flat_path(fs), rest)
 
 
 def build_jitted(factory: Callable[[], nnx.Module]):

@@ -12,7 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from dualfashion_jax.conversion import common, mmdit as conv
+from dualfashion_jax.conversion import mmdit as conv
+from dualfashion_jax.core import converted
 from dualfashion_jax.models import mmdit, mmdit_config as mc
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -66,7 +67,7 @@ def load_transformer(path: str | pathlib.Path, *, stage2_variant: str | None = N
         if stage2_variant is not None and meta["config"].get("stage2_variant") != stage2_variant:
             raise ValueError(f"{cfg_path}: converted with stage2_variant {meta['config'].get('stage2_variant')!r}; "
                              f"re-convert from the source checkpoint with --stage2-variant {stage2_variant}")
-        meta, flat = common.load_converted(path, kind="mmdit")
+        meta, flat = converted.load_converted(path, kind="mmdit")
         cfg = mc.MMDiTConfig.from_dict(meta["config"], source=str(cfg_path))
     else:
         cfg, flat = conv.load_source(path, stage2_variant=stage2_variant, notes=notes)

@@ -81,6 +81,7 @@ def blocks_for_chip(device_kind: str | None = None) -> SplashBlocks:
 
 def pallas_kernel_factory(num_heads: int, seq_len: int, blocks: SplashBlocks, interpret: bool) -> Kernel:
     """The real splash kernel (full bidirectional mask, padding masked by segment ids) for one shard."""
+    # local: TPU-only Pallas kernels, imported only when the splash backend is built
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 

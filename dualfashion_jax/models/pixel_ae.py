@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -29,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dualfashion_jax.models.vae import DiagonalGaussian
+from dualfashion_jax.core import converted, params as core_params
 from dualfashion_jax.models import config_io
+from dualfashion_jax.models.vae import DiagonalGaussian, check_nhwc
 from dualfashion_jax.sharding import axes
 
 ARCHITECTURE = "pixel_s2d"
@@ -173,14 +175,15 @@ class PixelAutoencoder(nnx.Module):
 
     def encode(self, images: jax.Array) -> DiagonalGaussian:
         """images [B, H, W, C_in] in [-1, 1] (H, W multiples of factor) -> posterior over [B, H/f, W/f, C_lat]."""
-        _check(images, self.cfg.in_channels, self.cfg.factor, "PixelAutoencoder.encode: images")
+        check_nhwc(images, self.cfg.in_channels, self.cfg.factor, "PixelAutoencoder.encode: images",
+                   "the space-to-depth factor")
         x = space_to_depth(images.astype(self.cfg.dtype), self.cfg.factor)  # [B, h, w, f*f*C]
         mean = jnp.einsum("bhwd,dc->bhwc", x, self.proj[...].astype(self.cfg.dtype)).astype(jnp.float32)
         return DiagonalGaussian(mean=mean, logvar=jnp.full_like(mean, self.cfg.posterior_logvar))
 
     def decode(self, z: jax.Array) -> jax.Array:
         """z [B, h, w, C_lat] raw latents -> images [B, h*f, w*f, C_out] (projection onto the image subspace)."""
-        _check(z, self.cfg.latent_channels, 1, "PixelAutoencoder.decode: latents")
+        check_nhwc(z, self.cfg.latent_channels, 1, "PixelAutoencoder.decode: latents")
         dec = _decode_matrix(self.proj[...].astype(jnp.float32), self.cfg.basis).astype(self.cfg.dtype)
         x = jnp.einsum("bhwc,dc->bhwd", z.astype(self.cfg.dtype), dec)
         return depth_to_space(x, self.cfg.factor)  # [B, H, W, C]
@@ -189,20 +192,6 @@ class PixelAutoencoder(nnx.Module):
         """Reconstruction: encode, sample (or the mean when key is None), decode."""
         post = self.encode(images)
         return self.decode(post.mode() if key is None else post.sample(key))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, *, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32) -> "PixelAutoencoder":
-        return load(folder, dtype=dtype, param_dtype=param_dtype)
-
-
-def _check(x: jax.Array, channels: int, multiple: int, what: str) -> None:
-    shape = tuple(x.shape)
-    if len(shape) != 4 or shape[-1] != channels:
-        hint = " (looks NCHW: transpose to NHWC)" if len(shape) == 4 and shape[1] == channels else ""
-        raise ValueError(f"{what}: expected NHWC [B, H, W, {channels}], got shape {shape}{hint}")
-    if shape[1] % multiple or shape[2] % multiple:
-        raise ValueError(f"{what}: H, W = {shape[1:3]} must be multiples of {multiple} (the space-to-depth factor)")
 
 
 def _check_uint8(images_uint8: np.ndarray, what: str) -> None:
@@ -231,32 +220,26 @@ def fit(cfg: PixelAEConfig, images_uint8: np.ndarray) -> PixelAutoencoder:
 
 
 def save(ae: PixelAutoencoder, out_dir: str | os.PathLike) -> None:
-    """Writes `out_dir` as a converted VAE checkpoint (kind "vae", `conversion.common` format)."""
-    from dualfashion_jax.conversion import common
-
-    common.save_converted(out_dir, kind="vae", config=ae.cfg.to_dict(), params=common.flat_params(ae),
-                          extra={"note": f"space-to-depth pixel autoencoder, {ae.cfg.basis} basis "
-                                         "(demo stand-in for the SD3 VAE)"})
+    """Writes `out_dir` as a converted VAE checkpoint (kind "vae", `core.converted` format)."""
+    converted.save_converted(out_dir, kind="vae", config=ae.cfg.to_dict(), params=core_params.flat_params(ae),
+                             extra={"note": f"space-to-depth pixel autoencoder, {ae.cfg.basis} basis "
+                                            "(demo stand-in for the SD3 VAE)"})
 
 
 def load(folder: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> PixelAutoencoder:
     """Reads a checkpoint written by `save`; the projection is checked against the config's seed."""
-    import pathlib
-
-    from dualfashion_jax.conversion import common
-
-    meta, flat = common.load_converted(folder, kind="vae")
+    meta, flat = converted.load_converted(folder, kind="vae")
     src = str(pathlib.Path(folder) / "config.json")
     cfg = PixelAEConfig.from_dict({**meta["config"], "dtype": jnp.dtype(dtype or jnp.float32).name,
                                    "param_dtype": jnp.dtype(param_dtype or jnp.float32).name}, source=src)
     placeholder = None if cfg.basis == "orthonormal" else np.zeros((cfg.pixel_channels, cfg.latent_channels))
     ae = PixelAutoencoder(cfg, proj=placeholder)
-    common.validate(flat, common.abstract_params(lambda: PixelAutoencoder(cfg, proj=placeholder)), source=str(folder))
+    seeded = np.asarray(ae.proj[...], np.float32)
+    core_params.load_flat_into(ae, flat, source=str(folder))  # validates the keys and shapes first
     w = np.asarray(flat["proj"], np.float32)
-    if cfg.basis == "orthonormal" and not np.allclose(w, np.asarray(ae.proj[...], np.float32), atol=1e-6):
+    if cfg.basis == "orthonormal" and not np.allclose(w, seeded, atol=1e-6):
         raise ValueError(f"{folder}: params/proj differs from the projection of seed {cfg.seed} in {src}")
     gram = w.T.astype(np.float64) @ w
     if cfg.basis == "pca" and not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-4 * np.abs(gram).max()):
         raise ValueError(f"{folder}: params/proj of a 'pca' basis must have orthogonal columns (W^T W diagonal)")
-    common.load_flat_into(ae, flat)
     return ae

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import jax
@@ -234,18 +233,6 @@ class T5Encoder(nnx.Module):
             for i in range(self.cfg.num_layers):
                 x = _layer(self.blocks, i)(x, bias)
         return act.constrain(self.final_norm(x), act.RESIDUAL)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                        mask_emb: str | os.PathLike | None = None, mask_token_id: int = 32099) -> "T5Encoder":
-        """Loads a transformers `T5EncoderModel` folder (converted on the fly) or a converted checkpoint ("t5").
-
-        `mask_emb` optionally overwrites embedding row `mask_token_id` (spec §1.3's aligned mask vector).
-        """
-        from dualfashion_jax.conversion import t5 as conv
-
-        return conv.load(folder, dtype=dtype, param_dtype=param_dtype, mask_emb=mask_emb,
-                         mask_token_id=mask_token_id)
 
 
 def _layer(blocks: T5Block, i: int) -> T5Block:

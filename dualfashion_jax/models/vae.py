@@ -7,7 +7,6 @@ VAEs. The model-space latent scaling lives in ONE helper pair: `to_model_latents
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -170,7 +169,7 @@ class AutoencoderKL(nnx.Module):
 
     def encode(self, images: jax.Array) -> DiagonalGaussian:
         """images [B, H, W, C_in] in [-1, 1] (H, W multiples of the x8 factor) -> posterior over [B, H/8, W/8, C]."""
-        _check_nhwc(images, self.cfg.in_channels, self.cfg.downsample_factor, "AutoencoderKL.encode: images")
+        check_nhwc(images, self.cfg.in_channels, self.cfg.downsample_factor, "AutoencoderKL.encode: images")
         moments = self.encoder(images.astype(self.cfg.dtype))  # [B, h, w, 2 C_lat]
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
@@ -178,7 +177,7 @@ class AutoencoderKL(nnx.Module):
 
     def decode(self, z: jax.Array) -> jax.Array:
         """z [B, h, w, C_lat] raw (unscaled) latents -> images [B, 8h, 8w, C_out] in ~[-1, 1] (compute dtype)."""
-        _check_nhwc(z, self.cfg.latent_channels, 1, "AutoencoderKL.decode: latents")
+        check_nhwc(z, self.cfg.latent_channels, 1, "AutoencoderKL.decode: latents")
         z = z.astype(self.cfg.dtype)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
@@ -189,22 +188,15 @@ class AutoencoderKL(nnx.Module):
         post = self.encode(images)
         return self.decode(post.mode() if key is None else post.sample(key))
 
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, *, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32) -> "AutoencoderKL":
-        """Loads a diffusers AutoencoderKL folder (converted on the fly) or a converted checkpoint ("vae")."""
-        from dualfashion_jax.conversion import vae as conv
 
-        return conv.load(folder, dtype=dtype, param_dtype=param_dtype)
-
-
-def _check_nhwc(x: jax.Array, channels: int, multiple: int, what: str) -> None:
+def check_nhwc(x: jax.Array, channels: int, multiple: int, what: str, why: str = "the VAE's downsampling") -> None:
+    """ValueError naming `what` unless x is [B, H, W, channels] with H, W multiples of `multiple` (`why`)."""
     shape = tuple(x.shape)
     if len(shape) != 4 or shape[-1] != channels:
         hint = " (looks NCHW: transpose to NHWC)" if len(shape) == 4 and shape[1] == channels else ""
         raise ValueError(f"{what}: expected NHWC [B, H, W, {channels}], got shape {shape}{hint}")
     if shape[1] % multiple or shape[2] % multiple:
-        raise ValueError(f"{what}: H, W = {shape[1:3]} must be multiples of {multiple} (the VAE's downsampling)")
+        raise ValueError(f"{what}: H, W = {shape[1:3]} must be multiples of {multiple} ({why})")
 
 
 def encode_images(ae: AutoencoderKL, images: jax.Array, key: jax.Array | None = None,

@@ -19,7 +19,6 @@ import ml_collections as mlc
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding)
 from dualfashion_jax.perf import step as bench_step
 from dualfashion_jax.diffusion import stages
 from dualfashion_jax.generation import bundle as bundle_lib, conditioning as cond, sampling as gen_sampling

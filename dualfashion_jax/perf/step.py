@@ -17,7 +17,6 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-import dualfashion_jax.models  # noqa: F401  (switches off eager sharding)
 from dualfashion_jax.models import mmdit
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib

@@ -15,6 +15,8 @@ import pathlib
 import sys
 import types
 
+from dualfashion_jax.reference import torchvision_shim
+
 _CACHE: dict[str, types.ModuleType] = {}
 
 
@@ -23,8 +25,6 @@ class OpenClipUnavailable(ImportError):
 
 
 def _frozen_bn_module() -> types.ModuleType:
-    from dualfashion_jax.reference import torchvision_shim
-
     misc_src = torchvision_shim.torchvision_source_dir() / "torchvision" / "ops" / "misc.py"
     mod = types.ModuleType("torchvision.ops.misc")
     if misc_src.is_file():

@@ -15,7 +15,7 @@ import pathlib
 import sys
 import types
 
-from dualfashion_jax.conversion.evaluator_nets import material_dir
+from dualfashion_jax.evaluators.nets.weights import material_dir
 
 TORCHVISION_VERSION = "0.28.0"
 

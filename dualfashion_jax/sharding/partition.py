@@ -16,6 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.core.keys import key_str
 from dualfashion_jax.sharding import rules as rules_lib
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,7 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: rules_lib.Rule
     logical = nnx.get_partition_spec(abstract_state)
 
     def one(path, leaf, spec):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        return NamedSharding(mesh, mesh_spec(spec, leaf.shape, mesh, rules, name))
+        return NamedSharding(mesh, mesh_spec(spec, leaf.shape, mesh, rules, key_str(path)))
 
     return jax.tree_util.tree_map_with_path(one, abstract_state, logical)
 
@@ -129,16 +130,10 @@ def put_global_tree(tree: Any, shardings: Any) -> Any:
 def place_flat(abstract_state: nnx.State, shardings: nnx.State, flat: Mapping[str, np.ndarray],
                source: str) -> nnx.State:
     """Puts converted flat params ({"a/b/kernel": array}) on their shards; keys/shapes validated first."""
-    from dualfashion_jax.conversion import common
-
-    def key(path):
-        parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
-
-    expected = {key(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)}
-    common.validate(dict(flat), expected, source=source)
-    return jax.tree_util.tree_map_with_path(
-        lambda p, leaf, sh: put_global(np.asarray(flat[key(p)], dtype=leaf.dtype), sh), abstract_state, shardings)
+    by_key = core_params.flat_view(shardings)
+    return core_params.state_from_flat(
+        abstract_state, flat, source=source,
+        place=lambda key, host, leaf: put_global(np.asarray(host, dtype=leaf.dtype), by_key[key]))
 
 
 def sharded_init(init_fn: Callable[[], Any], out_shardings: Any) -> Any:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
 
 CAPTION_KEYS = ("Color", "Material", "Design features", "Clothing Fashion Style")
 MASK_TOKEN = "<extra_id_0>"
@@ -180,7 +182,7 @@ class CaptionTokenizer:
             raise TokenizerError(f"tokenizer directory {p} not found (expected spiece.model and/or tokenizer.json)")
         if not any((p / f).is_file() for f in ("spiece.model", "tokenizer.json")):
             raise TokenizerError(f"{p}: neither spiece.model nor tokenizer.json present")
-        from transformers import T5Tokenizer
+        from transformers import T5Tokenizer  # local: transformers takes ~1 s to import; only loading needs it
 
         try:
             tok = T5Tokenizer.from_pretrained(str(p))
@@ -269,8 +271,6 @@ class CaptionTokenizer:
 # ------------------------------------------------------------------------------------- sentencepiece user symbols
 def spm_user_symbols(spiece: str | os.PathLike) -> list[tuple[int, str]]:
     """(id, piece) of every USER_DEFINED piece of a sentencepiece model file."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     proto = pb.ModelProto()
     proto.ParseFromString(Path(spiece).read_bytes())
     return [(i, p.piece) for i, p in enumerate(proto.pieces) if p.type == pb.ModelProto.SentencePiece.USER_DEFINED]
@@ -284,7 +284,7 @@ def register_user_symbols(hf_tokenizer, spiece: str | os.PathLike) -> None:
     apart. Registering them here gives identical ids whatever the version; TokenizerError if one then is not
     exactly one token of its own id.
     """
-    from transformers import AddedToken
+    from transformers import AddedToken  # local: transformers takes ~1 s to import
 
     path = Path(spiece)
     if not path.is_file():
@@ -313,8 +313,6 @@ def _bpe_as_fewest_pieces_unigram(model: bytes) -> bytes:
     score; BPE scores are minus the merge rank, so it preferred short early pieces ("black" -> "b", "la", "ck")
     over the learned words. With equal scores both sentencepiece and transformers pick the fewest pieces.
     """
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     proto = pb.ModelProto()
     proto.ParseFromString(model)
     proto.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
@@ -341,8 +339,7 @@ def build_test_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, *, vo
     caption takes ~23 tokens instead of ~38. They are added tokens (`register_user_symbols`): the text is split
     at them and every chunk gets the word marker, so the model is trained on those chunks ('▁word' pieces).
     """
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
+    from transformers import T5Tokenizer  # local: transformers takes ~1 s to import; only loading/building needs it
 
     texts = [t for t in texts if t]
     if not texts:

@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dualfashion_jax.modeling.params import CorruptCheckpointWarning, state_metadata
+from dualfashion_jax.core.keys import key_str
 from dualfashion_jax.training.workdir import ConfigMismatchError
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,12 @@ def has_checkpoints(workdir: str | os.PathLike) -> bool:
     return os.path.isdir(root) and any(d.isdigit() for d in os.listdir(root))
 
 
-def _path_key(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def shape_mismatches(saved_tree: Any, target: Any) -> list[str]:
     """'path: checkpoint shape vs config shape' for every array both sides have with different shapes (a missing
     array is left to the restore: damaged metadata of a partial save lists fewer arrays, like a corrupt step)."""
-    saved = {_path_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(saved_tree)
+    saved = {key_str(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(saved_tree)
              if hasattr(v, "shape")}
-    want = {_path_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
+    want = {key_str(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
     return [f"{k}: checkpoint {saved[k]} vs config {want[k]}" for k in sorted(set(saved) & set(want))
             if saved[k] != want[k]]
 

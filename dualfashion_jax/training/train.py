@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dualfashion_jax.data import keys as K
 from dualfashion_jax.modeling import frozen as frozen_lib, params as params_lib
 from dualfashion_jax.modeling.transformer import MODEL_CONFIG
+from dualfashion_jax.core import keys
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
 from dualfashion_jax.training import workdir as workdir_lib
@@ -39,19 +40,17 @@ class NonFiniteLossError(FloatingPointError):
 
 def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.State, list[str]]:
     """Copies every loaded param whose path and shape match into `fresh`; returns the paths kept fresh."""
-    flat_loaded = {tuple(map(str, k)): v for k, v in _flatten(loaded)}
+    flat_loaded = keys.flatten(loaded)
     kept, mismatched = [], []
 
     def one(path, x):
-        key = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+        key = keys.key_str(path)
         v = flat_loaded.get(key)
         if v is None:
-            v = flat_loaded.get(key + ("value",))
-        if v is None:
-            kept.append("/".join(key))
+            kept.append(key)
             return x
         if tuple(v.shape) != tuple(x.shape):
-            mismatched.append(f"{'/'.join(key)}: checkpoint {tuple(v.shape)} vs model {tuple(x.shape)}")
+            mismatched.append(f"{key}: checkpoint {tuple(v.shape)} vs model {tuple(x.shape)}")
             return x
         return partition.put_global(np.asarray(v, dtype=x.dtype), x.sharding)  # multi-host too
 
@@ -62,14 +61,6 @@ def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.S
     if len(kept) == len(jax.tree.leaves(fresh)):
         raise ValueError(f"config.init_from={source}: no parameter matched the model (wrong stage/size?)")
     return merged, kept
-
-
-def _flatten(tree, prefix=()):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten(v, prefix + (k,))
-    else:
-        yield prefix, tree
 
 
 @dataclasses.dataclass

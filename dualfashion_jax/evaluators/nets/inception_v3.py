@@ -2,7 +2,7 @@
 
 Same parameter layout as `torchvision.models.Inception3(num_classes=50, aux_logits=True, transform_input=True)`,
 so DiFashion's `Inception-finetune-epoch300` state dict converts key-for-key
-(`conversion/evaluator_nets.py`). Inference is eval mode: the aux head's weights are carried (they must
+(`evaluators/nets/weights.py`). Inference is eval mode: the aux head's weights are carried (they must
 convert) but it only runs when asked for (`with_aux=True`). Inputs are images in [-1, 1] at 299x299
 (`preprocess.inception_input`); `transform_input` re-maps them to ImageNet normalisation as torchvision does.
 """

@@ -14,9 +14,14 @@ import shutil
 from typing import Any, Mapping
 
 import numpy as np
+from flax import nnx
 
-from dualfashion_jax.conversion.common import (ConversionError, abstract_params, load_converted, load_flat_into,
-                                               read_weights, save_converted, validate)
+from dualfashion_jax.conversion.common import read_weights
+from dualfashion_jax.core.converted import load_converted, save_converted
+from dualfashion_jax.core.params import ConversionError, abstract_params, module_from_flat, validate
+from dualfashion_jax.evaluators.nets.clip_text import CLIP, CLIPConfig, CLIPTextConfig
+from dualfashion_jax.evaluators.nets.clip_tokenizer import find_bpe_file
+from dualfashion_jax.evaluators.nets.clip_vit import CLIPVisionConfig
 
 KIND = "open_clip"
 _BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
@@ -75,9 +80,6 @@ def convert_state_dict(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def infer_config(sd: Mapping[str, np.ndarray], vision_heads: int | None = None, text_heads: int | None = None):
     """CLIPConfig from tensor shapes. Head counts are not visible in shapes: by default they follow open_clip's
     head width (vision 80 for width 1280 = ViT-H, else 64; text 64); pass them for other models."""
-    from dualfashion_jax.evaluators.nets.clip_text import CLIPConfig, CLIPTextConfig
-    from dualfashion_jax.evaluators.nets.clip_vit import CLIPVisionConfig
-
     sd = _strip_prefix(sd)
     need = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj", "token_embedding.weight",
             "positional_embedding", "text_projection")
@@ -100,10 +102,6 @@ def infer_config(sd: Mapping[str, np.ndarray], vision_heads: int | None = None, 
 
 
 def _factory(config):
-    from flax import nnx
-
-    from dualfashion_jax.evaluators.nets.clip_text import CLIP
-
     return lambda: CLIP(config, rngs=nnx.Rngs(0))
 
 
@@ -129,10 +127,6 @@ def load_clip(path: str | os.PathLike, dtype=None, config=None):
     """A converted dir (config.json kind 'open_clip') or a raw open_clip file -> (CLIP model, config, source).
 
     `config` overrides the shape-inferred one for raw files (needed when head counts differ from open_clip's)."""
-    from flax import nnx
-
-    from dualfashion_jax.evaluators.nets.clip_text import CLIP, CLIPConfig
-
     p = pathlib.Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         meta, flat = load_converted(p, kind=KIND)
@@ -141,14 +135,11 @@ def load_clip(path: str | os.PathLike, dtype=None, config=None):
     else:
         config, flat = convert_checkpoint(p, config)
         source = str(p)
-    validate(flat, abstract_params(_factory(config)), source=str(p))
     if dtype is not None:
         config = config.with_dtype(dtype)
 
     # Fill an abstract model: eager random init of ViT-H-14 would cost minutes of CPU for nothing.
-    model = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
-    load_flat_into(model, flat)
-    return model, config, source
+    return module_from_flat(_factory(config), flat, source=str(p)), config, source
 
 
 def convert(src: str | os.PathLike, out_dir: str | os.PathLike, *, vision_heads: int | None = None,
@@ -156,8 +147,6 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, *, vision_heads:
     """open_clip weights file -> converted dir (params + config.json + the CLIP BPE file when it can be found).
 
     Signature matches the other `conversion/*.convert` functions (for `dualfashion-jax convert`)."""
-    from dualfashion_jax.evaluators.nets.clip_tokenizer import find_bpe_file
-
     sd = read_weights(src)
     config, flat = convert_checkpoint(src, infer_config(sd, vision_heads, text_heads))
     try:

