@@ -4,12 +4,8 @@ Nothing in a dataset folder is pickled: numeric tables are `.npz` read with `all
 else is JSON. Both the real-data converter (`data/difashion.py`) and the synthetic generator write through
 `DatasetWriter`; everything downstream reads through `SafeDataset`, which checks each file's structure
 (keys, dtypes, shapes, id ranges) as it loads it and raises `FormatError` naming the file and field.
-Cross-file consistency (ids resolve, categories agree, FITB rows align) lives in `data/validate.py`.
-
-Layout:
-  meta.json, categories.json, items.npz, image_paths.json, images/,
-  splits/{<split>.npz, fitb_<split>.npz, fitb_<split>_candidates.npz, <split>_history.json},
-  text/{item_info.json, <split>_preference.json, stage1.json, augmented.json}, latents/ (encode-latents)
+Cross-file consistency (ids resolve, categories agree, FITB rows align) lives in `data/validate.py`. The
+folder layout (meta, items, splits/, text/, latents/) is drawn in docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
