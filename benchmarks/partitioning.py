@@ -63,8 +63,8 @@ def _child(a) -> int:
     for layers in a.layers.split(","):
         for program in a.programs.split(","):
             for mode in a.modes.split(","):
-                if mode == "fsdp_tp" and n == 1:
-                    continue
+                if mode == "fsdp_tp" and (n == 1 or program == "generation"):
+                    continue  # generation shards params dp | fsdp only (`generate --param-sharding`)
                 w = workload(a.workload, n, a.per_device_batch, layers, a.dtype)
                 mesh = mesh_lib.make_mesh(mesh_sizes(mode, n))
                 t0 = time.perf_counter()
