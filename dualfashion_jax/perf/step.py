@@ -1,4 +1,5 @@
-"""A synthetic DualMMDiT train step (the real sharded/jitted step, random latents + "T5" states) for perf tools.
+"""A synthetic DualMMDiT train step for perf tools: training's own state spec (`train.build_state_spec`) and
+jitted, sharded step (`training/step.py`) on random latents + "T5" states; only the batch is synthetic.
 
 One optimizer update (AdamW, clip 2.0, EMA) on a rectified-flow x0 loss (image head) + cross-entropy over
 the text head on the first `text_logits_len` text tokens. Frozen encoders and data are excluded by design
@@ -15,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
-from flax import nnx
 
+from dualfashion_jax.diffusion import flow, losses
 from dualfashion_jax.models import mmdit
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
-from dualfashion_jax.training import optim, step as step_lib
+from dualfashion_jax.training import step as step_lib, tasks, train
 
 OPTIM = dict(lr=3e-5, warmup_steps=2000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, clip_norm=2.0,
              ema_decay=0.9999, ema_start_step=0)
@@ -46,33 +47,24 @@ class StepShape:
 
 
 def loss_fn(model, frozen, b, key, *, kept: int):
-    """x0-space flow loss on the image head + 0.2 * CE on the first `kept` text logits (both heads run)."""
+    """x0-space flow loss on the image head + 0.2 * CE on the first `kept` text logits (both heads run); the
+    flow terms are diffusion/'s own (`flow.add_noise`, `losses.flow_x0_loss`)."""
     del frozen
     x0 = b["latents"]  # [B, H, W, C]
     sigma = jax.random.uniform(key, (x0.shape[0],))
-    s = sigma[:, None, None, None]
-    x_in = (1 - s) * x0 + s * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+    x_in = flow.add_noise(x0, jax.random.normal(jax.random.fold_in(key, 1), x0.shape), sigma)
     v, logits = model(x_in, b["txt"], sigma * 1000.0, text_logits_len=kept)  # logits [B, kept, V]
-    l_img = jnp.mean(jnp.square(x_in - s * v.astype(jnp.float32) - x0))
+    l_img = jnp.mean(losses.flow_x0_loss(v, x_in, x0, sigma))
     ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), b["ids"][:, :kept, None], -1))
     return l_img + 0.2 * ce, {}
 
 
-def _setup(cfg: MMDiTConfig, mesh, rules_name: str):
-    factory = lambda: mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))  # noqa: E731
-    graphdef, ap, ar = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
-    ocfg = mlc.ConfigDict(OPTIM)
-    tx, sched = optim.make_optimizer(ocfg)
-    r = rules_lib.get(rules_name)
-    psh = partition.state_shardings(ap, mesh, r)
-    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    ssh = {"params": psh, "rest": partition.state_shardings(ar, mesh, r),
-           "opt": partition.opt_state_shardings(tx, ap, psh, mesh), "ema": psh, "step": rep, "rng": rep}
-
-    def init():
-        return step_lib.init_state(*nnx.split(factory(), nnx.Param, ...)[1:], tx, 0, True)
-
-    return graphdef, tx, sched, ocfg, ssh, init
+def _setup(cfg: MMDiTConfig, shape: StepShape, mesh, rules_name: str) -> train.StateSpec:
+    """The train state exactly as `training/train.py` builds it (`build_state_spec`) for this model."""
+    config = mlc.ConfigDict({"seed": 0, "total_steps": 0, "optim": OPTIM})
+    task = tasks.Task(model_factory=lambda rngs: mmdit.DualMMDiT(cfg, rngs=rngs), frozen={},
+                      loss_fn=lambda *a: loss_fn(*a, kept=shape.kept), make_data=None, global_batch=shape.batch)
+    return train.build_state_spec(config, task, mesh, rules_lib.get(rules_name))
 
 
 def _batch_shapes(cfg: MMDiTConfig, shape: StepShape) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -91,12 +83,13 @@ def build(cfg: MMDiTConfig, shape: StepShape, *, rules_name: str = "fsdp", mesh=
     """(jitted step, abstract state, abstract batch, init_fn, mesh) for the synthetic step on `mesh`."""
     mesh = mesh if mesh is not None else make_mesh(rules_name)
     partition.check_batch_divisible(shape.batch, mesh, "StepShape.batch")
-    graphdef, tx, sched, ocfg, ssh, init = _setup(cfg, mesh, rules_name)
+    spec = _setup(cfg, shape, mesh, rules_name)
+    ssh, init = spec.shardings, spec.init
     fn = step_lib.jit_step(
-        step_lib.make_step_fn(graphdef, {}, lambda *a: loss_fn(*a, kept=shape.kept), tx, sched, ocfg, 1, mesh),
+        step_lib.make_step_fn(spec.graphdef, {}, lambda *a: loss_fn(*a, kept=shape.kept), spec.tx, spec.schedule,
+                              mlc.ConfigDict(OPTIM), 1, mesh),
         ssh, partition.batch_sharding(mesh), {}, mesh)
-    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                  jax.eval_shape(init), ssh)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), spec.abstract, ssh)
     bsh = partition.batch_sharding(mesh)
     abstract_batch = {k: jax.ShapeDtypeStruct(s, d, sharding=bsh) for k, (s, d) in _batch_shapes(cfg, shape).items()}
     return fn, abstract_state, abstract_batch, lambda: partition.sharded_init(init, ssh), mesh
