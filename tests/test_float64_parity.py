@@ -1,9 +1,14 @@
 """Project fp32 vs a float64 PyTorch reference at odd configs: every output at the fp32 noise floor.
 
 The reference is the torch model in float64 (diffusers computes the timestep sinusoid in float32 even then,
-so both sides share that table). Tolerance: max |ours - ref64| <= 3e-5 x std(ref64), or FLOOR_FACTOR x the
-reference's own fp32 error where that floor is itself above 3e-5 / FLOOR_FACTOR (printed with -s).
+so both sides share that table). Bound: max |ours - ref64| <= 3e-5 x std(ref64) for every output, with the
+transformer's weights ~N(0, 0.2), a scale where the reference's own fp32 error is <= 6e-6 x std. At N(0, 0.3)
+the trunk is chaotic (gates ~3-10, attention logits ~80): there +-1 ulp on the fp32 weights and inputs moves the
+float64 output by up to 1.7e-4 x std, so any fp32 arithmetic (torch's included) lands there; that config is
+checked against that measured sensitivity (`test_transformer_chaotic_config`). Figures print with -s.
 """
+import copy
+
 import numpy as np
 import pytest
 
@@ -13,6 +18,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from dualfashion_jax.conversion import mmdit as conv, t5 as t5_conv, vae as vae_conv  # noqa: E402
 from dualfashion_jax.modeling import api  # noqa: E402
@@ -20,9 +26,10 @@ from dualfashion_jax.models import embeddings, mmdit_config, t5, vae  # noqa: E4
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 REL_TOL = 3e-5
-# At N(0, 0.3) weights the trunk is chaotic (attention logits ~80, saturated softmax): the reference's own fp32
-# error on the raw null-token stream reaches 4e-5 x std. There we allow FLOOR_FACTOR x that measured floor.
-FLOOR_FACTOR = 3.5
+WEIGHT_SCALE = 0.2    # well conditioned: reference fp32 floor <= 6e-6 x std over 6 seeds, ours <= 1.3e-5
+CHAOTIC_SCALE = 0.3   # the issue's config: the reference's own fp32 error reaches 2.8e-4 x std on some seeds
+# Chaotic config: ours <= CHAOS_FACTOR x max(reference fp32 error, float64 move under +-1 ulp of weights, inputs).
+CHAOS_FACTOR = 2.0
 
 
 def _err(got, ref64):
@@ -34,8 +41,7 @@ def _err(got, ref64):
 def _check(got, ref32, ref64, what):
     ours, floor = _err(got, ref64), _err(ref32, ref64)
     print(f"{what}: ours {ours:.2e}  reference fp32 {floor:.2e}  (max abs err / std of the float64 output)")
-    assert ours <= max(REL_TOL, FLOOR_FACTOR * floor), (
-        f"{what}: max abs err {ours:.3g} x std > max({REL_TOL}, {FLOOR_FACTOR} x reference fp32 floor {floor:.3g})")
+    assert ours <= REL_TOL, f"{what}: max abs err {ours:.3g} x std > {REL_TOL} (reference fp32: {floor:.3g})"
 
 
 def test_timestep_frequencies_equal_diffusers():
@@ -50,10 +56,30 @@ def test_timestep_frequencies_equal_diffusers():
     np.testing.assert_array_equal(embeddings.timestep_frequencies(256), half)
 
 
+def test_timestep_mlp_rounding_below_torch():
+    """The root cause of the residual gap: one XLA CPU dot over the 256 timestep features rounded temb ~1.5x worse
+    than torch's sgemm, and every AdaLN gate amplifies temb; the partial-sum contraction is below torch's error."""
+    cfg = mmdit_config.get("tiny", num_layers=1, num_heads=3, head_dim=8)
+    errs = []
+    for seed in range(6):
+        emb = embeddings.TimestepEmbedder(cfg, rngs=nnx.Rngs(seed))
+        w = 0.3 * np.random.default_rng(seed).standard_normal((256, cfg.hidden_size)).astype(np.float32)
+        emb.linear_1.kernel[...] = jnp.asarray(w)
+        t = np.array([3.0, 517.0, 999.0], np.float32)
+        feats = np.array(embeddings.timestep_features(jnp.asarray(t), 256))
+        want = feats.astype(np.float64) @ w.astype(np.float64)
+        got = jax.jit(lambda m, f: m._linear_1(f))(emb, jnp.asarray(feats))
+        theirs = (torch.from_numpy(feats) @ torch.from_numpy(w)).numpy()
+        errs.append([np.sqrt(np.mean((np.asarray(a, np.float64) - want) ** 2)) / want.std() for a in (got, theirs)])
+    ours, torch_err = np.mean(errs, axis=0)
+    print(f"timestep linear_1 RMS error / std: ours {ours:.2e}  torch fp32 {torch_err:.2e}")
+    assert ours < torch_err
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Transformer: 3 layers, 3 heads x 8, patch 2, 6x10 latents, 7 text tokens, vocab 37, weights ~ N(0, 0.3).
+# Transformer: 3 layers, 3 heads x 8, patch 2, 6x10 latents, 7 text tokens, vocab 37, weights ~ N(0, scale).
 # ----------------------------------------------------------------------------------------------------------
-def _mmdit(variant):
+def _mmdit(variant, scale):
     from dualfashion_jax.reference import torch_mmdit
 
     cfg = mmdit_config.get("tiny", num_layers=3, num_heads=3, head_dim=8, patch_size=2, sample_size=6,
@@ -63,7 +89,7 @@ def _mmdit(variant):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in ref.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            p.copy_(scale * torch.randn(p.shape, generator=g))
     weights = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
     cfg2 = conv.config_from_diffusers(dict(ref.config), weights, source=variant, notes=[])
     ours = api.DualFashionTransformer(conv.model_from_flat(cfg2, conv.convert_weights(weights, cfg2, source=variant)))
@@ -76,27 +102,28 @@ def _mmdit(variant):
 
 @pytest.fixture(scope="module", params=["mlp", "gor_projector"])
 def mmdit_case(request):
-    return _mmdit(request.param)
+    return _mmdit(request.param, WEIGHT_SCALE)
 
 
 T_CASES = {"t=3,517,999": [3.0, 517.0, 999.0], "t=0": [0.0, 0.0, 0.0], "t=731,250,40": [731.0, 250.0, 40.0]}
+
+
+def _outputs(model, x, txt, t):
+    """(velocity, joint logits, null tokens, text-only logits) of either model."""
+    with torch.no_grad():
+        return (*model(x, txt, t), *model(None, txt, t))
+
+
+OUTPUTS = ("image velocity", "joint text logits", "text-only trunk null tokens", "text-only text logits")
 
 
 @pytest.mark.parametrize("ts", sorted(T_CASES))
 def test_transformer_outputs(mmdit_case, ts):
     ref, ref64, ours, x, txt = mmdit_case
     t = torch.tensor(T_CASES[ts])
-    with torch.no_grad():
-        v64, l64 = ref64(x.double(), txt.double(), t.double())
-        v32, l32 = ref(x, txt, t)
-        n64, tl64 = ref64(None, txt.double(), t.double())
-        n32, tl32 = ref(None, txt, t)
-    v, logits = ours(x, txt, t)
-    null, text_only = ours(None, txt, t)
-    _check(v, v32, v64, f"image velocity {ts}")
-    _check(logits, l32, l64, f"joint text logits {ts}")
-    _check(null, n32, n64, f"text-only trunk null tokens {ts}")
-    _check(text_only, tl32, tl64, f"text-only text logits {ts}")
+    want = _outputs(ref64, x.double(), txt.double(), t.double())
+    for name, got, r32, r64 in zip(OUTPUTS, ours(x, txt, t) + ours(None, txt, t), _outputs(ref, x, txt, t), want):
+        _check(got, r32, r64, f"{name} {ts}")
 
 
 def test_transformer_stage2_inputs(mmdit_case):
@@ -117,6 +144,36 @@ def test_transformer_stage2_inputs(mmdit_case):
         v32, _ = ref(x_in, txt, t)
     v, _ = ours(x_in, txt, t)
     _check(v, v32, v64, f"stage-2 image velocity ({variant})")
+
+
+def _ulp_nudge(a: torch.Tensor, rng) -> torch.Tensor:
+    """fp32 `a` moved by one ulp up or down per element (random signs), as float64."""
+    a = a.detach().float().numpy()
+    step = np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf).astype(np.float32)
+    return torch.from_numpy(np.asarray(np.nextafter(a, step), np.float32).reshape(a.shape)).double()
+
+
+@pytest.mark.parametrize("variant", ["mlp", "gor_projector"])
+def test_transformer_chaotic_config(variant):
+    """N(0, 0.3): ours within CHAOS_FACTOR x the reference's own fp32 error or its move under +-1 ulp on every weight
+    and input (the same size as the gap: e.g. gor null tokens t=731,250,40: ours 5.4e-5, ulp moves 3.4e-5..1.7e-4)."""
+    ref, ref64, ours, x, txt = _mmdit(variant, CHAOTIC_SCALE)
+    rng = np.random.default_rng(0)
+    nudged = []
+    for _ in range(2):
+        m = copy.deepcopy(ref64)
+        m.load_state_dict({k: _ulp_nudge(v, rng) for k, v in ref.state_dict().items()})
+        nudged.append((m, _ulp_nudge(x, rng), _ulp_nudge(txt, rng)))
+    for ts, tv in sorted(T_CASES.items()):
+        t = torch.tensor(tv)
+        want = _outputs(ref64, x.double(), txt.double(), t.double())
+        moves = [_outputs(m, xn, tn, t.double()) for m, xn, tn in nudged]
+        got = ours(x, txt, t) + ours(None, txt, t)
+        for j, (name, r32) in enumerate(zip(OUTPUTS, _outputs(ref, x, txt, t))):
+            e, floor = _err(got[j], want[j]), _err(r32, want[j])
+            move = max(_err(mv[j], want[j]) for mv in moves)
+            print(f"chaotic {variant} {name} {ts}: ours {e:.2e}  reference fp32 {floor:.2e}  1-ulp move {move:.2e}")
+            assert e <= max(REL_TOL, CHAOS_FACTOR * max(floor, move)), f"{name} {ts}: {e:.3g} x std"
 
 
 # ----------------------------------------------------------------------------------------------------------
