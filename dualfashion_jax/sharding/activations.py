@@ -93,13 +93,20 @@ def constrain_batch(x: jax.Array, name: str = "activation") -> jax.Array:
     return constrain(x, (axes.ACT_BATCH,) + (None,) * (x.ndim - 1), name)
 
 
-def constrain_weight(w: jax.Array, logical: Sequence[str | None], name: str = "weight") -> jax.Array:
-    """`w` pinned to the layout its (parameter) logical names map to under the current mesh/rules, else `w`
-    (rules without those names, no mesh). E.g. an embedding table gathered over fsdp before a batch-local lookup."""
+def _weight_sharding(w: jax.Array, logical: Sequence[str | None], name: str) -> NamedSharding | None:
+    """The layout a weight's (parameter) logical names map to under the current mesh/rules; None without a mesh
+    or when the rules do not name its axes (e.g. the activation-only default table)."""
     mesh, rules = _mesh(), current_rules()
     if mesh is None or any(n is not None and n not in rules for n in logical):
-        return w
-    return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, spec_for(w.shape, logical, mesh, rules, name)))
+        return None
+    return NamedSharding(mesh, spec_for(w.shape, logical, mesh, rules, name))
+
+
+def constrain_weight(w: jax.Array, logical: Sequence[str | None], name: str = "weight") -> jax.Array:
+    """`w` pinned to its parameter layout (else `w`): e.g. an embedding table gathered over fsdp before a
+    batch-local lookup."""
+    sharding = _weight_sharding(w, logical, name)
+    return w if sharding is None else jax.lax.with_sharding_constraint(w, sharding)
 
 
 def cast_weight(w: jax.Array, logical: Sequence[str | None], dtype) -> jax.Array:
@@ -111,11 +118,8 @@ def cast_weight(w: jax.Array, logical: Sequence[str | None], dtype) -> jax.Array
     """
     if dtype is None or jnp.dtype(dtype) == w.dtype:
         return w
-    mesh, rules = _mesh(), current_rules()
-    if mesh is None or any(n is not None and n not in rules for n in logical):
-        return w.astype(dtype)
-    spec = spec_for(w.shape, logical, mesh, rules, "weight")
-    return _cast_sharded(w, NamedSharding(mesh, spec), jnp.dtype(dtype), w.dtype)
+    sharding = _weight_sharding(w, logical, "weight")
+    return w.astype(dtype) if sharding is None else _cast_sharded(w, sharding, jnp.dtype(dtype), w.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
