@@ -141,6 +141,7 @@ class TimestepEmbedder(nnx.Module):
         if jnp.dtype(lin.dtype or feats.dtype) != jnp.float32 or feats.shape[-1] % c:
             return lin(feats)  # bf16 compute: bf16 rounding dominates; unchanged
         x, kernel, bias = lin.promote_dtype((feats, lin.kernel[...], lin.bias[...]), dtype=lin.dtype)
-        part = jnp.einsum("bck,ckd->bcd", x.reshape(x.shape[0], c, -1), kernel.reshape(c, -1, kernel.shape[-1]),
+        x = act.constrain_batch(x.reshape(x.shape[0], c, -1))  # [B, c, 256 / c], batch-local under a mesh
+        part = jnp.einsum("bck,ckd->bcd", x, kernel.reshape(c, -1, kernel.shape[-1]),
                           preferred_element_type=jnp.float32)  # [B, c, D]
-        return part.sum(axis=1) + bias  # [B, D]
+        return act.constrain_batch(part.sum(axis=1) + bias)  # [B, D]
