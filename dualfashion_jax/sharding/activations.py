@@ -64,6 +64,11 @@ def _mesh():
     return mesh
 
 
+def under_mesh() -> bool:
+    """True while tracing under a multi-device mesh with constraints enabled (what `constrain` acts on)."""
+    return _mesh() is not None
+
+
 def spec_for(shape: Sequence[int], logical: Sequence[str | None], mesh, rules: rules_lib.Rules, name: str = ""):
     """PartitionSpec for an activation; mesh axes missing from `mesh` or manual there (shard_map) are skipped."""
     usable = set(mesh.axis_names) - set(getattr(mesh, "manual_axes", ()) or ())
