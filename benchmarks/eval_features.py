@@ -16,6 +16,7 @@ import platform
 import numpy as np
 
 from timing import median_seconds
+from dualfashion_jax.core import host_memory  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per batch size (median reported)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="JAX compute dtype")
     args = parser.parse_args(argv)
+    MALLOC = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
 
     import jax
     import jax.numpy as jnp
