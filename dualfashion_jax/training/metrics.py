@@ -9,6 +9,8 @@ import logging
 import os
 from typing import Mapping
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
@@ -63,8 +65,23 @@ def read_metrics(path: str) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
+def smooth(values, span: float = 0.1) -> np.ndarray:
+    """Bias-corrected exponential moving average (TensorBoard-style), time constant `span` of the series length
+    (at least 1 point): the trend of a noisy per-step loss. [N] -> [N]."""
+    v = np.asarray(values, np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"smooth expects a 1-D series, got shape {v.shape}")
+    beta = 1.0 - 1.0 / max(1.0, span * len(v))
+    out, acc, norm = np.empty_like(v), 0.0, 0.0
+    for i, x in enumerate(v):
+        acc, norm = beta * acc + (1 - beta) * x, beta * norm + (1 - beta)
+        out[i] = acc / norm
+    return out
+
+
 def plot_loss_curve(metrics_path: str, out_png: str, keys: tuple[str, ...] = ("loss",)) -> str | None:
-    """Writes a loss-vs-step PNG (matplotlib, Agg backend); returns its path, or None without data."""
+    """Writes a loss-vs-step PNG (matplotlib, Agg backend): each series raw (faint) and smoothed (`smooth`);
+    returns its path, or None without data."""
     if not os.path.exists(metrics_path):
         return None
     rows = read_metrics(metrics_path)
@@ -79,7 +96,9 @@ def plot_loss_curve(metrics_path: str, out_png: str, keys: tuple[str, ...] = ("l
     for k in tuple(keys) + tuple(extra):
         pts = [(r["step"], r[k]) for r in rows if k in r]
         if pts:
-            ax.plot(*zip(*pts), label=k)
+            steps, vals = zip(*pts)
+            line, = ax.plot(steps, smooth(vals), label=f"{k} (smoothed)", linewidth=1.8)
+            ax.plot(steps, vals, color=line.get_color(), alpha=0.25, linewidth=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log" if all(r.get("loss", 1) > 0 for r in rows) else "linear")
