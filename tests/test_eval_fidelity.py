@@ -56,3 +56,17 @@ def test_fid_ratio_and_oracle_fidelity_end_to_end(data_dir, tmp_path):
     # generated = GT + uniform noise of +-25: further from the clean render than the GT renders themselves
     assert 0 <= of["oracle_render_err_real"] < of["oracle_render_err"] and of["oracle_render_err_ratio"] > 1
     assert "FID/rand-real" in (res / "report.md").read_text()
+
+
+def test_index_html_shows_the_headline_table_once(data_dir, tmp_path):
+    from dualfashion_jax.evaluators import report as rep
+
+    res = _fake_results(data_dir, tmp_path / "pfitb", "pfitb", rows=2, samples=1)
+    (res / "index.html").write_text("<html><body><h1>PFITB: 2 rows</h1><table></table></body></html>")
+    for _ in range(2):  # a re-evaluation replaces the block, it does not add a second one
+        assert cli.main(["--results", str(res), "--data", str(data_dir), "--task", "pfitb", "--metrics",
+                         "oracle_fidelity,oracle", "--no-progress"]) == 0
+    html = (res / "index.html").read_text()
+    assert html.count(rep.INDEX_BEGIN) == 1 and html.index("</h1>") < html.index(rep.INDEX_BEGIN)
+    assert "Render err" in html and "Pref lift" in html and "<table></table>" in html
+    assert rep.embed_in_index(json.loads((res / "report.json").read_text()), tmp_path / "nowhere") is None

@@ -105,6 +105,8 @@ def main(argv: list[str]) -> int:
                               errors=errors, networks=ctx.networks, settings=settings, timings=timings,
                               uses={s.name: s.networks for s in specs})
     out_json, out_md = rep.write_report(report, args.out or os.path.join(args.results, "report.json"))
+    if not args.out:  # evaluating a results dir in place: its index.html shows the headline table too
+        rep.embed_in_index(report, args.results)
     md = out_md.read_text(encoding="utf-8")
     print(md.split("\n## Details")[0].rstrip())  # the tables; details + settings: in the files
     print(f"[evaluate] wrote {out_json} and {out_md} (per-key details and settings)", file=sys.stderr)

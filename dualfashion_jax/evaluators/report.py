@@ -154,3 +154,32 @@ def write_report(report: Mapping[str, Any], out_json: str | pathlib.Path) -> tup
     md = out_json.with_suffix(".md")
     md.write_text(to_markdown(report))
     return out_json, md
+
+
+INDEX_BEGIN, INDEX_END = "<!-- evaluation:begin -->", "<!-- evaluation:end -->"
+
+
+def embed_in_index(report: Mapping[str, Any], results_dir: str | pathlib.Path) -> pathlib.Path | None:
+    """Puts the report's headline table (fidelity beside personalization and the oracle) at the top of the results'
+    index.html, replacing the one of an earlier evaluation; returns the page, or None if there is none."""
+    page = pathlib.Path(results_dir) / "index.html"
+    if not page.is_file():
+        return None
+    metrics = {k: v for k, v in report["metrics"].items() if k not in set(report.get("random_weight_metrics", ()))}
+    cols = _headline_cols(metrics, set(metrics))
+    esc = lambda t: str(t).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # noqa: E731
+    head = "".join(f"<th>{esc(g)}<br>{esc(lab)}</th>" for g, lab, _ in cols)
+    row = "".join(f"<td>{esc(v)}</td>" for _, _, v in cols)
+    block = (f"{INDEX_BEGIN}<h2>Evaluation</h2><table border='1' style='border-collapse:collapse'>"
+             f"<tr><th>model</th>{head}</tr><tr><td>{esc(report['model'])}</td>{row}</tr></table>"
+             "<p>Fidelity (FID, its ratio to random real items, the oracle's re-render error) is shown beside the "
+             f"personalization figures on purpose: tune neither alone. Full tables: report.md.</p>{INDEX_END}")
+    html = page.read_text(encoding="utf-8")
+    if INDEX_BEGIN in html and INDEX_END in html:
+        html = html[:html.index(INDEX_BEGIN)] + block + html[html.index(INDEX_END) + len(INDEX_END):]
+    elif "</h1>" in html:
+        html = html.replace("</h1>", "</h1>" + block, 1)
+    else:
+        html = block + html
+    page.write_text(html, encoding="utf-8")
+    return page
