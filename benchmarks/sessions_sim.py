@@ -1,11 +1,12 @@
 """Simulated-user sessions on the demo's test users: preferred-attribute hit rate and appearance-fit by round.
 
     python benchmarks/sessions_sim.py --checkpoint RUN/stage3 --data DATA_WITH_APPEARANCE --rounds 5 --n 4 \
-        [--users 160] [--start warm,cold] [--fid-rounds 1,3] [--out sessions_sim.json]
+        [--users 160] [--start warm,cold] [--oversample 1,3] [--fid-rounds 1,3] [--out sessions_sim.json]
 Each user gets one PFITB session on its own test outfit through `SessionEngine` (SQLite store in a temp folder);
 after every round the oracle user (`sessions/simulate.py`) reads the candidates from pixels and answers.
 `warm`: the session starts from the user's dataset preference text; `cold`: from an empty preference (a new user
-whose taste the session must learn from feedback). Per round: colour / material hit rate vs the hidden favourite,
+whose taste the session must learn from feedback). `--oversample 1,3`: the engine as is, and sampling 3n per
+round keeping the n whose nearest catalogue items agree best with the stated preference. Per round: colour / material hit rate vs the hidden favourite,
 appearance-fit, category accuracy, and (--fid-rounds) the TF-FID of the round's candidates vs the blanks' ground truth
 images, with its ratio to round 1. The target of issue #18: round-3 hit rate >= 1.5x round 1 with category and
 FID holding.
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=4, help="candidates per round")
     p.add_argument("--users", type=int, default=0, help="first N test users (0 = all)")
     p.add_argument("--start", default="warm,cold")
+    p.add_argument("--oversample", default="1,3", help="variants: sample k n per round, keep the n best grounded")
     p.add_argument("--fid-rounds", default="", help="e.g. 1,3: TF-FID (real weights) of these rounds' candidates "
                    "vs the blanks' GT images")
     p.add_argument("--out", help="write the table as JSON here")
@@ -116,14 +118,19 @@ def main(argv=None) -> int:
                 fid_model, ItemImages(ds, eng.bundle.image_size).many(gt), show_progress=False))
         fid_rounds = {int(x) for x in a.fid_rounds.split(",") if x}
         results = {}
-        for start in a.start.split(","):
-            results[start] = summarize(run(eng, ds, truth, uids, start, a.rounds, a.n), fid_model, gt_features,
-                                       fid_rounds)
-            print(f"\n{start} start ({len(uids)} users x {a.n} candidates):")
-            for row in results[start]:
-                print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        for oversample in (int(x) for x in a.oversample.split(",")):
+            eng.oversample = oversample
+            for start in a.start.split(","):
+                name = f"{start}/oversample{oversample}"
+                results[name] = summarize(run(eng, ds, truth, uids, start, a.rounds, a.n), fid_model, gt_features,
+                                          fid_rounds)
+                print(f"\n{name} ({len(uids)} users x {a.n} candidates):", flush=True)
+                for row in results[name]:
+                    print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in row.items()), flush=True)
     results["config"] = {"checkpoint": a.checkpoint, "data": a.data, "users": len(uids), "n": a.n,
-                         "rounds": a.rounds, "seconds": round(time.perf_counter() - t0, 1)}
+                         "rounds": a.rounds, "seconds": round(time.perf_counter() - t0, 1),
+                         "settings": engine_lib.demo_overrides()}
     if a.out:
         with open(a.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -126,6 +126,15 @@ def test_errors_and_concurrent_sessions(engine, tmp_path):
     assert [r.number for r in ra] == [1, 2] == [r.number for r in rb]
     assert next(iter(ra[1].preference["targets"].values()))["Color"] == "red"
     assert next(iter(rb[1].preference["targets"].values()))["Color"] == "green"
+    engine.oversample = 3  # sample 6, keep the 2 whose nearest catalogue items match the stated preference best
+    r = engine.round(a.id, "Color: red", n=2)
+    assert r.settings["oversample"] == 3 and len(r.candidates) == 2
+    assert len({c.sample for c in r.candidates}) == 2 and all(0 <= c.sample < 6 for c in r.candidates)
+    info = SafeDataset(engine.ds.root).item_info
+    hits = [info[int(c.shop[0]["item_id"])]["elements"]["Color"] == "red" for c in r.candidates]
+    assert hits == sorted(hits, reverse=True)
+    again = engine.replay(a.id).rounds[-1]
+    assert [c.image_png for c in again.candidates] == [c.image_png for c in r.candidates]
     bad = tmp_path / "other.db"
     sqlite3.connect(bad).execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(StoreError, match="schema version 0"):

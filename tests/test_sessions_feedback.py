@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.data.images import ItemImages
 from dualfashion_jax.data.synthetic import appearance as AP
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic.make import make_dataset
 from dualfashion_jax.data.synthetic.truth import load_truth
 from dualfashion_jax.evaluators.oracle_metrics import appearance_fit
-from dualfashion_jax.sessions import feedback as F, profile as P
+from dualfashion_jax.sessions import feedback as F, grounding as G, profile as P
 from dualfashion_jax.sessions.simulate import Judgement, SimulatedUser
 from dualfashion_jax.sessions.store import Store, StoreError
 
@@ -145,7 +146,8 @@ def test_store_round_trip_and_version_check(tmp_path):
     s.add_user("u1", {"name": "x"}, "t0")
     s.add_session({"id": "s1", "user_id": "u1", "task": "pfitb", "outfit_id": "test:3", "outfit": {"items": []},
                    "profile": {}, "settings": {}, "created": "t1"})
-    cand = {"index": 0, "seed": 7, "caption": "c", "image_png": b"\x89PNG", "shop": [{"item_id": "4"}], "category": "x"}
+    cand = {"index": 0, "seed": 7, "caption": "c", "image_png": b"\x89PNG", "shop": [{"item_id": "4"}], "category": "x",
+            "sample": 0}
     rnd = {"number": 1, "feedback": None, "parsed": {}, "preference": {"a": 1}, "settings": {}, "created": "t2"}
     s.add_round("s1", rnd, [cand])
     with pytest.raises(sqlite3.IntegrityError):
@@ -160,3 +162,23 @@ def test_store_round_trip_and_version_check(tmp_path):
     con.close()
     with pytest.raises(StoreError, match="schema version 7"):
         Store(tmp_path / "a.db")
+
+
+def test_rerank_by_grounded_attributes():
+    near = [{"Color": "red", "Material": "denim"}, {"Color": "pink", "Material": "denim"},
+            {"Color": "pink", "Material": "cotton"}, {"Color": "pink", "Material": "striped knit"}, {}]
+    pref = {"Color": "pink", "Material": "cotton"}
+    assert G.rerank(near, pref, {}) == [2, 1, 3, 0, 4]  # 2 hits, then 1 hit in sampling order, then 0
+    assert G.rerank(near, pref, {"Material": ["denim"]}) == [2, 3, 1, 4, 0]  # an avoided value costs 1
+
+
+def test_grounding_nearest_finds_the_item_itself(tmp_path):
+    root = make_dataset(tmp_path / "d", seed=1, num_users=2, verbose=False)
+    ds = SafeDataset(root)
+    cat = G.Catalogue(ds, 32)
+    img = ItemImages(ds, 32)(5)
+    top = cat.nearest(img, int(ds.iid_category[5]), 3)
+    assert top[0][0] == 5 and top[0][1] == pytest.approx(1.0, abs=1e-5) and top[0][1] >= top[1][1] >= top[2][1]
+    assert all(ds.iid_category[i] == ds.iid_category[5] for i, _ in top)
+    with pytest.raises(ValueError, match="category 99"):
+        cat.nearest(img, 99, 1)

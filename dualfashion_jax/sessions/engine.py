@@ -48,6 +48,7 @@ class Candidate:
     seed: int
     shop: list[dict]  # [{"item_id", "score", "image_png"}]; GOR: one entry per slot in `slot_shop`
     category: str = ""
+    sample: int = -1  # index among the round's samples (differs from `index` when the round reranks)
 
 
 @dataclasses.dataclass
@@ -118,9 +119,11 @@ class SessionEngine:
     """The session API (module docstring). Every public method is thread-safe; `round` serialises sampling."""
 
     def __init__(self, bundle, ds: SafeDataset, store: Store, *, max_candidates: int = 8,
-                 settings: Mapping[str, Any] | None = None):
-        if max_candidates < 1:
-            raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+                 settings: Mapping[str, Any] | None = None, oversample: int = 1):
+        """`oversample` k > 1: PFITB rounds sample k n images and keep the n that `grounding.rerank` puts first."""
+        if max_candidates < 1 or oversample < 1:
+            raise ValueError(f"max_candidates and oversample must be >= 1, got {max_candidates}, {oversample}")
+        self.oversample = int(oversample)
         self.bundle, self.ds, self.store, self.max_candidates = bundle, ds, store, int(max_candidates)
         self.overrides = dict(settings or {})
         self.settings = {t: task_settings(t, self.overrides) for t in TASKS}
@@ -134,11 +137,12 @@ class SessionEngine:
 
     @classmethod
     def open(cls, workdir: str, data_dir: str, db_path: str, *, max_candidates: int = 8,
-             settings: Mapping[str, Any] | None = None) -> "SessionEngine":
+             settings: Mapping[str, Any] | None = None, oversample: int = 1) -> "SessionEngine":
         """Loads the model once (a training workdir or converted checkpoints), the dataset and the store."""
         ds = SafeDataset(data_dir)
         bundle = load_bundle(workdir, data=data_dir)
-        return cls(bundle, ds, Store(db_path), max_candidates=max_candidates, settings=settings)
+        return cls(bundle, ds, Store(db_path), max_candidates=max_candidates, settings=settings,
+                   oversample=oversample)
 
     # ------------------------------------------------------------------------------------------------ users
     def users(self) -> list[dict]:
@@ -277,29 +281,39 @@ class SessionEngine:
                   on_progress, settings: dict | None = None) -> Round:
         parsed, state = self._next_preference(s, feedback, prev)
         if settings is None:
-            settings = {"seed": round_seed(s.id, number), "n": n,
+            settings = {"seed": round_seed(s.id, number), "n": n, "oversample": self.oversample,
                         "sampler": self.settings[s.task].to_json()}
         gen = GenSettings.from_json(settings["sampler"])
         progress = on_progress or (lambda done, total: None)
         fn = self._pfitb if s.task == "pfitb" else self._gor
-        cands = fn(s, state, gen, settings["seed"], n, progress)
+        cands = fn(s, state, gen, settings["seed"], n, progress, settings.get("oversample", 1))
         return Round(number, feedback, parsed, state, cands, settings)
 
     def _shop(self, image: np.ndarray, category: str) -> list[dict]:
         return [{"item_id": str(i), "score": round(score, 6), "image_png": self.item_image(str(i))}
                 for i, score in self.catalogue.nearest(image, self.cat_ids[category], SHOP_K)]
 
-    def _pfitb(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress) -> list[Candidate]:
+    def _pfitb(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress,
+               oversample: int = 1) -> list[Candidate]:
         blank = s.outfit.index("")
         cat = s.categories[blank]
         ctx = [self.images(int(i)) for i in s.outfit if i]
-        progress(0, n)
-        images, captions = recommend(self.bundle, state["targets"][cat], cat, ctx, num_images=n, num_captions=n,
+        m = n * oversample
+        progress(0, m)
+        images, captions = recommend(self.bundle, state["targets"][cat], cat, ctx, num_images=m, num_captions=m,
                                      seed=gen.seed, settings=gen, key=(0, seed))
-        progress(n, n)
-        return [Candidate(k, png(images[k]), captions[k], seed, self._shop(images[k], cat), cat) for k in range(n)]
+        progress(m, m)
+        shops = [self._shop(im, cat) for im in images]
+        order = list(range(m))
+        if oversample > 1:  # keep the n samples whose nearest catalogue items best match the stated preference
+            info = self.ds.item_info
+            near = [info.get(int(sh[0]["item_id"]), {}).get("elements", {}) for sh in shops]
+            order = grounding.rerank(near, state["targets"][cat], state["avoid"])
+        return [Candidate(r, png(images[k]), captions[k], seed, shops[k], cat, sample=k)
+                for r, k in enumerate(order[:n])]
 
-    def _gor(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress) -> list[Candidate]:
+    def _gor(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress,
+             oversample: int = 1) -> list[Candidate]:
         """n outfits; item j of outfit k is generated from the outfit's items 0..j-1 (key (k + 1, round seed))."""
         slots = len(s.categories)
         images = np.zeros((n, slots, self.bundle.image_size, self.bundle.image_size, 3), np.uint8)
@@ -315,5 +329,5 @@ class SessionEngine:
         for k in range(n):
             row = np.concatenate(list(images[k]), axis=1)  # [S, 4S, 3]: the outfit side by side
             shop = [dict(d, slot=j) for j, cat in enumerate(s.categories) for d in self._shop(images[k, j], cat)[:1]]
-            out.append(Candidate(k, png(row), " | ".join(captions[k]), seed, shop, ",".join(s.categories)))
+            out.append(Candidate(k, png(row), " | ".join(captions[k]), seed, shop, ",".join(s.categories), sample=k))
         return out

@@ -3,8 +3,12 @@
 Items are compared by the cosine of a small pixel embedding (the image area-resized to EMBED_SIDE^2 x 3, centred),
 which needs no extra network and ranks colour and pattern first; `evaluators/grounding.py` is the CLIP-space
 version used for the offline metrics when CLIP weights are present.
+`rerank` reads each sample through its nearest item's known caption values (text/item_info.json) and orders the
+samples by agreement with the stated preference (optional oversampling in `SessionEngine`).
 """
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -44,3 +48,17 @@ class Catalogue:
         sims = self.emb[pool] @ embed(np.asarray(image)[None])[0]  # [P]
         top = np.argsort(-sims, kind="stable")[:k]
         return [(int(self.iids[pool[i]]), float(sims[i])) for i in top]
+
+
+RERANK_KEYS = ("Color", "Material")  # what a pixel neighbour reads reliably
+
+
+def rerank(elements: Sequence[Mapping[str, str]], preference: Mapping[str, str],
+           avoid: Mapping[str, Sequence[str]]) -> list[int]:
+    """Sample order (best first) by the nearest items' `elements`: +1 per RERANK_KEYS value equal to the stated
+    preference, -1 per avoided value; ties keep the sampling order (stable)."""
+    def score(e: Mapping[str, str]) -> int:
+        hit = sum(e.get(k) == preference.get(k) for k in RERANK_KEYS)
+        return hit - sum(e.get(k) in vs for k, vs in avoid.items())
+    scores = [score(e) for e in elements]
+    return sorted(range(len(scores)), key=lambda i: -scores[i])

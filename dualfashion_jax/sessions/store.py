@@ -22,6 +22,7 @@ CREATE TABLE rounds (session_id TEXT NOT NULL REFERENCES sessions(id), number IN
                      PRIMARY KEY (session_id, number));
 CREATE TABLE candidates (session_id TEXT NOT NULL, round INTEGER NOT NULL, idx INTEGER NOT NULL, seed INTEGER NOT NULL,
                          caption TEXT NOT NULL, image_png BLOB NOT NULL, shop TEXT NOT NULL, category TEXT NOT NULL,
+                         sample INTEGER NOT NULL,
                          PRIMARY KEY (session_id, round, idx), FOREIGN KEY (session_id, round)
                          REFERENCES rounds(session_id, number));
 CREATE INDEX sessions_by_user ON sessions(user_id);
@@ -80,9 +81,9 @@ class Store:
                 db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (session_id, rnd["number"], rnd["feedback"], json.dumps(rnd["parsed"]),
                             json.dumps(rnd["preference"]), json.dumps(rnd["settings"]), rnd["created"]))
-                db.executemany("INSERT INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                db.executemany("INSERT INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                [(session_id, rnd["number"], c["index"], c["seed"], c["caption"], c["image_png"],
-                                 json.dumps(c["shop"]), c["category"]) for c in candidates])
+                                 json.dumps(c["shop"]), c["category"], c["sample"]) for c in candidates])
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -106,16 +107,16 @@ class Store:
                 return None
             rounds = db.execute("SELECT number, feedback, parsed, preference, settings FROM rounds "
                                 "WHERE session_id = ? ORDER BY number", (session_id,)).fetchall()
-            cands = db.execute("SELECT round, idx, seed, caption, image_png, shop, category FROM candidates "
+            cands = db.execute("SELECT round, idx, seed, caption, image_png, shop, category, sample FROM candidates "
                                "WHERE session_id = ? ORDER BY round, idx", (session_id,)).fetchall()
         keys = ("id", "user_id", "task", "outfit_id", "outfit", "profile", "settings", "created")
         out = dict(zip(keys, row))
         for k in ("outfit", "profile", "settings"):
             out[k] = json.loads(out[k])
         by_round: dict[int, list[dict]] = {}
-        for r, idx, seed, cap, png, shop, cat in cands:
+        for r, idx, seed, cap, png, shop, cat, sample in cands:
             by_round.setdefault(r, []).append({"index": idx, "seed": seed, "caption": cap, "image_png": bytes(png),
-                                               "shop": json.loads(shop), "category": cat})
+                                               "shop": json.loads(shop), "category": cat, "sample": sample})
         out["rounds"] = [{"number": n, "feedback": fb, "parsed": json.loads(p), "preference": json.loads(pr),
                           "settings": json.loads(s), "candidates": by_round.get(n, [])}
                          for n, fb, p, pr, s in rounds]
