@@ -6,10 +6,10 @@ Each user gets one PFITB session on its own test outfit through `SessionEngine` 
 after every round the oracle user (`sessions/simulate.py`) reads the candidates from pixels and answers.
 `warm`: the session starts from the user's dataset preference text; `cold`: from an empty preference (a new user
 whose taste the session must learn from feedback). `--oversample 1,3`: the engine as is, and sampling 3n per
-round keeping the n whose nearest catalogue items agree best with the stated preference. Per round: colour / material hit rate vs the hidden favourite,
-appearance-fit, category accuracy, and (--fid-rounds) the TF-FID of the round's candidates vs the blanks' ground truth
-images, with its ratio to round 1. The target of issue #18: round-3 hit rate >= 1.5x round 1 with category and
-FID holding.
+round keeping the n whose nearest catalogue items agree best with the stated preference. Per round: colour /
+material hit rate vs the hidden favourite, appearance-fit, category accuracy, and (--fid-rounds) the TF-FID of the
+round's candidates vs the blanks' ground truth images, with its ratio to round 1. The target of issue #18: round-3
+hit rate >= 1.5x round 1 with category and FID holding.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@
     assert engine.replay(s.id).rounds[1].candidates == engine.session(s.id).rounds[1].candidates
 Round k's candidates are a pure function of (the stored feedback log, the round's seed, its stored settings): the
 round seed is derived from (session id, round number) and keys the request (`recommend(..., key=(0, seed))`, an
-input of the compiled sampler, so rounds do not recompile), so `replay` regenerates equal candidates. Generation goes through
-`generation/api.recommend` (the jitted PFITB programs, n samples of a round in one batch); a GOR round generates the 4
-items slot by slot, each conditioned on the candidate's items generated so far.
+input of the compiled sampler, so rounds do not recompile), so `replay` regenerates equal candidates. Generation goes
+through `generation/api.recommend` (the jitted PFITB programs, n samples of a round in one batch); a GOR round makes
+the 4 items slot by slot, each conditioned on the candidate's items generated so far.
 """
 from __future__ import annotations
 
