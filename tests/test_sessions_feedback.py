@@ -11,7 +11,7 @@ from dualfashion_jax.data.synthetic import appearance as AP
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic.make import make_dataset
 from dualfashion_jax.data.synthetic.truth import load_truth
-from dualfashion_jax.evaluators.oracle_metrics import appearance_fit
+from dualfashion_jax.evaluators.oracle_metrics import appearance_fit, oracle_metrics
 from dualfashion_jax.sessions import feedback as F, grounding as G, profile as P
 from dualfashion_jax.sessions.simulate import Judgement, SimulatedUser
 from dualfashion_jax.sessions.store import Store, StoreError
@@ -182,3 +182,23 @@ def test_grounding_nearest_finds_the_item_itself(tmp_path):
     assert all(ds.iid_category[i] == ds.iid_category[5] for i, _ in top)
     with pytest.raises(ValueError, match="category 99"):
         cat.nearest(img, 99, 1)
+
+
+def test_oracle_metrics_report_appearance_fit_only_with_appearance(datasets):
+    out = {}
+    for name, root in zip(("plain", "app"), datasets):
+        ds = SafeDataset(root)
+        f, t = ds.fitb("test"), ds.split("test")
+        blank = f.outfits == 0
+        gt = t.outfits[blank]  # [N] the blanks' ground-truth items
+        out[name] = oracle_metrics(ItemImages(ds, 32).many(gt), data_dir=root, uids=f.uids, categories=f.category[blank],
+                                   gt_iids=gt, captions=None, outfits=f.outfits,
+                                   outfit_gen_index=np.where(blank, np.arange(len(gt))[:, None], -1))
+    assert "oracle_appearance_fit" not in out["plain"]
+    assert {k: v for k, v in out["app"].items() if "appearance" not in k} == out["plain"]
+    truth, apps = load_truth(datasets[1]), SafeDataset(datasets[1]).appearance
+    t = SafeDataset(datasets[1]).split("test")
+    gt_items = t.outfits[SafeDataset(datasets[1]).fitb("test").outfits == 0]
+    want = np.mean([AP.suits(apps[int(u)], truth.item["colour"][[i]], truth.item["material"][[i]])[0]
+                    for u, i in zip(t.uids, gt_items)])
+    assert out["app"]["oracle_appearance_fit"] == pytest.approx(want)  # the GT renders decode to their attributes
