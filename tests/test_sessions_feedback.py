@@ -191,8 +191,8 @@ def test_oracle_metrics_report_appearance_fit_only_with_appearance(datasets):
         f, t = ds.fitb("test"), ds.split("test")
         blank = f.outfits == 0
         gt = t.outfits[blank]  # [N] the blanks' ground-truth items
-        out[name] = oracle_metrics(ItemImages(ds, 32).many(gt), data_dir=root, uids=f.uids, categories=f.category[blank],
-                                   gt_iids=gt, captions=None, outfits=f.outfits,
+        out[name] = oracle_metrics(ItemImages(ds, 32).many(gt), data_dir=root, uids=f.uids,
+                                   categories=f.category[blank], gt_iids=gt, captions=None, outfits=f.outfits,
                                    outfit_gen_index=np.where(blank, np.arange(len(gt))[:, None], -1))
     assert "oracle_appearance_fit" not in out["plain"]
     assert {k: v for k, v in out["app"].items() if "appearance" not in k} == out["plain"]
