@@ -38,7 +38,6 @@ def _decode(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)))
 
 
-@pytest.mark.slow  # ~2 min on the shared 2-core CPU: one sampler compile + 6 rounds
 def test_pfitb_rounds_feedback_restart_and_replay(world, engine, tmp_path):
     users = engine.users()
     assert [u["id"] for u in users] == ["u0", "u1", "u2"]
@@ -81,7 +80,6 @@ def test_pfitb_rounds_feedback_restart_and_replay(world, engine, tmp_path):
                                      "created": s.created, "rounds": 3}]
 
 
-@pytest.mark.slow  # ~2.5 min on the shared 2-core CPU: one sampler compile + 4 slots x 2 candidates x 2 rounds
 def test_gor_round_and_created_user(engine):
     uid = engine.create_user({"name": "ann", "preference": {"Color": "black"},
                               "appearance": {"skin_tone": "deep"}})
@@ -96,6 +94,7 @@ def test_gor_round_and_created_user(engine):
     assert all(p["Color"] != "black" for p in r2.preference["targets"].values())
 
 
+@pytest.mark.slow  # ~40 s on the loaded 2-core CPU: two more sampler compiles (n=2, oversampled n=6)
 def test_errors_and_concurrent_sessions(engine, tmp_path):
     with pytest.raises(UnknownUserError):
         engine.start("nobody", "pfitb")
@@ -141,6 +140,7 @@ def test_errors_and_concurrent_sessions(engine, tmp_path):
         Store(bad)
 
 
+@pytest.mark.slow  # ~70 s on the loaded 2-core CPU: the CLI loads the model again and compiles its sampler
 def test_session_cli(world, tmp_path, capsys):
     root, wd, _ = world
     base = ["session", "--checkpoint", str(wd), "--data", str(root / "data"), "--db", str(tmp_path / "c.db")]
