@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("dualfashion_jax.generation.cli", "PFITB / GOR generation for every row of a split"),
     "evaluate": ("dualfashion_jax.evaluators.cli", "compute recommendation metrics on generated results"),
     "demo": ("dualfashion_jax.demo", "end to end on the built-in dataset: data, 3 training stages, generation, eval"),
+    "session": ("dualfashion_jax.sessions.cli", "multi-round recommendation sessions with feedback"),
 }
 
 

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training", "generation"),                              # 7
     ("evaluators",),                                         # 8: incl. evaluators/nets and their converters
     ("perf", "reference", "demo", "demo_state", "cli",       # 9: top; so is every module named cli.py
-    ),
+     "sessions"),                                            #    sessions: above generation and evaluators
 )
 TOP = len(LAYERS) - 1
 # Same-layer packages that must not import each other in this direction (per-stage code lives in training).
