@@ -1,0 +1,51 @@
+"""`dualfashion-jax serve`: the session web page on a local HTTP server (FastAPI + uvicorn, one model load).
+
+  dualfashion-jax serve --checkpoint WORKDIR --data DATA [--db PATH] [--host 127.0.0.1] [--port 8000]
+      [--max-candidates 8]
+Open http://HOST:PORT/ in a browser. Sessions persist in the SQLite file --db (default WORKDIR/sessions.sqlite)
+and survive a restart. Bad input ends with one `error:` line (exit 2 from argparse, 1 otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dualfashion-jax serve", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="stage-2 training workdir (the model is loaded once)")
+    p.add_argument("--data", required=True, help="dataset dir: users, outfits and the catalogue to shop from")
+    p.add_argument("--db", default=None, help="sessions SQLite file (default: CHECKPOINT/sessions.sqlite)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-candidates", type=int, default=8, help="most candidates one round may ask for")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    for flag, path in (("--checkpoint", args.checkpoint), ("--data", args.data)):
+        if not os.path.isdir(path):
+            print(f"error: {flag} {path}: not a directory", file=sys.stderr)
+            return 1
+    if args.max_candidates < 1:
+        print(f"error: --max-candidates must be >= 1, got {args.max_candidates}", file=sys.stderr)
+        return 1
+    # the model stack (JAX, orbax, the engine) loads after the flags parse
+    from dualfashion_jax.sessions.engine import SessionEngine
+    from dualfashion_jax.web.app import create_app
+
+    db = args.db or os.path.join(args.checkpoint, "sessions.sqlite")
+    try:
+        engine = SessionEngine.open(args.checkpoint, args.data, db, max_candidates=args.max_candidates)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    app = create_app(engine, max_candidates=args.max_candidates)
+    print(f"serving http://{args.host}:{args.port}/ (sessions in {db})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
