@@ -24,8 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training", "generation"),                              # 7
     ("evaluators",),                                         # 8: incl. evaluators/nets and their converters
     ("perf", "reference", "demo", "demo_state", "cli",       # 9: top; so is every module named cli.py
-     "web",                                                  #    the `serve` page, a client of sessions
-    ),
+     "sessions",                                             #    sessions: above generation and evaluators
+     "web"),                                                 #    web: the `serve` page, a client of sessions
 )
 TOP = len(LAYERS) - 1
 # Same-layer packages that must not import each other in this direction (per-stage code lives in training).

@@ -114,6 +114,16 @@ def _int_keyed(path: Path, d: Any, what: str) -> dict[int, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ writer
+def _check_appearance(path: Path, d: Any) -> dict:
+    """{uid: {str: str}} or FormatError naming the file and user."""
+    if not isinstance(d, dict):
+        raise FormatError(f"{path}: expected {{'<uid>': {{'body_shape': str, ...}}}}")
+    for u, a in d.items():
+        if not isinstance(a, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in a.items()):
+            raise FormatError(f"{path}: user {u}: appearance must map attribute names to strings, got {a!r:.80}")
+    return d
+
+
 class DatasetWriter:
     """Writes one dataset folder in the safe format; every method validates its input before writing."""
 
@@ -206,6 +216,11 @@ class DatasetWriter:
         """augmented {iid: [caption json str, ...]} (stage 3)."""
         write_json(self.root / "text" / "augmented.json",
                    {str(int(k)): [str(s) for s in v] for k, v in augmented.items()})
+
+    def write_appearance(self, appearance: Mapping[int, Mapping[str, str]]) -> None:
+        """OPTIONAL appearance {uid: {"body_shape", "height", "skin_tone", ...: str}} (absent in real data)."""
+        write_json(self.root / "text" / "appearance.json", _check_appearance(
+            self.root / "text" / "appearance.json", {str(int(u)): dict(a) for u, a in appearance.items()}))
 
 
 # ------------------------------------------------------------------------------------------------------ reader
@@ -393,6 +408,13 @@ class SafeDataset:
                     raise FormatError(f"{p}: item {iid}: expected a non-empty list of caption strings")
             return aug
         return self._cached("augmented", load)
+
+    @property
+    def appearance(self) -> dict[int, dict[str, str]]:
+        """Per-user appearance from the optional text/appearance.json; {} when the dataset has none."""
+        p = self.root / "text" / "appearance.json"
+        return self._cached("appearance", lambda: _int_keyed(p, _check_appearance(p, read_json(p)), "user id -> "
+                                                             "appearance") if p.is_file() else {})
 
     @property
     def latents_dir(self) -> Path:

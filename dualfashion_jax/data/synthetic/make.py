@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dualfashion_jax.data.format import DatasetWriter, read_json
+from dualfashion_jax.data.format import DatasetWriter, read_json, write_json
+from dualfashion_jax.data.synthetic import appearance as AP
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic import captions as C
 from dualfashion_jax.data.synthetic import fashion_mnist, render, truth, world as W
@@ -104,8 +105,13 @@ def _truth(w: W.World, fm_index: np.ndarray) -> tuple[dict, dict, dict]:
 
 def make_dataset(out_dir: str | os.PathLike, seed: int = 0, image_size: int = 32, num_users: int = 160,
                  shapes: str = "procedural", items_per_combo: int = 3, train_outfits: tuple[int, int] = (6, 10),
-                 preference_strength: float = 0.7, num_augmented: int = 4, verbose: bool = True) -> Path:
-    """Generate the dataset into `out_dir` (created; an old synthetic dataset there is replaced). Returns it."""
+                 preference_strength: float = 0.7, num_augmented: int = 4, appearance: bool = False,
+                 verbose: bool = True) -> Path:
+    """Generate the dataset into `out_dir` (created; an old synthetic dataset there is replaced). Returns it.
+
+    `appearance=True` adds per-user appearance (text/appearance.json, truth/appearance_rules.json, meta's
+    generator.appearance); without it the files are byte-identical to datasets made before appearance existed.
+    """
     t0 = time.perf_counter()
     if shapes not in SHAPES:
         raise ValueError(f"shapes must be one of {SHAPES}, got {shapes!r}")
@@ -125,7 +131,7 @@ def make_dataset(out_dir: str | os.PathLike, seed: int = 0, image_size: int = 32
     wr = DatasetWriter(out)
     params = {"seed": seed, "num_users": num_users, "items_per_combo": items_per_combo, "shapes": shapes,
               "train_outfits": list(train_outfits), "preference_strength": preference_strength,
-              "num_augmented": num_augmented}
+              "num_augmented": num_augmented, **({"appearance": True} if appearance else {})}
     wr.write_meta(name=NAME, num_items=n, num_categories=len(A.CATEGORIES), image_size=image_size,
                   source="synthetic", generator=params, num_users=num_users)
     wr.write_categories(dict(enumerate(A.CATEGORIES)))
@@ -147,6 +153,9 @@ def make_dataset(out_dir: str | os.PathLike, seed: int = 0, image_size: int = 32
     for name in w.splits:
         wr.write_preference(name, prefs)
     truth.write_truth(out, *_truth(w, fm_index))
+    if appearance:
+        wr.write_appearance(dict(enumerate(AP.draw(seed, num_users))))
+        write_json(out / "truth" / "appearance_rules.json", AP.rules_json())
     if verbose:
         print(summary(w, out, time.perf_counter() - t0))
     return out
@@ -177,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", choices=SHAPES, default="procedural")
     p.add_argument("--items-per-combo", type=int, default=3, help="items per (category, colour, material)")
     p.add_argument("--num-augmented", type=int, default=4, help="stage-3 caption variants per item")
+    p.add_argument("--appearance", action="store_true", help="add per-user appearance (body shape, height, skin "
+                   "tone) and its oracle rules (docs/sessions.md)")
     a = p.parse_args(argv)
     make_dataset(a.out, seed=a.seed, image_size=a.image_size, num_users=a.num_users, shapes=a.shapes,
-                 items_per_combo=a.items_per_combo, num_augmented=a.num_augmented)
+                 items_per_combo=a.items_per_combo, num_augmented=a.num_augmented, appearance=a.appearance)
     return 0
 
 

@@ -1,0 +1,125 @@
+"""The session engine on a tiny random-weight model: rounds, feedback, persistence across a restart, replay,
+thread safety and the errors the web page relies on."""
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+import io
+
+from generation_support import make_workdir, make_world
+
+from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.data.synthetic.make import make_dataset
+from dualfashion_jax.generation.bundle import load_bundle
+from dualfashion_jax.sessions.engine import FeedbackError, SessionEngine, UnknownUserError
+from dualfashion_jax.sessions.store import Store, StoreError
+
+FAST = {"steps": 2, "caption_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = make_world(tmp_path_factory.mktemp("sessions"), num_users=3)
+    make_dataset(root / "data", seed=0, image_size=32, num_users=3, appearance=True, verbose=False)
+    wd = make_workdir(root, root / "wd")
+    return root, wd, load_bundle(wd, data=str(root / "data"))
+
+
+@pytest.fixture()
+def engine(world, tmp_path):
+    root, _, bundle = world
+    return SessionEngine(bundle, SafeDataset(root / "data"), Store(tmp_path / "s.db"), max_candidates=4, settings=FAST)
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def test_pfitb_rounds_feedback_restart_and_replay(world, engine, tmp_path):
+    users = engine.users()
+    assert [u["id"] for u in users] == ["u0", "u1", "u2"]
+    assert set(users[0]["profile"]["appearance"]) == {"body_shape", "height", "skin_tone"}
+    outfit = engine.outfits("u1")[0]
+    assert len(outfit["items"]) == 3 and outfit["id"].startswith("test:")
+    s = engine.start("u1", "pfitb", outfit["id"])
+    assert s.outfit.count("") == 1 and [i for i in s.outfit if i] == outfit["items"]
+    seen = []
+    r1 = engine.round(s.id, n=3, on_progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (3, 3) and len(r1.candidates) == 3
+    imgs = [_decode(c.image_png) for c in r1.candidates]
+    assert imgs[0].shape == (32, 32, 3) and np.abs(imgs[0].astype(int) - imgs[1]).max() > 10  # diverse samples
+    assert all(len(c.shop) == 3 and c.shop[0]["score"] >= c.shop[-1]["score"] for c in r1.candidates)
+    blank_cat = outfit["blank_category"]
+    assert r1.preference["targets"][blank_cat] == engine.profile("u1")["preference"][blank_cat]
+    r2 = engine.round(s.id, "Color: pink, not: denim", n=3)
+    pref = r2.preference["targets"][blank_cat]
+    assert pref["Color"] == "pink" and pref["Material"] != "denim" and r2.preference["avoid"] == {"Material": ["denim"]}
+    assert r2.settings["seed"] != r1.settings["seed"]
+    with pytest.raises(FeedbackError, match="candidates #1..#3"):
+        engine.round(s.id, "more like #7", n=3)
+    with pytest.raises(FeedbackError, match="unknown value"):
+        engine.round(s.id, "in qwerty")
+    with pytest.raises(ValueError, match="1..4"):
+        engine.round(s.id, n=5)
+    # a restart: a new engine on the same database sees the same session, byte for byte
+    again = SessionEngine(world[2], SafeDataset(world[0] / "data"), Store(tmp_path / "s.db"), settings=FAST)
+    stored = again.session(s.id)
+    assert len(stored.rounds) == 2 and stored.rounds[1].feedback == "Color: pink, not: denim"
+    assert [c.image_png for c in stored.rounds[0].candidates] == [c.image_png for c in r1.candidates]
+    replayed = again.replay(s.id)
+    for a, b in zip(replayed.rounds, stored.rounds):
+        assert a.preference == b.preference and [c.caption for c in a.candidates] == [c.caption for c in b.candidates]
+        assert [c.image_png for c in a.candidates] == [c.image_png for c in b.candidates]
+    assert again.sessions("u1") == [{"id": s.id, "user_id": "u1", "task": "pfitb", "outfit_id": outfit["id"],
+                                     "created": s.created, "rounds": 2}]
+
+
+def test_gor_round_and_created_user(engine):
+    uid = engine.create_user({"name": "ann", "preference": {"Color": "black"},
+                              "appearance": {"skin_tone": "deep"}})
+    assert any(u["id"] == uid for u in engine.users())
+    s = engine.start(uid, "gor")
+    assert s.outfit == ["", "", "", ""] and len(s.categories) == 4
+    r = engine.round(s.id, n=2)
+    assert all(p["Color"] == "black" for p in r.preference["targets"].values())
+    assert _decode(r.candidates[0].image_png).shape == (32, 128, 3)
+    assert [d["slot"] for d in r.candidates[0].shop] == [0, 1, 2, 3]
+    r2 = engine.round(s.id, "less black")
+    assert all(p["Color"] != "black" for p in r2.preference["targets"].values())
+
+
+def test_errors_and_concurrent_sessions(engine, tmp_path):
+    with pytest.raises(UnknownUserError):
+        engine.start("nobody", "pfitb")
+    with pytest.raises(ValueError, match="task"):
+        engine.start("u0", "fitb")
+    with pytest.raises(ValueError, match="appearance.height"):
+        engine.create_user({"appearance": {"height": "giant"}})
+    with pytest.raises(ValueError, match="unknown categor"):
+        engine.create_user({"preference": {"hats": {"Color": "red"}}})
+    a, b = engine.start("u0", "pfitb"), engine.start("u2", "pfitb")
+    errors = []
+
+    def run(sid, text):
+        try:
+            engine.round(sid, n=2)
+            engine.round(sid, text, n=2)
+        except Exception as e:  # noqa: BLE001  (surfaced by the assert below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(a.id, "Color: red")), threading.Thread(target=run, args=(b.id, "in green"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    ra, rb = engine.session(a.id).rounds, engine.session(b.id).rounds
+    assert [r.number for r in ra] == [1, 2] == [r.number for r in rb]
+    assert next(iter(ra[1].preference["targets"].values()))["Color"] == "red"
+    assert next(iter(rb[1].preference["targets"].values()))["Color"] == "green"
+    bad = tmp_path / "other.db"
+    import sqlite3
+    sqlite3.connect(bad).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="schema version 0"):
+        Store(bad)
