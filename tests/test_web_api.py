@@ -20,7 +20,7 @@ def engine():
 
 @pytest.fixture()
 def client(engine):
-    with TestClient(create_app(engine, max_candidates=8)) as c:
+    with TestClient(create_app(engine)) as c:
         yield c
 
 
@@ -70,7 +70,10 @@ def test_a_whole_session_through_the_api(client):
     np.testing.assert_array_equal(_image(second["candidates"][1]["image"])[0, 0], COLOURS["blue"])
     history = client.get(f"/api/sessions/{sid}").json()
     assert [r["number"] for r in history["rounds"]] == [1, 2]
-    assert history["outfit"][0] == {"item_id": "item-1", "image": "/api/items/item-1.png"}
+    assert history["outfit"] == [{"item_id": "item-1", "category": "top", "image": "/api/items/item-1.png"},
+                                 {"item_id": "item-2", "category": "bottom", "image": "/api/items/item-2.png"},
+                                 {"item_id": None, "category": "shoes", "image": None}]
+    assert [(c["index"], c["number"]) for c in first["candidates"]] == [(0, 1), (1, 2), (2, 3)]
     assert client.get(f"/api/sessions?user_id={uid}").json()[0]["rounds"] == 2
     assert client.get(f"/api/sessions/{sid}/progress").json()["state"] == "done"
 
@@ -90,7 +93,7 @@ def test_a_whole_session_through_the_api(client):
     ("post", "/api/sessions/S/rounds", {"n": "many"}, 422, "body.n: Input should be a valid integer"),
     ("post", "/api/sessions/S/rounds", {"feedbak": "Color: blue"}, 422, "body.feedbak: Extra inputs are not permitted"),
     ("post", "/api/sessions/S/rounds", b'{"n": 2', 400, "request body is not valid JSON"),
-    ("post", "/api/users", {"profile": {"preference": {"Color": "mauve"}}}, 400, "profile: profile.preference.Color"),
+    ("post", "/api/users", {"profile": {"preference": {"Color": "mauve"}}}, 400, "profile.preference.Color: expected one of"),
     ("post", "/api/users", {"profile": "red"}, 422, "body.profile: Input should be a valid dictionary"),
     ("get", "/api/items/item-404.png", None, 404, "unknown catalogue item: item 'item-404' is not in the catalogue"),
     ("get", "/api/users/u0/outfits?limit=0", None, 422, "query.limit: Input should be greater than or equal to 1"),

@@ -66,7 +66,8 @@ class FakeEngine:
         if outfit_id not in (None, "o1"):
             raise KeyError(f"outfit {outfit_id!r}")
         sid = f"s{len(self._sessions)}"
-        self._sessions[sid] = Session(sid, user_id, task, list(ITEMS[:2]) if outfit_id else [], profile, [], "now")
+        outfit = [*ITEMS[:2], ""] if task == "pfitb" else ["", "", ""]  # "": the slots to generate
+        self._sessions[sid] = Session(sid, user_id, task, outfit, profile, [], "now", ["top", "bottom", "shoes"])
         return self._sessions[sid]
 
     def session(self, session_id: str) -> Session:
@@ -98,7 +99,7 @@ class FakeEngine:
                 self.sampling.set()
                 if self.gate is not None:
                     assert self.gate.wait(10), "test gate never opened"
-                cands.append(Candidate(i + 1, png(COLOURS[pref["Color"]]), f'{{"Color": "{pref["Color"]}"}}', 100 + i,
+                cands.append(Candidate(i, png(COLOURS[pref["Color"]]), f'{{"Color": "{pref["Color"]}"}}', 100 + i,
                                        [{"item_id": ITEMS[2], "score": 0.5, "image_png": png((1, 2, 3))}]))
             if on_progress:
                 on_progress(n, n)

@@ -24,8 +24,10 @@ from dualfashion_jax.web.progress import ProgressBoard, RoundBusyError
 STATIC = pathlib.Path(__file__).resolve().parent / "static"
 
 
-def _key_message(err: KeyError) -> str:
-    return str(err.args[0]) if err.args else "not found"
+def _message(err: Exception, what: str) -> str:
+    """The engine's own message, prefixed with `what` unless it already names it."""
+    msg = str(err.args[0]) if err.args else type(err).__name__
+    return msg if msg.lower().startswith(what.split(":")[0]) else f"{what} {msg}"
 
 
 @contextlib.contextmanager
@@ -34,11 +36,12 @@ def _not_found(what: str):
     try:
         yield
     except KeyError as err:
-        raise fastapi.HTTPException(404, f"unknown {what}: {_key_message(err)}") from err
+        raise fastapi.HTTPException(404, _message(err, f"unknown {what}:")) from err
 
 
-def create_app(engine: SessionEngine, *, max_candidates: int) -> fastapi.FastAPI:
-    """The app over `engine`; `max_candidates` is the engine's cap on candidates per round."""
+def create_app(engine: SessionEngine) -> fastapi.FastAPI:
+    """The app over `engine` (its `max_candidates` caps the candidates of one round)."""
+    max_candidates = engine.max_candidates
     app = fastapi.FastAPI(title="DualFashion sessions", docs_url="/api/docs", openapi_url="/api/openapi.json")
     board = ProgressBoard()
 
@@ -72,7 +75,7 @@ def create_app(engine: SessionEngine, *, max_candidates: int) -> fastapi.FastAPI
         try:
             return {"id": engine.create_user(body.profile)}
         except ValueError as err:
-            raise fastapi.HTTPException(400, f"profile: {err}") from err
+            raise fastapi.HTTPException(400, _message(err, "profile:")) from err
 
     @app.get("/api/users/{user_id}/outfits")
     def outfits(user_id: str, limit: int = fastapi.Query(20, ge=1, le=200)) -> list[dict]:
@@ -97,9 +100,9 @@ def create_app(engine: SessionEngine, *, max_candidates: int) -> fastapi.FastAPI
         try:
             session = engine.start(body.user_id, body.task, body.outfit_id)
         except UnknownUserError as err:
-            raise fastapi.HTTPException(404, f"unknown user: {_key_message(err)}") from err
+            raise fastapi.HTTPException(404, _message(err, "unknown user:")) from err
         except KeyError as err:
-            raise fastapi.HTTPException(404, f"unknown outfit: {_key_message(err)}") from err
+            raise fastapi.HTTPException(404, _message(err, "unknown outfit:")) from err
         except ValueError as err:
             raise fastapi.HTTPException(400, str(err)) from err
         return payloads.session_json(session)

@@ -41,8 +41,10 @@ def png_data_url(png: bytes) -> str:
 
 
 def candidate_json(c) -> dict:
+    """`number` is what feedback calls it ("more like #1" is index 0)."""
     shop = [{"item_id": s["item_id"], "score": float(s["score"]), "image": item_url(s["item_id"])} for s in c.shop]
-    return {"index": c.index, "caption": c.caption, "seed": c.seed, "image": png_data_url(c.image_png), "shop": shop}
+    return {"index": c.index, "number": c.index + 1, "caption": c.caption, "seed": c.seed,
+            "image": png_data_url(c.image_png), "shop": shop}
 
 
 def round_json(r) -> dict:
@@ -52,7 +54,8 @@ def round_json(r) -> dict:
 
 def session_json(s) -> dict:
     return {"id": s.id, "user_id": s.user_id, "task": s.task, "created": s.created, "profile": s.profile,
-            "outfit": [{"item_id": i, "image": item_url(i)} for i in s.outfit],
+            "outfit": [{"item_id": i or None, "category": c, "image": item_url(i) if i else None}  # "": a blank
+                       for i, c in zip(s.outfit, s.categories)],
             "rounds": [round_json(r) for r in s.rounds]}
 
 

@@ -158,13 +158,23 @@ function renderSession(s) {
   state.session = s;
   $("session-section").hidden = false;
   $("session-id").textContent = `${s.id} (${s.task}, user ${s.user_id})`;
-  $("session-outfit").replaceChildren(...s.outfit.map((i) => el("img", { src: i.image, alt: i.item_id })));
+  $("session-outfit").replaceChildren(...s.outfit.map((slot) => slot.image
+    ? el("img", { src: slot.image, alt: slot.item_id, title: `${slot.category} (item ${slot.item_id})` })
+    : el("span", { class: "blank" }, `to generate: ${slot.category}`)));
+  $("rounds").className = `task-${s.task}`;
   $("rounds").replaceChildren(...s.rounds.slice().reverse().map(renderRound));
 }
 
+function describePreference(p) {
+  // {"targets": {category: {key: value}}, "avoid": {key: [values]}}
+  const targets = Object.entries(p.targets || {}).map(([cat, kv]) =>
+    `${cat}: ${Object.entries(kv).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+  const avoid = Object.entries(p.avoid || {}).filter(([, vs]) => vs.length).map(([k, vs]) => `${k} ${vs.join("/")}`);
+  return targets.join("; ") + (avoid.length ? ` | avoid: ${avoid.join(", ")}` : "");
+}
+
 function renderRound(r) {
-  const pref = Object.entries(r.preference || {}).map(([k, v]) =>
-    `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("; ");
+  const pref = describePreference(r.preference || {});
   return el("div", { class: "round", "data-round": r.number },
     el("h3", {}, `Round ${r.number}` + (r.feedback ? ` — feedback "${r.feedback}"` : " — first recommendations")),
     el("div", { class: "pref" }, `preference: ${pref}`),
@@ -172,10 +182,10 @@ function renderRound(r) {
 }
 
 function renderCandidate(c) {
-  return el("div", { class: "candidate", "data-index": c.index },
-    el("img", { src: c.image, alt: `candidate #${c.index}` }),
-    el("div", {}, `#${c.index} `, el("button", { type: "button", onclick: () => {
-      $("feedback").value = `more like #${c.index}`;
+  return el("div", { class: "candidate", "data-number": c.number },
+    el("img", { src: c.image, alt: `candidate #${c.number}` }),
+    el("div", {}, `#${c.number} `, el("button", { type: "button", onclick: () => {
+      $("feedback").value = `more like #${c.number}`;
     } }, "more like this")),
     el("div", { class: "caption" }, c.caption),
     el("div", { class: "pref" }, `seed ${c.seed} · shop the look:`),
