@@ -1,14 +1,16 @@
 """The session engine on a tiny random-weight model: rounds, feedback, persistence across a restart, replay,
 thread safety and the errors the web page relies on."""
+import io
+import sqlite3
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
-import io
 
 from generation_support import make_workdir, make_world
 
+from dualfashion_jax.cli import main as cli_main
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.synthetic.make import make_dataset
 from dualfashion_jax.generation.bundle import load_bundle
@@ -56,6 +58,9 @@ def test_pfitb_rounds_feedback_restart_and_replay(world, engine, tmp_path):
     pref = r2.preference["targets"][blank_cat]
     assert pref["Color"] == "pink" and pref["Material"] != "denim" and r2.preference["avoid"] == {"Material": ["denim"]}
     assert r2.settings["seed"] != r1.settings["seed"]
+    r3 = engine.round(s.id, "alternatives", n=3)  # same preference, a new round key: other samples
+    assert r3.preference == r2.preference and r3.parsed["alternatives"]
+    assert np.abs(_decode(r3.candidates[0].image_png).astype(int) - _decode(r2.candidates[0].image_png)).max() > 10
     with pytest.raises(FeedbackError, match="candidates #1..#3"):
         engine.round(s.id, "more like #7", n=3)
     with pytest.raises(FeedbackError, match="unknown value"):
@@ -65,14 +70,14 @@ def test_pfitb_rounds_feedback_restart_and_replay(world, engine, tmp_path):
     # a restart: a new engine on the same database sees the same session, byte for byte
     again = SessionEngine(world[2], SafeDataset(world[0] / "data"), Store(tmp_path / "s.db"), settings=FAST)
     stored = again.session(s.id)
-    assert len(stored.rounds) == 2 and stored.rounds[1].feedback == "Color: pink, not: denim"
+    assert len(stored.rounds) == 3 and stored.rounds[1].feedback == "Color: pink, not: denim"
     assert [c.image_png for c in stored.rounds[0].candidates] == [c.image_png for c in r1.candidates]
     replayed = again.replay(s.id)
     for a, b in zip(replayed.rounds, stored.rounds):
         assert a.preference == b.preference and [c.caption for c in a.candidates] == [c.caption for c in b.candidates]
         assert [c.image_png for c in a.candidates] == [c.image_png for c in b.candidates]
     assert again.sessions("u1") == [{"id": s.id, "user_id": "u1", "task": "pfitb", "outfit_id": outfit["id"],
-                                     "created": s.created, "rounds": 2}]
+                                     "created": s.created, "rounds": 3}]
 
 
 def test_gor_round_and_created_user(engine):
@@ -108,7 +113,8 @@ def test_errors_and_concurrent_sessions(engine, tmp_path):
         except Exception as e:  # noqa: BLE001  (surfaced by the assert below)
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(a.id, "Color: red")), threading.Thread(target=run, args=(b.id, "in green"))]
+    threads = [threading.Thread(target=run, args=(a.id, "Color: red")),
+               threading.Thread(target=run, args=(b.id, "in green"))]
     for t in threads:
         t.start()
     for t in threads:
@@ -119,7 +125,25 @@ def test_errors_and_concurrent_sessions(engine, tmp_path):
     assert next(iter(ra[1].preference["targets"].values()))["Color"] == "red"
     assert next(iter(rb[1].preference["targets"].values()))["Color"] == "green"
     bad = tmp_path / "other.db"
-    import sqlite3
     sqlite3.connect(bad).execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(StoreError, match="schema version 0"):
         Store(bad)
+
+
+def test_session_cli(world, tmp_path, capsys):
+    root, wd, _ = world
+    base = ["session", "--checkpoint", str(wd), "--data", str(root / "data"), "--db", str(tmp_path / "c.db")]
+    assert cli_main(base[:1] + ["create"] + base[1:] + ["--user", "u2"]) == 0
+    sid = capsys.readouterr().out.strip().splitlines()[-1]
+    fast = ["--n", "2", "--set", "steps=2", "--set", "caption_steps=2"]
+    assert cli_main(base[:1] + ["round"] + base[1:] + ["--id", sid] + fast) == 0
+    assert cli_main(base[:1] + ["round"] + base[1:] + ["--id", sid, "--feedback", "in purple",
+                                                       "--save-dir", str(tmp_path / "png")] + fast) == 0
+    assert len(list((tmp_path / "png").glob("*.png"))) == 2
+    assert cli_main(base[:1] + ["show"] + base[1:] + ["--id", sid]) == 0
+    out = capsys.readouterr().out
+    assert "round 2: feedback 'in purple'" in out and '"Color": "purple"' in out
+    assert cli_main(base[:1] + ["replay"] + base[1:] + ["--id", sid] + fast[2:]) == 0
+    assert "identical candidates" in capsys.readouterr().out
+    assert cli_main(base[:1] + ["round"] + base[1:] + ["--id", sid, "--feedback", "size: L"] + fast) == 2
+    assert "unknown attribute 'size'" in capsys.readouterr().err

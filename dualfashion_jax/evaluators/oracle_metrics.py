@@ -5,7 +5,8 @@ favourite colour/material, the outfit rules), so they are the honest check of th
   * attribute accuracy of generated images vs the GT item (category/colour/material/style),
   * preference match vs the user's latent favourite (+ chance and lift),
   * caption agreement (generated caption vs what the oracle reads from the same image),
-  * rule compatibility of the outfits completed with the generated items.
+  * rule compatibility of the outfits completed with the generated items,
+  * appearance-fit (datasets made with appearance): generated colour and material suit the user's appearance.
 `data.oracle` calibrates its classifiers on first use (about a second). Also the `oracle` runner and registration.
 """
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from dualfashion_jax.data import oracle
+from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.data.synthetic import appearance as appearance_lib
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic import captions as C
 from dualfashion_jax.data.synthetic.truth import Truth, load_truth
@@ -97,6 +100,31 @@ def preference_match(decoded: dict[str, np.ndarray], uids: np.ndarray, categorie
         out[f"pref_{field}_match"], out[f"pref_{field}_chance"] = match, chance
         out[f"pref_{field}_lift"] = match / chance if chance > 0 else float("nan")
     return out
+
+
+def appearance_fit(decoded: dict[str, np.ndarray], uids: np.ndarray, categories: np.ndarray,
+                   appearance: Mapping[int, Mapping[str, str]], truth: Truth) -> dict[str, float]:
+    """Rate at which a generated item's colour and material both suit its user's appearance (`appearance.suits`).
+
+    `appearance_fit_chance`: the rate for an item drawn from the train colour x material prior of its category
+    (colour and material independent). Users without an appearance entry are skipped; none -> {}.
+    """
+    uids, categories = np.asarray(uids).reshape(-1), np.asarray(categories, np.int64).reshape(-1)
+    col, mat = np.asarray(decoded["colour"]).reshape(-1), np.asarray(decoded["material"]).reshape(-1)
+    if not uids.shape == categories.shape == col.shape:
+        raise ValueError(f"appearance_fit: uids {uids.shape}, categories {categories.shape} and decoded {col.shape} "
+                         "must have one entry per generated image")
+    rows = np.flatnonzero([int(u) in appearance for u in uids])
+    if rows.size == 0:
+        return {}
+    fit, chance = np.zeros(rows.size, bool), np.zeros(rows.size)
+    for j, i in enumerate(rows):
+        a = appearance[int(uids[i])]
+        fit[j] = appearance_lib.suits(a, col[i:i + 1], mat[i:i + 1])[0]
+        ok = appearance_lib.suits(a, *np.meshgrid(np.arange(len(A.COLORS)), np.arange(len(A.MATERIALS)),
+                                                   indexing="ij"))  # [K_col, K_mat]
+        chance[j] = float(truth.colour_prior[categories[i]] @ ok @ truth.material_prior[categories[i]])
+    return {"appearance_fit": _rate(fit), "appearance_fit_chance": float(chance.mean())}
 
 
 def outfit_compatibility(outfits: np.ndarray, generated: dict[str, np.ndarray], truth: Truth) -> dict[str, float]:
@@ -218,6 +246,8 @@ def oracle_metrics(images: np.ndarray, *, data_dir: str | os.PathLike, uids: np.
     out = {}
     out.update(attribute_accuracy(decoded, item_truth(truth, np.asarray(gt_iids))))
     out.update(preference_match(decoded, np.asarray(uids), np.asarray(categories), truth))
+    out.update(appearance_fit(decoded, np.asarray(uids), np.asarray(categories), SafeDataset(data_dir).appearance,
+                              truth))
     if captions is not None and all(c is not None for c in captions):
         out.update(caption_agreement(list(captions), decoded))
     generated = {k: np.where(gidx >= 0, np.asarray(decoded[k])[np.maximum(gidx, 0)], -1)

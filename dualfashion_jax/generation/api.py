@@ -8,7 +8,9 @@ generated item images and attribute captions (the PFITB program on a single chai
     images, captions = recommend(bundle, pref, "boots", [top_u8, bag_u8], num_images=2, num_captions=2, seed=0)
 `images` is uint8 [N, S, S, 3] (S = the model's image size); outfit images of any size are RGB-converted,
 short-side resized and centre-cropped like the training data. With no outfit image, the context is the zero
-latent (as GOR's first item). The request is keyed as (uid, oid) = (0, 0), so a seed reproduces it exactly.
+latent (as GOR's first item). The request is keyed as (uid, oid) = (0, 0) unless `key=(uid, oid)` is given, so a
+(seed, key) reproduces it exactly; varying `key` rather than `seed` draws new samples without recompiling (the seed
+is part of the compiled program, the key is an input).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def _programs(bundle, settings: GenSettings) -> Programs:
 
 def recommend(bundle, preference: Mapping[str, str], category: str, outfit_images: Sequence[np.ndarray],
               num_images: int = 1, num_captions: int = 1, seed: int = 0,
-              settings: GenSettings | None = None) -> tuple[np.ndarray, list[str]]:
+              settings: GenSettings | None = None, key: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, list[str]]:
     """(images uint8 [N, S, S, 3], captions list[str] of length M) for one request (see module docstring).
 
     `settings` overrides every sampler knob (its num_images/num_captions/seed are replaced by the arguments).
@@ -73,7 +75,9 @@ def recommend(bundle, preference: Mapping[str, str], category: str, outfit_image
     if s.template_source != "budget":
         raise ValueError("recommend: a request has no ground-truth item; use template_source='budget'")
     t = build_template(tok, source="budget", value_lengths=bundle.value_lengths)
-    uid = oid = np.zeros((1,), np.uint32)
+    if len(key) != 2 or not all(isinstance(k, (int, np.integer)) and 0 <= k < 2**32 for k in key):
+        raise ValueError(f"key: expected (uid, oid), two ints in [0, 2**32), got {key!r}")
+    uid, oid = (np.full((1,), k, np.uint32) for k in key)
     batch = {"uid": uid, "oid": oid, "image_idx": np.arange(num_images)[None], "caption_idx": np.arange(num_captions)[None],
              "ctx_valid": valid[None], "pref_ids": p_ids, "pref_mask": p_mask, "sent_ids": s_ids, "sent_mask": s_mask,
              "tmpl_ids": t.ids[None], "tmpl_mask": t.attention_mask[None], "tmpl_labels": t.label_mask[None]}

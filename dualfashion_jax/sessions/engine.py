@@ -6,7 +6,8 @@
     r2 = engine.round(s.id, "Color: blue, not: striped")       # the edited preference, fresh seeds
     assert engine.replay(s.id).rounds[1].candidates == engine.session(s.id).rounds[1].candidates
 Round k's candidates are a pure function of (the stored feedback log, the round's seed, its stored settings): the
-seed is derived from (session id, round number), so `replay` regenerates equal candidates. Generation goes through
+round seed is derived from (session id, round number) and keys the request (`recommend(..., key=(0, seed))`, an
+input of the compiled sampler, so rounds do not recompile), so `replay` regenerates equal candidates. Generation goes through
 `generation/api.recommend` (the jitted PFITB programs, n samples of a round in one batch); a GOR round generates the 4
 items slot by slot, each conditioned on the candidate's items generated so far.
 """
@@ -23,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from PIL import Image
 
+from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.images import ItemImages
 from dualfashion_jax.generation.api import recommend
@@ -68,6 +70,7 @@ class Session:
     rounds: list[Round]
     created: str
     categories: list[str] = dataclasses.field(default_factory=list)  # the category of every outfit slot
+    outfit_id: str | None = None
 
 
 class UnknownUserError(KeyError):
@@ -102,6 +105,13 @@ def task_settings(task: str, overrides: Mapping[str, Any] | None = None) -> GenS
             raise ValueError(f"settings: unknown generate-config field {k!r}; known: {sorted(c.keys())}")
         c[k] = v
     return from_config(c)
+
+
+def demo_overrides(size: str = "demo") -> dict[str, Any]:
+    """The sampler settings `dualfashion-jax demo` generates with (configs/demo.py:<size>), as generate fields."""
+    g = config_lib.load(f"demo.py:{size}").generate
+    return {"steps": g.image_steps, "caption_steps": g.caption_steps, "guidance": g.guidance, "scales": g.scales,
+            "match_train_input": g.match_train_input, "caption_cond": g.caption_cond}
 
 
 class SessionEngine:
@@ -209,7 +219,7 @@ class SessionEngine:
         rounds = [Round(r["number"], r["feedback"], r["parsed"], r["preference"],
                         [self._candidate(c) for c in r["candidates"]], r["settings"]) for r in d["rounds"]]
         return Session(d["id"], d["user_id"], d["task"], d["outfit"]["items"], d["profile"], rounds, d["created"],
-                       d["outfit"]["categories"])
+                       d["outfit"]["categories"], d["outfit_id"])
 
     def _candidate(self, stored: dict) -> Candidate:
         shop = [{**d, "image_png": self.item_image(d["item_id"])} for d in stored["shop"]]
@@ -232,10 +242,9 @@ class SessionEngine:
             return {}, state
         parsed = fb.parse(feedback, self.vocab)
         captions = [c.caption for c in prev.candidates] if prev else []
-        new_targets, avoid = {}, state["avoid"]
-        for c in targets:
-            new_targets[c], new_avoid = fb.apply(state["targets"][c], state["avoid"], parsed, captions, self.vocab)
-        return parsed, {"targets": new_targets, "avoid": new_avoid}
+        edited = {c: fb.apply(state["targets"][c], state["avoid"], parsed, captions, self.vocab) for c in targets}
+        avoid = next(iter(edited.values()))[1]  # the same edit of the same avoid list for every target
+        return parsed, {"targets": {c: p for c, (p, _) in edited.items()}, "avoid": avoid}
 
     def round(self, session_id: str, feedback: str | None = None, n: int = 4,
               on_progress: Callable[[int, int], None] | None = None) -> Round:
@@ -246,9 +255,11 @@ class SessionEngine:
             s = self.session(session_id)
             number = len(s.rounds) + 1
             rnd = self._generate(s, number, feedback, s.rounds[-1] if s.rounds else None, n, on_progress)
-            cands = [{**dataclasses.asdict(c), "shop": [{k: v for k, v in d.items() if k != "image_png"} for d in c.shop]}
+            cands = [{**vars(c), "shop": [{k: v for k, v in d.items() if k != "image_png"} for d in c.shop]}
                      for c in rnd.candidates]  # catalogue images are not copied into the store
-            self.store.add_round(session_id, {**dataclasses.asdict(rnd), "created": _now()}, cands)
+            self.store.add_round(session_id, {"number": rnd.number, "feedback": rnd.feedback, "parsed": rnd.parsed,
+                                              "preference": rnd.preference, "settings": rnd.settings,
+                                              "created": _now()}, cands)
             return rnd
 
     def replay(self, session_id: str) -> Session:
@@ -268,30 +279,28 @@ class SessionEngine:
         if settings is None:
             settings = {"seed": round_seed(s.id, number), "n": n,
                         "sampler": self.settings[s.task].to_json()}
-        gen = dataclasses.replace(GenSettings.from_json(settings["sampler"]), seed=settings["seed"])
+        gen = GenSettings.from_json(settings["sampler"])
         progress = on_progress or (lambda done, total: None)
-        if s.task == "pfitb":
-            cands = self._pfitb(s, state, gen, n, progress)
-        else:
-            cands = self._gor(s, state, gen, n, progress)
+        fn = self._pfitb if s.task == "pfitb" else self._gor
+        cands = fn(s, state, gen, settings["seed"], n, progress)
         return Round(number, feedback, parsed, state, cands, settings)
 
     def _shop(self, image: np.ndarray, category: str) -> list[dict]:
         return [{"item_id": str(i), "score": round(score, 6), "image_png": self.item_image(str(i))}
                 for i, score in self.catalogue.nearest(image, self.cat_ids[category], SHOP_K)]
 
-    def _pfitb(self, s: Session, state: dict, gen: GenSettings, n: int, progress) -> list[Candidate]:
+    def _pfitb(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress) -> list[Candidate]:
         blank = s.outfit.index("")
         cat = s.categories[blank]
         ctx = [self.images(int(i)) for i in s.outfit if i]
         progress(0, n)
         images, captions = recommend(self.bundle, state["targets"][cat], cat, ctx, num_images=n, num_captions=n,
-                                     seed=gen.seed, settings=gen)
+                                     seed=gen.seed, settings=gen, key=(0, seed))
         progress(n, n)
-        return [Candidate(k, png(images[k]), captions[k], gen.seed, self._shop(images[k], cat), cat) for k in range(n)]
+        return [Candidate(k, png(images[k]), captions[k], seed, self._shop(images[k], cat), cat) for k in range(n)]
 
-    def _gor(self, s: Session, state: dict, gen: GenSettings, n: int, progress) -> list[Candidate]:
-        """n outfits; item j of outfit k is generated from the outfit's items 0..j-1 (seed = round seed + k)."""
+    def _gor(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress) -> list[Candidate]:
+        """n outfits; item j of outfit k is generated from the outfit's items 0..j-1 (key (k + 1, round seed))."""
         slots = len(s.categories)
         images = np.zeros((n, slots, self.bundle.image_size, self.bundle.image_size, 3), np.uint8)
         captions = [[""] * slots for _ in range(n)]
@@ -299,12 +308,12 @@ class SessionEngine:
         for j, cat in enumerate(s.categories):
             for k in range(n):
                 img, cap = recommend(self.bundle, state["targets"][cat], cat, list(images[k, max(0, j - 3): j]),
-                                     num_images=1, num_captions=1, seed=gen.seed + k, settings=gen)
+                                     num_images=1, num_captions=1, seed=gen.seed, settings=gen, key=(k + 1, seed))
                 images[k, j], captions[k][j] = img[0], cap[0]
                 progress(j * n + k + 1, n * slots)
         out = []
         for k in range(n):
             row = np.concatenate(list(images[k]), axis=1)  # [S, 4S, 3]: the outfit side by side
             shop = [dict(d, slot=j) for j, cat in enumerate(s.categories) for d in self._shop(images[k, j], cat)[:1]]
-            out.append(Candidate(k, png(row), " | ".join(captions[k]), gen.seed + k, shop, ",".join(s.categories)))
+            out.append(Candidate(k, png(row), " | ".join(captions[k]), seed, shop, ",".join(s.categories)))
         return out

@@ -137,6 +137,8 @@ def apply(preference: Mapping[str, str], avoid: Mapping[str, Sequence[str]], par
     pref = dict(preference)
     avoid_out = {k: list(v) for k, v in avoid.items()}
     for n in parsed["like"]:
+        if not captions:
+            raise FeedbackError(f"'more like #{n}': there are no candidates yet (ask for a round first)")
         if not 1 <= n <= len(captions):
             raise FeedbackError(f"'more like #{n}': the last round has candidates #1..#{len(captions)}")
         for k, v in parse_caption(captions[n - 1]).items():

@@ -104,10 +104,10 @@ class Store:
                              "WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 return None
-            rounds = db.execute("SELECT number, feedback, parsed, preference, settings FROM rounds WHERE session_id = ? "
-                                "ORDER BY number", (session_id,)).fetchall()
-            cands = db.execute("SELECT round, idx, seed, caption, image_png, shop, category FROM candidates WHERE session_id = ? "
-                               "ORDER BY round, idx", (session_id,)).fetchall()
+            rounds = db.execute("SELECT number, feedback, parsed, preference, settings FROM rounds "
+                                "WHERE session_id = ? ORDER BY number", (session_id,)).fetchall()
+            cands = db.execute("SELECT round, idx, seed, caption, image_png, shop, category FROM candidates "
+                               "WHERE session_id = ? ORDER BY round, idx", (session_id,)).fetchall()
         keys = ("id", "user_id", "task", "outfit_id", "outfit", "profile", "settings", "created")
         out = dict(zip(keys, row))
         for k in ("outfit", "profile", "settings"):
@@ -122,8 +122,8 @@ class Store:
         return out
 
     def sessions(self, user_id: str | None = None) -> list[dict]:
-        q = ("SELECT s.id, s.user_id, s.task, s.outfit_id, s.created, count(r.number) FROM sessions s LEFT JOIN rounds r "
-             "ON r.session_id = s.id {} GROUP BY s.id ORDER BY s.created, s.id")
+        q = ("SELECT s.id, s.user_id, s.task, s.outfit_id, s.created, count(r.number) FROM sessions s "
+             "LEFT JOIN rounds r ON r.session_id = s.id {} GROUP BY s.id ORDER BY s.created, s.id")
         with self._tx() as db:
             rows = (db.execute(q.format("WHERE s.user_id = ?"), (user_id,)) if user_id is not None
                     else db.execute(q.format(""))).fetchall()

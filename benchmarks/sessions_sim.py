@@ -1,0 +1,135 @@
+"""Simulated-user sessions on the demo's test users: preferred-attribute hit rate and appearance-fit by round.
+
+    python benchmarks/sessions_sim.py --checkpoint RUN/stage3 --data DATA_WITH_APPEARANCE --rounds 5 --n 4 \
+        [--users 160] [--start warm,cold] [--fid-rounds 1,3] [--out sessions_sim.json]
+Each user gets one PFITB session on its own test outfit through `SessionEngine` (SQLite store in a temp folder);
+after every round the oracle user (`sessions/simulate.py`) reads the candidates from pixels and answers.
+`warm`: the session starts from the user's dataset preference text; `cold`: from an empty preference (a new user
+whose taste the session must learn from feedback). Per round: colour / material hit rate vs the hidden favourite,
+appearance-fit, category accuracy, and (--fid-rounds) the TF-FID of the round's candidates vs the blanks' ground truth
+images, with its ratio to round 1. The target of issue #18: round-3 hit rate >= 1.5x round 1 with category and
+FID holding.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.data.images import ItemImages
+from dualfashion_jax.data.synthetic.truth import load_truth
+from dualfashion_jax.evaluators import fid as fid_lib
+from dualfashion_jax.evaluators.nets import weights as nets_weights
+from dualfashion_jax.evaluators.oracle_metrics import dataset_shapes
+from dualfashion_jax.sessions import engine as engine_lib
+from dualfashion_jax.sessions.simulate import SimulatedUser
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def run(eng, ds, truth, uids, start: str, rounds: int, n: int) -> dict:
+    """Per round: per-candidate hits, the candidate images and the feedback given after the round."""
+    shapes, cats, appearance = dataset_shapes(ds.root), ds.categories, ds.appearance
+    per = [{"colour": [], "material": [], "fit": [], "category": [], "images": [], "feedback": []}
+           for _ in range(rounds)]
+    fitb = ds.fitb(engine_lib.SPLIT)
+    for done, uid in enumerate(uids):
+        user = SimulatedUser(truth, uid, appearance.get(uid), shapes)
+        if start == "warm":
+            user_id = f"u{uid}"
+        else:
+            user_id = eng.create_user({"name": f"cold {uid}", "appearance": appearance.get(uid, {}), "data_uid": uid})
+        s = eng.start(user_id, "pfitb")
+        row = int(np.flatnonzero(fitb.oids == int(s.outfit_id.partition(":")[2]))[0])
+        blank = int(np.flatnonzero(fitb.outfits[row] == 0)[0])
+        cat = int(fitb.category[row, blank])
+        text = None
+        for r in range(rounds):
+            rnd = eng.round(s.id, text, n)
+            images = np.stack([_decode(c.image_png) for c in rnd.candidates])
+            j = user.judge(images, cat)
+            for k, v in (("colour", j.colour_hit), ("material", j.material_hit), ("fit", j.fits),
+                         ("category", j.category == cat)):
+                per[r][k].extend(v.tolist())
+            per[r]["images"].append(images)
+            text = user.feedback([(cat, j)], rnd.preference["targets"], cats)
+            per[r]["feedback"].append(text)
+        if (done + 1) % 16 == 0:
+            print(f"  {start}: {done + 1}/{len(uids)} users", flush=True)
+    return per
+
+
+def summarize(per: list[dict], fid_model, gt_features, fid_rounds: set[int]) -> list[dict]:
+    """Per-round rates; TF-FID of the rounds in `fid_rounds` vs the blanks' GT images; ratios to round 1."""
+    out = []
+    for r, d in enumerate(per):
+        row = {"round": r + 1, "colour_hit": float(np.mean(d["colour"])), "material_hit": float(np.mean(d["material"])),
+               "both_hit": float(np.mean(np.asarray(d["colour"]) & np.asarray(d["material"]))),
+               "appearance_fit": float(np.mean(d["fit"])), "category_acc": float(np.mean(d["category"])),
+               "feedback_alternatives": float(np.mean([t == "alternatives" for t in d["feedback"]]))}
+        if fid_model is not None and r + 1 in fid_rounds:
+            gen = fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
+                fid_model, np.concatenate(d["images"]), show_progress=False))
+            row["fid"] = gen.distance(gt_features)
+        out.append(row)
+    for row in out:
+        for k in ("colour_hit", "material_hit", "both_hit", "appearance_fit", "fid"):
+            if k in row and out[0].get(k):
+                row[f"{k}_vs_round1"] = row[k] / out[0][k]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="the demo dataset made with appearance (make.py --appearance)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--n", type=int, default=4, help="candidates per round")
+    p.add_argument("--users", type=int, default=0, help="first N test users (0 = all)")
+    p.add_argument("--start", default="warm,cold")
+    p.add_argument("--fid-rounds", default="", help="e.g. 1,3: TF-FID (real weights) of these rounds' candidates "
+                   "vs the blanks' GT images")
+    p.add_argument("--out", help="write the table as JSON here")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    ds, truth = SafeDataset(a.data), load_truth(a.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        eng = engine_lib.SessionEngine.open(a.checkpoint, a.data, f"{tmp}/sessions.db", max_candidates=a.n,
+                                            settings=engine_lib.demo_overrides())
+        uids = sorted(eng.dataset_users[u]["data_uid"] for u in eng.dataset_users)
+        uids = uids[: a.users] if a.users else uids
+        fid_model = gt_features = None
+        if a.fid_rounds:
+            fid_model = nets_weights.load_real_fid_inception()
+            fitb, split = ds.fitb(engine_lib.SPLIT), ds.split(engine_lib.SPLIT)
+            rows = np.flatnonzero(np.isin(fitb.uids, uids))
+            gt = split.outfits[rows][fitb.outfits[rows] == 0]  # [R] the blanks' GT items (one per user)
+            gt_features = fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
+                fid_model, ItemImages(ds, eng.bundle.image_size).many(gt), show_progress=False))
+        fid_rounds = {int(x) for x in a.fid_rounds.split(",") if x}
+        results = {}
+        for start in a.start.split(","):
+            results[start] = summarize(run(eng, ds, truth, uids, start, a.rounds, a.n), fid_model, gt_features,
+                                       fid_rounds)
+            print(f"\n{start} start ({len(uids)} users x {a.n} candidates):")
+            for row in results[start]:
+                print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    results["config"] = {"checkpoint": a.checkpoint, "data": a.data, "users": len(uids), "n": a.n,
+                         "rounds": a.rounds, "seconds": round(time.perf_counter() - t0, 1)}
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=1)
+    print(f"done in {results['config']['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
