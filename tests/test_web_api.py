@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 
 from web_support import COLOURS, FakeEngine, decode_png
 
+from dualfashion_jax.cli import COMMANDS
+from dualfashion_jax.web import cli as serve_cli
 from dualfashion_jax.web.app import create_app
 
 
@@ -163,3 +165,14 @@ def test_concurrent_sessions_do_not_mix(client):
         assert [r["preference"]["Color"] for r in s["rounds"]] == expected
         for r, c in zip(s["rounds"], expected):
             assert all((_image(k["image"])[0, 0] == COLOURS[c]).all() for k in r["candidates"])
+
+
+def test_serve_refuses_bad_flags_before_loading_anything(tmp_path, capsys):
+    assert COMMANDS["serve"][0] == "dualfashion_jax.web.cli"
+    assert serve_cli.main(["--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path)]) == 1
+    assert f"error: --checkpoint {tmp_path / 'none'}: not a directory" in capsys.readouterr().err
+    assert serve_cli.main(["--checkpoint", str(tmp_path), "--data", str(tmp_path), "--max-candidates", "0"]) == 1
+    assert "error: --max-candidates must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        serve_cli.main(["--checkpoint", str(tmp_path)])
+    assert exit_.value.code == 2 and "--data" in capsys.readouterr().err
