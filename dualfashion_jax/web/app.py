@@ -17,8 +17,8 @@ from fastapi import responses, staticfiles
 
 from dualfashion_jax.data.synthetic import appearance as appearance_lib
 from dualfashion_jax.sessions.engine import FeedbackError, SessionEngine, UnknownUserError
-from dualfashion_jax.web import payloads
 from dualfashion_jax.text.tokenizer import CAPTION_KEYS
+from dualfashion_jax.web import payloads
 from dualfashion_jax.web.progress import ProgressBoard, RoundBusyError
 
 STATIC = pathlib.Path(__file__).resolve().parent / "static"
