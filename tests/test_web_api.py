@@ -68,7 +68,8 @@ def test_a_whole_session_through_the_api(client):
     np.testing.assert_array_equal(_image(first["candidates"][0]["image"])[0, 0], COLOURS["green"])
     assert first["candidates"][0]["shop"] == [{"item_id": "item-3", "score": 0.5, "image": "/api/items/item-3.png"}]
     second = client.post(f"/api/sessions/{sid}/rounds", json={"feedback": "Color: blue", "n": 2}).json()
-    assert second["parsed"] == {"Color": "blue"} and second["preference"]["Color"] == "blue"
+    assert second["parsed"] == {"set": {"Color": "blue"}}
+    assert second["preference"] == {"targets": {"shoes": {"Color": "blue"}}, "avoid": {}}
     np.testing.assert_array_equal(_image(second["candidates"][1]["image"])[0, 0], COLOURS["blue"])
     history = client.get(f"/api/sessions/{sid}").json()
     assert [r["number"] for r in history["rounds"]] == [1, 2]
@@ -95,7 +96,8 @@ def test_a_whole_session_through_the_api(client):
     ("post", "/api/sessions/S/rounds", {"n": "many"}, 422, "body.n: Input should be a valid integer"),
     ("post", "/api/sessions/S/rounds", {"feedbak": "Color: blue"}, 422, "body.feedbak: Extra inputs are not permitted"),
     ("post", "/api/sessions/S/rounds", b'{"n": 2', 400, "request body is not valid JSON"),
-    ("post", "/api/users", {"profile": {"preference": {"Color": "mauve"}}}, 400, "profile.preference.Color: expected one of"),
+    ("post", "/api/users", {"profile": {"preference": {"Color": "mauve"}}}, 400,
+     "profile.preference.Color: expected one of"),
     ("post", "/api/users", {"profile": "red"}, 422, "body.profile: Input should be a valid dictionary"),
     ("get", "/api/items/item-404.png", None, 404, "unknown catalogue item: item 'item-404' is not in the catalogue"),
     ("get", "/api/users/u0/outfits?limit=0", None, 422, "query.limit: Input should be greater than or equal to 1"),
@@ -162,7 +164,7 @@ def test_concurrent_sessions_do_not_mix(client):
         assert s["user_id"] == users[colour]
         assert [r["feedback"] for r in s["rounds"]] == [None] + feedback[colour]
         expected = [colour] + [fb.split(": ")[1] for fb in feedback[colour]]
-        assert [r["preference"]["Color"] for r in s["rounds"]] == expected
+        assert [r["preference"]["targets"]["shoes"]["Color"] for r in s["rounds"]] == expected
         for r, c in zip(s["rounds"], expected):
             assert all((_image(k["image"])[0, 0] == COLOURS[c]).all() for k in r["candidates"])
 

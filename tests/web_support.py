@@ -25,7 +25,8 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 class FakeEngine:
-    """Users, outfits, sessions and rounds in dicts; a round's candidates are squares of the preferred colour."""
+    """Users, outfits, sessions and rounds in dicts; a round's candidates are squares of the preferred colour, its
+    preference the engine's {"targets": {category: {key: value}}, "avoid": {}} for the one blank, "shoes"."""
 
     def __init__(self, max_candidates: int = 8):
         self.max_candidates = max_candidates
@@ -83,14 +84,14 @@ class FakeEngine:
         if n > self.max_candidates:
             raise ValueError(f"n: at most {self.max_candidates} candidates")
         s = self.session(session_id)
-        pref = dict(s.rounds[-1].preference if s.rounds else s.profile["preference"]["*"])
+        pref = dict(s.rounds[-1].preference["targets"]["shoes"] if s.rounds else s.profile["preference"]["*"])
         parsed = {}
         if feedback is not None:
             key, _, value = feedback.partition(":")
             if key.strip() != "Color" or value.strip() not in COLOURS:
                 raise FeedbackError(f"cannot read {feedback!r}: expected 'Color: <one of {sorted(COLOURS)}>'")
             pref["Color"] = value.strip()
-            parsed = {"Color": pref["Color"]}
+            parsed = {"set": {"Color": pref["Color"]}}
         with self._lock:
             cands = []
             for i in range(n):
@@ -103,6 +104,6 @@ class FakeEngine:
                                        [{"item_id": ITEMS[2], "score": 0.5, "image_png": png((1, 2, 3))}]))
             if on_progress:
                 on_progress(n, n)
-        rnd = Round(len(s.rounds) + 1, feedback, parsed, pref, cands, {"n": n})
+        rnd = Round(len(s.rounds) + 1, feedback, parsed, {"targets": {"shoes": pref}, "avoid": {}}, cands, {"n": n})
         s.rounds.append(rnd)
         return rnd

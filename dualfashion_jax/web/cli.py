@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-settings", action="store_true",
                    help="sample with configs/demo.py's settings (what the demo's checkpoints were evaluated with)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps per sample (default: configs/generate.py)")
-    p.add_argument("--caption-steps", type=int, default=None, help="caption sampler steps (default: configs/generate.py)")
+    p.add_argument("--caption-steps", type=int, default=None,
+                   help="caption sampler steps (default: configs/generate.py)")
     return p
 
 
