@@ -38,6 +38,7 @@ def _decode(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)))
 
 
+@pytest.mark.slow  # ~2 min on the shared 2-core CPU: one sampler compile + 6 rounds
 def test_pfitb_rounds_feedback_restart_and_replay(world, engine, tmp_path):
     users = engine.users()
     assert [u["id"] for u in users] == ["u0", "u1", "u2"]
@@ -80,6 +81,7 @@ def test_pfitb_rounds_feedback_restart_and_replay(world, engine, tmp_path):
                                      "created": s.created, "rounds": 3}]
 
 
+@pytest.mark.slow  # ~2.5 min on the shared 2-core CPU: one sampler compile + 4 slots x 2 candidates x 2 rounds
 def test_gor_round_and_created_user(engine):
     uid = engine.create_user({"name": "ann", "preference": {"Color": "black"},
                               "appearance": {"skin_tone": "deep"}})
