@@ -77,6 +77,8 @@ class FakeEngine:
         return self._sessions[session_id]
 
     def sessions(self, user_id: str | None = None) -> list[dict]:
+        if user_id is not None:
+            self._user(user_id)
         return [{"id": s.id, "user_id": s.user_id, "task": s.task, "rounds": len(s.rounds), "created": s.created}
                 for s in self._sessions.values() if user_id in (None, s.user_id)]
 

@@ -90,10 +90,8 @@ def create_app(engine: SessionEngine) -> fastapi.FastAPI:
 
     @app.get("/api/sessions")
     def sessions(user_id: str | None = None) -> list[dict]:
-        if user_id is not None:
-            with _not_found("user"):
-                engine.outfits(user_id, limit=1)  # raises UnknownUserError for an unknown id
-        return engine.sessions(user_id)
+        with _not_found("user"):
+            return engine.sessions(user_id)
 
     @app.post("/api/sessions", status_code=201)
     def start(body: payloads.NewSession) -> dict:
