@@ -15,6 +15,7 @@ setup(
     packages=find_packages(include=["dualfashion_jax", "dualfashion_jax.*"]) + ["dualfashion_jax.configs"],
     package_dir={"dualfashion_jax.configs": "configs"},
     include_package_data=True,
+    package_data={"dualfashion_jax.web": ["static/*"]},  # the page's HTML / JS / CSS
     install_requires=[
         "jax>=0.10.2",
         "jaxlib>=0.10.2",
@@ -36,9 +37,12 @@ setup(
         "tqdm>=4.60",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "fastapi>=0.115",  # `dualfashion-jax serve`: the session web page
+        "uvicorn>=0.30",
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
+        # httpx: FastAPI's TestClient; selenium drives Debian's chromium + chromium-driver in the browser test
+        "test": ["pytest>=8.0", "httpx>=0.27", "selenium>=4.20"],
         # PyTorch reference side: conversion and parity. torch is pinned exactly: any other
         # version pulls a multi-GB CUDA build on CPU-only machines.
         "convert": ["torch==2.13.0", "diffusers>=0.40", "transformers>=5.0"],

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dualfashion_jax.training.main", "train a stage: --config configs/<stage>.py:<size> --workdir DIR"),
     "generate": ("dualfashion_jax.generation.cli", "PFITB / GOR generation for every row of a split"),
     "evaluate": ("dualfashion_jax.evaluators.cli", "compute recommendation metrics on generated results"),
+    "serve": ("dualfashion_jax.web.cli", "the session web page: a local HTTP server over the session engine"),
     "demo": ("dualfashion_jax.demo", "end to end on the built-in dataset: data, 3 training stages, generation, eval"),
     "session": ("dualfashion_jax.sessions.cli", "multi-round recommendation sessions with feedback"),
 }

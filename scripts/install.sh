@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh and scripts/demo.sh: creates .venv (or $VENV), installs the pinned set and the
-# real-weight metric material into the venv (scripts/test_material.sh).
+# real-weight metric material into the venv (scripts/test_material.sh); `test` also installs Debian's chromium +
+# chromium-driver for the browser test when missing (root, apt-get).
 # usage: source scripts/install.sh [demo|test]
 set -euo pipefail
 VENV="${VENV:-$PWD/.venv}"
@@ -13,4 +14,13 @@ PIP=("$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt)
 "${PIP[@]}" -e ".[test,convert]"
 # The demo's FID / LPIPS / CLIP-BPE files; `test` adds the parity-only references.
 VENV="$VENV" bash scripts/test_material.sh "$([ "$MODE" = test ] && echo test || echo metrics)"
+# `test`: the browser test (tests/test_web_browser.py) drives Debian's headless Chromium through chromedriver.
+if [ "$MODE" = test ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+      >/dev/null || echo "install.sh: apt-get could not install chromium + chromium-driver; the browser test skips" >&2
+  else
+    echo "install.sh: chromium + chromium-driver are missing and need root + apt-get; the browser test skips" >&2
+  fi
+fi
 export VENV

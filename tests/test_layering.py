@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training", "generation"),                              # 7
     ("evaluators",),                                         # 8: incl. evaluators/nets and their converters
     ("perf", "reference", "demo", "demo_state", "cli",       # 9: top; so is every module named cli.py
-     "sessions"),                                            #    sessions: above generation and evaluators
+     "sessions",                                             #    sessions: above generation and evaluators
+     "web"),                                                 #    web: the `serve` page, a client of sessions
 )
 TOP = len(LAYERS) - 1
 # Same-layer packages that must not import each other in this direction (per-stage code lives in training).
@@ -46,6 +47,7 @@ ALLOWED_FUNCTION_IMPORTS: dict[str, dict[str, str]] = {
     # entry points: `--help` and argument errors answer before JAX / TF / orbax load (~3-5 s)
     "dualfashion_jax/training/main.py": {"dualfashion_jax": "train.py loads after jax.distributed.initialize"},
     "dualfashion_jax/generation/cli.py": {"dualfashion_jax": "the model stack loads after flags parse"},
+    "dualfashion_jax/web/cli.py": {"dualfashion_jax": "the engine (JAX, the model) loads after flags parse"},
     "dualfashion_jax/demo.py": {"dualfashion_jax": "each phase loads its stack when it runs; --help is instant",
                                 "numpy": "with the phase that uses it"},
 }
