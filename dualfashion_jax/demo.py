@@ -79,7 +79,8 @@ class DemoPlan:
         st = [config_lib.load(f"stage{s}.py:{size}") for s in (1, 2, 3)]
         g, t = d.generate, dict(d.t5)
         if t.get("encoder") not in T5_ENCODERS:
-            raise ValueError(f"configs/demo.py:{size}: t5.encoder must be one of {T5_ENCODERS}, got {t.get('encoder')!r}")
+            raise ValueError(f"configs/demo.py:{size}: t5.encoder must be one of {T5_ENCODERS}, "
+                             f"got {t.get('encoder')!r}")
         return cls(num_users=d.data.num_users, image_size=d.data.image_size, vae_factor=d.vae.factor,
                    vae_basis=d.vae.basis, vocab_size=d.tokenizer.vocab_size, max_length=st[0].data.max_length,
                    t5_preset=st[0].t5.preset, t5=t.pop("encoder"), t5_pretrain=tuple(sorted(t.items())),
@@ -351,8 +352,8 @@ def personalization_summary(reports: dict) -> str:
                                                                "pref_colour_chance", "pref_colour_lift")}
         lines.append(f"| {task.upper()} | {f['category_acc']:.1%} | {f['pref_colour_match']:.1%} | "
                      f"{f['pref_colour_chance']:.1%} | {f['pref_colour_lift']:.2f}x |")
-    lines += ["", "## Captions (oracle)", "", "| task | parse | value in its key's vocabulary | colour = image's oracle "
-              "colour | colour = preference | chance | lift |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Captions (oracle)", "", "| task | parse | value in its key's vocabulary | colour = image's "
+              "oracle colour | colour = preference | chance | lift |", "|---|---|---|---|---|---|---|"]
     for task, rep in reports.items():
         m = rep.get("metrics", {})
         c = {**m.get("caption_oracle", {}), "parse": m.get("oracle", {}).get("oracle_caption_parse_rate")}
@@ -382,7 +383,7 @@ dataset with stand-in encoders: a space-to-depth pixel autoencoder for the SD3 V
 | `vae/` | the stand-in VAE (converted-VAE format, architecture `pixel_s2d`) |
 | `tokenizer/` | sentencepiece tokenizer with T5's id layout (`<extra_id_0>` = MASK) |
 | `t5/` | the stand-in T5 encoder (converted-T5 format; absent with `--t5 random`) |
-| `stage1/` .. `stage3/` | training: `checkpoints/`, `metrics.jsonl`, TensorBoard, `loss_curve.png` (`frozen/t5`: random T5) |
+| `stage1/` .. `stage3/` | `checkpoints/`, `metrics.jsonl`, TensorBoard, `loss_curve.png`, `frozen/t5` (random T5) |
 | `generations/{{pfitb,gor}}/` | images, captions, `records.json`, `index.html`, `report.json`, `report.md` |
 | `plan.json`, `timings.json` | the demo settings and each phase's wall time |
 
