@@ -20,9 +20,10 @@ def get_config(arg=None):
     c.vae = dict(factor=4, basis="pca")
     c.tokenizer = dict(vocab_size=200 if fast else 400)  # sentencepiece soft limit; max_length: the stage configs'
     # the frozen text encoder: "pretrained" = the stage configs' small_demo T5 v1.1 trained with span corruption on
-    # the demo texts (encoder-decoder, the encoder kept, saved as a converted T5 to OUT/t5; docs/demo.md),
-    # "random" = the seeded random init (`demo --t5 random`)
-    c.t5 = dict(encoder="pretrained", steps=30 if fast else 300, batch_size=16 if fast else 64, lr=3e-3,
+    # the demo texts (encoder-decoder, the encoder kept, saved as a converted T5 to OUT/t5; docs/demo.md), "random"
+    # = the seeded random init. Full sizes keep "random" (`demo --t5 pretrained`: captions 98 % parse / 53 % in
+    # vocabulary, but the image preference fell, docs/demo.md); the fast test run exercises the pretrained path
+    c.t5 = dict(encoder="pretrained" if fast else "random", steps=30 if fast else 300, batch_size=16 if fast else 64, lr=3e-3,
                 mlm_weight=1.0, seed=0)
     c.generate = dict(
         max_rows=4 if fast else 0,            # 0 = the whole test split

@@ -6,10 +6,11 @@ redoes, after moving its old output to OUT/stale/, any phase whose inputs change
   vae        the stand-in VAE (space-to-depth pixel autoencoder, models/pixel_ae.py) fitted to the images'
              mean/std, saved as a converted VAE (OUT/vae), and `encode-latents` -> OUT/data/latents
   tokenizer  a sentencepiece tokenizer with T5's id layout trained on the demo texts -> OUT/tokenizer
-  t5         the stand-in T5: a `small_demo` T5 v1.1 encoder-decoder pretrained with span corruption on the demo
-             texts, its encoder saved as a converted T5 -> OUT/t5 (skipped with `--t5 random`)
+  t5         `--t5 pretrained` (the full sizes' default is the random T5, configs/demo.py): a `small_demo` T5 v1.1
+             encoder-decoder pretrained with span corruption on the demo texts, its encoder saved as a converted
+             T5 -> OUT/t5
   stage1..3  `train` with configs/stage{1,2,3}.py:demo,out=OUT -> OUT/stage{1,2,3} (t5.checkpoint = OUT/t5;
-             with `--t5 random` the frozen random T5 is saved by training to OUT/stage*/frozen/t5)
+             with the random T5 it is saved by training to OUT/stage*/frozen/t5)
   generate   PFITB and GOR for the whole test split from the stage-3 workdir -> OUT/generations/{pfitb,gor}
   evaluate   oracle + network metrics per task -> OUT/generations/<task>/report.{json,md}; table printed
 OUT/README.md says where everything is; OUT/timings.json has each phase's wall time. SIGTERM / SIGINT stop the
@@ -107,9 +108,12 @@ class DemoPlan:
         return cls.from_configs(SIZES["fast"])
 
     def record(self) -> dict:
-        """What OUT/plan.json keeps: the knobs (the size name is not one, so folders made before it stay valid)."""
+        """What OUT/plan.json keeps: the knobs (not the size name, nor the T5 fields for the random T5, so folders
+        made before them stay valid; a pretrained-T5 folder records them and is another plan)."""
         d = dataclasses.asdict(self)
         del d["size"]
+        if self.t5 == "random":
+            del d["t5"], d["t5_pretrain"]
         return d
 
 
@@ -409,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quality", action="store_true",
                       help="the tuned full demo: 500 / 2500 / 20 steps (~14 min with the install, vs ~10 by default)")
     p.add_argument("--t5", choices=T5_ENCODERS, default=None,
-                   help="the frozen text encoder: 'pretrained' (default: span corruption on the demo texts, ~1 min) "
-                        "or 'random' (the seeded random init, as before)")
+                   help="the frozen text encoder: 'pretrained' (span corruption on the demo texts, OUT/t5) or "
+                        "'random' (the seeded random init); default: configs/demo.py (random, --fast: pretrained)")
     p.add_argument("--strict", action="store_true", help="fail when a metric cannot be computed (default: the "
                    "table lists it as 'not available' with the reason)")
     a = p.parse_args(argv)

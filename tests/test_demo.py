@@ -94,7 +94,7 @@ def test_other_plan_is_refused_and_nothing_changes(run):
 
 def test_random_t5_folder_is_another_plan(run):
     out, _ = run
-    with pytest.raises(demo_state.DemoPlanMismatch, match=r"t5: 'pretrained' -> 'random'"):
+    with pytest.raises(demo_state.DemoPlanMismatch, match=r"t5: 'pretrained' -> '<absent>'"):
         demo.run(out, dataclasses.replace(demo.DemoPlan.fast(), t5="random"), log=lambda s: None)
 
 
