@@ -19,6 +19,12 @@ def get_config(arg=None):
     # directions (99.3 % variance)
     c.vae = dict(factor=4, basis="pca")
     c.tokenizer = dict(vocab_size=200 if fast else 400)  # sentencepiece soft limit; max_length: the stage configs'
+    # the frozen text encoder: "pretrained" = the stage configs' small_demo T5 v1.1 trained with span corruption on
+    # the demo texts (encoder-decoder, the encoder kept, saved as a converted T5 to OUT/t5; docs/demo.md), "random"
+    # = the seeded random init. Full sizes keep "random" (`demo --t5 pretrained`: captions 98 % parse / 53 % in
+    # vocabulary, but the image preference fell, docs/demo.md); the fast test run exercises the pretrained path
+    c.t5 = dict(encoder="pretrained" if fast else "random", steps=30 if fast else 300, batch_size=16 if fast else 64, lr=3e-3,
+                mlm_weight=1.0, seed=0)
     c.generate = dict(
         max_rows=4 if fast else 0,            # 0 = the whole test split
         num_images=1,                         # samples per blank (generate's task defaults, 2 / 5, cost 2x / 5x)
@@ -31,5 +37,6 @@ def get_config(arg=None):
         rows_per_batch=4 if fast else 16)
     # every network real-weight (installed by scripts/install.sh) on PFITB (160 images); GOR has 4x the images: FID
     # there would cost minutes of the budget; LPIPS on 2x2 collages at the images' own scale (64 px, not 1024)
-    c.evaluate = dict(pfitb_metrics="oracle,fid,lpips", gor_metrics="oracle,lpips")
+    # caption_oracle: caption values in their key's vocabulary, caption colour = image / = preference (no network)
+    c.evaluate = dict(pfitb_metrics="oracle,caption_oracle,fid,lpips", gor_metrics="oracle,caption_oracle,lpips")
     return c

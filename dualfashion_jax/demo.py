@@ -6,8 +6,11 @@ redoes, after moving its old output to OUT/stale/, any phase whose inputs change
   vae        the stand-in VAE (space-to-depth pixel autoencoder, models/pixel_ae.py) fitted to the images'
              mean/std, saved as a converted VAE (OUT/vae), and `encode-latents` -> OUT/data/latents
   tokenizer  a sentencepiece tokenizer with T5's id layout trained on the demo texts -> OUT/tokenizer
-  stage1..3  `train` with configs/stage{1,2,3}.py:demo,out=OUT -> OUT/stage{1,2,3}
-             (the frozen random `small_demo` T5 is saved by training to OUT/stage*/frozen/t5)
+  t5         `--t5 pretrained` (the full sizes' default is the random T5, configs/demo.py): a `small_demo` T5 v1.1
+             encoder-decoder pretrained with span corruption on the demo texts, its encoder saved as a converted
+             T5 -> OUT/t5
+  stage1..3  `train` with configs/stage{1,2,3}.py:demo,out=OUT -> OUT/stage{1,2,3} (t5.checkpoint = OUT/t5;
+             with the random T5 it is saved by training to OUT/stage*/frozen/t5)
   generate   PFITB and GOR for the whole test split from the stage-3 workdir -> OUT/generations/{pfitb,gor}
   evaluate   oracle + network metrics per task -> OUT/generations/<task>/report.{json,md}; table printed
 OUT/README.md says where everything is; OUT/timings.json has each phase's wall time. SIGTERM / SIGINT stop the
@@ -22,6 +25,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import sys
 import threading
@@ -34,6 +38,7 @@ from dualfashion_jax.core import config as config_lib
 
 MODEL_KEYS = ("num_layers", "num_heads", "head_dim", "matching_hidden", "patch_size")  # of the stage configs'
 SIZES = {"default": "demo", "quality": "demo_quality", "fast": "demo_fast"}
+T5_ENCODERS = ("pretrained", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +52,9 @@ class DemoPlan:
     vae_basis: str
     vocab_size: int                    # tokenizer (soft limit)
     max_length: int                    # tokens per text segment
-    t5_preset: str                     # frozen random T5
+    t5_preset: str                     # the frozen T5's architecture
+    t5: str                            # "pretrained" (span corruption on the demo texts, OUT/t5) | "random"
+    t5_pretrain: tuple                 # its `training.t5_pretrain.PretrainConfig` overrides, (name, value)
     model: tuple                       # MMDiT overrides, (name, value) in MODEL_KEYS order
     steps: tuple                       # stage 1, 2, 3
     batch: tuple
@@ -71,10 +78,14 @@ class DemoPlan:
     def from_configs(cls, size: str = "demo") -> "DemoPlan":
         d = config_lib.load(f"demo.py:{size}")
         st = [config_lib.load(f"stage{s}.py:{size}") for s in (1, 2, 3)]
-        g = d.generate
+        g, t = d.generate, dict(d.t5)
+        if t.get("encoder") not in T5_ENCODERS:
+            raise ValueError(f"configs/demo.py:{size}: t5.encoder must be one of {T5_ENCODERS}, "
+                             f"got {t.get('encoder')!r}")
         return cls(num_users=d.data.num_users, image_size=d.data.image_size, vae_factor=d.vae.factor,
                    vae_basis=d.vae.basis, vocab_size=d.tokenizer.vocab_size, max_length=st[0].data.max_length,
-                   t5_preset=st[0].t5.preset, model=tuple((k, st[0].model.overrides[k]) for k in MODEL_KEYS),
+                   t5_preset=st[0].t5.preset, t5=t.pop("encoder"), t5_pretrain=tuple(sorted(t.items())),
+                   model=tuple((k, st[0].model.overrides[k]) for k in MODEL_KEYS),
                    steps=tuple(c.total_steps for c in st), batch=tuple(c.batch_size for c in st),
                    lr=tuple(c.optim.lr for c in st), lr_decay=tuple(c.optim.decay for c in st),
                    preference_dropout=st[1].loss.preference_dropout, gen_rows=g.max_rows, num_images=g.num_images,
@@ -97,9 +108,12 @@ class DemoPlan:
         return cls.from_configs(SIZES["fast"])
 
     def record(self) -> dict:
-        """What OUT/plan.json keeps: the knobs (the size name is not one, so folders made before it stay valid)."""
+        """What OUT/plan.json keeps: the knobs (not the size name, nor the T5 fields for the random T5, so folders
+        made before them stay valid; a pretrained-T5 folder records them and is another plan)."""
         d = dataclasses.asdict(self)
         del d["size"]
+        if self.t5 == "random":
+            del d["t5"], d["t5_pretrain"]
         return d
 
 
@@ -138,22 +152,30 @@ def make_vae(out: pathlib.Path, plan: DemoPlan) -> pathlib.Path:
 
 def make_tokenizer(out: pathlib.Path, plan: DemoPlan) -> pathlib.Path:
     """A T5-layout sentencepiece tokenizer trained on every text the demo tokenizes (captions, prefs, sentences)."""
-    from dualfashion_jax.data.format import SafeDataset, sentence_text
     from dualfashion_jax.text import tokenizer as tk
 
     tok_dir = out / "tokenizer"
     if (tok_dir / "spiece.model").is_file():
         return tok_dir
-    ds = SafeDataset(out / "data")
+    texts = demo_texts(out / "data")
+    tk.build_test_tokenizer(texts, tok_dir, vocab_size=plan.vocab_size, max_length=plan.max_length, model_type="bpe",
+                            user_symbols=fixed_phrases(texts))
+    return tok_dir
+
+
+def demo_texts(data: pathlib.Path) -> list[str]:
+    """Every text the demo tokenizes: item captions, preferences (all splits), stage-1 captions and re-captions,
+    category sentences, the empty caption."""
+    from dualfashion_jax.data.format import SafeDataset, sentence_text
+    from dualfashion_jax.text import tokenizer as tk
+
+    ds = SafeDataset(data)
     texts = [tk.caption_json(v["elements"]) for v in ds.item_info.values()]
     for split in ("train", "valid", "test"):
         for per_user in ds.preference(split).values():
             texts += [tk.caption_json(v.get("Frequency", {})) for v in per_user.values()]
     texts += [t for r in ds.stage1 for t in (r["caption"], r["re_caption"])] if ds.has_text("stage1.json") else []
-    texts += [sentence_text(name) for name in ds.categories.values()] + [tk.caption_json({})]
-    tk.build_test_tokenizer(texts, tok_dir, vocab_size=plan.vocab_size, max_length=plan.max_length, model_type="bpe",
-                            user_symbols=fixed_phrases(texts))
-    return tok_dir
+    return texts + [sentence_text(name) for name in ds.categories.values()] + [tk.caption_json({})]
 
 
 def fixed_phrases(texts: list[str]) -> list[str]:
@@ -173,10 +195,36 @@ def fixed_phrases(texts: list[str]) -> list[str]:
     return tk.caption_scaffold(keys) + [head, tail, tail.split(",")[-1].strip()]
 
 
+def make_t5(out: pathlib.Path, plan: DemoPlan) -> pathlib.Path:
+    """The stand-in T5: the plan's T5 v1.1 architecture pretrained with span corruption on the demo texts, its
+    encoder saved as a converted T5 to OUT/t5 (written to OUT/t5.partial, then renamed)."""
+    from dualfashion_jax.models import t5
+    from dualfashion_jax.text import tokenizer as tk
+    from dualfashion_jax.training import t5_pretrain
+
+    t5_dir, partial = out / "t5", out / "t5.partial"
+    if (t5_dir / "config.json").is_file():
+        return t5_dir
+    if partial.exists():  # this phase's own unfinished output
+        shutil.rmtree(partial)
+    tok = tk.CaptionTokenizer.from_pretrained(out / "tokenizer", max_length=plan.max_length)
+    opts = dict(plan.t5_pretrain)
+    pcfg = t5_pretrain.PretrainConfig(warmup_steps=min(50, opts["steps"] // 10), **opts)
+    cfg = t5.get_config(plan.t5_preset, vocab_size=tok.vocab_size)
+    s = t5_pretrain.train_and_save(demo_texts(out / "data"), tok, cfg, pcfg, partial)
+    partial.replace(t5_dir)
+    print(f"t5: {pcfg.steps} steps on {s['texts']} texts, loss {s['loss_first10']:.3f} -> {s['loss_last10']:.3f}; "
+          f"cosine between masked caption slots {s['masked_slot_cosine']:.4f}")
+    return t5_dir
+
+
 def stage_config(out: pathlib.Path, plan: DemoPlan, stage: int):
-    """configs/stage{n}.py at the plan's size, reading and writing under OUT."""
+    """configs/stage{n}.py at the plan's size, reading and writing under OUT (the frozen T5: OUT/t5 when pretrained)."""
     i = stage - 1
-    return config_lib.load(f"stage{stage}.py:{plan.size},out={out},steps={plan.steps[i]},batch={plan.batch[i]}")
+    c = config_lib.load(f"stage{stage}.py:{plan.size},out={out},steps={plan.steps[i]},batch={plan.batch[i]}")
+    if plan.t5 == "pretrained":
+        c.t5.checkpoint = str(out / "t5")
+    return c
 
 
 def train_stage(out: pathlib.Path, plan: DemoPlan, stage: int) -> pathlib.Path:
@@ -233,7 +281,9 @@ Phase = tuple[str, tuple[str, ...], tuple[str, ...], Callable[[], object]]
 
 def phases(out: pathlib.Path, plan: DemoPlan, strict: bool = False) -> list[Phase]:
     """(name, input phases, outputs under OUT, run) in order; `demo_state.Ledger` decides skip / resume / redo."""
-    steps = [(f"stage{s}", ("data", "vae", "tokenizer") + ((f"stage{s - 1}",) if s > 1 else ()), (f"stage{s}",),
+    text = [("t5", ("data", "tokenizer"), ("t5",), lambda: make_t5(out, plan))] if plan.t5 == "pretrained" else []
+    inputs = ("data", "vae", "tokenizer") + tuple(name for name, *_ in text)
+    steps = [(f"stage{s}", inputs + ((f"stage{s - 1}",) if s > 1 else ()), (f"stage{s}",),
               lambda s=s: train_stage(out, plan, s)) for s in (1, 2, 3)]
     gens = [(f"generate_{t}", ("stage3",), (f"generations/{t}",), lambda t=t: generate(out, plan, t))
             for t in ("pfitb", "gor")]
@@ -241,7 +291,7 @@ def phases(out: pathlib.Path, plan: DemoPlan, strict: bool = False) -> list[Phas
               lambda t=t: evaluate(out, plan, t, strict)) for t in ("pfitb", "gor")]
     return [("data", (), ("data",), lambda: make_data(out, plan)),
             ("vae", ("data",), ("vae", "data/latents"), lambda: make_vae(out, plan)),
-            ("tokenizer", ("data",), ("tokenizer",), lambda: make_tokenizer(out, plan))] + steps + gens + evals
+            ("tokenizer", ("data",), ("tokenizer",), lambda: make_tokenizer(out, plan))] + text + steps + gens + evals
 
 
 def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[str], None] = print,
@@ -291,12 +341,13 @@ def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[
                          for t in reports)
     summary = personalization_summary(reports)
     log("\n" + table + "\n\n" + summary)
-    write_readme(out, built, table, summary)
+    write_readme(out, built, table, summary, plan)
     return {"timings": timings, "reports": reports}
 
 
 def personalization_summary(reports: dict) -> str:
-    """The demo's acceptance figures per task: oracle category match, preferred-colour hit rate vs chance."""
+    """The demo's acceptance figures per task: oracle category match, preferred-colour hit rate vs chance, and the
+    captions' parse / vocabulary / colour agreement rates."""
     lines = ["## Personalization (oracle)", "", "| task | category match | preferred colour | chance | lift |",
              "|---|---|---|---|---|"]
     for task, rep in reports.items():
@@ -305,24 +356,38 @@ def personalization_summary(reports: dict) -> str:
                                                                "pref_colour_chance", "pref_colour_lift")}
         lines.append(f"| {task.upper()} | {f['category_acc']:.1%} | {f['pref_colour_match']:.1%} | "
                      f"{f['pref_colour_chance']:.1%} | {f['pref_colour_lift']:.2f}x |")
+    lines += ["", "## Captions (oracle)", "", "| task | parse | value in its key's vocabulary | colour = image's "
+              "oracle colour | colour = preference | chance | lift |", "|---|---|---|---|---|---|---|"]
+    for task, rep in reports.items():
+        m = rep.get("metrics", {})
+        c = {**m.get("caption_oracle", {}), "parse": m.get("oracle", {}).get("oracle_caption_parse_rate")}
+        f = {k: float("nan") if c.get(k) is None else c[k] for k in (
+            "parse", "caption_value_in_vocab", "caption_colour_image", "caption_pref_colour_match",
+            "caption_pref_colour_chance", "caption_pref_colour_lift")}
+        lines.append(f"| {task.upper()} | {f['parse']:.1%} | {f['caption_value_in_vocab']:.1%} | "
+                     f"{f['caption_colour_image']:.1%} | {f['caption_pref_colour_match']:.1%} | "
+                     f"{f['caption_pref_colour_chance']:.1%} | {f['caption_pref_colour_lift']:.2f}x |")
     return "\n".join(lines)
 
 
-def write_readme(out: pathlib.Path, timings: dict, table: str, summary: str) -> None:
+def write_readme(out: pathlib.Path, timings: dict, table: str, summary: str, plan: DemoPlan) -> None:
     """OUT/README.md: where every artefact is, the phase timings and the evaluation tables."""
+    t5_text = ("pretrained with span corruption on the demo texts, `t5/`" if plan.t5 == "pretrained"
+               else "seeded random init")
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items())
     (out / "README.md").write_text(f"""# DualFashion-JAX offline demo
 
 Produced by `dualfashion-jax demo --out {out}` (see docs/demo.md). Everything is on the built-in synthetic
-dataset with stand-in encoders: a space-to-depth pixel autoencoder for the SD3 VAE and a frozen random-init
-`small_demo` T5 with a tokenizer trained on the demo texts. Rerunning the command skips finished phases.
+dataset with stand-in encoders: a space-to-depth pixel autoencoder for the SD3 VAE and a frozen `small_demo` T5
+({t5_text}) with a tokenizer trained on the demo texts. Rerunning the command skips finished phases.
 
 | where | what |
 |---|---|
 | `data/` | synthetic dataset (safe format), `data/truth/` oracle ground truth, `data/latents/` stand-in VAE latents |
 | `vae/` | the stand-in VAE (converted-VAE format, architecture `pixel_s2d`) |
 | `tokenizer/` | sentencepiece tokenizer with T5's id layout (`<extra_id_0>` = MASK) |
-| `stage1/` .. `stage3/` | training: `checkpoints/`, `metrics.jsonl`, TensorBoard, `loss_curve.png`, `frozen/t5` |
+| `t5/` | the stand-in T5 encoder (converted-T5 format; absent with `--t5 random`) |
+| `stage1/` .. `stage3/` | `checkpoints/`, `metrics.jsonl`, TensorBoard, `loss_curve.png`, `frozen/t5` (random T5) |
 | `generations/{{pfitb,gor}}/` | images, captions, `records.json`, `index.html`, `report.json`, `report.md` |
 | `plan.json`, `timings.json` | the demo settings and each phase's wall time |
 
@@ -347,11 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--fast", action="store_true", help="a tiny run (few users, steps and rows) for tests")
     size.add_argument("--quality", action="store_true",
                       help="the tuned full demo: 500 / 2500 / 20 steps (~14 min with the install, vs ~10 by default)")
+    p.add_argument("--t5", choices=T5_ENCODERS, default=None,
+                   help="the frozen text encoder: 'pretrained' (span corruption on the demo texts, OUT/t5) or "
+                        "'random' (the seeded random init); default: configs/demo.py (random, --fast: pretrained)")
     p.add_argument("--strict", action="store_true", help="fail when a metric cannot be computed (default: the "
                    "table lists it as 'not available' with the reason)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     plan = DemoPlan.fast() if a.fast else DemoPlan.quality() if a.quality else DemoPlan.default()
+    if a.t5:
+        plan = dataclasses.replace(plan, t5=a.t5)
     try:
         run(a.out, plan, strict=a.strict)
     except demo_state.DemoInterrupted as e:

@@ -41,6 +41,11 @@ def test_artefacts_and_table(run):
     assert json.loads((out / "timings.json").read_text())["total"] > 0
     cfg = json.loads((out / "stage2" / "config.json").read_text())
     assert cfg["t5"]["preset"] == "small_demo" and cfg["vae"]["checkpoint"] == str(out / "vae")
+    assert cfg["t5"]["checkpoint"] == str(out / "t5")  # the pretrained stand-in T5, loaded as a converted T5
+    t5_meta = json.loads((out / "t5" / "config.json").read_text())
+    assert t5_meta["kind"] == "t5" and t5_meta["pretrain"]["steps"] == 30 and not (out / "stage2" / "frozen").exists()
+    assert "Captions (oracle)" in readme and "caption_oracle" in json.loads(
+        (out / "generations" / "pfitb" / "report.json").read_text())["metrics"]
     assert json.loads((out / "vae" / "config.json").read_text())["config"]["architecture"] == "pixel_s2d"
 
 
@@ -63,7 +68,7 @@ def test_rerun_resumes(run):
     t = result["timings"]
     assert ckpt.stat().st_mtime == mtime  # not retrained
     assert json.loads((out / "timings.json").read_text())["stage2"] > 0  # the file keeps the building run's time
-    assert max(t[k] for k in ("data", "vae", "tokenizer", "stage1", "stage2", "stage3")) < 5.0, t
+    assert max(t[k] for k in ("data", "vae", "tokenizer", "t5", "stage1", "stage2", "stage3")) < 5.0, t
     assert json.loads((out / "generations" / "gor" / "report.json").read_text())["settings"]["num_generated"] == 16
 
 
@@ -85,6 +90,12 @@ def test_other_plan_is_refused_and_nothing_changes(run):
     with pytest.raises(demo_state.DemoPlanMismatch, match=r"num_users: 16 -> 160.*steps: \[24, 8, 4\] -> \[500"):
         demo.run(out, other, log=lambda s: None)
     assert _digest(out) == before
+
+
+def test_random_t5_folder_is_another_plan(run):
+    out, _ = run
+    with pytest.raises(demo_state.DemoPlanMismatch, match=r"t5: 'pretrained' -> '<absent>'"):
+        demo.run(out, dataclasses.replace(demo.DemoPlan.fast(), t5="random"), log=lambda s: None)
 
 
 def test_redone_stage_redoes_every_later_phase(run):

@@ -9,6 +9,9 @@ Clothing Fashion Style). `encode_text` is any `texts -> [N, E]` function (normal
     reported per key, as a mean over keys, and count-weighted by the number of values per key.
   * image-text alignment (per key): cos(E_img(g), E("Key: value")) with the value read from g's OWN generated
     caption (the original read a never-produced `extracted_caption.json`), no x100, as in DualFashion.
+  * synthetic data only (`caption_oracle`): the rate of caption values that belong to their own key's vocabulary
+    (canonical value or synonym), caption colour = the colour the oracle reads from the same generated image, and
+    caption colour = the user's latent favourite (with chance and lift, as the oracle's image preference match).
 Also their runners and registration.
 """
 from __future__ import annotations
@@ -20,8 +23,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from dualfashion_jax.data import oracle
+from dualfashion_jax.data.synthetic import attributes as A
+from dualfashion_jax.data.synthetic.truth import load_truth
 from dualfashion_jax.evaluators.clip_metrics import cosine
 from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.oracle_metrics import dataset_shapes, preference_match
 from dualfashion_jax.evaluators.registry import register
 from dualfashion_jax.text.tokenizer import CAPTION_KEYS, parse_caption
 
@@ -129,6 +136,36 @@ def attribute_entropy(captions: Sequence[str | None]) -> dict[str, float]:
     return out
 
 
+def value_in_vocabulary(captions: Sequence[str | None]) -> dict[str, float]:
+    """Fraction of (caption, key) slots whose value belongs to that key's synthetic vocabulary (canonical or
+    synonym; a missing key or caption counts as a miss), overall and per key."""
+    hits = {k: [c is not None and A.parse_value(k, parse_caption(c).get(k, "")) >= 0 for c in captions]
+            for k in CAPTION_KEYS}
+    out = {f"caption_in_vocab_{_slug(k)}": float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
+    allv = [x for v in hits.values() for x in v]
+    out["caption_value_in_vocab"] = float(np.mean(allv)) if allv else float("nan")
+    return out
+
+
+def caption_colours(captions: Sequence[str | None]) -> np.ndarray:
+    """[N] colour index named by each caption's Color value (-1: none, or not a colour)."""
+    return np.asarray([A.parse_value("Color", parse_caption(c).get("Color", "")) if c is not None else -1
+                       for c in captions], np.int64)
+
+
+def caption_colour_scores(captions: Sequence[str | None], image_colour: np.ndarray, uids: np.ndarray,
+                          categories: np.ndarray, truth) -> dict[str, float]:
+    """Caption colour vs the oracle's colour of the same image [N], and vs the user's favourite colour of the
+    requested category (match, chance = the non-personalised prior's rate, lift)."""
+    colours = caption_colours(captions)
+    if colours.shape != np.asarray(image_colour).shape:
+        raise ValueError(f"caption_colour_scores: {colours.shape[0]} captions for {np.asarray(image_colour).shape} "
+                         "decoded image colours")
+    pref = preference_match({"colour": colours}, uids, categories, truth)
+    return {"caption_colour_image": float(np.mean(colours == np.asarray(image_colour))),
+            **{f"caption_{k}": v for k, v in pref.items()}}
+
+
 # ------------------------------------------------------------------------------------------------ runners
 def need_captions(ctx: EvalContext) -> list[str | None]:
     """The entries' generated captions; ValueError when the run generated no text."""
@@ -168,4 +205,18 @@ def run_text_diversity(ctx: EvalContext) -> dict:
             rows.setdefault((ri, g.slot), []).append(c)
     out = semantic_diversity(list(rows.values()), ctx.clip().texts)
     out.update(attribute_entropy(caps))
+    return out
+
+
+@register("caption_oracle", group="Text",
+          description="synthetic data only: caption values in their own key's vocabulary, caption colour = the "
+                      "oracle's colour of the same image, caption colour = the user's favourite (lift vs chance)",
+          headline=[("caption_value_in_vocab", "Cap. in vocab"), ("caption_colour_image", "Cap. colour = image"),
+                    ("caption_pref_colour_lift", "Cap. pref lift")])
+def run_caption_oracle(ctx: EvalContext) -> dict:
+    caps = need_captions(ctx)
+    decoded = oracle.decode_attributes(ctx.gen_images(), shapes=dataset_shapes(ctx.data_dir))
+    out = value_in_vocabulary(caps)
+    out.update(caption_colour_scores(caps, decoded["colour"], np.asarray(ctx.uids), np.asarray(ctx.categories),
+                                     load_truth(ctx.data_dir)))
     return out
