@@ -348,14 +348,18 @@ def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[
 def personalization_summary(reports: dict) -> str:
     """The demo's acceptance figures per task: oracle category match, preferred-colour hit rate vs chance, and the
     captions' parse / vocabulary / colour agreement rates."""
-    lines = ["## Personalization (oracle)", "", "| task | category match | preferred colour | chance | lift |",
-             "|---|---|---|---|---|"]
+    lines = ["## Personalization (oracle) beside fidelity", "",
+             "| task | category match | preferred colour | chance | lift | FID / random real | render error (GT) |",
+             "|---|---|---|---|---|---|---|"]
     for task, rep in reports.items():
-        o = rep.get("metrics", {}).get("oracle", {})
+        m = rep.get("metrics", {})
+        o, fr, of = m.get("oracle", {}), m.get("fid_ratio", {}), m.get("oracle_fidelity", {})
         f = {k: o.get(f"oracle_{k}", float("nan")) for k in ("category_acc", "pref_colour_match",
                                                                "pref_colour_chance", "pref_colour_lift")}
+        ratio = f"{fr['fid_ratio']:.2f}x ({fr['fid']:.1f} / {fr['fid_random_real']:.1f})" if fr else "-"
+        render = (f"{of['oracle_render_err']:.1f} ({of['oracle_render_err_real']:.1f})" if of else "-")
         lines.append(f"| {task.upper()} | {f['category_acc']:.1%} | {f['pref_colour_match']:.1%} | "
-                     f"{f['pref_colour_chance']:.1%} | {f['pref_colour_lift']:.2f}x |")
+                     f"{f['pref_colour_chance']:.1%} | {f['pref_colour_lift']:.2f}x | {ratio} | {render} |")
     lines += ["", "## Captions (oracle)", "", "| task | parse | value in its key's vocabulary | colour = image's "
               "oracle colour | colour = preference | chance | lift |", "|---|---|---|---|---|---|---|"]
     for task, rep in reports.items():

@@ -38,6 +38,10 @@ def test_artefacts_and_table(run):
         assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(wd) for f in fs), wd
     readme = (out / "README.md").read_text()
     assert "Personalization (oracle)" in readme and "| PFITB |" in readme and "stage1/" in readme
+    assert "FID / random real" in readme and "render error (GT)" in readme  # fidelity beside personalization
+    pfitb = json.loads((out / "generations" / "pfitb" / "report.json").read_text())["metrics"]
+    assert pfitb["fid_ratio"]["fid_random_real"] > 0 and pfitb["oracle_fidelity"]["oracle_render_err"] >= 0
+    assert "<!-- evaluation:begin -->" in (out / "generations" / "pfitb" / "index.html").read_text()
     assert json.loads((out / "timings.json").read_text())["total"] > 0
     cfg = json.loads((out / "stage2" / "config.json").read_text())
     assert cfg["t5"]["preset"] == "small_demo" and cfg["vae"]["checkpoint"] == str(out / "vae")
