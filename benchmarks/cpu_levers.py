@@ -17,6 +17,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as ts  # noqa: E402  (benchmarks/train_step.py: presets, torch step, interleaved timing)
 
+from dualfashion_jax.core import host_memory
+
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}  # XLA's own (Eigen) dots/fusions instead of YNNPACK's
 VARIANTS = {"base": (True, {}), "ynn_off": (True, YNN_OFF), "unroll": (False, {}), "unroll_ynn_off": (False, YNN_OFF)}
 
@@ -51,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--no_torch", action="store_true")
     p.add_argument("--extra", default="{}", help='more variants: JSON {name: {"scan": bool, "options": {...}}}')
     a = p.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     batch, txt_len = (16, 72) if a.config == "demo" else (4, 64)
     fns, host = {}, None

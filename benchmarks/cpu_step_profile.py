@@ -19,6 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as ts  # noqa: E402  (benchmarks/train_step.py: presets incl. 'demo')
 
+from dualfashion_jax.core import host_memory
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--no_scan", action="store_true")
     p.add_argument("--ops", action="store_true", help="also: per-op-category thread time of the whole step (trace)")
     a = p.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if a.ops:
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dualfashion_jax.core import host_memory
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-items", type=int, default=400)
     p.add_argument("--prefetch", type=int, nargs="+", default=[0, 4])
     a = p.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in a.image_sizes:

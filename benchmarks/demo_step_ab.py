@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from dualfashion_jax.core import host_memory
+
 
 def build(out: pathlib.Path, plan, stage: int, overrides: dict):
     """(compiled step, state, data iterator, frozen, mesh) of the demo's stage `stage` with config `overrides`."""
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--block", type=int, default=10, help="steps per loop block (the demo's log_every)")
     a = p.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 

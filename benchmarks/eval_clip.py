@@ -18,6 +18,8 @@ import numpy as np
 
 from timing import median_seconds
 
+from dualfashion_jax.core import host_memory
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--bf16", action="store_true", help="also time JAX with bf16 compute")
     args = p.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
 
     vc = clip_text.get_config(args.preset).vision
     oc = open_clip_ref.load()

@@ -17,6 +17,8 @@ import numpy as np
 
 from timing import median_seconds
 
+from dualfashion_jax.core import host_memory
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/eval_features.py", description=__doc__.splitlines()[0])
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per batch size (median reported)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="JAX compute dtype")
     args = parser.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
 
     import jax
     import jax.numpy as jnp

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from dualfashion_jax.core import host_memory
+
 
 def _inputs(cfg, rows: int, txt_len: int, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -145,6 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each side (after a warm-up)")
     a = p.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
     if a.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax

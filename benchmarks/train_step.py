@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from dualfashion_jax.core import host_memory
 from dualfashion_jax.perf import flops
 
 PEAK_BF16 = flops.PEAK_BF16  # re-exported for callers of this script
@@ -158,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--torch_threads", type=int, default=None, help="default: the CPUs this process may run on")
     p.add_argument("--no_torch_ema", action="store_true", help="PyTorch side without the EMA the JAX step does")
     a = p.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
+    print(f"host memory kept in-process (mallopt): {kept}")
     if a.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax

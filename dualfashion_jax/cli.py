@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from dualfashion_jax.core import host_memory
+
 # name -> (module, one-line help). Modules own their flags.
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dualfashion_jax.conversion.cli", "convert PyTorch/diffusers/transformers checkpoints to orbax"),
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"dualfashion-jax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    host_memory.keep_freed_memory()  # before any JAX allocation: no per-step page faults on CPU
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -183,3 +183,23 @@ def test_text_dropout_and_stage2_input():
     got = cond.stage2_image_input(j(x0), j(eps), j(sig), j(r_t), j(c), j(m), lam)
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(cond.context_keep(jnp.asarray([0.2, 0.7]), 0.5)), [0.0, 1.0])
+
+
+def test_pick_equals_the_gather_and_its_gradient_has_no_scatter():
+    """`masked_text.pick` (one-hot select-and-sum) == take_along_axis, value and gradient, without a scatter."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((3, 5, 37)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 37, (3, 5)), jnp.int32)
+
+    def gather(x):
+        return jnp.take_along_axis(jax.nn.log_softmax(x), ids[..., None], -1)[..., 0]
+
+    def picked(x):
+        return masked_text.pick(jax.nn.log_softmax(x), ids)
+
+    np.testing.assert_array_equal(np.asarray(picked(logits)), np.asarray(gather(logits)))
+    g_pick = jax.grad(lambda x: picked(x).sum())(logits)
+    g_gather = jax.grad(lambda x: gather(x).sum())(logits)
+    np.testing.assert_allclose(np.asarray(g_pick), np.asarray(g_gather), rtol=0, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: picked(x).sum()))(logits))
+    assert "scatter" not in jaxpr and "scatter-add" in str(jax.make_jaxpr(jax.grad(lambda x: gather(x).sum()))(logits))

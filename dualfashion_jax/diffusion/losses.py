@@ -73,7 +73,7 @@ def brier_loss(logits: jax.Array, x0: jax.Array, label_mask: jax.Array, t: jax.A
     """
     _check_text_args(logits, x0, label_mask, t, norm)
     p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B, L, V]
-    p_x0 = jnp.take_along_axis(p, x0[..., None].astype(jnp.int32), axis=-1)[..., 0]  # [B, L]
+    p_x0 = masked_text.pick(p, x0)  # [B, L]
     per_token = jnp.sum(jnp.square(p), axis=-1) - 2.0 * p_x0
     lm = label_mask.astype(jnp.float32)
     per_token = per_token * (1.0 / t)[:, None] * lm

@@ -91,6 +91,13 @@ def subs_log_probs(logits: jax.Array, x_t: jax.Array, mask_id: int) -> jax.Array
     return jnp.where(unmasked, forced, logp)
 
 
+def pick(values: jax.Array, ids: jax.Array) -> jax.Array:
+    """values[..., ids] per position, [B, L, V], [B, L] -> [B, L], as a one-hot select-and-sum: exact (one term),
+    and its gradient is elementwise (a gather's is a scatter into a zeroed [B, L, V]: ~10 % of a CPU step)."""
+    hit = jnp.arange(values.shape[-1], dtype=jnp.int32) == ids[..., None].astype(jnp.int32)  # [B, L, V]
+    return jnp.sum(jnp.where(hit, values, jnp.zeros((), values.dtype)), axis=-1)
+
+
 def token_log_prob(log_probs: jax.Array, x0: jax.Array) -> jax.Array:
     """Gathers log p(x0) per position: [B, L, V], [B, L] -> [B, L]."""
-    return jnp.take_along_axis(log_probs, x0[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return pick(log_probs, x0)

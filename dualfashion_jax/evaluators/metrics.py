@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from dualfashion_jax.evaluators import (caption_metrics, clip_metrics, compatibility, fid, grounding, inception_score,
-                                        llm_judge, lpips_metrics, oracle_metrics, ranking_metrics, registry)
+from dualfashion_jax.evaluators import (caption_metrics, clip_metrics, compatibility, fid, fidelity, grounding,
+                                        inception_score, llm_judge, lpips_metrics, oracle_metrics, ranking_metrics,
+                                        registry)
 from dualfashion_jax.evaluators.registry import MetricSpec
 
 # Families in table order (within each group of registry.GROUPS).
-FAMILIES = (fid, inception_score, clip_metrics, lpips_metrics, compatibility, caption_metrics, llm_judge,
+FAMILIES = (fid, fidelity, inception_score, clip_metrics, lpips_metrics, compatibility, caption_metrics, llm_judge,
             oracle_metrics, grounding, ranking_metrics)
 METRICS: dict[str, MetricSpec] = registry.table(FAMILIES)
 

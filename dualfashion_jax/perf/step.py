@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from dualfashion_jax.diffusion import flow, losses
+from dualfashion_jax.diffusion import flow, losses, masked_text
 from dualfashion_jax.models import mmdit
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
@@ -55,7 +55,7 @@ def loss_fn(model, frozen, b, key, *, kept: int):
     x_in = flow.add_noise(x0, jax.random.normal(jax.random.fold_in(key, 1), x0.shape), sigma)
     v, logits = model(x_in, b["txt"], sigma * 1000.0, text_logits_len=kept)  # logits [B, kept, V]
     l_img = jnp.mean(losses.flow_x0_loss(v, x_in, x0, sigma))
-    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), b["ids"][:, :kept, None], -1))
+    ce = -jnp.mean(masked_text.pick(jax.nn.log_softmax(logits), b["ids"][:, :kept]))
     return l_img + 0.2 * ce, {}
 
 
