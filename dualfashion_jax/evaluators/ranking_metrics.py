@@ -23,7 +23,7 @@ from dualfashion_jax.data import interactions
 from dualfashion_jax.data.format import FormatError, SafeDataset
 from dualfashion_jax.data.images import ItemImages, ItemLatents
 from dualfashion_jax.data.synthetic import truth as truth_lib
-from dualfashion_jax.evaluators.context import EvalContext
+from dualfashion_jax.evaluators.context import TRAINED, EvalContext, NetworkInfo
 from dualfashion_jax.evaluators.registry import register
 from dualfashion_jax.modeling.dvbpr import load_dvbpr
 from dualfashion_jax.models.dvbpr import DVBPR
@@ -180,6 +180,8 @@ def run_dvbpr_ranking(ctx: EvalContext) -> dict[str, float]:
         raise FileNotFoundError("metric dvbpr_ranking needs a trained DVBPR workdir (EvalOptions.checkpoints"
                                 "['dvbpr']; train one with configs/dvbpr.py)")
     model, step = load_dvbpr(path)
+    ctx.networks["dvbpr"] = NetworkInfo("dvbpr", TRAINED, f"{path} (step {step})",
+                                        {"input_kind": model.cfg.input_kind, "embed_dim": model.cfg.embed_dim})
     train = interactions.user_positives(ctx.dataset, "train")
     scorers = {"dvbpr": dvbpr_scorer(model, ctx.dataset),
                "popularity": popularity_scorer(train, ctx.dataset.num_items),

@@ -38,6 +38,17 @@ class DesignSettings:
         if not 0.0 < float(self.strength) <= 1.0:
             raise ValueError(f"DesignSettings.strength must be in (0, 1], got {self.strength}")
 
+    def to_json(self) -> dict:
+        return {"strength": float(self.strength), "seed": int(self.seed),
+                "score": {**dataclasses.asdict(self.score), "interval": list(self.score.interval)},
+                "guidance": {**dataclasses.asdict(self.guidance), "interval": list(self.guidance.interval)}}
+
+    @classmethod
+    def from_json(cls, d) -> "DesignSettings":
+        d = dict(d)
+        return cls(strength=d["strength"], seed=d["seed"], score=sg.ScoreGuidanceConfig(**d["score"]),
+                   guidance=GuidanceConfig(**d["guidance"]))
+
     @property
     def start_step(self) -> int:
         n = self.guidance.num_steps
