@@ -40,7 +40,8 @@ def get_config(arg=None):
     widths = {"tiny": ([8, 16], 32, 16), "demo": ([32, 64, 128], 128, 32),
               "ifashion": ([64, 128, 256, 256], 512, 100)}[size]
     c.model.update(dict(channels=widths[0], hidden=widths[1], embed_dim=widths[2], dtype="float32"))
-    c.data.update(dict(dir=data, split="train", use_latents=use_latents, seed=0, rounds=1,
+    # same_category: share of negatives from the positive's category (0 = DVBPR's uniform; docs/dvbpr.md)
+    c.data.update(dict(dir=data, split="train", use_latents=use_latents, seed=0, rounds=1, same_category=0.0,
                        cache_items=4096 if size != "ifashion" else 0))
     c.loss = mlc.ConfigDict(dict(user_l2=1e-3 if size == "ifashion" else 1e-4))
     return c

@@ -90,6 +90,21 @@ def test_triples_are_deterministic_and_negatives_unseen(data_dir):
     assert interactions.num_users(ds) == 8
 
 
+def test_same_category_negatives(data_dir):
+    ds = SafeDataset(data_dir)
+    cats = np.asarray(ds.iid_category)
+    same = interactions.TripleSource(ds, "train", seed=1, same_category=1.0)
+    uni = interactions.TripleSource(ds, "train", seed=1)
+    n = range(0, len(same), 3)
+    for i in n:
+        u, p, neg = same.triple(i)
+        assert cats[neg] == cats[p] and neg not in same.positives[u]
+    share = np.mean([cats[uni.triple(i)[2]] == cats[uni.triple(i)[1]] for i in n])
+    assert share < 0.5, share  # uniform negatives mostly come from other categories
+    with pytest.raises(ValueError, match="same_category must be in"):
+        interactions.TripleSource(ds, "train", same_category=1.5)
+
+
 def test_sample_negative_dense_user_and_full_user():
     rng = np.random.default_rng(0)
     pos = np.arange(1, 10)  # all but item 10 of 10

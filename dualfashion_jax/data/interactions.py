@@ -4,7 +4,9 @@ Positives of a user in a split = the items of their outfits in `splits/<split>.n
 history `splits/<split>_history.json` (when present); the blank item 0 never counts. Negatives are drawn uniformly
 from the catalogue minus the user's positives (DVBPR's sampling). A triple is a pure function of (seed, index), so
 the source is random-access for `data/pipeline.BatchIterator` and resuming is exact; `rounds` > 1 pairs every
-positive with that many different negatives per epoch.
+positive with that many different negatives per epoch. `same_category` in [0, 1] is the probability that a
+triple's negative is drawn from the positive's own category instead (catalogue metadata, no preference labels):
+uniform negatives are mostly told apart by category, same-category ones only by the user's taste within it.
 """
 from __future__ import annotations
 
@@ -66,10 +68,15 @@ class TripleSource:
     """Random-access BPR triples {uid, pos_<kind>s, neg_<kind>s, ids (pos item)} over a split's positives."""
 
     def __init__(self, ds: SafeDataset, split: str = "train", *, use_latents: str | bool = "auto", seed: int = 0,
-                 rounds: int = 1, cache_items: int = 0):
+                 rounds: int = 1, cache_items: int = 0, same_category: float = 0.0):
         if rounds < 1:
             raise ValueError(f"config.data.rounds must be >= 1, got {rounds}")
-        self.ds, self.seed, self.rounds = ds, int(seed), int(rounds)
+        if not 0.0 <= float(same_category) <= 1.0:
+            raise ValueError(f"config.data.same_category must be in [0, 1], got {same_category}")
+        self.ds, self.seed, self.rounds, self.same_category = ds, int(seed), int(rounds), float(same_category)
+        self.item_category = cats = np.asarray(ds.iid_category, np.int64)  # [num_items + 1], id 0 = the blank
+        ids = np.arange(1, cats.size)
+        self.by_category = {int(c): ids[cats[1:] == c] for c in np.unique(cats[1:])}  # sorted ids per category
         self.positives = user_positives(ds, split)
         if not self.positives:
             raise ValueError(f"{ds.root}: split {split!r} has no user-item interactions")
@@ -84,6 +91,11 @@ class TripleSource:
         """(uid, positive iid, negative iid) of example `index`."""
         u, i = (int(v) for v in self.pairs[index % len(self.pairs)])
         rng = np.random.default_rng([self.seed, int(index)])
+        if self.same_category > 0 and rng.random() < self.same_category:
+            pool = self.by_category[int(self.item_category[i])]  # sorted item ids of the positive's category
+            free = np.setdiff1d(pool, self.positives[u], assume_unique=True)
+            if free.size:  # else: the user owns the whole category, fall back to a uniform negative
+                return u, i, int(free[rng.integers(free.size)])
         return u, i, sample_negative(rng, self.ds.num_items, self.positives[u])
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:

@@ -69,7 +69,7 @@ def build(config) -> Task:
     d = config.data
     ds = SafeDataset(d.dir)
     src = interactions.TripleSource(ds, d.split, use_latents=use_latents(d.use_latents), seed=d.seed, rounds=d.rounds,
-                                    cache_items=d.get("cache_items", 0))
+                                    cache_items=d.get("cache_items", 0), same_category=d.get("same_category", 0.0))
     cfg = model_config(config, ds, src.kind, tuple(src.load(1).shape))
     if float(config.loss.user_l2) < 0:
         raise ValueError(f"config.loss.user_l2 must be >= 0, got {config.loss.user_l2}")
