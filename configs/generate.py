@@ -30,6 +30,7 @@ def get_config(arg=None):
     c.original_guidance = False         # the original input x + lam c (no (1-lam), no r_t), mixed in velocity space
     c.match_train_input = False         # train-consistent image input: the default now, kept for older scripts
     c.context_sample = False            # sample context latents (original) instead of the posterior mean (§7.2 16)
+    c.dvbpr_eta = 0.0                   # DVBPR preference guidance weight (needs --dvbpr WORKDIR); 0 = off (#17)
     c.gor_offset = "mlp"                # GOR: trained MatchingMLP (§7.2 item 13) | projector (the original)
     # caption sampler
     c.caption_steps = 64

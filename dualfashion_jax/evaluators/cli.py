@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compat", help="compatibility evaluator: DiFashion .pth or converted dir (kind compat_net)")
     p.add_argument("--compat-train-steps", type=int, default=0,
                    help="without --compat: train an evaluator on the train split for N steps (0 = random stand-in)")
+    p.add_argument("--dvbpr", help="trained DVBPR workdir (configs/dvbpr.py) for the dvbpr_ranking metric")
     p.add_argument("--catalogue-features", help="precomputed [num_items+1, E] CLIP item features (.npy)")
     p.add_argument("--gt-size", type=int, help="resize GT images to this size (default: generated image size)")
     p.add_argument("--collage-size", type=int, default=1024,
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     opts = EvalOptions(
         checkpoints={"clip": args.clip, "inception": args.inception, "fid": args.fid, "lpips": args.lpips,
-                     "compat": args.compat},
+                     "compat": args.compat, "dvbpr": args.dvbpr},
         split=args.split, batch_size=args.batch_size, seed=args.seed, clip_preset=args.clip_config, clip_dtype=args.clip_dtype,
         gt_size=args.gt_size, collage_size=args.collage_size, catalogue_features=args.catalogue_features, compat_train_steps=args.compat_train_steps,
         original_gor_indexing=args.original_gor_indexing, llm_judge=args.llm_judge, show_progress=not args.no_progress,

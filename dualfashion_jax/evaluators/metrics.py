@@ -8,12 +8,13 @@ from __future__ import annotations
 import dataclasses
 
 from dualfashion_jax.evaluators import (caption_metrics, clip_metrics, compatibility, fid, fidelity, grounding,
-                                        inception_score, llm_judge, lpips_metrics, oracle_metrics, registry)
+                                        inception_score, llm_judge, lpips_metrics, oracle_metrics, ranking_metrics,
+                                        registry)
 from dualfashion_jax.evaluators.registry import MetricSpec
 
 # Families in table order (within each group of registry.GROUPS).
 FAMILIES = (fid, fidelity, inception_score, clip_metrics, lpips_metrics, compatibility, caption_metrics, llm_judge,
-            oracle_metrics, grounding)
+            oracle_metrics, grounding, ranking_metrics)
 METRICS: dict[str, MetricSpec] = registry.table(FAMILIES)
 
 # Cheap given the caches the default metrics already fill (catalogue CLIP, history, compat net); LPIPS needs VGG.

@@ -5,7 +5,11 @@
       [--guidance four_way|cfg|none] [--scales 8,7,8] [--guidance-interval 0,1] [--caption-steps 64] \
       [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
-      [--context-sample] [--gor-offset mlp|projector] [--original-layout]
+      [--context-sample] [--gor-offset mlp|projector] [--original-layout] [--dvbpr WORKDIR --dvbpr-eta 0.1]
+  dualfashion-jax generate --task design --checkpoint WORKDIR --dvbpr DVBPR_WORKDIR --out results/design \
+      [--strength 0.6] [--dvbpr-eta 1] [--guidance cfg|none] [--scales 4] [--steps 28] [--max-rows K]
+Design (issue #17) edits each row's GT blank item toward the row's user with the DVBPR score term (no outfit
+context, so cfg or no text guidance); its results are design.json + index.html (source, edited, score before/after).
 Multi-host: start one process per host with --coordinator/--num-processes/--process-id (or the JAX_* / SLURM
 variables, as `train`); rows are dealt round-robin over processes and --out must be a shared folder.
 Bad input ends with one `error:` line naming the file/field (exit 1; exit 2 for an --out that is a file or a
@@ -26,13 +30,14 @@ from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 # flags that override the same-named field of the generation config (configs/generate.py)
 CONFIG_FLAGS = ("num_images", "num_captions", "seed", "steps", "shift", "guidance", "scales", "guidance_interval",
                 "caption_steps", "template", "caption_cond", "mask_padding", "context_sample", "match_train_input",
-                "guidance_space", "original_guidance", "gor_offset")
+                "guidance_space", "original_guidance", "gor_offset", "dvbpr_eta")
+DESIGN_TASK = "design"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dualfashion-jax generate", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=TASKS + (DESIGN_TASK,))
     p.add_argument("--checkpoint", required=True, help="training workdir, or converted {transformer,t5,vae,tokenizer}")
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, help="results dir (rerun to resume)")
@@ -73,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="config: the original image sampler: input x + lam c (no (1-lam), no r_t), branches mixed in "
                         "velocity space (default: train input (1-lam)(x + (1-sigma) r_t) + lam m c, mixed in x0 space)")
     p.add_argument("--gor-offset", choices=GOR_OFFSETS, help="config: mlp")
+    p.add_argument("--dvbpr", default=None, help="trained DVBPR workdir (configs/dvbpr.py): its user score guides "
+                   "the sampler (--dvbpr-eta); required by --task design")
+    p.add_argument("--dvbpr-eta", type=float,
+                   help="config: DVBPR preference guidance weight (0 = off, the plain sampler); design default 1")
+    p.add_argument("--strength", type=float, default=0.6,
+                   help="design: share of the schedule re-run from the noised source item (1 = from pure noise)")
     p.add_argument("--rows-per-batch", type=int, default=4,
                    help="rows per jitted call per process (rounded up to a multiple of its devices)")
     p.add_argument("--param-sharding", choices=("dp", "fsdp"), default="dp",
@@ -97,6 +108,34 @@ def settings_from_args(args) -> GenSettings:
     return settings_lib.from_config(c)
 
 
+def design_settings_from_args(args):
+    """DesignSettings: steps/shift/seed/interval from the pfitb config and flags; cfg text guidance (scale 4 unless
+    --scales); eta from --dvbpr-eta (default 1)."""
+    from dualfashion_jax.generation.design import DesignSettings
+    from dualfashion_jax.samplers.score_guidance import ScoreGuidanceConfig
+
+    if args.guidance == "four_way":
+        raise ValueError("--task design has no outfit context: use --guidance cfg (default) or none")
+    args = argparse.Namespace(**{**vars(args), "task": "pfitb", "guidance": args.guidance or "cfg",
+                                 "scales": args.scales or "4"})
+    s = settings_from_args(args)
+    eta = 1.0 if args.dvbpr_eta is None else float(args.dvbpr_eta)
+    return DesignSettings(strength=args.strength, score=ScoreGuidanceConfig(eta=eta), guidance=s.guidance,
+                          seed=s.seed)
+
+
+def _load_dvbpr(path: str | None, needed: bool, what: str):
+    """(model, provenance) of --dvbpr, or (None, None) when it is not needed; a missing --dvbpr names `what`."""
+    if not needed:
+        return None, None
+    if path is None:
+        raise ValueError(f"{what} needs --dvbpr WORKDIR (a trained DVBPR workdir, configs/dvbpr.py)")
+    from dualfashion_jax.modeling.dvbpr import load_dvbpr
+
+    model, step = load_dvbpr(path)
+    return model, {"source": str(path), "step": step, "input_kind": model.cfg.input_kind}
+
+
 def main(argv: list[str]) -> int:
     p = _parser()
     args = p.parse_args(argv)
@@ -110,7 +149,8 @@ def main(argv: list[str]) -> int:
         print(f"dualfashion-jax generate: error: {e}", file=sys.stderr)
         return 2
     try:
-        settings = settings_from_args(args)
+        design = args.task == DESIGN_TASK
+        settings = design_settings_from_args(args) if design else settings_from_args(args)
         from dualfashion_jax.training import distributed
 
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any other JAX call
@@ -118,14 +158,23 @@ def main(argv: list[str]) -> int:
 
         b = bundle_lib.load_bundle(args.checkpoint, ema=args.ema, data=args.data, t5=args.t5, vae=args.vae,
                                    tokenizer=args.tokenizer, dtype=args.dtype)
-        summary = runner.run(args.task, b, settings, out=args.out, split=args.split, data_dir=args.data,
-                             rows_per_batch=args.rows_per_batch, max_rows=args.max_rows,
-                             progress=not args.no_progress, original_layout=args.original_layout,
-                             param_sharding=args.param_sharding)
+        dv, dv_info = _load_dvbpr(args.dvbpr, design or settings.score.eta > 0,
+                                  "--task design" if design else f"--dvbpr-eta {settings.score.eta}")
+        if design:
+            from dualfashion_jax.generation.design_run import run_design
+
+            summary = run_design(b, dv, settings, out=args.out, split=args.split, data_dir=args.data,
+                                 rows_per_batch=args.rows_per_batch, max_rows=args.max_rows,
+                                 progress=not args.no_progress, dvbpr_info=dv_info)
+        else:
+            summary = runner.run(args.task, b, settings, out=args.out, split=args.split, data_dir=args.data,
+                                 rows_per_batch=args.rows_per_batch, max_rows=args.max_rows,
+                                 progress=not args.no_progress, original_layout=args.original_layout,
+                                 param_sharding=args.param_sharding, dvbpr=dv, dvbpr_info=dv_info)
     except (ValueError, FileNotFoundError, KeyError, FormatError, ConversionError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"dualfashion-jax generate: error: {msg}", file=sys.stderr)
         return 1
     print(f"{args.task}: {summary.rows} rows ({summary.generated} generated now, {summary.skipped} already done) "
-          f"-> {summary.out}/records.json, {summary.out}/index.html")
+          f"-> {summary.out}/{'design.json' if design else 'records.json'}, {summary.out}/index.html")
     return 0

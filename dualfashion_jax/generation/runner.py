@@ -60,8 +60,9 @@ def normalized_sampler(saved: Any) -> Any:
 
 def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", data_dir: str | None = None,
         rows_per_batch: int = 4, max_rows: int | None = None, mesh=None, progress: bool = True,
-        original_layout: bool = False, param_sharding: str = "dp") -> RunSummary:
-    """Generates `task` for rows [0, max_rows) of `split` into `out` (see module docstring)."""
+        original_layout: bool = False, param_sharding: str = "dp", dvbpr=None, dvbpr_info=None) -> RunSummary:
+    """Generates `task` for rows [0, max_rows) of `split` into `out` (see module docstring). `dvbpr`: the DVBPR
+    model of `settings.score` (eta > 0), `dvbpr_info` its provenance for run.json."""
     if task not in TASKS:
         raise ValueError(f"task {task!r}: expected one of {TASKS}")
     if rows_per_batch < 1:
@@ -75,6 +76,8 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
     run_info = {"task": task, "split": split, "data": str(inputs.ds.root.resolve()), "sampler": settings.to_json(),
                 "model": bundle.info.get("source", "<in-memory>"), "step": bundle.info.get("step"),
                 "ema": bundle.info.get("ema"), "value_lengths": bundle.value_lengths}
+    if settings.score.eta > 0:  # only then: run.json of runs without DVBPR stays as before
+        run_info["dvbpr"] = dvbpr_info or {"source": "<in-memory>"}
     run_path = out / RUN_FILE
     if run_path.is_file():
         previous = json.loads(run_path.read_text())
@@ -94,7 +97,7 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
     generated = 0
     cut_before = dataclasses.replace(bundle.tokenizer.truncation)
     if n_batches:
-        programs = Programs(bundle, settings, mesh, rules=param_sharding)
+        programs = Programs(bundle, settings, mesh, rules=param_sharding, dvbpr=dvbpr)
         info = inputs.ds.item_info if inputs.ds.has_text("item_info.json") else {}
         gt_caption = lambda iid: caption_json(info[iid]["elements"]) if iid in info else ""  # noqa: E731
         bar = _bar(len(local), task, progress and jax.process_index() == 0)

@@ -29,6 +29,7 @@ from dualfashion_jax.generation import conditioning as cond
 from dualfashion_jax.generation.settings import STREAM_CAPTION, STREAM_CONTEXT, GenSettings, sample_key
 from dualfashion_jax.models import mmdit
 from dualfashion_jax.models import vae as vae_lib
+from dualfashion_jax.samplers import score_guidance
 from dualfashion_jax.samplers.flow_euler import initial_noise, sample_images
 from dualfashion_jax.samplers.masked_caption import caption_logits_fn, sample_caption
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
@@ -56,15 +57,22 @@ def batch_multiple(mesh: Mesh) -> int:
 class Programs:
     """Holds the bundle's states on `mesh` and the three jitted programs (see module docstring)."""
 
-    def __init__(self, bundle, settings: GenSettings, mesh: Mesh | None = None, rules: str = "dp"):
+    def __init__(self, bundle, settings: GenSettings, mesh: Mesh | None = None, rules: str = "dp", dvbpr=None):
         """`rules`: sharding-rule preset for the states ("dp" replicated; "fsdp" with a `make_mesh(param_sharding=
-        "fsdp")` mesh shards the model width over all devices)."""
+        "fsdp")` mesh shards the model width over all devices). `dvbpr`: the ranker of `settings.score` (eta > 0)."""
         self.bundle, self.settings = bundle, settings
         self.mesh = mesh if mesh is not None else make_mesh()
         self._check_offset_variant()
         self.rules = table = rules_lib.get(rules)
         self.graphs, self.states = {}, {}
-        for name, mod in (("model", bundle.model), ("t5", bundle.t5), ("vae", bundle.vae)):
+        mods = [("model", bundle.model), ("t5", bundle.t5), ("vae", bundle.vae)]
+        if settings.score.eta > 0:
+            if dvbpr is None:
+                raise ValueError(f"DVBPR preference guidance (eta {settings.score.eta}, --dvbpr-eta) needs a trained "
+                                 "DVBPR model (--dvbpr WORKDIR)")
+            mods.append(("dvbpr", dvbpr))
+        self.dvbpr_users = dvbpr.cfg.num_users if settings.score.eta > 0 else None
+        for name, mod in mods:
             g, st = nnx.split(mod)
             sh = partition.state_shardings(st, self.mesh, table)
             self.graphs[name], self.states[name] = g, partition.put_global_tree(st, sh)  # multi-host too
@@ -122,8 +130,13 @@ class Programs:
         lat_shape = (c * n,) + ctx.shape[1:]
         x0 = initial_noise(s.seed, rep(b["uid"], n), rep(b["oid"], n), b["image_idx"].reshape(-1), lat_shape)
         r_t = None if model.stage2 is None else model.stage2.target_role[...]  # training's (1 - sigma) r_t
+        hook = None  # eta 0: the plain sampler, no DVBPR state in the program
+        if s.score.eta > 0:  # after the 4-way mix, once per step (docs/dvbpr.md)
+            score = score_guidance.dvbpr_score_fn(self._merge(states, "dvbpr"), rep(b["uid"], n).astype(jnp.int32),
+                                                  self._merge(states, "vae"))
+            hook = score_guidance.guide(score, s.score)
         lat = sample_images(model, x0, rep(off, n), rep(neg, n), rep(sent, n), rep(pref, n), g,
-                            target_role=r_t)  # [C*N, h, w, ch]
+                            target_role=r_t, velocity_hook=hook)  # [C*N, h, w, ch]
         segs = [pref, sent]
         if s.caption_cond == "original":
             segs.append(cond.encode_segment(t5, b["tmpl_ids"], b["tmpl_mask"]))  # T5(masked template), §5.2
@@ -174,6 +187,9 @@ class Programs:
         if missing:
             raise ValueError(f"generation batch: missing field(s) {missing}")
         self._check_rows(batch["uid"].shape[0])
+        if self.dvbpr_users is not None and int(np.max(batch["uid"])) >= self.dvbpr_users:
+            raise ValueError(f"DVBPR guidance: user id {int(np.max(batch['uid']))} >= the DVBPR model's num_users "
+                             f"{self.dvbpr_users} (was it trained on this dataset?)")
         with self.traced():
             lat, ids = self._sample(self.states, {k: self._put(batch[k]) for k in SAMPLE_KEYS})
         return self._get(lat), self._get(ids)

@@ -17,6 +17,7 @@ import numpy as np
 
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.samplers.flow_euler import GuidanceConfig
+from dualfashion_jax.samplers.score_guidance import ScoreGuidanceConfig
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 
 TASKS = ("pfitb", "gor")
@@ -40,6 +41,7 @@ class GenSettings:
     mask_padding: bool = False        # True: the original prior also masks padding (spec §7.2 item 11)
     context_sample: bool = False      # False: VAE posterior MEAN for context items (fix of §7.2 item 16)
     gor_offset: str = "mlp"           # GOR: trained MatchingMLP (fix of §7.2 item 13) | original projector/gate
+    score: ScoreGuidanceConfig = ScoreGuidanceConfig()  # DVBPR preference term (#17); eta 0 = off, the plain sampler
 
     def __post_init__(self):
         for name in ("num_images", "num_captions", "caption_steps"):
@@ -57,12 +59,14 @@ class GenSettings:
         d = dataclasses.asdict(self)
         d["guidance"] = dataclasses.asdict(self.guidance)
         d["guidance"]["interval"] = list(self.guidance.interval)  # as its JSON round trip reads it back
+        d["score"] = {**dataclasses.asdict(self.score), "interval": list(self.score.interval)}
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "GenSettings":
         d = dict(d)
         d["guidance"] = GuidanceConfig(**d.get("guidance", {}))
+        d["score"] = ScoreGuidanceConfig(**d.get("score", {}))  # settings written before #17: eta 0
         return cls(**d)
 
 
@@ -97,10 +101,13 @@ def from_config(c: mlc.ConfigDict) -> GenSettings:
         if len(scales) != 1:
             raise ValueError(f"--scales {scales_str!r}: cfg guidance needs 1 scale")
         g.update(cfg_scale=scales[0])
+    eta = float(c.get("dvbpr_eta", 0.0))  # config files written before #17 have no such field
+    if eta < 0:
+        raise ValueError(f"--dvbpr-eta {eta}: must be >= 0 (0 = no DVBPR preference guidance)")
     return GenSettings(num_images=c.num_images, num_captions=c.num_captions, seed=c.seed,
                        guidance=GuidanceConfig(**g), caption_steps=c.caption_steps, template_source=c.template,
                        caption_cond=c.caption_cond, mask_padding=c.mask_padding, context_sample=c.context_sample,
-                       gor_offset=c.gor_offset)
+                       gor_offset=c.gor_offset, score=ScoreGuidanceConfig(eta=eta))
 
 
 def check_resume(previous: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:

@@ -39,6 +39,7 @@ REGISTRY: dict[str, str] = {
     "stage1": "dualfashion_jax.training.stage1",
     "stage2": "dualfashion_jax.training.stage2",
     "stage3": "dualfashion_jax.training.stage3",
+    "dvbpr": "dualfashion_jax.training.dvbpr",     # visually-aware BPR ranking (configs/dvbpr.py)
 }
 
 

@@ -1,0 +1,135 @@
+"""DVBPR side by side: the jitted JAX train step and catalogue scoring vs the PyTorch transcription, CPU.
+
+    PYTHONPATH=. python benchmarks/dvbpr.py [--size demo] [--rounds 30] [--batch 64] [--items 960] [--users 64]
+Train step = one AdamW update on the BPR loss of a batch of (user, positive, negative) triples (the same model,
+init and loss on both sides; data loading excluded). Scoring = Phi of `--items` catalogue items and the
+[users, items] score matrix (inference). Interleaved rounds (one JAX call, one PyTorch call per round), after warm-up
+(JAX compile excluded); median (min-max) milliseconds; the 1-minute load average before and after is printed
+because the machine may be shared.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from flax import nnx
+
+from dualfashion_jax.models.dvbpr import DVBPR, DVBPRConfig
+from dualfashion_jax.reference import torch_dvbpr
+from dualfashion_jax.training.dvbpr import bpr_loss
+
+SIZES = {  # (input kind, input size, channels, conv widths, hidden, K): configs/dvbpr.py's model blocks
+    "demo": ("latent", 8, 16, (32, 64, 128), 128, 32),
+    "demo_images": ("image", 32, 3, (32, 64, 128), 128, 32),
+    "ifashion": ("latent", 32, 16, (64, 128, 256, 256), 512, 100),
+}
+
+
+def build(size: str, users: int) -> DVBPRConfig:
+    kind, s, c, widths, hidden, k = SIZES[size]
+    return DVBPRConfig(num_users=users, input_kind=kind, in_channels=c, input_size=s, channels=widths, hidden=hidden,
+                       embed_dim=k)
+
+
+def jax_programs(model: DVBPR, lr: float, user_l2: float):
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adamw(lr, weight_decay=1e-4)
+
+    @jax.jit
+    def step(params, opt, u, pos, neg):
+        def loss(p):
+            m = nnx.merge(graphdef, p)
+            sp, sn = m(u, pos, neg)
+            return bpr_loss(sp, sn) + user_l2 * jnp.mean(jnp.sum(jnp.square(m.users(u)), -1))
+        l, g = jax.value_and_grad(loss)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, l
+
+    @jax.jit
+    def score(params, u, items):
+        m = nnx.merge(graphdef, params)
+        return m.users(u) @ m.encoder(items).T  # [U, N]
+
+    return params, tx.init(params), step, score
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def fmt(ms: list[float]) -> str:
+    return f"{np.median(ms):8.2f} ({min(ms):.2f}-{max(ms):.2f})"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="demo", choices=sorted(SIZES))
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--items", type=int, default=960)
+    p.add_argument("--users", type=int, default=64)
+    a = p.parse_args(argv)
+    cfg = build(a.size, a.users)
+    load0 = os.getloadavg()[0]
+    model = DVBPR(cfg, rngs=nnx.Rngs(0))
+    tm = torch_dvbpr.from_jax(model)
+    topt = torch.optim.AdamW(tm.parameters(), lr=1e-3, weight_decay=1e-4)
+    params, opt, jstep, jscore = jax_programs(model, 1e-3, 1e-4)
+    r = np.random.default_rng(0)
+    shape = (cfg.input_size, cfg.input_size, cfg.in_channels)
+    u = r.integers(0, a.users, a.batch).astype(np.int32)
+    pos, neg = (r.standard_normal((a.batch, *shape)).astype(np.float32) for _ in range(2))
+    items = r.standard_normal((a.items, *shape)).astype(np.float32)
+    su = np.arange(a.users, dtype=np.int32)
+    ju, jp, jn, ji, jsu = (jnp.asarray(x) for x in (u, pos, neg, items, su))
+    nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # noqa: E731
+    tu, tp, tn, ti, tsu = torch.from_numpy(u).long(), nchw(pos), nchw(neg), nchw(items), torch.from_numpy(su).long()
+    state = {"params": params, "opt": opt}
+
+    def j_train():
+        state["params"], state["opt"], l = jstep(state["params"], state["opt"], ju, jp, jn)
+        l.block_until_ready()
+
+    def t_train():
+        torch_dvbpr.bpr_step(tm, topt, tu, tp, tn, 1e-4)
+
+    def j_score():
+        jscore(state["params"], jsu, ji).block_until_ready()
+
+    def t_score():
+        with torch.no_grad():
+            tm.theta[tsu] @ tm.encode(ti).T
+
+    t0 = time.perf_counter()
+    j_train(), j_score()
+    compile_s = time.perf_counter() - t0
+    for _ in range(3):  # warm-up
+        j_train(), t_train(), j_score(), t_score()
+    res = {k: [] for k in ("jax_train", "torch_train", "jax_score", "torch_score")}
+    for _ in range(a.rounds):
+        res["jax_train"].append(timed(j_train))
+        res["torch_train"].append(timed(t_train))
+        res["jax_score"].append(timed(j_score))
+        res["torch_score"].append(timed(t_score))
+    load1 = os.getloadavg()[0]
+    print(f"DVBPR {a.size}: {cfg}")
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); {os.cpu_count()} CPUs; load average {load0:.2f} -> {load1:.2f}; "
+          f"JAX compile {compile_s:.1f}s; {a.rounds} interleaved rounds, ms median (min-max)")
+    print("| program | JAX ms | PyTorch ms | PyTorch / JAX |\n|---|---|---|---|")
+    for what in ("train", "score"):
+        j, t = res[f"jax_{what}"], res[f"torch_{what}"]
+        print(f"| {what} (batch {a.batch if what == 'train' else f'{a.users}x{a.items}'}) | {fmt(j)} | {fmt(t)} | "
+              f"{np.median(t) / np.median(j):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
