@@ -110,6 +110,8 @@ def stage(stage: int, size: str, arg: str, *, steps: int, batch: int, seed: int,
     c.checkpoint.every_steps = a.steps  # one checkpoint, at the end (and on SIGTERM)
     c.log_every = 1 if a.steps <= 100 else int(c.log_every)
     c.t5.preset = DEMO_T5
+    if size == "demo_fast":  # configs/demo.py: the fast plan pretrains the stand-in T5 into OUT/t5 (phase `t5`)
+        c.t5.checkpoint = os.path.join(a.out, "t5")
     c.vae.checkpoint = os.path.join(a.out, "vae")  # generation decodes with the stand-in VAE (training reads latents)
     c.model.overrides = dict(DEMO_MODEL[size], joint_attention_dim=t5_lib.get_config(DEMO_T5).d_model)
     return c
