@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dualfashion_jax.data import examples as E, keys as K
+from dualfashion_jax.data.cli import main as data_main
 from dualfashion_jax.data.format import DatasetWriter, SafeDataset, preference_text, sentence_text
 from dualfashion_jax.data.tiny import make_tiny_dataset
 from dualfashion_jax.generation.api import trained_with_appearance
@@ -108,3 +109,11 @@ def test_typical_preferences_and_model_preference(data):
     assert P.model_preference({**unk, "Color": "pink"}, t, {"Material": ["denim"]}) == \
         {**t, "Color": "pink", "Material": tk.UNKNOWN}
     assert P.model_preference({**unk, "Color": "pink"}, {}) == {**unk, "Color": "pink"}
+
+
+def test_make_demo_appearance_flag(tmp_path):
+    assert data_main(["make-demo", "--out", str(tmp_path / "d"), "--appearance"]) == 0
+    ds = SafeDataset(tmp_path / "d")
+    assert len(ds.appearance) == 160 and set(ds.appearance[0]) == {"body_shape", "height", "skin_tone"}
+    assert ds.meta["generator"]["appearance"] is True and (tmp_path / "d" / "truth" / "appearance_rules.json").is_file()
+    assert data_main(["validate", str(tmp_path / "d"), "--no-images"]) == 0
