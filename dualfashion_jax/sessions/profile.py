@@ -75,8 +75,8 @@ def dataset_profiles(ds: SafeDataset, split: str = "test") -> dict[int, dict[str
 def typical_preferences(ds: SafeDataset, split: str = "train") -> dict[str, dict[str, str]]:
     """{category name: {caption key: its most frequent stated value}} over `split`'s preference texts ({} if none).
 
-    The model only ever trained on preference texts whose keys are all stated (or all "Unknown"), so a key the
-    user has not stated is sent as the typical user's value for that category (`model_preference`).
+    Stage 2 trains on fully stated preference texts only, so a key the user has not stated (while others are) is
+    sent as the typical user's value for that category (`model_preference`).
     """
     if not ds.has_text(f"{split}_preference.json"):
         return {}
