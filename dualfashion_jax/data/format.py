@@ -22,7 +22,8 @@ from dualfashion_jax.data.safe_io import FormatError, read_json, read_npz, write
 from dualfashion_jax.text.tokenizer import caption_json
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "CAPTION_KEYS", "FormatError", "OutfitTable", "CandidateTable",
-           "DatasetWriter", "SafeDataset", "sentence_text", "preference_text", "read_json", "read_npz", "write_json", "write_npz"]
+           "DatasetWriter", "SafeDataset", "sentence_text", "preference_text", "read_json", "read_npz", "write_json",
+           "write_npz"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")

@@ -96,7 +96,8 @@ def recommend_batch(bundle, preference: Mapping[str, str], category: str,
     """C requests that differ only in their outfit images and key, as one sampler batch of C chains:
     (images uint8 [C, N, S, S, 3], captions [C][M]); row c equals `recommend(..., outfits[c], key=keys[c])`."""
     if len(outfits) != len(keys) or not outfits:
-        raise ValueError(f"recommend_batch: expected as many outfits as keys (>= 1), got {len(outfits)} and {len(keys)}")
+        raise ValueError(f"recommend_batch: expected as many outfits as keys (>= 1), got {len(outfits)} and "
+                         f"{len(keys)}")
     for o in outfits:
         _check(preference, category, o)
     for key in keys:
