@@ -8,12 +8,14 @@ after every round the oracle user (`sessions/simulate.py`) reads the candidates 
 whose taste the session must learn from feedback). `--oversample 1,3`: the engine as is, and sampling 3n per
 round keeping the n whose nearest catalogue items agree best with the stated preference. Per round: colour /
 material hit rate vs the hidden favourite, appearance-fit, category accuracy, and (--fid-rounds) the TF-FID of the
-round's candidates vs the blanks' ground truth images, with its ratio to round 1. The target of issue #18: round-3
+round's candidates vs the blanks' ground truth images, its `fid_ratio` (over the FID of as many random catalogue
+items, the random-real baseline of evaluators/fidelity.py) and its ratio to round 1. The target of issue #18: round-3
 hit rate >= 1.5x round 1 with category and FID holding.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import tempfile
@@ -68,8 +70,18 @@ def run(eng, ds, truth, uids, start: str, rounds: int, n: int) -> dict:
     return per
 
 
-def summarize(per: list[dict], fid_model, gt_features, fid_rounds: set[int]) -> list[dict]:
-    """Per-round rates; TF-FID of the rounds in `fid_rounds` vs the blanks' GT images; ratios to round 1."""
+def random_real_features(fid_model, ds, n: int, size: int, seed: int = 0):
+    """FID features of n catalogue items drawn uniformly (seeded): the random-real baseline of `fid_ratio`
+    (as evaluators/fidelity.py `random_real_iids` on main draws them)."""
+    ids = np.flatnonzero(np.asarray(ds.iid_category) >= 0)  # id 0 is the blank
+    iids = np.random.default_rng(seed).choice(ids, size=n, replace=ids.size < n)
+    return fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
+        fid_model, ItemImages(ds, size).many(iids), show_progress=False))
+
+
+def summarize(per: list[dict], fid_model, gt_features, fid_rounds: set[int], real=None) -> list[dict]:
+    """Per-round rates; TF-FID of the rounds in `fid_rounds` vs the blanks' GT images and its ratio to the
+    random-real baseline (`real(n)`: features of n random catalogue items); ratios to round 1."""
     out = []
     for r, d in enumerate(per):
         row = {"round": r + 1, "colour_hit": float(np.mean(d["colour"])), "material_hit": float(np.mean(d["material"])),
@@ -80,9 +92,12 @@ def summarize(per: list[dict], fid_model, gt_features, fid_rounds: set[int]) -> 
             gen = fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
                 fid_model, np.concatenate(d["images"]), show_progress=False))
             row["fid"] = gen.distance(gt_features)
+            if real is not None:
+                row["fid_random_real"] = real(len(np.concatenate(d["images"]))).distance(gt_features)
+                row["fid_ratio"] = row["fid"] / row["fid_random_real"]
         out.append(row)
     for row in out:
-        for k in ("colour_hit", "material_hit", "both_hit", "appearance_fit", "fid"):
+        for k in ("colour_hit", "material_hit", "both_hit", "appearance_fit", "fid", "fid_ratio"):
             if k in row and out[0].get(k):
                 row[f"{k}_vs_round1"] = row[k] / out[0][k]
     return out
@@ -117,13 +132,17 @@ def main(argv=None) -> int:
             gt_features = fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
                 fid_model, ItemImages(ds, eng.bundle.image_size).many(gt), show_progress=False))
         fid_rounds = {int(x) for x in a.fid_rounds.split(",") if x}
+        real = None
+        if fid_model is not None:
+            size = eng.bundle.image_size
+            real = functools.lru_cache(maxsize=4)(lambda n: random_real_features(fid_model, ds, n, size))
         results = {}
         for oversample in (int(x) for x in a.oversample.split(",")):
             eng.oversample = oversample
             for start in a.start.split(","):
                 name = f"{start}/oversample{oversample}"
                 results[name] = summarize(run(eng, ds, truth, uids, start, a.rounds, a.n), fid_model, gt_features,
-                                          fid_rounds)
+                                          fid_rounds, real)
                 print(f"\n{name} ({len(uids)} users x {a.n} candidates):", flush=True)
                 for row in results[name]:
                     print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"

@@ -21,6 +21,9 @@ def get_config(arg=None):
     size, rest = cc.split_size(arg, common.SIZES)
     c = common.stage(2, size, rest, steps=STEPS[size], batch=BATCH[size], seed=971011, ema=True,
                      init_from="/ckpt/stage1")
+    # True: the user's appearance (text/appearance.json) is appended to the preference text (data/format.py
+    # preference_text); inference reads this flag from the checkpoint's config and does the same
+    c.data.preference_appearance = False
     if size in common.DEMO_MODEL:
         c.optim.decay = "cosine"  # cosine to 0 lifts the demo's colour hit 2.17x -> 2.50x at the same cost
         # P(drop the preference): the original's 0.5 left the preference too rare a cue for the small demo model

@@ -13,8 +13,11 @@ from generation_support import make_workdir, make_world
 from dualfashion_jax.cli import main as cli_main
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.synthetic.make import make_dataset
+from dualfashion_jax.generation.api import recommend, recommend_batch
 from dualfashion_jax.generation.bundle import load_bundle
-from dualfashion_jax.sessions.engine import FeedbackError, SessionEngine, UnknownUserError
+from dualfashion_jax.sessions import engine as engine_lib
+from dualfashion_jax.sessions.engine import FeedbackError, SessionEngine, UnknownUserError, task_settings
+from dualfashion_jax.text.tokenizer import UNKNOWN
 from dualfashion_jax.sessions.store import Store, StoreError
 
 FAST = {"steps": 2, "caption_steps": 2}
@@ -92,6 +95,42 @@ def test_gor_round_and_created_user(engine):
     assert [d["slot"] for d in r.candidates[0].shop] == [0, 1, 2, 3]
     r2 = engine.round(s.id, "less black")
     assert all(p["Color"] != "black" for p in r2.preference["targets"].values())
+
+
+def test_recommend_batch_rows_equal_single_requests(world):
+    """GOR batches a slot's n candidates: row c of one batch = the single request with outfit c and key c."""
+    bundle = world[2]
+    gen = task_settings("gor", FAST)
+    item = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+    outfits, keys = [[], [item], [item, item[::-1]]], [(1, 7), (2, 7), (3, 7)]
+    imgs, caps = recommend_batch(bundle, {"Color": "pink"}, "dress", outfits, keys, seed=gen.seed, settings=gen)
+    assert imgs.shape == (3, 1, 32, 32, 3) and len(caps) == 3
+    for c in range(3):
+        one, cap = recommend(bundle, {"Color": "pink"}, "dress", outfits[c], key=keys[c], seed=gen.seed, settings=gen)
+        assert np.abs(imgs[c].astype(int) - one.astype(int)).max() <= 1 and caps[c] == cap  # batch-size numerics
+    assert np.abs(imgs[0].astype(int) - imgs[1]).max() > 10
+    with pytest.raises(ValueError, match="as many outfits as keys"):
+        recommend_batch(bundle, {}, "dress", [[]], [(1, 7), (2, 7)])
+
+
+def test_partly_stated_preference_reaches_the_model_filled(engine, monkeypatch):
+    """A cold user's "Color: x" goes to the model with the category's typical values, not 3 x "Unknown"."""
+    seen = []
+
+    def fake(bundle, pref, cat, ctx, num_images, **kw):
+        seen.append((dict(pref), kw.get("appearance")))
+        return np.zeros((num_images, 32, 32, 3), np.uint8), ["{}"] * num_images
+    monkeypatch.setattr(engine_lib, "recommend", fake)
+    s = engine.start(engine.create_user({"name": "cold"}), "pfitb")
+    engine.round(s.id, n=1)
+    assert seen[-1] == ({k: UNKNOWN for k in seen[-1][0]}, None)  # nothing stated: all "Unknown"
+    r = engine.round(s.id, "Color: pink", n=1)
+    cat = s.categories[s.outfit.index("")]
+    assert r.preference["targets"][cat]["Material"] == UNKNOWN and r.settings["fill_unknown"] is True
+    assert seen[-1][0] == {**engine.typical[cat], "Color": "pink"} and UNKNOWN not in seen[-1][0].values()
+    engine.fill_unknown = False
+    engine.round(s.id, "alternatives", n=1)
+    assert seen[-1][0]["Material"] == UNKNOWN and seen[-1][0]["Color"] == "pink"
 
 
 @pytest.mark.slow  # ~40 s on the loaded 2-core CPU: two more sampler compiles (n=2, oversampled n=6)

@@ -60,7 +60,7 @@ def _info(a) -> int:
 
 
 def _make_demo(a) -> int:
-    make_dataset(a.out, seed=a.seed, image_size=a.image_size, shapes=a.shapes)
+    make_dataset(a.out, seed=a.seed, image_size=a.image_size, shapes=a.shapes, appearance=a.appearance)
     return 0
 
 
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=32)
     d.add_argument("--shapes", default="procedural",
                    help="procedural | fashion_mnist (real Fashion-MNIST silhouettes; apt-get install dataset-fashion-mnist)")
+    d.add_argument("--appearance", action="store_true",
+                   help="also write per-user appearance (text/appearance.json + truth rules); the other files are "
+                        "byte-identical to a dataset made without it")
     d.set_defaults(fn=_make_demo)
     return p
 

@@ -9,6 +9,7 @@ folder layout (meta, items, splits/, text/, latents/) is drawn in docs/ARCHITECT
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from operator import index
@@ -18,9 +19,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from dualfashion_jax.data.safe_io import FormatError, read_json, read_npz, write_json, write_npz
+from dualfashion_jax.text.tokenizer import caption_json
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "CAPTION_KEYS", "FormatError", "OutfitTable", "CandidateTable",
-           "DatasetWriter", "SafeDataset", "sentence_text", "read_json", "read_npz", "write_json", "write_npz"]
+           "DatasetWriter", "SafeDataset", "sentence_text", "preference_text", "read_json", "read_npz", "write_json",
+           "write_npz"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -33,6 +36,23 @@ META_REQUIRED = ("name", "format_version", "num_items", "num_categories", "image
 def sentence_text(category_name: str) -> str:
     """The per-category instruction sentence (spec §3)."""
     return f"Recommend a fashion {category_name} item, on white background."
+
+
+def preference_text(preference: Mapping[str, Any], appearance: Mapping[str, str] | None = None) -> str:
+    """The preference text: the 4-key caption JSON, then the appearance attributes (sorted keys) when given.
+
+    No/empty appearance gives exactly `caption_json(preference)`; appearance keys come last so that a text cut at
+    max_length loses them before any caption key.
+    """
+    text = caption_json(preference)
+    if not appearance:
+        return text
+    d = json.loads(text)
+    clash = sorted(set(appearance) & set(d))
+    if clash:
+        raise ValueError(f"appearance: key(s) {clash} collide with the caption keys {list(CAPTION_KEYS)}")
+    d.update({str(k): str(appearance[k]) for k in sorted(appearance)})
+    return json.dumps(d, ensure_ascii=False)
 
 
 @dataclass(frozen=True)

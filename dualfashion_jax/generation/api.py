@@ -15,19 +15,20 @@ is part of the compiled program, the key is an input).
 from __future__ import annotations
 
 import dataclasses
-
+import pathlib
 from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 from PIL import Image
 
-from dualfashion_jax.data.format import sentence_text
+from dualfashion_jax.data.format import preference_text, sentence_text
 from dualfashion_jax.data.images import preprocess
 from dualfashion_jax.generation.sampling import Programs, make_mesh
 from dualfashion_jax.generation.settings import GenSettings
+from dualfashion_jax.modeling import frozen as frozen_lib
 from dualfashion_jax.samplers.templates import build_template
-from dualfashion_jax.text.tokenizer import CAPTION_KEYS, caption_json
+from dualfashion_jax.text.tokenizer import CAPTION_KEYS
 
 MAX_CONTEXT = 3
 _CACHE: list[Programs] = []  # the last request's compiled programs (reused while bundle and settings match)
@@ -55,33 +56,74 @@ def _programs(bundle, settings: GenSettings) -> Programs:
     return _CACHE[0]
 
 
+def trained_with_appearance(bundle) -> bool:
+    """Whether the bundle's stage 2 trained with the appearance in the preference text (its config's
+    `data.preference_appearance`; a stage-3 workdir defers to its `init_from`). Converted checkpoints: False."""
+    if bundle.info.get("kind") != "workdir":
+        return False
+    wd = pathlib.Path(bundle.info["source"])
+    for _ in range(3):  # stage 3 -> stage 2 -> stage 1
+        c = frozen_lib.workdir_config(wd)
+        if "preference_appearance" in c.get("data", {}):
+            return bool(c["data"]["preference_appearance"])
+        if c.get("stage") == "stage2" or not c.get("init_from"):
+            return False
+        wd = frozen_lib.workdir_path(c["init_from"], wd)
+        if not (wd / "config.json").is_file():
+            return False
+    return False
+
+
 def recommend(bundle, preference: Mapping[str, str], category: str, outfit_images: Sequence[np.ndarray],
               num_images: int = 1, num_captions: int = 1, seed: int = 0,
-              settings: GenSettings | None = None, key: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, list[str]]:
+              settings: GenSettings | None = None, key: tuple[int, int] = (0, 0),
+              appearance: Mapping[str, str] | None = None) -> tuple[np.ndarray, list[str]]:
     """(images uint8 [N, S, S, 3], captions list[str] of length M) for one request (see module docstring).
 
     `settings` overrides every sampler knob (its num_images/num_captions/seed are replaced by the arguments).
+    `appearance` is appended to the preference text (`data.format.preference_text`): pass it only for a
+    checkpoint trained that way (`trained_with_appearance`).
     """
-    _check(preference, category, outfit_images)
+    images, captions = recommend_batch(bundle, preference, category, [outfit_images], [key], num_images,
+                                       num_captions, seed, settings, appearance)
+    return images[0], captions[0]
+
+
+def recommend_batch(bundle, preference: Mapping[str, str], category: str,
+                    outfits: Sequence[Sequence[np.ndarray]], keys: Sequence[tuple[int, int]], num_images: int = 1,
+                    num_captions: int = 1, seed: int = 0, settings: GenSettings | None = None,
+                    appearance: Mapping[str, str] | None = None) -> tuple[np.ndarray, list[list[str]]]:
+    """C requests that differ only in their outfit images and key, as one sampler batch of C chains:
+    (images uint8 [C, N, S, S, 3], captions [C][M]); row c equals `recommend(..., outfits[c], key=keys[c])`."""
+    if len(outfits) != len(keys) or not outfits:
+        raise ValueError(f"recommend_batch: expected as many outfits as keys (>= 1), got {len(outfits)} and "
+                         f"{len(keys)}")
+    for o in outfits:
+        _check(preference, category, o)
+    for key in keys:
+        if len(key) != 2 or not all(isinstance(k, (int, np.integer)) and 0 <= k < 2**32 for k in key):
+            raise ValueError(f"key: expected (uid, oid), two ints in [0, 2**32), got {key!r}")
     s = dataclasses.replace(settings or GenSettings(), num_images=num_images, num_captions=num_captions, seed=seed)
-    progs = _programs(bundle, s)
-    tok, size = bundle.tokenizer, bundle.image_size
-    ctx = np.full((MAX_CONTEXT, size, size, 3), 255, np.uint8)
-    for i, im in enumerate(outfit_images):
-        ctx[i] = preprocess(Image.fromarray(np.asarray(im)), size)
-    valid = (np.arange(MAX_CONTEXT) < len(outfit_images)).astype(np.float32)
-    p_ids, p_mask = tok.encode([caption_json(preference)])
-    s_ids, s_mask = tok.encode([sentence_text(category.strip())])
     if s.template_source != "budget":
         raise ValueError("recommend: a request has no ground-truth item; use template_source='budget'")
+    progs = _programs(bundle, s)
+    tok, size, c = bundle.tokenizer, bundle.image_size, len(outfits)
+    ctx = np.full((c, MAX_CONTEXT, size, size, 3), 255, np.uint8)  # [C, 3, S, S, 3]
+    for r, o in enumerate(outfits):
+        for i, im in enumerate(o):
+            ctx[r, i] = preprocess(Image.fromarray(np.asarray(im)), size)
+    valid = (np.arange(MAX_CONTEXT)[None] < np.array([len(o) for o in outfits])[:, None]).astype(np.float32)  # [C, 3]
+    rows = lambda a: np.repeat(a, c, axis=0)  # noqa: E731  [1, ...] -> [C, ...]
+    p_ids, p_mask = tok.encode([preference_text(preference, appearance)])
+    s_ids, s_mask = tok.encode([sentence_text(category.strip())])
     t = build_template(tok, source="budget", value_lengths=bundle.value_lengths)
-    if len(key) != 2 or not all(isinstance(k, (int, np.integer)) and 0 <= k < 2**32 for k in key):
-        raise ValueError(f"key: expected (uid, oid), two ints in [0, 2**32), got {key!r}")
-    uid, oid = (np.full((1,), k, np.uint32) for k in key)
-    batch = {"uid": uid, "oid": oid, "image_idx": np.arange(num_images)[None], "caption_idx": np.arange(num_captions)[None],
-             "ctx_valid": valid[None], "pref_ids": p_ids, "pref_mask": p_mask, "sent_ids": s_ids, "sent_mask": s_mask,
-             "tmpl_ids": t.ids[None], "tmpl_mask": t.attention_mask[None], "tmpl_labels": t.label_mask[None]}
-    batch["ctx_latents"] = progs.encode(ctx[None], uid, oid)  # [1, 3, h, w, ch]; invalid slots are masked out
+    uid, oid = (np.array([k[i] for k in keys], np.uint32) for i in (0, 1))  # [C]
+    batch = {"uid": uid, "oid": oid, "image_idx": rows(np.arange(num_images)[None]),
+             "caption_idx": rows(np.arange(num_captions)[None]), "ctx_valid": valid, "pref_ids": rows(p_ids),
+             "pref_mask": rows(p_mask), "sent_ids": rows(s_ids), "sent_mask": rows(s_mask),
+             "tmpl_ids": rows(t.ids[None]), "tmpl_mask": rows(t.attention_mask[None]),
+             "tmpl_labels": rows(t.label_mask[None])}
+    batch["ctx_latents"] = progs.encode(ctx, uid, oid)  # [C, 3, h, w, ch]; invalid slots are masked out
     lat, ids = progs.sample(batch)
-    images = progs.decode(lat)[0]  # [N, S, S, 3]
-    return images, [c.strip() for c in tok.decode(ids[0])]
+    images = progs.decode(lat)  # [C, N, S, S, 3]
+    return images, [[x.strip() for x in tok.decode(row)] for row in ids]

@@ -27,7 +27,7 @@ from PIL import Image
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.images import ItemImages
-from dualfashion_jax.generation.api import recommend
+from dualfashion_jax.generation.api import recommend, recommend_batch, trained_with_appearance
 from dualfashion_jax.generation.bundle import load_bundle
 from dualfashion_jax.generation.settings import GenSettings, from_config, load_config
 from dualfashion_jax.sessions import feedback as fb, grounding, profile as profile_lib
@@ -119,11 +119,14 @@ class SessionEngine:
     """The session API (module docstring). Every public method is thread-safe; `round` serialises sampling."""
 
     def __init__(self, bundle, ds: SafeDataset, store: Store, *, max_candidates: int = 8,
-                 settings: Mapping[str, Any] | None = None, oversample: int = 1):
-        """`oversample` k > 1: PFITB rounds sample k n images and keep the n that `grounding.rerank` puts first."""
+                 settings: Mapping[str, Any] | None = None, oversample: int = 1, fill_unknown: bool = True):
+        """`oversample` k > 1: PFITB rounds sample k n images and keep the n that `grounding.rerank` puts first.
+        `fill_unknown`: unstated keys of a partly stated preference go to the model as the category's typical value
+        (`profile.model_preference`); False sends "Unknown" (the first version's behaviour)."""
         if max_candidates < 1 or oversample < 1:
             raise ValueError(f"max_candidates and oversample must be >= 1, got {max_candidates}, {oversample}")
-        self.oversample = int(oversample)
+        self.oversample, self.fill_unknown = int(oversample), bool(fill_unknown)
+        self.typical = profile_lib.typical_preferences(ds)
         self.bundle, self.ds, self.store, self.max_candidates = bundle, ds, store, int(max_candidates)
         self.overrides = dict(settings or {})
         self.settings = {t: task_settings(t, self.overrides) for t in TASKS}
@@ -132,17 +135,19 @@ class SessionEngine:
         self.catalogue = grounding.Catalogue(ds, bundle.image_size)
         self.categories = ds.categories
         self.cat_ids = {name: c for c, name in self.categories.items()}
+        self.appearance_text = trained_with_appearance(bundle)  # the profile's appearance joins the preference text
         self.dataset_users = {f"u{uid}": p for uid, p in profile_lib.dataset_profiles(ds, SPLIT).items()}
         self._lock = threading.RLock()
 
     @classmethod
     def open(cls, workdir: str, data_dir: str, db_path: str, *, max_candidates: int = 8,
-             settings: Mapping[str, Any] | None = None, oversample: int = 1) -> "SessionEngine":
+             settings: Mapping[str, Any] | None = None, oversample: int = 1,
+             fill_unknown: bool = True) -> "SessionEngine":
         """Loads the model once (a training workdir or converted checkpoints), the dataset and the store."""
         ds = SafeDataset(data_dir)
         bundle = load_bundle(workdir, data=data_dir)
         return cls(bundle, ds, Store(db_path), max_candidates=max_candidates, settings=settings,
-                   oversample=oversample)
+                   oversample=oversample, fill_unknown=fill_unknown)
 
     # ------------------------------------------------------------------------------------------------ users
     def users(self) -> list[dict]:
@@ -282,26 +287,33 @@ class SessionEngine:
         parsed, state = self._next_preference(s, feedback, prev)
         if settings is None:
             settings = {"seed": round_seed(s.id, number), "n": n, "oversample": self.oversample,
-                        "sampler": self.settings[s.task].to_json()}
+                        "fill_unknown": self.fill_unknown, "sampler": self.settings[s.task].to_json()}
         gen = GenSettings.from_json(settings["sampler"])
         progress = on_progress or (lambda done, total: None)
         fn = self._pfitb if s.task == "pfitb" else self._gor
-        cands = fn(s, state, gen, settings["seed"], n, progress, settings.get("oversample", 1))
+        fill = settings.get("fill_unknown", False)  # rounds stored before the fill replay without it
+        text = {c: profile_lib.model_preference(p, self.typical.get(c, {}) if fill else {}, state["avoid"])
+                for c, p in state["targets"].items()}  # what the model reads per target category
+        cands = fn(s, state, text, gen, settings["seed"], n, progress, settings.get("oversample", 1))
         return Round(number, feedback, parsed, state, cands, settings)
+
+    def _appearance(self, s: Session) -> dict | None:
+        """The profile's appearance for the preference text, when the checkpoint trained with it (else None)."""
+        return s.profile.get("appearance") or None if self.appearance_text else None
 
     def _shop(self, image: np.ndarray, category: str) -> list[dict]:
         return [{"item_id": str(i), "score": round(score, 6), "image_png": self.item_image(str(i))}
                 for i, score in self.catalogue.nearest(image, self.cat_ids[category], SHOP_K)]
 
-    def _pfitb(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress,
+    def _pfitb(self, s: Session, state: dict, text: dict, gen: GenSettings, seed: int, n: int, progress,
                oversample: int = 1) -> list[Candidate]:
         blank = s.outfit.index("")
         cat = s.categories[blank]
         ctx = [self.images(int(i)) for i in s.outfit if i]
         m = n * oversample
         progress(0, m)
-        images, captions = recommend(self.bundle, state["targets"][cat], cat, ctx, num_images=m, num_captions=m,
-                                     seed=gen.seed, settings=gen, key=(0, seed))
+        images, captions = recommend(self.bundle, text[cat], cat, ctx, num_images=m, num_captions=m,
+                                     seed=gen.seed, settings=gen, key=(0, seed), appearance=self._appearance(s))
         progress(m, m)
         shops = [self._shop(im, cat) for im in images]
         order = list(range(m))
@@ -312,19 +324,23 @@ class SessionEngine:
         return [Candidate(r, png(images[k]), captions[k], seed, shops[k], cat, sample=k)
                 for r, k in enumerate(order[:n])]
 
-    def _gor(self, s: Session, state: dict, gen: GenSettings, seed: int, n: int, progress,
+    def _gor(self, s: Session, state: dict, text: dict, gen: GenSettings, seed: int, n: int, progress,
              oversample: int = 1) -> list[Candidate]:
-        """n outfits; item j of outfit k is generated from the outfit's items 0..j-1 (key (k + 1, round seed))."""
+        """n outfits; item j of outfit k is generated from the outfit's items 0..j-1 (key (k + 1, round seed)); the n
+        candidates of a slot are independent, so each slot is one `recommend_batch` call (4 calls per round)."""
         slots = len(s.categories)
         images = np.zeros((n, slots, self.bundle.image_size, self.bundle.image_size, 3), np.uint8)
         captions = [[""] * slots for _ in range(n)]
         progress(0, n * slots)
-        for j, cat in enumerate(s.categories):
+        for j, cat in enumerate(s.categories):  # the n candidates of a slot are one sampler batch of n chains
+            img, cap = recommend_batch(self.bundle, text[cat], cat,
+                                       [list(images[k, max(0, j - 3): j]) for k in range(n)],
+                                       [(k + 1, seed) for k in range(n)], num_images=1, num_captions=1,
+                                       seed=gen.seed, settings=gen, appearance=self._appearance(s))
+            images[:, j] = img[:, 0]
             for k in range(n):
-                img, cap = recommend(self.bundle, state["targets"][cat], cat, list(images[k, max(0, j - 3): j]),
-                                     num_images=1, num_captions=1, seed=gen.seed, settings=gen, key=(k + 1, seed))
-                images[k, j], captions[k][j] = img[0], cap[0]
-                progress(j * n + k + 1, n * slots)
+                captions[k][j] = cap[k][0]
+            progress((j + 1) * n, n * slots)
         out = []
         for k in range(n):
             row = np.concatenate(list(images[k]), axis=1)  # [S, 4S, 3]: the outfit side by side

@@ -7,6 +7,7 @@ preference texts and the optional text/appearance.json; created users give their
 """
 from __future__ import annotations
 
+import collections
 from typing import Any, Mapping
 
 from dualfashion_jax.data.format import SafeDataset
@@ -69,3 +70,36 @@ def dataset_profiles(ds: SafeDataset, split: str = "test") -> dict[int, dict[str
         out[uid] = normalize({"name": f"dataset user {uid}", "preference": pref,
                               "appearance": appearance.get(uid, {}), "data_uid": uid}, cats)
     return out
+
+
+def typical_preferences(ds: SafeDataset, split: str = "train") -> dict[str, dict[str, str]]:
+    """{category name: {caption key: its most frequent stated value}} over `split`'s preference texts ({} if none).
+
+    Stage 2 trains on fully stated preference texts only, so a key the user has not stated (while others are) is
+    sent as the typical user's value for that category (`model_preference`).
+    """
+    if not ds.has_text(f"{split}_preference.json"):
+        return {}
+    counts: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
+    cats = ds.categories
+    for per in ds.preference(split).values():
+        for c, v in per.items():
+            for k, x in (v.get("Frequency", {}) if c in cats else {}).items():
+                if k in CAPTION_KEYS and isinstance(x, str) and x.strip() and x != UNKNOWN:
+                    counts[(cats[c], k)][x.strip()] += 1
+    out: dict[str, dict[str, str]] = {}
+    for (cat, k), cnt in sorted(counts.items()):
+        out.setdefault(cat, {})[k] = min(cnt.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # ties: alphabetical
+    return out
+
+
+def model_preference(preference: Mapping[str, str], typical: Mapping[str, str],
+                     avoid: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The preference text's values: the stated ones, and when at least one is stated, "Unknown" keys replaced by
+    `typical`'s unless avoided. Nothing stated stays all "Unknown" (a text the model trained on)."""
+    pref = {k: preference.get(k, UNKNOWN) for k in CAPTION_KEYS}
+    if all(v == UNKNOWN for v in pref.values()):
+        return pref
+    avoid = avoid or {}
+    return {k: typical[k] if v == UNKNOWN and k in typical and typical[k] not in avoid.get(k, ()) else v
+            for k, v in pref.items()}
