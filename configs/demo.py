@@ -38,6 +38,6 @@ def get_config(arg=None):
     # every network real-weight (installed by scripts/install.sh) on PFITB (160 images); GOR has 4x the images: FID
     # there would cost minutes of the budget; LPIPS on 2x2 collages at the images' own scale (64 px, not 1024)
     # caption_oracle: caption values in their key's vocabulary, caption colour = image / = preference (no network)
-    c.evaluate = dict(pfitb_metrics="oracle,caption_oracle,fid_ratio,oracle_fidelity,lpips",
+    c.evaluate = dict(pfitb_metrics="oracle,caption_oracle,fid,fid_ratio,oracle_fidelity,lpips",
                       gor_metrics="oracle,caption_oracle,oracle_fidelity,lpips")
     return c
