@@ -13,7 +13,7 @@ import numpy as np
 
 from dualfashion_jax.data import oracle
 from dualfashion_jax.data.synthetic import attributes as A
-from dualfashion_jax.data.synthetic.render import procedural_silhouette, render_item
+from dualfashion_jax.data.synthetic.render import render_item
 from dualfashion_jax.evaluators import fid as fid_lib
 from dualfashion_jax.evaluators.context import EvalContext
 from dualfashion_jax.evaluators.oracle_metrics import dataset_shapes
@@ -53,8 +53,7 @@ def clean_renders(decoded: dict[str, np.ndarray], size: int) -> np.ndarray:
         if min(key) < 0:
             continue
         if key not in cache:
-            cache[key] = np.stack([render_item(*key, feature=f, size=size, silhouette=procedural_silhouette(key[0]))
-                                   for f in range(len(A.FEATURES))])
+            cache[key] = np.stack([render_item(*key, feature=f, size=size) for f in range(len(A.FEATURES))])
         out[i] = cache[key]
     return out
 
