@@ -1,4 +1,5 @@
-"""DVBPR (issue #17): the model, the BPR loss against NumPy, the triple source, the `dvbpr` train stage (learns,
+"""DVBPR (issue #17): the model (its small-map conv against the conv), the BPR loss against NumPy, one compiled
+catalogue encoder for any catalogue size, the triple source, the `dvbpr` train stage (learns,
 resumes exactly, saves a loadable model) and its config errors."""
 import json
 
@@ -11,10 +12,13 @@ from flax import nnx
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.data import interactions, keys as K
 from dualfashion_jax.data.format import SafeDataset
+from dualfashion_jax.data.images import ItemImages
 from dualfashion_jax.data.synthetic.make import make_dataset
 from dualfashion_jax.evaluators import ranking_metrics as rm
 from dualfashion_jax.modeling.dvbpr import load_dvbpr
+from dualfashion_jax.models import dvbpr as dvbpr_model
 from dualfashion_jax.models.dvbpr import DVBPR, DVBPRConfig
+from dualfashion_jax.models.vae_blocks import conv
 from dualfashion_jax.training import dvbpr as stage, train, tasks
 
 CFG = DVBPRConfig(num_users=5, in_channels=4, input_size=8, channels=(8, 16), hidden=16, embed_dim=6)
@@ -111,6 +115,34 @@ def test_sample_negative_dense_user_and_full_user():
     assert all(interactions.sample_negative(rng, 10, pos) == 10 for _ in range(5))
     with pytest.raises(ValueError, match="all 10 catalogue items"):
         interactions.sample_negative(rng, 10, np.arange(1, 11))
+
+
+@pytest.mark.parametrize("size,stride", [(1, 1), (2, 1), (2, 2), (3, 2)])
+def test_small_map_conv_equals_the_conv(size, stride):
+    c = conv(5, 7, 3, stride=stride, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    c.bias[...] = jax.random.normal(jax.random.key(1), c.bias[...].shape)
+    x = jax.random.normal(jax.random.key(2), (4, size, size, 5))
+    got, ref = dvbpr_model.small_map_conv(x, c, stride), c(x)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_catalogue_embeddings_compile_once_for_any_catalogue_size(data_dir, tmp_path):
+    """Chunks are padded to one batch shape: catalogues of other sizes and other models reuse the compiled program."""
+    big = SafeDataset(data_dir)
+    small = SafeDataset(make_dataset(tmp_path / "small", seed=1, image_size=32, num_users=8, items_per_combo=1,
+                                     verbose=False))
+    assert big.num_items != small.num_items and (big.num_items + 1) % 64 and (small.num_items + 1) % 64
+    cfg = DVBPRConfig(num_users=8, input_size=32, channels=(8, 16), hidden=16, embed_dim=6)
+    model = DVBPR(cfg, rngs=nnx.Rngs(0))
+    rm.catalogue_embeddings(model, small, batch=64)
+    compiled = rm._encode._cache_size()
+    emb = rm.catalogue_embeddings(model, big, batch=64)
+    rm.catalogue_embeddings(DVBPR(cfg, rngs=nnx.Rngs(1)), small, batch=64)
+    assert rm._encode._cache_size() == compiled
+    x = interactions.model_input(ItemImages(big, 32).many(np.arange(big.num_items + 1)), "image")
+    assert emb.shape == (big.num_items + 1, 6)
+    np.testing.assert_allclose(emb, np.asarray(model.encoder(x)), rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ the stage

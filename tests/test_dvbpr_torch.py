@@ -14,7 +14,7 @@ pytestmark = pytest.mark.torch
 from dualfashion_jax.reference import torch_dvbpr  # noqa: E402  (needs torch)
 
 CFG = DVBPRConfig(num_users=6, input_kind="latent", in_channels=16, input_size=8, channels=(16, 32, 32), hidden=32,
-                  embed_dim=8)
+                  embed_dim=8)  # 8 -> 4 -> 2 -> 2: the last conv runs on a 2x2 map (models.dvbpr.small_map_conv)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,8 @@ def test_loss_and_gradients_match(pair):
     tl.backward()
     np.testing.assert_allclose(float(jl), float(tl.detach()), rtol=1e-5)
     pairs = [(jg["theta"], tm.theta.grad), (jg["encoder"]["fc2"]["kernel"], tm.fc2.weight.grad.T),
-             (jg["encoder"]["convs"][0]["kernel"], tm.convs[0].weight.grad.permute(2, 3, 1, 0))]
+             (jg["encoder"]["convs"][0]["kernel"], tm.convs[0].weight.grad.permute(2, 3, 1, 0)),
+             (jg["encoder"]["convs"][2]["kernel"], tm.convs[2].weight.grad.permute(2, 3, 1, 0))]  # 2x2 map: matmul
     for g_jax, g_torch in pairs:
         g_jax, g_torch = np.asarray(g_jax[...]), g_torch.numpy()
         np.testing.assert_allclose(g_jax, g_torch, rtol=0, atol=1e-4 * np.abs(g_torch).max())

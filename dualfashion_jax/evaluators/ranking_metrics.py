@@ -13,6 +13,7 @@ embedding to the mean embedding of the user's train positives: the project's CLI
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 import jax
@@ -92,20 +93,29 @@ def oracle_auc(scores: np.ndarray, pref: np.ndarray, item_category: np.ndarray, 
     return float(np.nanmean(np.stack(vals)))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, K]; one module-level program, so one compile per (encoder structure, batch shape)."""
+    return nnx.merge(graphdef, state)(x)
+
+
 def catalogue_embeddings(model: DVBPR, ds: SafeDataset, batch: int = 256) -> np.ndarray:
-    """Phi of every catalogue item [N+1, K] (row 0 = the blank item), from the visuals the model was trained on."""
+    """Phi of every catalogue item [N+1, K] (row 0 = the blank item), from the visuals the model was trained on.
+
+    Every chunk is padded to `batch` rows, so any catalogue size reuses one compiled program."""
     cfg = model.cfg
     load = ItemLatents(ds) if cfg.input_kind == "latent" else ItemImages(ds, cfg.input_size)
     graphdef, state = nnx.split(model.encoder)
-    enc = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
     ids = np.arange(ds.num_items + 1)
     out = []
     for lo in range(0, ids.size, batch):
-        x = interactions.model_input(load.many(ids[lo:lo + batch]), cfg.input_kind)
+        x = interactions.model_input(load.many(ids[lo:lo + batch]), cfg.input_kind)  # [b <= batch, H, W, C]
         if tuple(x.shape[1:]) != (cfg.input_size, cfg.input_size, cfg.in_channels):
             raise ValueError(f"{ds.root}: item visuals {list(x.shape[1:])} do not match the DVBPR model's input "
                              f"[{cfg.input_size}, {cfg.input_size}, {cfg.in_channels}] ({cfg.input_kind})")
-        out.append(np.asarray(enc(state, x)))
+        n = x.shape[0]
+        x = np.pad(np.asarray(x), ((0, batch - n),) + ((0, 0),) * 3)  # [batch, H, W, C]
+        out.append(np.asarray(_encode(graphdef, state, x))[:n])
     return np.concatenate(out)  # [N+1, K]
 
 

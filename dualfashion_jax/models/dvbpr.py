@@ -4,6 +4,8 @@ The same CNN embeds the positive and the negative item of a BPR triple (hence "S
 in [-1, 1] ([B, S, S, 3]) or on VAE latents ([B, h, w, C]); which one is a config choice (`in_channels`). A
 scaled-down CNN-F: `len(channels)` 3x3 conv stages (stride 2 while the map is larger than 2x2, ReLU), a global
 mean pool, one ReLU hidden layer and a linear map to the K-dim item embedding (DVBPR's K = 100 at full scale).
+A conv whose 3x3 kernel is larger than its input map (the last stage on a 2x2 map) runs as one matmul over the
+shifted views (`small_map_conv`): XLA:CPU swaps the operands of such a conv into a slow generic loop (7x slower).
 """
 from __future__ import annotations
 
@@ -72,6 +74,21 @@ def _dense(c_in: int, c_out: int, names: tuple[str | None, str | None], cfg: DVB
                       bias_init=nnx.with_partitioning(nnx.initializers.zeros, (names[1],)))
 
 
+def small_map_conv(x: jax.Array, c: nnx.Conv, stride: int) -> jax.Array:
+    """`c(x)` for a SAME_TORCH-padded k x k conv, as the k*k shifted views of x concatenated and one matmul.
+
+    For maps smaller than the kernel, where XLA:CPU's convolution takes a slow path; same values as `c(x)`."""
+    kh, kw, c_in, c_out = c.kernel.shape
+    _, h, w, _ = x.shape
+    ho, wo = -(-h // stride), -(-w // stride)
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    views = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+             for i in range(kh) for j in range(kw)]  # k*k x [B, Ho, Wo, Ci], (i, j) row-major like the kernel
+    cols = jnp.concatenate(views, axis=-1).astype(c.dtype)  # [B, Ho, Wo, kh*kw*Ci]
+    kernel = c.kernel[...].astype(c.dtype).reshape(kh * kw * c_in, c_out)
+    return cols @ kernel + c.bias[...].astype(c.dtype)  # [B, Ho, Wo, Co]
+
+
 class ItemEncoder(nnx.Module):
     """Phi: [B, H, W, C] item visuals -> [B, K] embeddings (fp32 out)."""
 
@@ -87,8 +104,9 @@ class ItemEncoder(nnx.Module):
         if x.ndim != 4 or x.shape[-1] != self.cfg.in_channels:
             raise ValueError(f"DVBPR item encoder: expected [B, H, W, {self.cfg.in_channels}] NHWC, got {x.shape}")
         h = x.astype(self.cfg.dtype)
-        for c in self.convs:
-            h = jax.nn.relu(c(h))  # [B, H/2^k, W/2^k, C_k]
+        for c, s in zip(self.convs, self.cfg.strides()):
+            small = h.shape[1] < c.kernel.shape[0] or h.shape[2] < c.kernel.shape[1]
+            h = jax.nn.relu(small_map_conv(h, c, s) if small else c(h))  # [B, H/2^k, W/2^k, C_k]
         h = jnp.mean(h.astype(jnp.float32), axis=(1, 2)).astype(self.cfg.dtype)  # [B, C_last]
         h = jax.nn.relu(self.fc1(h))  # [B, hidden]
         return self.fc2(h).astype(jnp.float32)  # [B, K]
