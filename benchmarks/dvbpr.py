@@ -1,11 +1,13 @@
 """DVBPR side by side: the jitted JAX train step and catalogue scoring vs the PyTorch transcription, CPU.
 
-    PYTHONPATH=. python benchmarks/dvbpr.py [--size demo] [--rounds 30] [--batch 64] [--items 960] [--users 64]
+    PYTHONPATH=. python benchmarks/dvbpr.py [--size demo] [--rounds 30] [--warmup 5] [--batch 64] [--items 960]
 Train step = one AdamW update on the BPR loss of a batch of (user, positive, negative) triples (the same model,
 init and loss on both sides; data loading excluded). Scoring = Phi of `--items` catalogue items and the
-[users, items] score matrix (inference). Interleaved rounds (one JAX call, one PyTorch call per round), after warm-up
-(JAX compile excluded); median (min-max) milliseconds; the 1-minute load average before and after is printed
-because the machine may be shared.
+[users, items] score matrix (inference), through the library's `DVBPR.users` / `ItemEncoder`. After JAX compilation
+and `--warmup` untimed rounds, `--rounds` interleaved rounds each time all four programs once, in an order that
+alternates between JAX-first and PyTorch-first so neither side always runs on the other's cache or clock state;
+median (min-max) milliseconds. The load averages before and after are printed, with a warning when the 1-minute
+load exceeds a quarter of the CPUs: then the figures are disturbed by other processes.
 """
 from __future__ import annotations
 
@@ -73,12 +75,13 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="demo", choices=sorted(SIZES))
     p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--items", type=int, default=960)
     p.add_argument("--users", type=int, default=64)
     a = p.parse_args(argv)
     cfg = build(a.size, a.users)
-    load0 = os.getloadavg()[0]
+    load0 = os.getloadavg()
     model = DVBPR(cfg, rngs=nnx.Rngs(0))
     tm = torch_dvbpr.from_jax(model)
     topt = torch.optim.AdamW(tm.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -111,24 +114,29 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     j_train(), j_score()
     compile_s = time.perf_counter() - t0
-    for _ in range(3):  # warm-up
-        j_train(), t_train(), j_score(), t_score()
-    res = {k: [] for k in ("jax_train", "torch_train", "jax_score", "torch_score")}
-    for _ in range(a.rounds):
-        res["jax_train"].append(timed(j_train))
-        res["torch_train"].append(timed(t_train))
-        res["jax_score"].append(timed(j_score))
-        res["torch_score"].append(timed(t_score))
-    load1 = os.getloadavg()[0]
+    programs = {"jax_train": j_train, "torch_train": t_train, "jax_score": j_score, "torch_score": t_score}
+    for _ in range(a.warmup):
+        for fn in programs.values():
+            fn()
+    res = {k: [] for k in programs}
+    for i in range(a.rounds):
+        order = list(programs) if i % 2 == 0 else ["torch_train", "jax_train", "torch_score", "jax_score"]
+        for k in order:
+            res[k].append(timed(programs[k]))
+    load1 = os.getloadavg()
     print(f"DVBPR {a.size}: {cfg}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); {os.cpu_count()} CPUs; load average {load0:.2f} -> {load1:.2f}; "
-          f"JAX compile {compile_s:.1f}s; {a.rounds} interleaved rounds, ms median (min-max)")
-    print("| program | JAX ms | PyTorch ms | PyTorch / JAX |\n|---|---|---|---|")
+          f"({torch.get_num_threads()} threads); {os.cpu_count()} CPUs; load average (1/5/15 min) "
+          f"{'/'.join(f'{x:.2f}' for x in load0)} -> {'/'.join(f'{x:.2f}' for x in load1)}; JAX compile "
+          f"{compile_s:.1f}s; {a.warmup} warm-up + {a.rounds} interleaved rounds, ms median (min-max)")
+    if max(load0[0], load1[0]) > 0.25 * (os.cpu_count() or 1):
+        print("WARNING: the machine is loaded (1-minute load average above a quarter of the CPUs): figures are "
+              "disturbed; rerun on an idle machine before quoting them")
+    print("| program | JAX ms | PyTorch ms | PyTorch / JAX (medians) | (mins) |\n|---|---|---|---|---|")
     for what in ("train", "score"):
         j, t = res[f"jax_{what}"], res[f"torch_{what}"]
         print(f"| {what} (batch {a.batch if what == 'train' else f'{a.users}x{a.items}'}) | {fmt(j)} | {fmt(t)} | "
-              f"{np.median(t) / np.median(j):.2f}x |")
+              f"{np.median(t) / np.median(j):.2f}x | {min(t) / min(j):.2f}x |")
 
 
 if __name__ == "__main__":
