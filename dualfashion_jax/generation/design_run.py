@@ -38,8 +38,8 @@ def _write_row(out: pathlib.Path, inputs: SplitInputs, r: TaskRow, source: np.nd
     rel = pathlib.PurePosixPath(outputs.ROWS_DIR) / outputs.row_dir_name(r)
     d = out / rel
     d.mkdir(parents=True, exist_ok=True)
-    outputs._save_png(d / "source.png", source)
-    outputs._save_png(d / "edited.png", edited)
+    outputs.save_png(d / "source.png", source)
+    outputs.save_png(d / "edited.png", edited)
     hist = r.history.get(r.categories[r.blank], [])[:4]
     grid_image([("history", [(im, "") for im in (inputs.item_images(hist) if hist else [])]),
                 ("source item", [(source, f"score {before:.3f}")]),
@@ -48,7 +48,7 @@ def _write_row(out: pathlib.Path, inputs: SplitInputs, r: TaskRow, source: np.nd
              "category": r.categories[r.blank], "preference": r.preferences[r.blank],
              "source_image": str(rel / "source.png"), "edited_image": str(rel / "edited.png"),
              "score_before": float(before), "score_after": float(after)}
-    outputs._atomic_json(d / outputs.DONE_FILE, {"index": r.index, "design": entry})
+    outputs.atomic_json(d / outputs.DONE_FILE, {"index": r.index, "design": entry})
     return entry
 
 

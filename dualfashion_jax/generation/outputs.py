@@ -75,11 +75,13 @@ def done_rows(out: pathlib.Path) -> set[int]:
     return done
 
 
-def _save_png(path: pathlib.Path, img: np.ndarray) -> None:
+def save_png(path: pathlib.Path, img: np.ndarray) -> None:
+    """Writes a uint8 [H, W, 3] image as PNG (every task's row images)."""
     Image.fromarray(np.asarray(img, np.uint8)).save(path)
 
 
-def _atomic_json(path: pathlib.Path, obj: Any) -> None:
+def atomic_json(path: pathlib.Path, obj: Any) -> None:
+    """Writes JSON through a per-process temp file + rename: a done marker is never half-written."""
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
@@ -94,18 +96,18 @@ def write_row(out: pathlib.Path, res: RowResult, inputs, seed: int, gt_caption=N
     gen, grd = [], []
     for (slot, k), img in sorted(res.images.items(), key=lambda x: (x[0][1], x[0][0])):
         name = f"gen_s{slot}_k{k}.png"
-        _save_png(d / name, img)
+        save_png(d / name, img)
         cap = res.captions.get((slot, k))
         gen.append(GenEntry(slot=slot, sample=k, seed=seed, image=str(rel_dir / name), caption=cap))
     gt_imgs = {}
     for slot in res.blank_slots:
         gt_imgs[slot] = inputs.item_images([r.outfit[slot]])[0]
-        _save_png(d / f"grd_s{slot}.png", gt_imgs[slot])
+        save_png(d / f"grd_s{slot}.png", gt_imgs[slot])
         grd.append(GrdEntry(slot=slot, iid=r.outfit[slot], image=str(rel_dir / f"grd_s{slot}.png")))
     visible = [i for s, i in enumerate(r.outfit) if s not in res.blank_slots]
     ctx_imgs = inputs.item_images(visible) if visible else np.zeros((0,) * 4, np.uint8)
     if visible:
-        _save_png(d / "incomplete_outfit.png", np.concatenate(list(ctx_imgs), axis=1))
+        save_png(d / "incomplete_outfit.png", np.concatenate(list(ctx_imgs), axis=1))
     rec = Record(uid=r.uid, oid=r.oid, task=res.task, outfit=tuple(r.outfit), categories=tuple(r.categories),
                  blank_slots=tuple(res.blank_slots), gen=tuple(gen), grd=tuple(grd),
                  preference={s: r.preferences[s] for s in res.blank_slots},
@@ -125,7 +127,7 @@ def write_row(out: pathlib.Path, res: RowResult, inputs, seed: int, gt_caption=N
     sections.append(("ground truth", [(gt_imgs[s], (gt_caption(r.outfit[s]) if gt_caption else "") or "")
                                       for s in res.blank_slots]))
     grid_image(sections).save(d / "grid.png")
-    _atomic_json(d / DONE_FILE, {"index": r.index, "record": rec.to_json(),
+    atomic_json(d / DONE_FILE, {"index": r.index, "record": rec.to_json(),
                                  "caption_entry": caption_entry(res, rec, rel_dir)})
     return rec
 
