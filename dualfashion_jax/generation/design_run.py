@@ -24,7 +24,7 @@ from dualfashion_jax.generation import outputs
 from dualfashion_jax.generation.design import DesignProgram, DesignSettings
 from dualfashion_jax.generation.grid import grid_image
 from dualfashion_jax.generation.inputs import SplitInputs
-from dualfashion_jax.generation.runner import RUN_FILE, RunSummary, _bar
+from dualfashion_jax.generation.runner import RUN_FILE, RunSummary, progress_bar
 from dualfashion_jax.generation.sampling import pad_rows
 from dualfashion_jax.generation.settings import GenSettings, check_resume
 
@@ -123,7 +123,7 @@ def run_design(bundle, dvbpr, settings: DesignSettings, *, out, split: str = "te
     pending = [i for i in range(n) if i not in outputs.done_rows(out)]
     if pending:
         program = DesignProgram(bundle, dvbpr, settings)
-        bar = _bar(len(pending), "design", progress)
+        bar = progress_bar(len(pending), "design", progress)
         for b in range(math.ceil(len(pending) / rows_per_batch)):
             rows = [inputs.row(i) for i in pending[b * rows_per_batch:(b + 1) * rows_per_batch]]
             host = {"images": inputs.item_images([r.outfit[r.blank] for r in rows]),

@@ -100,7 +100,7 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
         programs = Programs(bundle, settings, mesh, rules=param_sharding, dvbpr=dvbpr)
         info = inputs.ds.item_info if inputs.ds.has_text("item_info.json") else {}
         gt_caption = lambda iid: caption_json(info[iid]["elements"]) if iid in info else ""  # noqa: E731
-        bar = _bar(len(local), task, progress and jax.process_index() == 0)
+        bar = progress_bar(len(local), task, progress and jax.process_index() == 0)
         for b in range(n_batches):
             chunk = local[b * bsz:(b + 1) * bsz]
             rows = [inputs.row(i) for i in (chunk or [pending[0]])]  # filler row if this process ran out
@@ -131,5 +131,6 @@ def _truncated_since(tok, before, what: str) -> dict[str, int]:
     return cut
 
 
-def _bar(total: int, task: str, enabled: bool) -> Any:
+def progress_bar(total: int, task: str, enabled: bool) -> Any:
+    """The "<task> rows" tqdm bar of every generation task (disabled off process 0 or without --progress)."""
     return tqdm.tqdm(total=total, desc=f"{task} rows", unit="row", disable=not enabled, dynamic_ncols=True)
