@@ -42,7 +42,7 @@ setup(
     ],
     extras_require={
         # httpx: FastAPI's TestClient; selenium drives Debian's chromium + chromium-driver in the browser test
-        "test": ["pytest>=8.0", "httpx>=0.27", "selenium>=4.20"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "httpx>=0.27", "selenium>=4.20"],
         # PyTorch reference side: conversion and parity. torch is pinned exactly: any other
         # version pulls a multi-GB CUDA build on CPU-only machines.
         "convert": ["torch==2.13.0", "diffusers>=0.40", "transformers>=5.0"],
