@@ -56,7 +56,7 @@ def test_more_like_starts_from_the_liked_image_and_replays(engine, sampler_calls
     r2 = engine.round(s.id, "more like #2", n=3)
     r3 = engine.round(s.id, "alternatives", n=3)  # the same preference from pure noise
     assert r2.settings["like_strength"] == LIKE_STRENGTH and r2.parsed["like"] == [2]
-    assert [k for k, _ in sampler_calls] == [0, 2, 0]  # strength 0.5 of 4 steps: the like round starts at step 2
+    assert [k for k, _ in sampler_calls] == [0, 3, 0]  # strength 0.3 of 4 steps: the like round starts at step 3
     near = [_mad(decode_png(c.image_png), liked) for c in r2.candidates]
     far = [_mad(decode_png(c.image_png), liked) for c in r3.candidates]
     assert max(near) < min(far), (near, far)  # closer to #2 than any fresh sample
@@ -86,7 +86,7 @@ def test_round_many_is_one_sampler_call_equal_to_each_session_alone(world, engin
         assert [c.caption for c in again.candidates] == [c.caption for c in rnd.candidates]
     del sampler_calls[:]
     out = engine.round_many([(a.id, "more like #1", 2, None), (b.id, "alternatives", 2, None), ("nope", None, 2, None)])
-    assert sorted(sampler_calls) == [(0, 1), (2, 1)]  # another program per kind of round; the unknown one fails
+    assert sorted(sampler_calls) == [(0, 1), (3, 1)]  # another program per kind of round; the unknown one fails
     assert out[0].settings["chains"] == 1 and isinstance(out[2], KeyError)
     with pytest.raises(ValueError, match="one round per session"):
         engine.round_many([(a.id, None, 2, None), (a.id, None, 2, None)])

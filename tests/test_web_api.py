@@ -200,6 +200,11 @@ def test_serve_refuses_bad_flags_before_loading_anything(tmp_path, capsys):
     assert COMMANDS["serve"][0] == "dualfashion_jax.web.cli"
     assert serve_cli.main(["--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path)]) == 1
     assert f"error: --checkpoint {tmp_path / 'none'}: not a directory" in capsys.readouterr().err
+    for flag, value, message in (("--like-strength", "2", "--like-strength must be in (0, 1] or 'none'"),
+                                 ("--like-strength", "soft", "--like-strength must be in (0, 1] or 'none'"),
+                                 ("--batch-window", "-1", "--batch-window must be >= 0")):
+        assert serve_cli.main(["--checkpoint", str(tmp_path), "--data", str(tmp_path), flag, value]) == 1
+        assert message in capsys.readouterr().err
     assert serve_cli.main(["--checkpoint", str(tmp_path), "--data", str(tmp_path), "--max-candidates", "0"]) == 1
     assert "error: --max-candidates must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:

@@ -40,7 +40,7 @@ from dualfashion_jax.sessions.store import Store
 TASKS = ("pfitb", "gor")
 SPLIT = "test"
 SHOP_K = 3
-LIKE_STRENGTH = 0.5  # "more like #k": re-run the last half of the schedule from candidate k's image
+LIKE_STRENGTH = 0.3  # "more like #k": re-run the last 30 % of the schedule from candidate k's image (a light edit)
 __all__ = ["Candidate", "Round", "Session", "FeedbackError", "UnknownUserError", "SessionEngine"]
 
 
