@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.images import ItemImages
@@ -38,11 +36,8 @@ from dualfashion_jax.evaluators import fid as fid_lib
 from dualfashion_jax.evaluators.nets import weights as nets_weights
 from dualfashion_jax.evaluators.oracle_metrics import dataset_shapes
 from dualfashion_jax.sessions import engine as engine_lib
+from dualfashion_jax.sessions.records import decode_png
 from dualfashion_jax.sessions.simulate import SimulatedUser
-
-
-def _decode(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def diversity(images: np.ndarray) -> float:
@@ -77,7 +72,7 @@ def run(eng, ds, truth, uids, start: str, rounds: int, n: int, batch: int) -> di
             for g, ((sid, user, cat), rnd) in enumerate(zip(group, out)):
                 if isinstance(rnd, Exception):
                     raise rnd
-                images = np.stack([_decode(c.image_png) for c in rnd.candidates])
+                images = np.stack([decode_png(c.image_png) for c in rnd.candidates])
                 j = user.judge(images, cat)
                 for k, v in (("colour", j.colour_hit), ("material", j.material_hit), ("fit", j.fits),
                              ("category", j.category == cat)):

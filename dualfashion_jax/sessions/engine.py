@@ -46,8 +46,8 @@ __all__ = ["Candidate", "Round", "Session", "FeedbackError", "UnknownUserError",
 
 @dataclasses.dataclass
 class _Plan:
-    """A PFITB round ready to sample: its session, edited preference, settings (seed, n, chains, ...), the text the
-    model reads per target category and the start images of an image-grounded round (uint8 [m, S, S, 3] or None)."""
+    """A round ready to sample: its session, edited preference, settings (seed, n, chains, ...), the text the model
+    reads per target category and the start images of an image-grounded PFITB round (uint8 [m, S, S, 3] or None)."""
 
     session: Session
     number: int
@@ -287,8 +287,8 @@ class SessionEngine:
         cands = [{**vars(c), "shop": [{k: v for k, v in d.items() if k != "image_png"} for d in c.shop]}
                  for c in rnd.candidates]  # catalogue images are not copied into the store
         self.store.add_round(session_id, {"number": rnd.number, "feedback": rnd.feedback, "parsed": rnd.parsed,
-                                             "preference": rnd.preference, "settings": rnd.settings,
-                                             "created": _now()}, cands)
+                                          "preference": rnd.preference, "settings": rnd.settings,
+                                          "created": _now()}, cands)
         return rnd
 
     def replay(self, session_id: str) -> Session:
