@@ -33,12 +33,14 @@ def engine(world, tmp_path):
 
 @pytest.fixture()
 def sampler_calls(monkeypatch):
-    """Counts `Programs.sample` calls (one per sampler batch) and their chain counts."""
+    """Counts `Programs.sample` calls (one per sampler batch): (start step, chains); keeps the start latents."""
     calls = []
     real = sampling.Programs.sample
 
     def spy(self, batch):
         calls.append((self.start_step, batch["uid"].shape[0]))
+        if "start_latents" in batch:
+            spy.start = (self, batch["start_latents"])
         return real(self, batch)
     monkeypatch.setattr(sampling.Programs, "sample", spy)
     return calls
@@ -57,11 +59,14 @@ def test_more_like_starts_from_the_liked_image_and_replays(engine, sampler_calls
     r3 = engine.round(s.id, "alternatives", n=3)  # the same preference from pure noise
     assert r2.settings["like_strength"] == LIKE_STRENGTH and r2.parsed["like"] == [2]
     assert [k for k, _ in sampler_calls] == [0, 3, 0]  # strength 0.3 of 4 steps: the like round starts at step 3
-    near = [_mad(decode_png(c.image_png), liked) for c in r2.candidates]
-    far = [_mad(decode_png(c.image_png), liked) for c in r3.candidates]
-    assert max(near) < min(far), (near, far)  # closer to #2 than any fresh sample
+    programs, start = sampling.Programs.sample.start  # what the spy saw in the like round
+    assert start.shape[:2] == (1, 3)  # [chains, samples, h, w, ch]: every sample from #2's latent
+    want = programs.encode(liked[None, None], np.zeros(1, np.uint32), np.zeros(1, np.uint32))[0, 0]
+    for k in range(3):
+        np.testing.assert_allclose(start[0, k], want, atol=1e-5)  # the VAE posterior mean of candidate #2's PNG
     imgs = [decode_png(c.image_png) for c in r2.candidates]
     assert min(_mad(imgs[i], imgs[j]) for i in range(3) for j in range(i)) > 0  # distinct noise per sample
+    assert all(_mad(a, decode_png(c.image_png)) > 0 for a in imgs for c in r3.candidates)
     replayed = engine.replay(s.id)
     assert [[c.image_png for c in r.candidates] for r in replayed.rounds] == \
         [[c.image_png for c in r.candidates] for r in (r1, r2, r3)]
