@@ -1,13 +1,20 @@
 """Simulated-user sessions on the demo's test users: preferred-attribute hit rate and appearance-fit by round.
 
     python benchmarks/sessions_sim.py --checkpoint RUN/stage3 --data DATA_WITH_APPEARANCE --rounds 5 --n 4 \
-        [--users 160] [--start warm,cold] [--oversample 1,3] [--fid-rounds 1,3] [--out sessions_sim.json]
+        [--users 160] [--start warm,cold] [--oversample 1,3] [--like-strength 0.5,none] [--batch 16] \
+        [--fid-rounds 1,3] [--out sessions_sim.json]
 Each user gets one PFITB session on its own test outfit through `SessionEngine` (SQLite store in a temp folder);
-after every round the oracle user (`sessions/simulate.py`) reads the candidates from pixels and answers.
+after every round the oracle user (`sessions/simulate.py`) reads the candidates from pixels and answers ("more
+like #k" for a candidate in its favourite colour that suits it; `--like-strength none`: that only copies k's
+caption, a number: the next round starts from k's image, SDEdit). `--batch B`: B users' rounds go through
+`SessionEngine.round_many` together (one sampler batch per round and kind of round; same candidates as one by one
+up to batch-size numerics).
 `warm`: the session starts from the user's dataset preference text; `cold`: from an empty preference (a new user
 whose taste the session must learn from feedback). `--oversample 1,3`: the engine as is, and sampling 3n per
 round keeping the n whose nearest catalogue items agree best with the stated preference. Per round: colour /
-material hit rate vs the hidden favourite, appearance-fit, category accuracy, and (--fid-rounds) the TF-FID of the
+material hit rate vs the hidden favourite, appearance-fit, category accuracy, the diversity of a round's candidates
+(mean pairwise mean-absolute pixel difference in [0, 1], per user), the share of "more like" answers, and
+(--fid-rounds) the TF-FID of the
 round's candidates vs the blanks' ground truth images, its `fid_ratio` (over the FID of as many random catalogue
 items, the random-real baseline of evaluators/fidelity.py) and its ratio to round 1. The target of issue #18: round-3
 hit rate >= 1.5x round 1 with category and FID holding.
@@ -16,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.images import ItemImages
@@ -31,42 +36,53 @@ from dualfashion_jax.evaluators import fid as fid_lib
 from dualfashion_jax.evaluators.nets import weights as nets_weights
 from dualfashion_jax.evaluators.oracle_metrics import dataset_shapes
 from dualfashion_jax.sessions import engine as engine_lib
+from dualfashion_jax.sessions.records import decode_png
 from dualfashion_jax.sessions.simulate import SimulatedUser
 
 
-def _decode(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+def diversity(images: np.ndarray) -> float:
+    """Mean pairwise mean-absolute pixel difference of uint8 [N, S, S, 3] candidates, in [0, 1]."""
+    x = images.astype(np.float32) / 255.0
+    n = len(x)
+    return float(np.mean([np.abs(x[i] - x[j]).mean() for i in range(n) for j in range(i + 1, n)])) if n > 1 else 0.0
 
 
-def run(eng, ds, truth, uids, start: str, rounds: int, n: int) -> dict:
-    """Per round: per-candidate hits, the candidate images and the feedback given after the round."""
+def run(eng, ds, truth, uids, start: str, rounds: int, n: int, batch: int) -> dict:
+    """Per round: per-candidate hits, the candidate images, their diversity and the feedback given after it."""
     shapes, cats, appearance = dataset_shapes(ds.root), ds.categories, ds.appearance
-    per = [{"colour": [], "material": [], "fit": [], "category": [], "images": [], "feedback": []}
+    per = [{"colour": [], "material": [], "fit": [], "category": [], "images": [], "feedback": [], "diversity": []}
            for _ in range(rounds)]
     fitb = ds.fitb(engine_lib.SPLIT)
-    for done, uid in enumerate(uids):
-        user = SimulatedUser(truth, uid, appearance.get(uid), shapes)
-        if start == "warm":
-            user_id = f"u{uid}"
-        else:
-            user_id = eng.create_user({"name": f"cold {uid}", "appearance": appearance.get(uid, {}), "data_uid": uid})
-        s = eng.start(user_id, "pfitb")
-        row = int(np.flatnonzero(fitb.oids == int(s.outfit_id.partition(":")[2]))[0])
-        blank = int(np.flatnonzero(fitb.outfits[row] == 0)[0])
-        cat = int(fitb.category[row, blank])
-        text = None
+    for lo in range(0, len(uids), batch):
+        group = []  # (session id, simulated user, blank category)
+        for uid in uids[lo: lo + batch]:
+            user = SimulatedUser(truth, uid, appearance.get(uid), shapes)
+            if start == "warm":
+                user_id = f"u{uid}"
+            else:
+                user_id = eng.create_user({"name": f"cold {uid}", "appearance": appearance.get(uid, {}),
+                                           "data_uid": uid})
+            s = eng.start(user_id, "pfitb")
+            row = int(np.flatnonzero(fitb.oids == int(s.outfit_id.partition(":")[2]))[0])
+            blank = int(np.flatnonzero(fitb.outfits[row] == 0)[0])
+            group.append((s.id, user, int(fitb.category[row, blank])))
+        texts = [None] * len(group)
         for r in range(rounds):
-            rnd = eng.round(s.id, text, n)
-            images = np.stack([_decode(c.image_png) for c in rnd.candidates])
-            j = user.judge(images, cat)
-            for k, v in (("colour", j.colour_hit), ("material", j.material_hit), ("fit", j.fits),
-                         ("category", j.category == cat)):
-                per[r][k].extend(v.tolist())
-            per[r]["images"].append(images)
-            text = user.feedback([(cat, j)], rnd.preference["targets"], cats)
-            per[r]["feedback"].append(text)
-        if (done + 1) % 16 == 0:
-            print(f"  {start}: {done + 1}/{len(uids)} users", flush=True)
+            out = eng.round_many([(sid, t, n, None) for (sid, _, _), t in zip(group, texts)])
+            for g, ((sid, user, cat), rnd) in enumerate(zip(group, out)):
+                if isinstance(rnd, Exception):
+                    raise rnd
+                images = np.stack([decode_png(c.image_png) for c in rnd.candidates])
+                j = user.judge(images, cat)
+                for k, v in (("colour", j.colour_hit), ("material", j.material_hit), ("fit", j.fits),
+                             ("category", j.category == cat)):
+                    per[r][k].extend(v.tolist())
+                per[r]["images"].append(images)
+                per[r]["diversity"].append(diversity(images))
+                texts[g] = user.feedback([(cat, j)], rnd.preference["targets"], cats,
+                                         [c.caption for c in rnd.candidates])
+                per[r]["feedback"].append(texts[g])
+        print(f"  {start}: {min(lo + batch, len(uids))}/{len(uids)} users", flush=True)
     return per
 
 
@@ -87,7 +103,9 @@ def summarize(per: list[dict], fid_model, gt_features, fid_rounds: set[int], rea
         row = {"round": r + 1, "colour_hit": float(np.mean(d["colour"])), "material_hit": float(np.mean(d["material"])),
                "both_hit": float(np.mean(np.asarray(d["colour"]) & np.asarray(d["material"]))),
                "appearance_fit": float(np.mean(d["fit"])), "category_acc": float(np.mean(d["category"])),
-               "feedback_alternatives": float(np.mean([t == "alternatives" for t in d["feedback"]]))}
+               "feedback_alternatives": float(np.mean([t == "alternatives" for t in d["feedback"]])),
+               "feedback_like": float(np.mean(["more like" in t for t in d["feedback"]])),
+               "diversity": float(np.mean(d["diversity"]))}
         if fid_model is not None and r + 1 in fid_rounds:
             gen = fid_lib.FIDFeatures.from_features(fid_lib.extract_features(
                 fid_model, np.concatenate(d["images"]), show_progress=False))
@@ -97,7 +115,7 @@ def summarize(per: list[dict], fid_model, gt_features, fid_rounds: set[int], rea
                 row["fid_ratio"] = row["fid"] / row["fid_random_real"]
         out.append(row)
     for row in out:
-        for k in ("colour_hit", "material_hit", "both_hit", "appearance_fit", "fid", "fid_ratio"):
+        for k in ("colour_hit", "material_hit", "both_hit", "appearance_fit", "diversity", "fid", "fid_ratio"):
             if k in row and out[0].get(k):
                 row[f"{k}_vs_round1"] = row[k] / out[0][k]
     return out
@@ -111,7 +129,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=4, help="candidates per round")
     p.add_argument("--users", type=int, default=0, help="first N test users (0 = all)")
     p.add_argument("--start", default="warm,cold")
-    p.add_argument("--oversample", default="1,3", help="variants: sample k n per round, keep the n best grounded")
+    p.add_argument("--oversample", default="1", help="variants: sample k n per round, keep the n best grounded")
+    p.add_argument("--like-strength", default=str(engine_lib.LIKE_STRENGTH),
+                   help="variants: 'more like #k' SDEdit strength in (0, 1], or none (caption copy only)")
+    p.add_argument("--batch", type=int, default=16, help="users whose rounds run as one sampler batch")
     p.add_argument("--fid-rounds", default="", help="e.g. 1,3: TF-FID (real weights) of these rounds' candidates "
                    "vs the blanks' GT images")
     p.add_argument("--out", help="write the table as JSON here")
@@ -137,18 +158,23 @@ def main(argv=None) -> int:
             size = eng.bundle.image_size
             real = functools.lru_cache(maxsize=4)(lambda n: random_real_features(fid_model, ds, n, size))
         results = {}
-        for oversample in (int(x) for x in a.oversample.split(",")):
-            eng.oversample = oversample
+        variants = [(int(o), None if x == "none" else float(x)) for o in a.oversample.split(",")
+                    for x in a.like_strength.split(",")]
+        for oversample, strength in variants:
+            eng.oversample, eng.like_strength = oversample, strength
             for start in a.start.split(","):
-                name = f"{start}/oversample{oversample}"
-                results[name] = summarize(run(eng, ds, truth, uids, start, a.rounds, a.n), fid_model, gt_features,
-                                          fid_rounds, real)
+                name = f"{start}/oversample{oversample}/like{strength if strength else '-caption'}"
+                per = run(eng, ds, truth, uids, start, a.rounds, a.n, a.batch)
+                results[name] = summarize(per, fid_model, gt_features, fid_rounds, real)
                 print(f"\n{name} ({len(uids)} users x {a.n} candidates):", flush=True)
                 for row in results[name]:
                     print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in row.items()), flush=True)
+                if a.out:  # what is done so far survives an interrupted run
+                    with open(a.out, "w") as f:
+                        json.dump(results, f, indent=1)
     results["config"] = {"checkpoint": a.checkpoint, "data": a.data, "users": len(uids), "n": a.n,
-                         "rounds": a.rounds, "seconds": round(time.perf_counter() - t0, 1),
+                         "rounds": a.rounds, "batch": a.batch, "seconds": round(time.perf_counter() - t0, 1),
                          "settings": engine_lib.demo_overrides()}
     if a.out:
         with open(a.out, "w") as f:

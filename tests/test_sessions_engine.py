@@ -117,10 +117,10 @@ def test_partly_stated_preference_reaches_the_model_filled(engine, monkeypatch):
     """A cold user's "Color: x" goes to the model with the category's typical values, not 3 x "Unknown"."""
     seen = []
 
-    def fake(bundle, pref, cat, ctx, num_images, **kw):
-        seen.append((dict(pref), kw.get("appearance")))
-        return np.zeros((num_images, 32, 32, 3), np.uint8), ["{}"] * num_images
-    monkeypatch.setattr(engine_lib, "recommend", fake)
+    def fake(bundle, requests, num_images, *args, **kw):
+        seen.append((dict(requests[0].preference), requests[0].appearance))
+        return np.zeros((len(requests), num_images, 32, 32, 3), np.uint8), [["{}"] * num_images] * len(requests)
+    monkeypatch.setattr(engine_lib, "recommend_many", fake)
     s = engine.start(engine.create_user({"name": "cold"}), "pfitb")
     engine.round(s.id, n=1)
     assert seen[-1] == ({k: UNKNOWN for k in seen[-1][0]}, None)  # nothing stated: all "Unknown"

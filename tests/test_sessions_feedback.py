@@ -132,12 +132,18 @@ def test_appearance_fit_metric_and_simulated_user(datasets):
                   np.array([True, True]), np.array([False, True]))
     names = {cat: A.CATEGORIES[cat]}
     wrong = {A.CATEGORIES[cat]: {**PREF, "Color": A.COLORS[(fc + 1) % 8], "Material": A.MATERIALS[fm]}}
-    text = user.feedback([(cat, j)], wrong, names)
-    assert text.startswith(f"Color: {A.COLORS[fc]}") and (bad == fc or f"not: {A.COLORS[bad]}" in text)
+    text = user.feedback([(cat, j)], wrong, names)  # #2 shows the favourite colour and suits: point at it
+    assert text.startswith(f"more like #2, Color: {A.COLORS[fc]}") and (bad == fc or f"not: {A.COLORS[bad]}" in text)
     right = {A.CATEGORIES[cat]: {**PREF, "Color": A.COLORS[fc], "Material": A.MATERIALS[fm]}}
     ok = Judgement(np.array([fc]), np.array([fm]), np.array([cat]), np.array([True]), np.array([True]),
                    np.array([True]))
-    assert user.feedback([(cat, ok)], right, names) == "alternatives"
+    assert user.feedback([(cat, ok)], right, names) == "more like #1"
+    other = A.COLORS[(fc + 1) % 8]  # "more like #1" would copy #1's caption colour: restate the favourite
+    assert user.feedback([(cat, ok)], right, names, [f'{{"Color": "{other}"}}']) == \
+        f"more like #1, Color: {A.COLORS[fc]}"
+    unfit = Judgement(np.array([fc]), np.array([fm]), np.array([cat]), np.array([True]), np.array([True]),
+                      np.array([False]))
+    assert user.feedback([(cat, unfit)], right, names) == "alternatives"
     F.parse(text, VOCAB)  # what the simulated user says, the parser reads
 
 

@@ -138,6 +138,33 @@ def test_progress_is_reported_while_a_round_samples(client, engine):
         "state": "done", "done": 3, "total": 3, "error": None, "elapsed_s": 0}
 
 
+def test_rounds_arriving_together_run_as_one_batch(client, engine):
+    """While one round holds the sampler, the rounds of two other sessions queue and then run as one batch."""
+    sids = [_start(client, "u0") for _ in range(3)]
+    engine.gate = threading.Event()
+    status = {}
+
+    def post(sid):
+        status[sid] = client.post(f"/api/sessions/{sid}/rounds", json={"n": 1}).status_code
+
+    threads = [threading.Thread(target=post, args=(sid,)) for sid in sids]
+    threads[0].start()
+    assert engine.sampling.wait(10)  # session 0's round is sampling (held by the gate)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while any(client.get(f"/api/sessions/{sid}/progress").json()["state"] != "queued" for sid in sids[1:]):
+        assert time.monotonic() < deadline, "rounds never queued"
+        time.sleep(0.01)
+    time.sleep(0.2)  # past the board: into the batcher's queue
+    engine.gate.set()
+    for t in threads:
+        t.join(10)
+    assert status == dict.fromkeys(sids, 200)
+    assert engine.batches[0] == sids[:1] and sorted(engine.batches[1]) == sorted(sids[1:]) and len(engine.batches) == 2
+    assert all(len(client.get(f"/api/sessions/{sid}").json()["rounds"]) == 1 for sid in sids)
+
+
 def test_concurrent_sessions_do_not_mix(client):
     users = {colour: _new_user(client, colour) for colour in ("red", "black")}
     sids = {colour: _start(client, uid, task="gor", outfit_id=None) for colour, uid in users.items()}
@@ -173,6 +200,11 @@ def test_serve_refuses_bad_flags_before_loading_anything(tmp_path, capsys):
     assert COMMANDS["serve"][0] == "dualfashion_jax.web.cli"
     assert serve_cli.main(["--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path)]) == 1
     assert f"error: --checkpoint {tmp_path / 'none'}: not a directory" in capsys.readouterr().err
+    for flag, value, message in (("--like-strength", "2", "--like-strength must be in (0, 1] or 'none'"),
+                                 ("--like-strength", "soft", "--like-strength must be in (0, 1] or 'none'"),
+                                 ("--batch-window", "-1", "--batch-window must be >= 0")):
+        assert serve_cli.main(["--checkpoint", str(tmp_path), "--data", str(tmp_path), flag, value]) == 1
+        assert message in capsys.readouterr().err
     assert serve_cli.main(["--checkpoint", str(tmp_path), "--data", str(tmp_path), "--max-candidates", "0"]) == 1
     assert "error: --max-candidates must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:

@@ -1,6 +1,7 @@
 """`dualfashion-jax serve` in a real browser: the real server (a tiny stage-2 model) on a free port, Debian's
 headless Chromium driven by selenium through one multi-round session (create a profile, start PFITB, feedback
-twice, a malformed feedback shown as an error, open the history), with a screenshot saved under the test's tmp dir.
+twice, a malformed feedback shown as an error, then a GOR round (a whole outfit), open the history), with a
+screenshot saved under the test's tmp dir.
 """
 import os
 import pathlib
@@ -160,14 +161,29 @@ def test_a_multi_round_session_in_headless_chromium(server, browser, tmp_path):
     _idle(d)
     assert _rounds(d) == 3
 
-    # the history lists the session; opening it shows its rounds
+    # GOR: a whole outfit for the same profile, one round of 2 candidates (4 items side by side each)
+    d.find_element(By.CSS_SELECTOR, "input[name=task][value=gor]").click()
+    _idle(d)
+    d.find_element(By.ID, "start").click()
+    _wait_round(d, 1)
+    outfits = d.find_elements(By.CSS_SELECTOR, "#rounds .round .candidate")
+    assert len(outfits) == 2 and "gor" in d.find_element(By.ID, "session-id").text
+    for c in outfits:
+        w, h = d.execute_script("const i = arguments[0]; return [i.naturalWidth, i.naturalHeight];",
+                                c.find_element(By.TAG_NAME, "img"))
+        assert (w, h) == (4 * 32, 32) and c.find_element(By.CSS_SELECTOR, ".caption").text.count(" | ") == 3
+        assert len(c.find_elements(By.CSS_SELECTOR, ".shop img")) == 4  # one catalogue item per slot
+
+    # the history lists both sessions; opening the PFITB one shows its rounds
     d.get(server + "/")
     _idle(d)
     Select(d.find_element(By.ID, "user-select")).select_by_value(user_id)
     _idle(d)
     d.find_element(By.ID, "history-refresh").click()
-    WebDriverWait(d, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history li[data-session]"))
-    entry = d.find_element(By.CSS_SELECTOR, "#history li[data-session]")
+    WebDriverWait(d, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li[data-session]")) == 2)
+    entries = d.find_elements(By.CSS_SELECTOR, "#history li[data-session]")
+    assert sorted(e.text.split(" · ")[1] for e in entries) == ["gor", "pfitb"]
+    entry = next(e for e in entries if " · pfitb · " in e.text)
     assert "3 round(s)" in entry.text
     entry.click()
     WebDriverWait(d, 30).until(lambda d: _rounds(d) == 3)

@@ -1,6 +1,7 @@
 """The web API over the real `SessionEngine` (tiny random-weight model): the engine's errors reach the client as
 4xx with its message, and two sessions driven concurrently over HTTP keep their own rounds, equal to a sequential
-replay of each session's log (so neither saw the other's preference, seed or outfit)."""
+replay of each session's log (so neither saw the other's preference, seed or outfit) although their first rounds
+ran as one sampler batch."""
 import base64
 import threading
 
@@ -31,7 +32,7 @@ def engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    with TestClient(create_app(engine)) as c:
+    with TestClient(create_app(engine, batch_window_s=0.5)) as c:  # a wide window: concurrent rounds batch
         yield c
 
 
@@ -83,10 +84,12 @@ def test_concurrent_sessions_do_not_mix(client, engine):
     for t in threads:
         t.join(300)
     assert status == [[200] * 2, [200] * 2]
+    assert sorted(sids) in [sorted(b) for b in client.app.state.batcher.batches]  # rounds 1: one batch, 2 chains
     for k, sid in enumerate(sids):
         s = client.get(f"/api/sessions/{sid}").json()
         assert s["user_id"] == users[k] and [r["feedback"] for r in s["rounds"]] == feedback[k]
         assert [i["item_id"] for i in s["outfit"] if i["item_id"]] == outfits[k]["items"]
+        assert s["rounds"][0]["settings"]["chains"] == 2 and s["rounds"][1]["settings"]["chains"] == 1
         target = s["rounds"][0]["preference"]["targets"][outfits[k]["blank_category"]]
         assert target["Color"] == colours[k]
         assert client.get(f"/api/sessions/{sid}/progress").json()["state"] == "done"

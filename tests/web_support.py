@@ -35,6 +35,7 @@ class FakeEngine:
         self._lock = threading.Lock()             # the sampler lock of the real engine
         self._users = {"u0": {"name": "dataset user 0", "preference": {"*": {"Color": "red"}}, "appearance": {}}}
         self._sessions: dict[str, Session] = {}
+        self.batches: list[list[str]] = []        # session ids of every round_many call
 
     def _user(self, user_id: str) -> dict:
         if user_id not in self._users:
@@ -109,3 +110,14 @@ class FakeEngine:
         rnd = Round(len(s.rounds) + 1, feedback, parsed, {"targets": {"shoes": pref}, "avoid": {}}, cands, {"n": n})
         s.rounds.append(rnd)
         return rnd
+
+    def round_many(self, requests) -> list:
+        """The real engine's batch entry point: each (session id, feedback, n, on_progress) in turn, errors returned."""
+        self.batches.append([r[0] for r in requests])
+        out = []
+        for session_id, feedback, n, on_progress in requests:
+            try:
+                out.append(self.round(session_id, feedback, n, on_progress))
+            except Exception as err:  # noqa: BLE001  returned per request, as SessionEngine.round_many does
+                out.append(err)
+        return out

@@ -10,7 +10,8 @@ generated item images and attribute captions (the PFITB program on a single chai
 short-side resized and centre-cropped like the training data. With no outfit image, the context is the zero
 latent (as GOR's first item). The request is keyed as (uid, oid) = (0, 0) unless `key=(uid, oid)` is given, so a
 (seed, key) reproduces it exactly; varying `key` rather than `seed` draws new samples without recompiling (the seed
-is part of the compiled program, the key is an input).
+is part of the compiled program, the key is an input). `recommend_many` runs several independent requests
+(another preference, category, outfit, key each; optionally starting from given images, SDEdit) as one batch.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from PIL import Image
 
 from dualfashion_jax.data.format import preference_text, sentence_text
 from dualfashion_jax.data.images import preprocess
+from dualfashion_jax.generation import design
 from dualfashion_jax.generation.sampling import Programs, make_mesh
 from dualfashion_jax.generation.settings import GenSettings
 from dualfashion_jax.modeling import frozen as frozen_lib
@@ -31,7 +33,8 @@ from dualfashion_jax.samplers.templates import build_template
 from dualfashion_jax.text.tokenizer import CAPTION_KEYS
 
 MAX_CONTEXT = 3
-_CACHE: list[Programs] = []  # the last request's compiled programs (reused while bundle and settings match)
+CACHE_SIZE = 4
+_CACHE: list[Programs] = []  # the last requests' compiled programs, most recent first
 
 
 def _check(preference, category, outfit_images) -> None:
@@ -50,9 +53,15 @@ def _check(preference, category, outfit_images) -> None:
             raise ValueError(f"outfit_images[{i}]: expected a uint8 HxWx3 RGB array, got {a.dtype} {a.shape}")
 
 
-def _programs(bundle, settings: GenSettings) -> Programs:
-    if not (_CACHE and _CACHE[0].bundle is bundle and _CACHE[0].settings == settings):
-        _CACHE[:] = [Programs(bundle, settings, make_mesh(jax.local_devices()[:1]))]  # on the first local device
+def _programs(bundle, settings: GenSettings, start_step: int = 0) -> Programs:
+    """The compiled programs of (bundle, settings, start_step), on the first local device; the last few are kept,
+    so a session alternating plain and image-grounded rounds does not recompile."""
+    for i, p in enumerate(_CACHE):
+        if p.bundle is bundle and p.settings == settings and p.start_step == start_step:
+            _CACHE.insert(0, _CACHE.pop(i))
+            return p
+    _CACHE.insert(0, Programs(bundle, settings, make_mesh(jax.local_devices()[:1]), start_step=start_step))
+    del _CACHE[CACHE_SIZE:]
     return _CACHE[0]
 
 
@@ -98,32 +107,80 @@ def recommend_batch(bundle, preference: Mapping[str, str], category: str,
     if len(outfits) != len(keys) or not outfits:
         raise ValueError(f"recommend_batch: expected as many outfits as keys (>= 1), got {len(outfits)} and "
                          f"{len(keys)}")
-    for o in outfits:
-        _check(preference, category, o)
-    for key in keys:
+    return recommend_many(bundle, [Request(preference, category, o, k, appearance) for o, k in zip(outfits, keys)],
+                          num_images, num_captions, seed, settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One chain of `recommend_many`. `start`: uint8 [S, S, 3] (every sample) or [N, S, S, 3] images the samples
+    start from (SDEdit: encoded, noised to the `strength`'s sigma, denoised under this request's text)."""
+
+    preference: Mapping[str, str]
+    category: str
+    outfit_images: Sequence[np.ndarray] = ()
+    key: tuple[int, int] = (0, 0)
+    appearance: Mapping[str, str] | None = None
+    start: np.ndarray | None = None
+
+
+def recommend_many(bundle, requests: Sequence[Request], num_images: int = 1, num_captions: int = 1, seed: int = 0,
+                   settings: GenSettings | None = None, strength: float | None = None, chains: int = 1
+                   ) -> tuple[np.ndarray, list[list[str]]]:
+    """C independent requests (own preference, category, outfit, key) as one sampler batch of max(C, `chains`)
+    chains (padded with copies of request 0, discarded): (images uint8 [C, N, S, S, 3], captions [C][M]); row c
+    equals `recommend` of request c up to batch-size numerics, and bit for bit at the same `chains`.
+    `strength` in (0, 1] with every request's `start` set: image-grounded samples (`design.noised`)."""
+    if not requests:
+        raise ValueError("recommend_many: expected at least one request")
+    n_real = len(requests)
+    requests = list(requests) + [requests[0]] * max(0, int(chains) - len(requests))
+    for r in requests:
+        _check(r.preference, r.category, r.outfit_images)
+        key = r.key
         if len(key) != 2 or not all(isinstance(k, (int, np.integer)) and 0 <= k < 2**32 for k in key):
             raise ValueError(f"key: expected (uid, oid), two ints in [0, 2**32), got {key!r}")
     s = dataclasses.replace(settings or GenSettings(), num_images=num_images, num_captions=num_captions, seed=seed)
     if s.template_source != "budget":
         raise ValueError("recommend: a request has no ground-truth item; use template_source='budget'")
-    progs = _programs(bundle, s)
-    tok, size, c = bundle.tokenizer, bundle.image_size, len(outfits)
+    starts = [r.start is not None for r in requests]
+    if any(starts) != (strength is not None) or any(starts) != all(starts):
+        raise ValueError("recommend_many: `strength` goes with a `start` image on every request (or neither)")
+    k0 = 0 if strength is None else design.start_step(strength, s.guidance.num_steps)
+    progs = _programs(bundle, s, k0)
+    tok, size, c = bundle.tokenizer, bundle.image_size, len(requests)
     ctx = np.full((c, MAX_CONTEXT, size, size, 3), 255, np.uint8)  # [C, 3, S, S, 3]
-    for r, o in enumerate(outfits):
-        for i, im in enumerate(o):
-            ctx[r, i] = preprocess(Image.fromarray(np.asarray(im)), size)
-    valid = (np.arange(MAX_CONTEXT)[None] < np.array([len(o) for o in outfits])[:, None]).astype(np.float32)  # [C, 3]
+    for i, r in enumerate(requests):
+        for j, im in enumerate(r.outfit_images):
+            ctx[i, j] = preprocess(Image.fromarray(np.asarray(im)), size)
+    n_ctx = np.array([len(r.outfit_images) for r in requests])
+    valid = (np.arange(MAX_CONTEXT)[None] < n_ctx[:, None]).astype(np.float32)  # [C, 3]
     rows = lambda a: np.repeat(a, c, axis=0)  # noqa: E731  [1, ...] -> [C, ...]
-    p_ids, p_mask = tok.encode([preference_text(preference, appearance)])
-    s_ids, s_mask = tok.encode([sentence_text(category.strip())])
+    p_ids, p_mask = tok.encode([preference_text(r.preference, r.appearance) for r in requests])  # [C, L]
+    s_ids, s_mask = tok.encode([sentence_text(r.category.strip()) for r in requests])
     t = build_template(tok, source="budget", value_lengths=bundle.value_lengths)
-    uid, oid = (np.array([k[i] for k in keys], np.uint32) for i in (0, 1))  # [C]
+    uid, oid = (np.array([r.key[i] for r in requests], np.uint32) for i in (0, 1))  # [C]
     batch = {"uid": uid, "oid": oid, "image_idx": rows(np.arange(num_images)[None]),
-             "caption_idx": rows(np.arange(num_captions)[None]), "ctx_valid": valid, "pref_ids": rows(p_ids),
-             "pref_mask": rows(p_mask), "sent_ids": rows(s_ids), "sent_mask": rows(s_mask),
+             "caption_idx": rows(np.arange(num_captions)[None]), "ctx_valid": valid, "pref_ids": p_ids,
+             "pref_mask": p_mask, "sent_ids": s_ids, "sent_mask": s_mask,
              "tmpl_ids": rows(t.ids[None]), "tmpl_mask": rows(t.attention_mask[None]),
              "tmpl_labels": rows(t.label_mask[None])}
     batch["ctx_latents"] = progs.encode(ctx, uid, oid)  # [C, 3, h, w, ch]; invalid slots are masked out
+    if k0:
+        batch["start_latents"] = progs.encode(_starts(requests, num_images, size), uid, oid)  # [C, N, h, w, ch]
     lat, ids = progs.sample(batch)
-    images = progs.decode(lat)  # [C, N, S, S, 3]
-    return images, [[x.strip() for x in tok.decode(row)] for row in ids]
+    images = progs.decode(lat)[:n_real]  # [C, N, S, S, 3]
+    return images, [[x.strip() for x in tok.decode(row)] for row in ids[:n_real]]
+
+
+def _starts(requests: Sequence[Request], n: int, size: int) -> np.ndarray:
+    """The requests' start images as uint8 [C, N, S, S, 3] (one image broadcast over the N samples)."""
+    out = np.empty((len(requests), n, size, size, 3), np.uint8)
+    for i, r in enumerate(requests):
+        a = np.asarray(r.start)
+        a = a[None] if a.ndim == 3 else a
+        if a.dtype != np.uint8 or a.ndim != 4 or a.shape[0] not in (1, n) or a.shape[1:] != (size, size, 3):
+            raise ValueError(f"requests[{i}].start: expected uint8 [{size}, {size}, 3] or [{n}, {size}, {size}, 3] "
+                             f"(the model's image size), got {a.dtype} {a.shape}")
+        out[i] = a
+    return out

@@ -51,8 +51,21 @@ class DesignSettings:
 
     @property
     def start_step(self) -> int:
-        n = self.guidance.num_steps
-        return min(n - 1, int(round((1.0 - float(self.strength)) * n)))
+        return start_step(self.strength, self.guidance.num_steps)
+
+
+def start_step(strength: float, num_steps: int) -> int:
+    """The Euler step an edit of `strength` in (0, 1] starts from: round((1 - strength) n), at most n - 1."""
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"edit strength must be in (0, 1], got {strength}")
+    return min(num_steps - 1, int(round((1.0 - float(strength)) * num_steps)))
+
+
+def noised(z: jax.Array, noise: jax.Array, guidance: GuidanceConfig, step: int) -> jax.Array:
+    """SDEdit's start: clean latents z [B, h, w, C] moved to the flow's x_sigma at Euler step `step` of the
+    sampler's schedule, (1 - sigma) z + sigma noise."""
+    sigma = jnp.asarray(inference_sigmas(guidance.num_steps, guidance.shift))[step]
+    return (1.0 - sigma) * z + sigma * noise
 
 
 class DesignProgram:
@@ -71,8 +84,7 @@ class DesignProgram:
         model, t5, vae, dv = (nnx.merge(self.graphs[n], states[n]) for n in ("model", "t5", "vae", "dvbpr"))
         z = encode_images(vae, images, sample=False)  # [B, h, w, C] model-space latents
         k = s.start_step
-        sigma = jnp.asarray(inference_sigmas(s.guidance.num_steps, s.guidance.shift))[k]
-        x = (1.0 - sigma) * z + sigma * initial_noise(s.seed, uid, iid, 0, z.shape)  # the flow's x_sigma
+        x = noised(z, initial_noise(s.seed, uid, iid, 0, z.shape), s.guidance, k)  # the flow's x_sigma
         pref = cond.encode_segment(t5, pref_ids, pref_mask)  # [B, L, D]
         sent = cond.encode_segment(t5, sent_ids, sent_mask)
         neg = jnp.broadcast_to(cond.encode_segment(t5, *self.neg), pref.shape)

@@ -4,7 +4,9 @@ A batch is C "chains" (one blank to fill: PFITB row, GOR (row, sample, step), or
 axis, split over the mesh's batch axes (data, fsdp); the model/T5/VAE states are placed by the sharding rules
 ("dp": replicated). Three programs, each compiled once per batch shape:
   encode   uint8 context images [C, K, S, S, 3] -> latents [C, K, h, w, ch] (posterior mean or per-row sample)
-  sample   -> N image latents [C, N, h, w, ch] (Euler + guidance, spec §5.1) and M caption ids [C, M, L] (§5.2)
+  sample   -> N image latents [C, N, h, w, ch] (Euler + guidance, spec §5.1) and M caption ids [C, M, L] (§5.2);
+           with `start_step` k > 0 the image chains start from given clean latents noised to sigma_k (SDEdit,
+           `design.noised`) and run steps k..n-1 (sessions' image-grounded "more like #k")
   decode   latents [C, N, h, w, ch] -> uint8 images [C, N, S, S, 3]
 Every random draw is keyed per chain by (seed, uid, oid, sample index, stream) (`settings.sample_key`,
 `flow_euler.initial_noise`), so results do not depend on the batch size, padding or device count.
@@ -26,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dualfashion_jax.generation import conditioning as cond
+from dualfashion_jax.generation import design
 from dualfashion_jax.generation.settings import STREAM_CAPTION, STREAM_CONTEXT, GenSettings, sample_key
 from dualfashion_jax.models import mmdit
 from dualfashion_jax.models import vae as vae_lib
@@ -57,10 +60,14 @@ def batch_multiple(mesh: Mesh) -> int:
 class Programs:
     """Holds the bundle's states on `mesh` and the three jitted programs (see module docstring)."""
 
-    def __init__(self, bundle, settings: GenSettings, mesh: Mesh | None = None, rules: str = "dp", dvbpr=None):
+    def __init__(self, bundle, settings: GenSettings, mesh: Mesh | None = None, rules: str = "dp", dvbpr=None,
+                 start_step: int = 0):
         """`rules`: sharding-rule preset for the states ("dp" replicated; "fsdp" with a `make_mesh(param_sharding=
-        "fsdp")` mesh shards the model width over all devices). `dvbpr`: the ranker of `settings.score` (eta > 0)."""
-        self.bundle, self.settings = bundle, settings
+        "fsdp")` mesh shards the model width over all devices). `dvbpr`: the ranker of `settings.score` (eta > 0).
+        `start_step` > 0: `sample` batches also carry "start_latents" [C, N, h, w, ch] (module docstring)."""
+        if not 0 <= int(start_step) < settings.guidance.num_steps:
+            raise ValueError(f"start_step must be in [0, {settings.guidance.num_steps}), got {start_step}")
+        self.bundle, self.settings, self.start_step = bundle, settings, int(start_step)
         self.mesh = mesh if mesh is not None else make_mesh()
         self._check_offset_variant()
         self.rules = table = rules_lib.get(rules)
@@ -129,6 +136,8 @@ class Programs:
         rep = lambda a, k: jnp.repeat(a, k, axis=0)  # noqa: E731  [C, ...] -> [C*k, ...]
         lat_shape = (c * n,) + ctx.shape[1:]
         x0 = initial_noise(s.seed, rep(b["uid"], n), rep(b["oid"], n), b["image_idx"].reshape(-1), lat_shape)
+        if self.start_step:  # SDEdit: the given latents [C, N, ...] noised to sigma_k with that same noise
+            x0 = design.noised(b["start_latents"].reshape(lat_shape), x0, g, self.start_step)
         r_t = None if model.stage2 is None else model.stage2.target_role[...]  # training's (1 - sigma) r_t
         hook = None  # eta 0: the plain sampler, no DVBPR state in the program
         if s.score.eta > 0:  # after the 4-way mix, once per step (docs/dvbpr.md)
@@ -136,7 +145,7 @@ class Programs:
                                                   self._merge(states, "vae"))
             hook = score_guidance.guide(score, s.score)
         lat = sample_images(model, x0, rep(off, n), rep(neg, n), rep(sent, n), rep(pref, n), g,
-                            target_role=r_t, velocity_hook=hook)  # [C*N, h, w, ch]
+                            target_role=r_t, velocity_hook=hook, start_step=self.start_step)  # [C*N, h, w, ch]
         segs = [pref, sent]
         if s.caption_cond == "original":
             segs.append(cond.encode_segment(t5, b["tmpl_ids"], b["tmpl_mask"]))  # T5(masked template), §5.2
@@ -183,7 +192,8 @@ class Programs:
 
     def sample(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(image latents [C, N, h, w, ch] fp32, caption ids [C, M, L] int32) for a batch with SAMPLE_KEYS."""
-        missing = [k for k in SAMPLE_KEYS if k not in batch]
+        keys = SAMPLE_KEYS + (("start_latents",) if self.start_step else ())
+        missing = [k for k in keys if k not in batch]
         if missing:
             raise ValueError(f"generation batch: missing field(s) {missing}")
         self._check_rows(batch["uid"].shape[0])
@@ -191,7 +201,7 @@ class Programs:
             raise ValueError(f"DVBPR guidance: user id {int(np.max(batch['uid']))} >= the DVBPR model's num_users "
                              f"{self.dvbpr_users} (was it trained on this dataset?)")
         with self.traced():
-            lat, ids = self._sample(self.states, {k: self._put(batch[k]) for k in SAMPLE_KEYS})
+            lat, ids = self._sample(self.states, {k: self._put(batch[k]) for k in keys})
         return self._get(lat), self._get(ids)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:

@@ -5,92 +5,71 @@
     r1 = engine.round(s.id)                                    # candidates under the profile's preference
     r2 = engine.round(s.id, "Color: blue, not: striped")       # the edited preference, fresh seeds
     assert engine.replay(s.id).rounds[1].candidates == engine.session(s.id).rounds[1].candidates
+    rs = engine.round_many([(s.id, "more like #2", 4, None), (t.id, None, 4, None)])  # one sampler batch
 Round k's candidates are a pure function of (the stored feedback log, the round's seed, its stored settings): the
-round seed is derived from (session id, round number) and keys the request (`recommend(..., key=(0, seed))`, an
-input of the compiled sampler, so rounds do not recompile), so `replay` regenerates equal candidates. Generation goes
-through `generation/api.recommend` (the jitted PFITB programs, n samples of a round in one batch); a GOR round makes
-the 4 items slot by slot, each conditioned on the candidate's items generated so far.
+round seed is derived from (session id, round number) and keys the request (`Request.key = (0, seed)`, an input of
+the compiled sampler, so rounds do not recompile), so `replay` regenerates equal candidates. PFITB rounds go through
+`generation/api.recommend_many` (n samples of a round, and the rounds of several sessions, in one batch of chains
+padded to the stored `chains`); "more like #k" starts the samples from candidate k's image (SDEdit at the stored
+`like_strength`). A GOR round makes the 4 items slot by slot, each conditioned on the candidate's items so far.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import hashlib
-import io
+import json
 import threading
 import uuid
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.data.format import SafeDataset
 from dualfashion_jax.data.images import ItemImages
-from dualfashion_jax.generation.api import recommend, recommend_batch, trained_with_appearance
+from dualfashion_jax.generation.api import Request, recommend_batch, recommend_many, trained_with_appearance
 from dualfashion_jax.generation.bundle import load_bundle
 from dualfashion_jax.generation.settings import GenSettings, from_config, load_config
 from dualfashion_jax.sessions import feedback as fb, grounding, profile as profile_lib
 from dualfashion_jax.sessions.feedback import FeedbackError
+from dualfashion_jax.sessions.records import (Candidate, Round, Session, UnknownSessionError, UnknownUserError,
+                                              decode_png, png)
 from dualfashion_jax.sessions.store import Store
 
 TASKS = ("pfitb", "gor")
 SPLIT = "test"
 SHOP_K = 3
+LIKE_STRENGTH = 0.3  # "more like #k": re-run the last 30 % of the schedule from candidate k's image (a light edit)
 __all__ = ["Candidate", "Round", "Session", "FeedbackError", "UnknownUserError", "SessionEngine"]
 
 
 @dataclasses.dataclass
-class Candidate:
-    index: int
-    image_png: bytes
-    caption: str
-    seed: int
-    shop: list[dict]  # [{"item_id", "score", "image_png"}]; GOR: one entry per slot in `slot_shop`
-    category: str = ""
-    sample: int = -1  # index among the round's samples (differs from `index` when the round reranks)
+class _Plan:
+    """A round ready to sample: its session, edited preference, settings (seed, n, chains, ...), the text the model
+    reads per target category and the start images of an image-grounded PFITB round (uint8 [m, S, S, 3] or None)."""
 
-
-@dataclasses.dataclass
-class Round:
+    session: Session
     number: int
     feedback: str | None
     parsed: dict
-    preference: dict  # {"targets": {category: {4 caption keys}}, "avoid": {key: [values]}}
-    candidates: list[Candidate]
+    state: dict
     settings: dict
+    text: dict
+    starts: np.ndarray | None
+    progress: Callable[[int, int], None]
 
+    def batch_key(self) -> str:
+        """Plans with equal keys sample as one batch (same compiled program and sample count)."""
+        st = self.settings
+        return json.dumps([st["sampler"], st["n"] * st.get("oversample", 1), self.strength()], sort_keys=True)
 
-@dataclasses.dataclass
-class Session:
-    id: str
-    user_id: str
-    task: str
-    outfit: list[str]  # item ids; "" at the slots being generated
-    profile: dict
-    rounds: list[Round]
-    created: str
-    categories: list[str] = dataclasses.field(default_factory=list)  # the category of every outfit slot
-    outfit_id: str | None = None
-
-
-class UnknownUserError(KeyError):
-    """A user id that is neither a dataset user nor a created one."""
-
-
-class UnknownSessionError(KeyError):
-    """A session id not in the store."""
+    def strength(self) -> float | None:
+        return None if self.starts is None else self.settings["like_strength"]
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def png(image: np.ndarray) -> bytes:
-    """uint8 [S, S, 3] -> PNG bytes (deterministic: fixed compression, no metadata)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
 
 
 def round_seed(session_id: str, number: int) -> int:
@@ -119,12 +98,18 @@ class SessionEngine:
     """The session API (module docstring). Every public method is thread-safe; `round` serialises sampling."""
 
     def __init__(self, bundle, ds: SafeDataset, store: Store, *, max_candidates: int = 8,
-                 settings: Mapping[str, Any] | None = None, oversample: int = 1, fill_unknown: bool = True):
+                 settings: Mapping[str, Any] | None = None, oversample: int = 1, fill_unknown: bool = True,
+                 like_strength: float | None = LIKE_STRENGTH):
         """`oversample` k > 1: PFITB rounds sample k n images and keep the n that `grounding.rerank` puts first.
         `fill_unknown`: unstated keys of a partly stated preference go to the model as the category's typical value
-        (`profile.model_preference`); False sends "Unknown" (the first version's behaviour)."""
+        (`profile.model_preference`); False sends "Unknown" (the first version's behaviour).
+        `like_strength` in (0, 1]: a PFITB "more like #k" round starts from candidate k's image, noised to that
+        share of the schedule (`generation/design.py`); None: it only copies k's caption values."""
         if max_candidates < 1 or oversample < 1:
             raise ValueError(f"max_candidates and oversample must be >= 1, got {max_candidates}, {oversample}")
+        if like_strength is not None and not 0.0 < float(like_strength) <= 1.0:
+            raise ValueError(f"like_strength must be in (0, 1] or None, got {like_strength}")
+        self.like_strength = None if like_strength is None else float(like_strength)
         self.oversample, self.fill_unknown = int(oversample), bool(fill_unknown)
         self.typical = profile_lib.typical_preferences(ds)
         self.bundle, self.ds, self.store, self.max_candidates = bundle, ds, store, int(max_candidates)
@@ -142,12 +127,12 @@ class SessionEngine:
     @classmethod
     def open(cls, workdir: str, data_dir: str, db_path: str, *, max_candidates: int = 8,
              settings: Mapping[str, Any] | None = None, oversample: int = 1,
-             fill_unknown: bool = True) -> "SessionEngine":
+             fill_unknown: bool = True, like_strength: float | None = LIKE_STRENGTH) -> "SessionEngine":
         """Loads the model once (a training workdir or converted checkpoints), the dataset and the store."""
         ds = SafeDataset(data_dir)
         bundle = load_bundle(workdir, data=data_dir)
         return cls(bundle, ds, Store(db_path), max_candidates=max_candidates, settings=settings,
-                   oversample=oversample, fill_unknown=fill_unknown)
+                   oversample=oversample, fill_unknown=fill_unknown, like_strength=like_strength)
 
     # ------------------------------------------------------------------------------------------------ users
     def users(self) -> list[dict]:
@@ -258,18 +243,53 @@ class SessionEngine:
     def round(self, session_id: str, feedback: str | None = None, n: int = 4,
               on_progress: Callable[[int, int], None] | None = None) -> Round:
         """Generate, ground, store and return the next round (feedback edits the last round's preference)."""
-        if not isinstance(n, int) or not 1 <= n <= self.max_candidates:
-            raise ValueError(f"n must be an int in 1..{self.max_candidates} (max_candidates), got {n!r}")
+        out = self.round_many([(session_id, feedback, n, on_progress)], chains=1)[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def round_many(self, requests: Sequence[tuple[str, str | None, int, Callable | None]],
+                   chains: int | None = None) -> list[Round | Exception]:
+        """The next round of each (session id, feedback, n, on_progress), one per session; PFITB rounds that share
+        the sampler settings run as ONE sampler batch (padded to `chains`, default the next power of 2), each
+        session's candidates routed back. Per request: its Round, or the error it raised (nothing stored)."""
+        out: list[Round | Exception | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, _Plan]]] = {}
         with self._lock:
-            s = self.session(session_id)
-            number = len(s.rounds) + 1
-            rnd = self._generate(s, number, feedback, s.rounds[-1] if s.rounds else None, n, on_progress)
-            cands = [{**vars(c), "shop": [{k: v for k, v in d.items() if k != "image_png"} for d in c.shop]}
-                     for c in rnd.candidates]  # catalogue images are not copied into the store
-            self.store.add_round(session_id, {"number": rnd.number, "feedback": rnd.feedback, "parsed": rnd.parsed,
-                                              "preference": rnd.preference, "settings": rnd.settings,
-                                              "created": _now()}, cands)
-            return rnd
+            if len({r[0] for r in requests}) != len(requests):
+                raise ValueError("round_many: at most one round per session in one batch")
+            for i, (sid, feedback, n, on_progress) in enumerate(requests):
+                try:
+                    if not isinstance(n, int) or not 1 <= n <= self.max_candidates:
+                        raise ValueError(f"n must be an int in 1..{self.max_candidates} (max_candidates), got {n!r}")
+                    s = self.session(sid)
+                    plan = self._plan(s, len(s.rounds) + 1, feedback, s.rounds[-1] if s.rounds else None, n,
+                                      on_progress)
+                except (FeedbackError, KeyError, ValueError) as err:
+                    out[i] = err
+                    continue
+                if s.task == "gor":
+                    out[i] = self._store(sid, Round(plan.number, feedback, plan.parsed, plan.state, self._gor(
+                        s, plan.text, GenSettings.from_json(plan.settings["sampler"]), plan.settings["seed"], n,
+                        plan.progress), plan.settings))
+                else:
+                    groups.setdefault(plan.batch_key(), []).append((i, plan))
+            for group in groups.values():
+                size = chains or 1 << (len(group) - 1).bit_length()
+                for _, plan in group:
+                    plan.settings["chains"] = max(size, len(group))
+                for (i, plan), cands in zip(group, self._sample_pfitb([p for _, p in group])):
+                    out[i] = self._store(plan.session.id, Round(plan.number, plan.feedback, plan.parsed,
+                                                                plan.state, cands, plan.settings))
+        return out
+
+    def _store(self, session_id: str, rnd: Round) -> Round:
+        cands = [{**vars(c), "shop": [{k: v for k, v in d.items() if k != "image_png"} for d in c.shop]}
+                 for c in rnd.candidates]  # catalogue images are not copied into the store
+        self.store.add_round(session_id, {"number": rnd.number, "feedback": rnd.feedback, "parsed": rnd.parsed,
+                                          "preference": rnd.preference, "settings": rnd.settings,
+                                          "created": _now()}, cands)
+        return rnd
 
     def replay(self, session_id: str) -> Session:
         """The session regenerated from its log (feedback, seeds, settings); nothing is written."""
@@ -278,24 +298,32 @@ class SessionEngine:
             out = dataclasses.replace(s, rounds=[])
             for r in s.rounds:
                 prev = out.rounds[-1] if out.rounds else None
-                out.rounds.append(self._generate(out, r.number, r.feedback, prev, len(r.candidates), None,
-                                                 settings=r.settings))
+                plan = self._plan(out, r.number, r.feedback, prev, len(r.candidates), None, settings=r.settings)
+                if s.task == "gor":
+                    cands = self._gor(out, plan.text, GenSettings.from_json(r.settings["sampler"]),
+                                      r.settings["seed"], len(r.candidates), plan.progress)
+                else:
+                    cands = self._sample_pfitb([plan])[0]
+                out.rounds.append(Round(r.number, r.feedback, plan.parsed, plan.state, cands, r.settings))
             return out
 
-    def _generate(self, s: Session, number: int, feedback: str | None, prev: Round | None, n: int,
-                  on_progress, settings: dict | None = None) -> Round:
+    def _plan(self, s: Session, number: int, feedback: str | None, prev: Round | None, n: int, on_progress,
+              settings: dict | None = None) -> _Plan:
         parsed, state = self._next_preference(s, feedback, prev)
         if settings is None:
             settings = {"seed": round_seed(s.id, number), "n": n, "oversample": self.oversample,
-                        "fill_unknown": self.fill_unknown, "sampler": self.settings[s.task].to_json()}
-        gen = GenSettings.from_json(settings["sampler"])
-        progress = on_progress or (lambda done, total: None)
-        fn = self._pfitb if s.task == "pfitb" else self._gor
+                        "fill_unknown": self.fill_unknown, "like_strength": self.like_strength,
+                        "sampler": self.settings[s.task].to_json()}
         fill = settings.get("fill_unknown", False)  # rounds stored before the fill replay without it
         text = {c: profile_lib.model_preference(p, self.typical.get(c, {}) if fill else {}, state["avoid"])
                 for c, p in state["targets"].items()}  # what the model reads per target category
-        cands = fn(s, state, text, gen, settings["seed"], n, progress, settings.get("oversample", 1))
-        return Round(number, feedback, parsed, state, cands, settings)
+        starts = None
+        if parsed.get("like") and s.task == "pfitb" and settings.get("like_strength") is not None:
+            liked = [decode_png(prev.candidates[k - 1].image_png) for k in parsed["like"]]
+            m = settings["n"] * settings.get("oversample", 1)
+            starts = np.stack([liked[i % len(liked)] for i in range(m)])  # [m, S, S, 3]: sample i from like i mod
+        return _Plan(s, number, feedback, parsed, state, settings, text, starts,
+                     on_progress or (lambda done, total: None))
 
     def _appearance(self, s: Session) -> dict | None:
         """The profile's appearance for the preference text, when the checkpoint trained with it (else None)."""
@@ -305,27 +333,35 @@ class SessionEngine:
         return [{"item_id": str(i), "score": round(score, 6), "image_png": self.item_image(str(i))}
                 for i, score in self.catalogue.nearest(image, self.cat_ids[category], SHOP_K)]
 
-    def _pfitb(self, s: Session, state: dict, text: dict, gen: GenSettings, seed: int, n: int, progress,
-               oversample: int = 1) -> list[Candidate]:
-        blank = s.outfit.index("")
-        cat = s.categories[blank]
-        ctx = [self.images(int(i)) for i in s.outfit if i]
-        m = n * oversample
-        progress(0, m)
-        images, captions = recommend(self.bundle, text[cat], cat, ctx, num_images=m, num_captions=m,
-                                     seed=gen.seed, settings=gen, key=(0, seed), appearance=self._appearance(s))
-        progress(m, m)
-        shops = [self._shop(im, cat) for im in images]
-        order = list(range(m))
-        if oversample > 1:  # keep the n samples whose nearest catalogue items best match the stated preference
-            info = self.ds.item_info
-            near = [info.get(int(sh[0]["item_id"]), {}).get("elements", {}) for sh in shops]
-            order = grounding.rerank(near, state["targets"][cat], state["avoid"])
-        return [Candidate(r, png(images[k]), captions[k], seed, shops[k], cat, sample=k)
-                for r, k in enumerate(order[:n])]
+    def _sample_pfitb(self, plans: Sequence[_Plan]) -> list[list[Candidate]]:
+        """The candidates of PFITB plans with one `batch_key`: one `recommend_many` call of their chains."""
+        st = plans[0].settings
+        gen = GenSettings.from_json(st["sampler"])
+        oversample = st.get("oversample", 1)
+        m = st["n"] * oversample
+        requests = []
+        for p in plans:
+            s = p.session
+            cat = s.categories[s.outfit.index("")]
+            ctx = [self.images(int(i)) for i in s.outfit if i]
+            requests.append(Request(p.text[cat], cat, ctx, (0, p.settings["seed"]), self._appearance(s), p.starts))
+            p.progress(0, m)
+        images, captions = recommend_many(self.bundle, requests, m, m, gen.seed, gen, strength=plans[0].strength(),
+                                          chains=st.get("chains", 1))  # [C, m, S, S, 3], [C][m]
+        out = []
+        for p, r, ims, caps in zip(plans, requests, images, captions):
+            p.progress(m, m)
+            shops = [self._shop(im, r.category) for im in ims]
+            order = list(range(m))
+            if oversample > 1:  # keep the n samples whose nearest catalogue items best match the stated preference
+                info = self.ds.item_info
+                near = [info.get(int(sh[0]["item_id"]), {}).get("elements", {}) for sh in shops]
+                order = grounding.rerank(near, p.state["targets"][r.category], p.state["avoid"])
+            out.append([Candidate(i, png(ims[k]), caps[k], p.settings["seed"], shops[k], r.category, sample=k)
+                        for i, k in enumerate(order[: p.settings["n"]])])
+        return out
 
-    def _gor(self, s: Session, state: dict, text: dict, gen: GenSettings, seed: int, n: int, progress,
-             oversample: int = 1) -> list[Candidate]:
+    def _gor(self, s: Session, text: dict, gen: GenSettings, seed: int, n: int, progress) -> list[Candidate]:
         """n outfits; item j of outfit k is generated from the outfit's items 0..j-1 (key (k + 1, round seed)); the n
         candidates of a slot are independent, so each slot is one `recommend_batch` call (4 calls per round)."""
         slots = len(s.categories)

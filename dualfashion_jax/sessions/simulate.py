@@ -2,7 +2,9 @@
 its appearance, reads each round's candidates with the pixel oracle and answers with short feedback text.
 
 Policy per round (one comma-separated message, the clauses a person would give):
-  * the stated preference lacks the favourite colour / material of the category -> "Color: x" / "Material: y";
+  * a candidate shows the favourite colour and suits the appearance -> "more like #k" (the first such, one that
+    also shows the favourite material first; PFITB, one generated slot);
+  * the stated preference (after "more like #k" copies candidate k's caption values) lacks the favourite colour / material of the category -> "Color: x" / "Material: y";
   * candidates show a colour / material that does not suit the appearance (and is not the favourite) -> "not: z"
     (the most frequent such value);
   * otherwise -> "alternatives" (fresh samples under the same preference).
@@ -19,6 +21,7 @@ from dualfashion_jax.data import oracle
 from dualfashion_jax.data.synthetic import appearance as appearance_lib
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic.truth import Truth
+from dualfashion_jax.text.tokenizer import parse_caption
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +57,16 @@ class SimulatedUser:
                          appearance_lib.suits(self.appearance, dec["colour"], dec["material"]))
 
     def feedback(self, judgements: Sequence[tuple[int, Judgement]], preference: Mapping[str, Mapping[str, str]],
-                 category_names: Mapping[int, str]) -> str:
-        """The message after a round: judgements [(category, Judgement)] of every generated slot."""
+                 category_names: Mapping[int, str], captions: Sequence[str] = ()) -> str:
+        """The message after a round: judgements [(category, Judgement)] of every generated slot; `captions`: the
+        round's candidate captions (#1 first), what "more like #k" copies into the preference."""
         clauses = []
+        liked = self.liked(judgements[0][1]) if len(judgements) == 1 else None
+        if liked is not None:
+            clauses.append(f"more like #{liked + 1}")
+            name = category_names[judgements[0][0]]
+            copied = parse_caption(captions[liked]) if liked < len(captions) else {}
+            preference = {**preference, name: {**preference[name], **copied}}
         for key, pick, vocab in (("Color", 0, A.COLORS), ("Material", 1, A.MATERIALS)):
             wants = {vocab[self.favourite(c)[pick]] for c, _ in judgements}
             for c, _ in judgements:
@@ -72,3 +82,11 @@ class SimulatedUser:
         if unsuited:
             clauses.append(f"not: {sorted(unsuited.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]}")
         return ", ".join(clauses) or "alternatives"
+
+    def liked(self, j: Judgement) -> int | None:
+        """The candidate to point at: favourite colour and suits the appearance (favourite material first)."""
+        good = j.colour_hit & j.fits
+        for pick in (good & j.material_hit, good):
+            if pick.any():
+                return int(np.flatnonzero(pick)[0])
+        return None

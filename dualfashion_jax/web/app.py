@@ -1,8 +1,8 @@
 """The FastAPI app of `dualfashion-jax serve`: JSON endpoints over one `SessionEngine` plus the static page.
 
-The engine (one model load) is shared by every request; rounds run in FastAPI's worker threads and are serialized
-onto the jitted sampler by the engine's own lock, while `ProgressBoard` tells the page how far the current round
-is. Client mistakes get a 4xx whose `detail` says what was wrong: unknown user / session / item (404), malformed
+The engine (one model load) is shared by every request; rounds from FastAPI's worker threads go through a
+`RoundBatcher`: the rounds of different sessions that arrive within a short window run as one batch on the jitted
+sampler (`SessionEngine.round_many`), while `ProgressBoard` tells the page how far each round is. Client mistakes get a 4xx whose `detail` says what was wrong: unknown user / session / item (404), malformed
 feedback or profile (400), a batch above `max_candidates` (413), invalid JSON (400) or fields (422), and a second
 round on a session whose round is still running (409).
 """
@@ -19,6 +19,7 @@ from dualfashion_jax.data.synthetic import appearance as appearance_lib
 from dualfashion_jax.sessions.engine import FeedbackError, SessionEngine, UnknownUserError
 from dualfashion_jax.text.tokenizer import CAPTION_KEYS
 from dualfashion_jax.web import payloads
+from dualfashion_jax.web.batcher import RoundBatcher
 from dualfashion_jax.web.progress import ProgressBoard, RoundBusyError
 
 STATIC = pathlib.Path(__file__).resolve().parent / "static"
@@ -39,11 +40,13 @@ def _not_found(what: str):
         raise fastapi.HTTPException(404, _message(err, f"unknown {what}:")) from err
 
 
-def create_app(engine: SessionEngine) -> fastapi.FastAPI:
-    """The app over `engine` (its `max_candidates` caps the candidates of one round)."""
+def create_app(engine: SessionEngine, batch_window_s: float = 0.05, batch_rounds: int = 8) -> fastapi.FastAPI:
+    """The app over `engine` (its `max_candidates` caps the candidates of one round); rounds arriving within
+    `batch_window_s` of each other (at most `batch_rounds`) sample as one batch."""
     max_candidates = engine.max_candidates
     app = fastapi.FastAPI(title="DualFashion sessions", docs_url="/api/docs", openapi_url="/api/openapi.json")
     board = ProgressBoard()
+    app.state.batcher = batcher = RoundBatcher(engine, batch_window_s, batch_rounds)
 
     @app.exception_handler(fastapi_exceptions.RequestValidationError)
     async def _invalid_request(request: fastapi.Request, exc: fastapi_exceptions.RequestValidationError):
@@ -131,8 +134,8 @@ def create_app(engine: SessionEngine) -> fastapi.FastAPI:
             raise fastapi.HTTPException(409, str(err)) from err
         error = None
         try:
-            rnd = engine.round(session_id, body.feedback, n=body.n,
-                               on_progress=lambda done, total: board.update(session_id, done, total))
+            rnd = batcher.submit(session_id, body.feedback, body.n,
+                                 on_progress=lambda done, total: board.update(session_id, done, total))
         except FeedbackError as err:
             error = f"feedback: {err}"
             raise fastapi.HTTPException(400, error) from err
