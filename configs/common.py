@@ -22,10 +22,15 @@ from dualfashion_jax.models import t5 as t5_lib
 
 SIZES = ("tiny", "demo", "demo_quality", "demo_fast", "sd3_medium")
 DEMO_T5 = "small_demo"  # frozen random T5 (d_model 64)
+# the stand-in VAE (configs/demo.py `vae`): 32 px folded VAE_FACTOR x VAE_FACTOR, projected on the top
+# DEMO_LATENT_CHANNELS principal directions of those blocks; the MMDiT's in/out channels follow it
+DEMO_VAE_FACTOR = 4
+DEMO_LATENT_CHANNELS = 16
 # demo MMDiT: 64 wide, 2 heads x 32 run ~1.3x faster than 4 x 16 on CPU; patch 1 on the 8 x 8 latents = 64 tokens
-DEMO_MODEL = {"demo": dict(num_layers=4, num_heads=2, head_dim=32, matching_hidden=64, patch_size=1),
-              "demo_quality": dict(num_layers=4, num_heads=2, head_dim=32, matching_hidden=64, patch_size=1),
-              "demo_fast": dict(num_layers=2, num_heads=2, head_dim=16, matching_hidden=32, patch_size=1)}
+_LATENT = dict(patch_size=1, in_channels=DEMO_LATENT_CHANNELS, out_channels=DEMO_LATENT_CHANNELS)
+DEMO_MODEL = {"demo": dict(num_layers=4, num_heads=2, head_dim=32, matching_hidden=64, **_LATENT),
+              "demo_quality": dict(num_layers=4, num_heads=2, head_dim=32, matching_hidden=64, **_LATENT),
+              "demo_fast": dict(num_layers=2, num_heads=2, head_dim=16, matching_hidden=32, **_LATENT)}
 DEMO_MAX_LENGTH = 24  # tokens per text segment (4-key captions and preferences <= 23)
 
 

@@ -5,6 +5,10 @@ stages 1 and 2, ~14 min), demo_fast (`--fast`: a tiny run for the tests).
 """
 import ml_collections as mlc
 
+from dualfashion_jax.core import config as cc
+
+common = cc.sibling(__file__, "common")
+
 SIZES = ("demo", "demo_quality", "demo_fast")
 
 
@@ -15,9 +19,9 @@ def get_config(arg=None):
     fast = size == "demo_fast"
     c = mlc.ConfigDict()
     c.data = dict(num_users=16 if fast else 160, image_size=32)
-    # space-to-depth pixel autoencoder: 32 px -> 8 x 8 x 16 latents; 4x4x3 pixel blocks -> their top-16 principal
-    # directions (99.3 % variance)
-    c.vae = dict(factor=4, basis="pca")
+    # space-to-depth pixel autoencoder (factor, channels: configs/common.py, shared with the MMDiT's in/out channels):
+    # 32 px -> 8 x 8 x 16 latents; 4x4x3 pixel blocks -> their top-16 principal directions (99.3 % variance)
+    c.vae = dict(factor=common.DEMO_VAE_FACTOR, basis="pca", latent_channels=common.DEMO_LATENT_CHANNELS)
     c.tokenizer = dict(vocab_size=200 if fast else 400)  # sentencepiece soft limit; max_length: the stage configs'
     # the frozen text encoder: "pretrained" = the stage configs' small_demo T5 v1.1 trained with span corruption on
     # the demo texts (encoder-decoder, the encoder kept, saved as a converted T5 to OUT/t5; docs/demo.md), "random"

@@ -50,6 +50,7 @@ class DemoPlan:
     image_size: int
     vae_factor: int                    # space-to-depth factor: 32 px -> 8 x 8 x 16 latents
     vae_basis: str
+    vae_channels: int                  # latent channels (= the MMDiT's in/out channels)
     vocab_size: int                    # tokenizer (soft limit)
     max_length: int                    # tokens per text segment
     t5_preset: str                     # the frozen T5's architecture
@@ -79,11 +80,16 @@ class DemoPlan:
         d = config_lib.load(f"demo.py:{size}")
         st = [config_lib.load(f"stage{s}.py:{size}") for s in (1, 2, 3)]
         g, t = d.generate, dict(d.t5)
+        ch = d.vae.latent_channels
+        if any((c.model.overrides.get("in_channels"), c.model.overrides.get("out_channels")) != (ch, ch) for c in st):
+            raise ValueError(f"configs/stage{{1,2,3}}.py:{size}: model.overrides in_channels / out_channels must equal "
+                             f"configs/demo.py:{size} vae.latent_channels ({ch})")
         if t.get("encoder") not in T5_ENCODERS:
             raise ValueError(f"configs/demo.py:{size}: t5.encoder must be one of {T5_ENCODERS}, "
                              f"got {t.get('encoder')!r}")
         return cls(num_users=d.data.num_users, image_size=d.data.image_size, vae_factor=d.vae.factor,
-                   vae_basis=d.vae.basis, vocab_size=d.tokenizer.vocab_size, max_length=st[0].data.max_length,
+                   vae_basis=d.vae.basis, vae_channels=ch, vocab_size=d.tokenizer.vocab_size,
+                   max_length=st[0].data.max_length,
                    t5_preset=st[0].t5.preset, t5=t.pop("encoder"), t5_pretrain=tuple(sorted(t.items())),
                    model=tuple((k, st[0].model.overrides[k]) for k in MODEL_KEYS),
                    steps=tuple(c.total_steps for c in st), batch=tuple(c.batch_size for c in st),
@@ -108,10 +114,12 @@ class DemoPlan:
         return cls.from_configs(SIZES["fast"])
 
     def record(self) -> dict:
-        """What OUT/plan.json keeps: the knobs (not the size name, nor the T5 fields for the random T5, so folders
-        made before them stay valid; a pretrained-T5 folder records them and is another plan)."""
+        """What OUT/plan.json keeps: the knobs (not the size name, nor the T5 fields for the random T5, nor 16 latent
+        channels, so folders made before them stay valid; a pretrained-T5 folder records them and is another plan)."""
         d = dataclasses.asdict(self)
         del d["size"]
+        if self.vae_channels == 16:
+            del d["vae_channels"]
         if self.t5 == "random":
             del d["t5"], d["t5_pretrain"]
         return d
@@ -142,7 +150,8 @@ def make_vae(out: pathlib.Path, plan: DemoPlan) -> pathlib.Path:
         ds = SafeDataset(data)
         iids = [i for i in range(1, ds.num_items + 1) if ds.image_paths[i]]
         images = ItemImages(ds).many(np.asarray(iids))  # [N, S, S, 3] uint8
-        cfg = pixel_ae.PixelAEConfig(factor=plan.vae_factor, sample_size=plan.image_size, basis=plan.vae_basis)
+        cfg = pixel_ae.PixelAEConfig(factor=plan.vae_factor, sample_size=plan.image_size, basis=plan.vae_basis,
+                                     latent_channels=plan.vae_channels)
         pixel_ae.save(pixel_ae.fit(cfg, images), vae_dir)
     if not (data / "latents" / "latents.npy").is_file():
         ae = encode_latents.load_vae(vae_dir)  # the same loader as `dualfashion-jax encode-latents --vae`

@@ -130,6 +130,26 @@ def test_demo_plan_is_a_view_of_the_configs():
     plan = demo.DemoPlan.quality()
     s2 = config_lib.load("stage2.py:demo_quality")
     assert plan.steps[1] == s2.total_steps == 2500 and plan.preference_dropout == s2.loss.preference_dropout
-    assert dict(plan.model) == {k: v for k, v in s2.model.overrides.items() if k != "joint_attention_dim"}
+    latent = ("in_channels", "out_channels")
+    skip = ("joint_attention_dim",) + latent
+    assert dict(plan.model) == {k: v for k, v in s2.model.overrides.items() if k not in skip}
+    assert [s2.model.overrides[k] for k in latent] == [plan.vae_channels] * 2  # the MMDiT takes the VAE's latents
     assert dataclasses.replace(plan, size="x").record() == plan.record()  # plan.json does not hold the size name
+    # folders made before the field existed (16 channels) keep their plan.json
+    assert "vae_channels" not in dataclasses.replace(plan, vae_channels=16).record()
     assert os.path.basename(str(config_lib.resolve("demo.py:demo_fast")[0])) == "demo.py"
+
+
+def test_demo_plan_rejects_latent_channels_the_model_does_not_take(monkeypatch):
+    real = config_lib.load
+
+    def load(spec):
+        c = real(spec)
+        if spec.startswith("demo.py"):
+            c.vae.latent_channels = 32
+        return c
+
+    monkeypatch.setattr(demo.config_lib, "load", load)
+    with pytest.raises(ValueError, match=r"stage\{1,2,3\}.py:demo: model.overrides in_channels / out_channels must "
+                                         r"equal configs/demo.py:demo vae.latent_channels \(32\)"):
+        demo.DemoPlan.from_configs("demo")

@@ -51,6 +51,9 @@ def test_artefacts_and_table(run):
     assert "Captions (oracle)" in readme and "caption_oracle" in json.loads(
         (out / "generations" / "pfitb" / "report.json").read_text())["metrics"]
     assert json.loads((out / "vae" / "config.json").read_text())["config"]["architecture"] == "pixel_s2d"
+    plan = demo.DemoPlan.fast()  # the latents the MMDiT was trained on: image size / VAE factor, the VAE's channels
+    h = plan.image_size // plan.vae_factor
+    assert np.load(out / "data" / "latents" / "latents.npy", mmap_mode="r").shape[1:] == (h, h, plan.vae_channels)
 
 
 def test_both_losses_fall(run):

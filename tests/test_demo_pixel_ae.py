@@ -87,32 +87,34 @@ def _garments(n: int = 48, size: int = 32) -> np.ndarray:
                                         0, render.Jitter.sample(rng), size) for i in range(n)])
 
 
-def test_pca_basis_is_the_best_rank_16_linear_autoencoder(tmp_path):
-    """factor 4: 48 pixel numbers per latent pixel -> 16 whitened principal directions (orthogonal columns, unit
-    variance per channel); reconstructions keep the oracle's attributes; the fitted basis saves/loads through
-    the VAE loader and is validated there."""
+@pytest.mark.parametrize("factor,channels", [(4, 16), (8, 48)])
+def test_pca_basis_is_the_best_rank_c_linear_autoencoder(tmp_path, factor, channels):
+    """factor 4 (48 pixel numbers per latent pixel -> 16) and factor 8 (192 -> 48, the demo's): whitened principal
+    directions (orthogonal columns, unit variance per channel); reconstructions keep the oracle's attributes; the
+    fitted basis saves/loads through the VAE loader and is validated there."""
     from dualfashion_jax.modeling.vae import load_vae
     from dualfashion_jax.data import oracle
 
     u8 = _garments()
-    cfg = pixel_ae.PixelAEConfig(factor=4, basis="pca")
+    d, h = factor * factor * 3, 32 // factor
+    cfg = pixel_ae.PixelAEConfig(factor=factor, basis="pca", latent_channels=channels)
     ae = pixel_ae.fit(cfg, u8)
     w = np.asarray(ae.proj[...])
-    assert w.shape == (48, 16)
+    assert w.shape == (d, channels)
     gram = w.T @ w
     np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=1e-4 * gram.max())  # orthogonal columns
     x = u8.astype(np.float64) / 127.5 - 1.0
-    blocks = np.asarray(pixel_ae.space_to_depth(jnp.asarray(x), 4)).reshape(-1, 48)
+    blocks = np.asarray(pixel_ae.space_to_depth(jnp.asarray(x), factor)).reshape(-1, d)  # [N*h*h, d]
     np.testing.assert_allclose((blocks @ w).std(0), 1.0, rtol=1e-3)  # whitened: unit variance per channel
     v = w / np.linalg.norm(w, axis=0)
     kept = np.sum((blocks @ v) ** 2) / np.sum(blocks ** 2)
-    eig = np.linalg.eigvalsh(blocks.T @ blocks)[::-1]  # the optimum: top-16 eigenvalues of the 2nd moment
-    assert kept == pytest.approx(eig[:16].sum() / eig.sum(), rel=1e-4) and kept > 0.98
-    z = np.asarray(vae.encode_images(ae, u8, sample=False))  # [N, 8, 8, 16] model space
-    assert z.shape == (48, 8, 8, 16) and abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4
+    eig = np.linalg.eigvalsh(blocks.T @ blocks)[::-1]  # the optimum: top-C eigenvalues of the 2nd moment
+    assert kept == pytest.approx(eig[:channels].sum() / eig.sum(), rel=1e-4) and kept > 0.98
+    z = np.asarray(vae.encode_images(ae, u8, sample=False))  # [N, h, h, C] model space
+    assert z.shape == (48, h, h, channels) and abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4
     back = np.asarray(ae.decode(ae.encode(jnp.asarray(x, jnp.float32)).mode()))
-    proj_blocks = blocks @ v @ v.T  # the best rank-16 reconstruction, which decode(encode(x)) must equal
-    np.testing.assert_allclose(np.asarray(pixel_ae.space_to_depth(jnp.asarray(back), 4)).reshape(-1, 48),
+    proj_blocks = blocks @ v @ v.T  # the best rank-C reconstruction, which decode(encode(x)) must equal
+    np.testing.assert_allclose(np.asarray(pixel_ae.space_to_depth(jnp.asarray(back), factor)).reshape(-1, d),
                                proj_blocks, atol=1e-4)
     rec = np.asarray(np.clip(np.rint(np.asarray(vae.decode_latents(ae, jnp.asarray(z))) * 255), 0, 255), np.uint8)
     got, want = oracle.decode_attributes(rec), oracle.decode_attributes(u8)
