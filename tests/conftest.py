@@ -28,3 +28,16 @@ def splits_dir() -> pathlib.Path:
     if not SPLITS.is_dir():
         pytest.skip(f"real split files not found at {SPLITS} (point ../shared at a DiFashion download)")
     return SPLITS
+
+
+# Files that take minutes go first: scripts/test.sh hands whole files to two pytest-xdist workers in collection
+# order, and a long file started last would leave one worker running it alone at the end.
+_SLOW_FILES_FIRST = ("test_demo.py", "test_partitioning.py", "test_fresh_machine.py", "test_eval_fidelity.py",
+                     "test_sessions_engine.py", "test_train_stages.py", "test_mmdit.py", "test_dvbpr_generate.py",
+                     "test_sharding.py", "test_checkpoint.py", "test_memory.py", "test_t5_pretrain.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Stable sort: the slow files above first, each file's own test order kept."""
+    rank = {name: i for i, name in enumerate(_SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
