@@ -75,3 +75,14 @@ def make_workdir(root: pathlib.Path, wd: pathlib.Path, ema_shift: float = 0.01) 
     ck.save(1, state, {}, cj, wait=True)
     ck.close()
     return wd
+
+
+def make_session_world(root: pathlib.Path, num_users: int = 3):
+    """(root, workdir, bundle): the session tests' tiny world, its data re-made with appearance, a random model."""
+    from dualfashion_jax.data.synthetic.make import make_dataset
+    from dualfashion_jax.generation.bundle import load_bundle
+
+    root = make_world(root, num_users=num_users)
+    make_dataset(root / "data", seed=0, image_size=32, num_users=num_users, appearance=True, verbose=False)
+    wd = make_workdir(root, root / "wd")
+    return root, wd, load_bundle(wd, data=str(root / "data"))

@@ -3,13 +3,11 @@ batch, on the tiny random-weight model of tests/test_sessions_engine.py (same se
 import numpy as np
 import pytest
 
-from generation_support import make_workdir, make_world
+from generation_support import make_session_world
 
 from dualfashion_jax.data.format import SafeDataset
-from dualfashion_jax.data.synthetic.make import make_dataset
 from dualfashion_jax.generation import sampling
 from dualfashion_jax.generation.api import Request, recommend_many
-from dualfashion_jax.generation.bundle import load_bundle
 from dualfashion_jax.sessions.engine import LIKE_STRENGTH, SessionEngine, task_settings
 from dualfashion_jax.sessions.records import decode_png
 from dualfashion_jax.sessions.store import Store
@@ -19,10 +17,8 @@ FAST = {"steps": 4, "caption_steps": 2}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = make_world(tmp_path_factory.mktemp("sessions_batch"), num_users=3)
-    make_dataset(root / "data", seed=0, image_size=32, num_users=3, appearance=True, verbose=False)
-    wd = make_workdir(root, root / "wd")
-    return root, load_bundle(wd, data=str(root / "data"))
+    root, _, bundle = make_session_world(tmp_path_factory.mktemp("sessions_batch"))
+    return root, bundle
 
 
 @pytest.fixture()

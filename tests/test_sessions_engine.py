@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generation_support import make_workdir, make_world
+from generation_support import make_session_world
 
 from dualfashion_jax.cli import main as cli_main
 from dualfashion_jax.data.format import SafeDataset
-from dualfashion_jax.data.synthetic.make import make_dataset
 from dualfashion_jax.generation.api import recommend, recommend_batch
-from dualfashion_jax.generation.bundle import load_bundle
 from dualfashion_jax.sessions import engine as engine_lib
 from dualfashion_jax.sessions.engine import FeedbackError, SessionEngine, UnknownUserError, task_settings
 from dualfashion_jax.text.tokenizer import UNKNOWN
@@ -25,10 +23,7 @@ FAST = {"steps": 2, "caption_steps": 2}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = make_world(tmp_path_factory.mktemp("sessions"), num_users=3)
-    make_dataset(root / "data", seed=0, image_size=32, num_users=3, appearance=True, verbose=False)
-    wd = make_workdir(root, root / "wd")
-    return root, wd, load_bundle(wd, data=str(root / "data"))
+    return make_session_world(tmp_path_factory.mktemp("sessions"))
 
 
 @pytest.fixture()
