@@ -1,53 +1,25 @@
-"""Partitioning regressions: the compiled steps on 1 and 4 fake devices (one subprocess each, via
-benchmarks/partitioning.py --_child, so this process keeps its 8 devices) split the batch, not the model width.
+"""Partitioning regressions of the synthetic train step: compiled on 1 and 4 fake devices (tests/partitioning_support.py),
+it splits the batch, not the model width. Stage steps, sampler and generation program: test_partitioning_stages.py.
 
 Checked per device at a fixed per-device batch of 2: matmul FLOPs = the 1-device step's (total / N) within 2 %;
-temp memory does not grow with N (forward-only programs: by at most one gathered copy of the weights); no
-collective moves a full-batch activation (stage 1 / 2 with the frozen T5 and VAE inside, the sampler, and the
-generation program generation/runner.py runs); in fsdp every weight is all-gathered 1.5-2.0x its fp32 bytes
-per fp32 train step (ZeRO-3: forward gather + backward re-gather), 0.5-1.0x in bf16 compute (cast before
-the gather), and >= 1.0x per sampler forward. Plus hlo_stats on hand-made HLO.
+temp memory does not grow with N; no collective moves a full-batch activation; in fsdp every weight is
+all-gathered 1.5-2.0x its fp32 bytes per fp32 train step (ZeRO-3: forward gather + backward re-gather), 0.5-1.0x
+in bf16 compute (cast before the gather). Plus hlo_stats on hand-made HLO.
 """
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import pytest
+from partitioning_support import compiled_rows
 
 from dualfashion_jax.sharding import activations, axes, hlo_stats as hs, mesh as mesh_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "partitioning.py")
-
-
-def _rows(n: int, programs: str, modes: str, layers: str, dtype: str = "float32") -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-    proc = subprocess.run([sys.executable, SCRIPT, "--_child", "--devices", str(n), "--programs", programs,
-                           "--modes", modes, "--layers", layers, "--dtype", dtype], env=env, capture_output=True,
-                          text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    return {(r["program"], r["mode"], r["layers"], r["devices"]) + (("bf16",) if dtype != "float32" else ()): r
-            for r in rows}
 
 
 @pytest.fixture(scope="module")
 def bench_rows():
     """The synthetic train step, fsdp, scanned and unrolled trunk, on 1 and 4 devices (+ fsdp_tp on 4)."""
-    rows = _rows(1, "bench", "fsdp", "scan,unroll")
-    rows.update(_rows(4, "bench", "fsdp,fsdp_tp", "scan,unroll"))
-    rows.update(_rows(4, "bench", "fsdp", "scan", dtype="bfloat16"))
-    return rows
-
-
-@pytest.fixture(scope="module")
-def stage_rows():
-    """Stage-1 / stage-2 train steps and the sampler, fsdp, scanned, on 1 and 4 devices (+ fsdp_tp on 4)."""
-    rows = _rows(1, "stage1,stage2,sampling", "fsdp", "scan")
-    rows.update(_rows(4, "stage1,stage2,sampling", "fsdp,fsdp_tp", "scan"))
+    rows = compiled_rows(1, "bench", "fsdp", "scan,unroll")
+    rows.update(compiled_rows(4, "bench", "fsdp,fsdp_tp", "scan,unroll"))
+    rows.update(compiled_rows(4, "bench", "fsdp", "scan", dtype="bfloat16"))
     return rows
 
 
@@ -82,52 +54,6 @@ def test_fsdp_tp_step_splits_batch_and_heads(bench_rows, layers):
     assert four["temp_mib"] <= 1.05 * one["temp_mib"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("program", ["stage1", "stage2", "sampling"])
-def test_stage_steps_and_sampler_split_the_work(stage_rows, program):
-    one, four = stage_rows[(program, "fsdp", "scan", 1)], stage_rows[(program, "fsdp", "scan", 4)]
-    assert four["gflops"] == pytest.approx(one["gflops"], rel=0.02)
-    assert four["gathered_weight_ratio"] >= 1.0
-    if program != "sampling":
-        assert four["full_batch_mib"] == 0.0, four["collectives"]
-        assert four["temp_mib"] <= 1.05 * one["temp_mib"], (four["temp_mib"], one["temp_mib"])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("program", ["stage1", "stage2", "sampling"])
-def test_fsdp_tp_stage_steps_and_sampler_split_the_work(stage_rows, program):
-    """fsdp_tp (fsdp 2 x tensor 2): the MMDiT and T5 split heads / MLP over tensor, the VAE (no tensor-parallel
-    layer) splits its batch over every axis, so per-device FLOPs stay total / N and no full batch is moved."""
-    one, four = stage_rows[(program, "fsdp", "scan", 1)], stage_rows[(program, "fsdp_tp", "scan", 4)]
-    assert four["gflops"] == pytest.approx(one["gflops"], rel=0.02)
-    assert four["full_batch_mib"] == 0.0, four["collectives"]
-
-
-@pytest.mark.slow
-def test_sampler_moves_no_full_batch_activation(stage_rows):
-    """The 4 guidance branches run vmapped on [4, B] (flow_euler.py), so each device keeps its rows. Temp grows
-    only by the all-gathered weights XLA keeps across the Euler loop (batch-independent: +1.9 MiB at 2 and 4
-    rows per device), so it is bounded by one full copy of the weights."""
-    one, four = stage_rows[("sampling", "fsdp", "scan", 1)], stage_rows[("sampling", "fsdp", "scan", 4)]
-    assert four["full_batch_mib"] == 0.0, four["collectives"]
-    assert four["temp_mib"] <= 1.05 * one["temp_mib"] + four["weight_mib"], (four["temp_mib"], one["temp_mib"])
-    assert four["peak_mib"] < one["peak_mib"]
-
-
-@pytest.mark.slow
-def test_generation_program_splits_the_chains():
-    """generation/sampling.py `Programs.sample` (images + captions, traced under the mesh and the rules) with
-    --param-sharding fsdp on 1 and 4 devices at 2 chains per device: FLOPs / N, no full-batch collective."""
-    rows = _rows(1, "generation", "fsdp", "scan")
-    rows.update(_rows(4, "generation", "fsdp", "scan"))
-    one, four = rows[("generation", "fsdp", "scan", 1)], rows[("generation", "fsdp", "scan", 4)]
-    assert four["gflops"] == pytest.approx(one["gflops"], rel=0.02)
-    assert four["full_batch_mib"] == 0.0, four["collectives"]
-    assert four["args_mib"] < 0.5 * one["args_mib"]  # model / T5 / VAE states sharded 4 ways
-    assert four["temp_mib"] <= 1.05 * one["temp_mib"] + four["weight_mib"], (four["temp_mib"], one["temp_mib"])
-    assert not any(k.startswith("all-reduce:activations") for k in four["collectives"]), four["collectives"]
-
-
 # ------------------------------------------------------------------------------------------------------------
 # hlo_stats and the constraint helper in this process (no compile of the model).
 # ------------------------------------------------------------------------------------------------------------
@@ -159,6 +85,8 @@ def test_hlo_stats_applies_trip_counts_and_classifies():
     assert summ[("all-reduce", "activations (full batch)")]["count"] == 6.0  # [B=8, 32] is the global batch
     assert summ[("all-gather", "indices")]["bytes"] == 8 * 12 * 4
     assert hs.param_keys([(64, 384)], shard_factors=[2]) >= {(64, 384), (64, 192), (32, 384)}
+    # a flattened [b*L, D] that is as long as a per-device one (8 x 12 = 4 x 24, fsdp 2 x tensor 2) is not flagged
+    assert hs.full_batch_dims(8, 4, [12, 24]) == {8, 8 * 24} and hs.full_batch_dims(8, 8, [12]) == set()
 
 
 def test_trip_counted_flops_of_a_scanned_grad():

@@ -41,6 +41,19 @@ class _CastBeforeGather:
         return inputs, kernel, bias
 
 
+def flat_dot_general(x: jax.Array, w: jax.Array, dims, precision=None, preferred_element_type=None,
+                     out_sharding=None) -> jax.Array:
+    """nnx.Linear's x @ w with x `[..., K]` flattened to `[R, K]`: the same product, which XLA:CPU runs as one
+    GEMM (the N-d form cost 14 % of the small CPU step, docs/performance.md §8); XLA's dot canonicalisation
+    does the same reshape on GPU."""
+    if dims != (((x.ndim - 1,), (0,)), ((), ())) or x.ndim <= 2 or out_sharding is not None:
+        return jax.lax.dot_general(x, w, dims, precision=precision, preferred_element_type=preferred_element_type,
+                                   out_sharding=out_sharding)
+    y = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), w, (((1,), (0,)), ((), ())), precision=precision,
+                            preferred_element_type=preferred_element_type)  # [R, N]
+    return y.reshape(*x.shape[:-1], w.shape[-1])  # [..., N]
+
+
 def linear(in_features: int, out_features: int, logical: tuple[str | None, str | None], cfg: MMDiTConfig,
            *, rngs: nnx.Rngs, kernel_init=torch_default_init, bias_init=nnx.initializers.zeros_init(),
            preferred_element_type=None) -> nnx.Linear:
@@ -49,7 +62,8 @@ def linear(in_features: int, out_features: int, logical: tuple[str | None, str |
         in_features, out_features, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         kernel_init=nnx.with_partitioning(kernel_init, logical),
         bias_init=nnx.with_partitioning(bias_init, (logical[1],)),
-        preferred_element_type=preferred_element_type, promote_dtype=_CastBeforeGather(logical), rngs=rngs)
+        preferred_element_type=preferred_element_type, promote_dtype=_CastBeforeGather(logical),
+        dot_general=flat_dot_general, rngs=rngs)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:

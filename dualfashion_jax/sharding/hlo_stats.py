@@ -276,10 +276,13 @@ def summarize(stats: HloStats, params: set[tuple[int, ...]], full_batch_dims: se
 
 
 def full_batch_dims(global_batch: int, per_device_batch: int, token_counts: Iterable[int]) -> set[int]:
-    """Dims that reveal a full-batch activation: B and B x tokens (flattened [B*L, D]); empty if B is local."""
+    """Dims that reveal a full-batch activation: B and B x tokens (flattened [B*L, D]); empty if B is local.
+    A product that is also a per-device one (8 x 12 = 4 x 24) is left out: the linear layers' `[b*L, D]` is local."""
     if global_batch <= per_device_batch:
         return set()
-    return {global_batch} | {global_batch * t for t in token_counts if t > 1}
+    counts = [t for t in token_counts if t > 1]
+    local = {per_device_batch * t for t in counts}
+    return {global_batch} | ({global_batch * t for t in counts} - local)
 
 
 def report(compiled, *, weight_shapes: Iterable[Sequence[int]], stacked_layers: Iterable[int], weight_bytes: int,
