@@ -1,9 +1,9 @@
-"""CPU lever (issue #19), A/B'd in one process with the PyTorch step: the bench train step with nnx.Linear's
-default N-d dot_general vs the same dots on inputs flattened to 2-D ("flat"), and flattened with the weight
-gradient as a plain [K, R] x [R, N] GEMM on an explicitly transposed copy ("flat_vjp", custom_vjp).
+"""CPU lever (issue #19), A/B'd in one process with the PyTorch step: the bench train step with the linear layers'
+N-d dot_general ("nd", before) vs the same dots on inputs flattened to 2-D ("flat": `models.layers.flat_dot_general`,
+the default since f4768cd), and flattened with the weight gradient as a plain [K, R] x [R, N] GEMM on an explicitly
+transposed copy ("flat_vjp", custom_vjp; gradients equal, not adopted: no gain beyond flat).
 
     python benchmarks/cpu_flat_dots.py small 20      # config (small | demo), interleaved rounds
-flat_vjp's gradients equal the default's (max |diff| 0 on a [3, 5, 7] x [7, 4] check); not adopted yet (docs/performance.md §8).
 """
 import os
 import sys
@@ -13,13 +13,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_levers as cl  # noqa: E402
 import train_step as ts  # noqa: E402
 
 from dualfashion_jax.core import host_memory  # noqa: E402
+from dualfashion_jax.models import layers  # noqa: E402
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -47,10 +47,9 @@ mm.defvjp(_mm_fwd, _mm_bwd)
 
 
 def flat_dot(mode: str):
-    """An nnx.Linear `dot_general` that flattens the inputs to 2-D ("flat") and optionally uses `mm` ("vjp")."""
+    """An nnx.Linear `dot_general` that flattens the inputs to 2-D and uses `mm` ("vjp")."""
     def dot(x, w, dims, precision=None, preferred_element_type=None, out_sharding=None):
-        x2 = _flat(x)  # [R, K]
-        y = mm(x2, w) if mode == "vjp" else jnp.dot(x2, w, preferred_element_type=preferred_element_type)
+        y = mm(_flat(x), w)  # [R, N]
         return y.reshape(*x.shape[:-1], w.shape[-1])  # [..., N]
     return dot
 
@@ -61,14 +60,13 @@ def main() -> None:
     cfgname = sys.argv[1] if len(sys.argv) > 1 else "small"
     iters = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     batch, txt = (16, 72) if cfgname == "demo" else (4, 64)
-    kw = nnx.Linear.__init__.__kwdefaults__  # the variants differ only in nnx.Linear's default dot_general
-    orig = kw["dot_general"]
+    orig = layers.flat_dot_general  # the variants differ only in the dot_general layers.linear gives nnx.Linear
     fns = {}
-    for name, dg in [("base", orig), ("flat", flat_dot("flat")), ("flat_vjp", flat_dot("vjp"))]:
-        kw["dot_general"] = dg
+    for name, dg in [("nd", jax.lax.dot_general), ("flat", orig), ("flat_vjp", flat_dot("vjp"))]:
+        layers.flat_dot_general = dg
         cfg = ts.preset(cfgname, stage2=False, scan_layers=True)
         fns[name], host = cl.jax_variant(cfg, batch, txt, {})
-    kw["dot_general"] = orig
+    layers.flat_dot_general = orig
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     fns["torch"] = ts.torch_step(ts.preset(cfgname, stage2=False), host)
     load0 = os.getloadavg()[0]
