@@ -20,15 +20,15 @@ class FormatError(ValueError):
 
 def _atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # per process: hosts writing one folder never share it
     with open(tmp, "wb") as f:
         write(f)
     os.replace(tmp, path)
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
     """Write JSON atomically (tmp file + rename) so a crash never leaves a truncated file behind."""
-    data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    data = json.dumps(obj, ensure_ascii=False, indent=indent).encode("utf-8")
     _atomic_write_bytes(Path(path), lambda f: f.write(data))
 
 

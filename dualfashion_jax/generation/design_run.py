@@ -19,6 +19,7 @@ import pathlib
 import jax
 import numpy as np
 
+from dualfashion_jax.data import safe_io
 from dualfashion_jax.data.examples import TaskRow
 from dualfashion_jax.generation import outputs
 from dualfashion_jax.generation.design import DesignProgram, DesignSettings
@@ -48,7 +49,7 @@ def _write_row(out: pathlib.Path, inputs: SplitInputs, r: TaskRow, source: np.nd
              "category": r.categories[r.blank], "preference": r.preferences[r.blank],
              "source_image": str(rel / "source.png"), "edited_image": str(rel / "edited.png"),
              "score_before": float(before), "score_after": float(after)}
-    outputs.atomic_json(d / outputs.DONE_FILE, {"index": r.index, "design": entry})
+    safe_io.write_json(d / outputs.DONE_FILE, {"index": r.index, "design": entry}, indent=1)
     return entry
 
 

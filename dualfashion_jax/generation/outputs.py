@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from dualfashion_jax.data import safe_io
 from dualfashion_jax.data.examples import TaskRow
 from dualfashion_jax.data.records import GenEntry, GrdEntry, Record, record_from_json, save_original_layout, \
     write_records
@@ -80,13 +81,6 @@ def save_png(path: pathlib.Path, img: np.ndarray) -> None:
     Image.fromarray(np.asarray(img, np.uint8)).save(path)
 
 
-def atomic_json(path: pathlib.Path, obj: Any) -> None:
-    """Writes JSON through a per-process temp file + rename: a done marker is never half-written."""
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def write_row(out: pathlib.Path, res: RowResult, inputs, seed: int, gt_caption=None) -> Record:
     """Writes one row's PNGs, grid and done marker; returns its Record."""
     r = res.row
@@ -127,8 +121,8 @@ def write_row(out: pathlib.Path, res: RowResult, inputs, seed: int, gt_caption=N
     sections.append(("ground truth", [(gt_imgs[s], (gt_caption(r.outfit[s]) if gt_caption else "") or "")
                                       for s in res.blank_slots]))
     grid_image(sections).save(d / "grid.png")
-    atomic_json(d / DONE_FILE, {"index": r.index, "record": rec.to_json(),
-                                 "caption_entry": caption_entry(res, rec, rel_dir)})
+    safe_io.write_json(d / DONE_FILE, {"index": r.index, "record": rec.to_json(),
+                                       "caption_entry": caption_entry(res, rec, rel_dir)}, indent=1)
     return rec
 
 
