@@ -9,6 +9,7 @@ import pytest
 
 from dualfashion_jax.conversion import vae as vae_conv
 from dualfashion_jax.models import pixel_ae, vae
+from dualfashion_jax.modeling import latents
 from dualfashion_jax.sharding import axes
 
 
@@ -40,7 +41,7 @@ def test_round_trip_and_interface(ae, images):
 def test_model_space_helpers_use_shift_and_scale(images):
     u8 = np.asarray(jnp.round((images + 1) * 127.5), np.uint8)
     cfg = pixel_ae.fit_scaling(pixel_ae.PixelAEConfig(), u8)
-    z = np.asarray(vae.encode_images(pixel_ae.PixelAutoencoder(cfg), u8, sample=False))  # model space
+    z = np.asarray(latents.encode_images(pixel_ae.PixelAutoencoder(cfg), u8, sample=False))  # model space
     assert abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4
     back = np.asarray(vae.decode_latents(pixel_ae.PixelAutoencoder(cfg), jnp.asarray(z)))  # [0, 1] images
     np.testing.assert_allclose(back * 255.0, u8.astype(np.float32), atol=1e-2)
@@ -110,7 +111,7 @@ def test_pca_basis_is_the_best_rank_c_linear_autoencoder(tmp_path, factor, chann
     kept = np.sum((blocks @ v) ** 2) / np.sum(blocks ** 2)
     eig = np.linalg.eigvalsh(blocks.T @ blocks)[::-1]  # the optimum: top-C eigenvalues of the 2nd moment
     assert kept == pytest.approx(eig[:channels].sum() / eig.sum(), rel=1e-4) and kept > 0.98
-    z = np.asarray(vae.encode_images(ae, u8, sample=False))  # [N, h, h, C] model space
+    z = np.asarray(latents.encode_images(ae, u8, sample=False))  # [N, h, h, C] model space
     assert z.shape == (48, h, h, channels) and abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4
     back = np.asarray(ae.decode(ae.encode(jnp.asarray(x, jnp.float32)).mode()))
     proj_blocks = blocks @ v @ v.T  # the best rank-C reconstruction, which decode(encode(x)) must equal

@@ -14,6 +14,7 @@ from dualfashion_jax.core import params as core_params
 from dualfashion_jax.core.params import ConversionError
 from dualfashion_jax.conversion import vae as conv
 from dualfashion_jax.models import vae
+from dualfashion_jax.modeling import latents
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -175,9 +176,9 @@ def test_scaling_helpers_and_image_api(flax_vae):
 
     @nnx.jit
     def run(ae, u8, f01, key):  # one compile for the whole image API
-        zm = vae.encode_images(ae, u8, sample=False)
+        zm = latents.encode_images(ae, u8, sample=False)
         post = ae.encode(u8.astype(jnp.float32) / 127.5 - 1)
-        return dict(zm=zm, zm_f=vae.encode_images(ae, f01, sample=False), zs=vae.encode_images(ae, u8, key),
+        return dict(zm=zm, zm_f=latents.encode_images(ae, f01, sample=False), zs=latents.encode_images(ae, u8, key),
                     mean=post.mean, std=post.std, out=vae.decode_latents(ae, zm), raw=ae.decode(post.mean))
 
     r = run(flax_vae, jnp.asarray(imgs), jnp.asarray(imgs, jnp.float32) / 255, key)
@@ -199,9 +200,9 @@ def test_bad_inputs_raise_clear_errors(flax_vae):
     with pytest.raises(ValueError, match=r"latents: expected NHWC \[B, H, W, 16\]"):
         flax_vae.decode(jnp.zeros((1, 4, 4, 4)))
     with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\]"):
-        vae.encode_images(flax_vae, jnp.full((1, 16, 16, 3), 255.0), sample=False)
+        latents.encode_images(flax_vae, jnp.full((1, 16, 16, 3), 255.0), sample=False)
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        vae.encode_images(flax_vae, jnp.zeros((1, 16, 16, 3), jnp.uint8))
+        latents.encode_images(flax_vae, jnp.zeros((1, 16, 16, 3), jnp.uint8))
     with pytest.raises(ValueError, match="norm_num_groups=32 does not divide"):
         vae.get_config("tiny", norm_num_groups=32, block_out_channels=(48, 64))
 

@@ -199,32 +199,6 @@ def check_nhwc(x: jax.Array, channels: int, multiple: int, what: str, why: str =
         raise ValueError(f"{what}: H, W = {shape[1:3]} must be multiples of {multiple} ({why})")
 
 
-def encode_images(ae: AutoencoderKL, images: jax.Array, key: jax.Array | None = None,
-                  sample: bool = True) -> jax.Array:
-    """Images -> model-space latents (SD3 preprocessing + shift/scale), [B, H/8, W/8, C_lat] fp32.
-
-    `images` NHWC RGB, already resized/centre-cropped: uint8 in [0, 255], or float in [0, 1]. They are mapped
-    to [-1, 1]. DualFashion samples the posterior (`sample=True`, needs `key`); `sample=False` uses the mean.
-    """
-    images = jnp.asarray(images)
-    if images.dtype == jnp.uint8:
-        x = images.astype(jnp.float32) / 127.5 - 1.0
-    elif jnp.issubdtype(images.dtype, jnp.floating):
-        if not isinstance(images, jax.core.Tracer):
-            lo, hi = float(images.min()), float(images.max())
-            if lo < -1e-3 or hi > 1 + 1e-3:
-                raise ValueError(f"encode_images: float images must lie in [0, 1], got range [{lo:.3g}, {hi:.3g}] "
-                                 "(pass uint8 for [0, 255] images)")
-        x = images.astype(jnp.float32) * 2.0 - 1.0
-    else:
-        raise ValueError(f"encode_images: images must be uint8 [0, 255] or float [0, 1], got dtype {images.dtype}")
-    if sample and key is None:
-        raise ValueError("encode_images: sample=True needs a PRNG key (or pass sample=False for the posterior mean)")
-    post = ae.encode(x)
-    z = post.sample(key) if sample else post.mode()
-    return to_model_latents(z, ae.cfg)
-
-
 def decode_latents(ae: AutoencoderKL, z: jax.Array) -> jax.Array:
     """Model-space latents [B, h, w, C_lat] -> images NHWC float32 in [0, 1] (clamped; spec §1.4)."""
     x = ae.decode(from_model_latents(z, ae.cfg)).astype(jnp.float32)

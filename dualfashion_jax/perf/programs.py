@@ -25,6 +25,7 @@ from dualfashion_jax.generation import bundle as bundle_lib, conditioning as con
 from dualfashion_jax.generation.settings import GenSettings
 from dualfashion_jax.models import mmdit, t5 as t5_lib, vae as vae_lib
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
+from dualfashion_jax.modeling import latents as latents_lib
 from dualfashion_jax.samplers.flow_euler import GuidanceConfig, sample_images
 from dualfashion_jax.sharding import activations, partition, rules as rules_lib
 from dualfashion_jax.text import tokenizer as tok_lib
@@ -116,7 +117,7 @@ def _train_step(w: Workload, kind: str, mesh, rules_name: str):
         if kind == "stage1":
             for i, name in enumerate(("t2i", "i2t")):
                 x = batch.pop(f"{name}_images")
-                batch[f"{name}_latents"] = vae_lib.encode_images(fz["vae"], x, jax.random.fold_in(key, i))
+                batch[f"{name}_latents"] = latents_lib.encode_images(fz["vae"], x, jax.random.fold_in(key, i))
             return stages.stage1_loss(key, batch, model_fn=model, t5_fn=fz["t5"], null_emb=fz["null_emb"], cfg=lcfg)
         return stages.stage2_loss(
             key, batch, model_fn=model, t5_fn=fz["t5"],
