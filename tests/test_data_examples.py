@@ -84,7 +84,7 @@ def test_stage2_example_contents(ds, tok, stage2):
 def test_stage2_missing_captions_error_or_skip(ds, tok, tmp_path):
     import shutil
 
-    from dualfashion_jax.data.format import DatasetWriter
+    from dualfashion_jax.data.writer import DatasetWriter
 
     root = tmp_path / "ds"
     shutil.copytree(ds.root, root)

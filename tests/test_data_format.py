@@ -8,6 +8,7 @@ import pytest
 from dualfashion_jax.data import format as F
 from dualfashion_jax.data.tiny import make_tiny_dataset
 from dualfashion_jax.data.validate import ValidationError, validate_dataset
+from dualfashion_jax.data.writer import DatasetWriter
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_tiny_dataset_validates_and_round_trips(tiny):
 
 
 def test_writer_refuses_bad_input(tmp_path):
-    w = F.DatasetWriter(tmp_path)
+    w = DatasetWriter(tmp_path)
     with pytest.raises(F.FormatError, match=r"'outfits' must have shape \[N, 4\]"):
         w.write_split("train", [1], [1], [[1, 2, 3]], [[0, 1, 2]])
     with pytest.raises(F.FormatError, match="row 0 has item id < 1"):
@@ -132,10 +133,10 @@ def test_history_category_and_missing_image_are_named(copy):
     u = next(iter(h))
     other = int(np.flatnonzero(ds.iid_category == 1)[0])
     h[u][0] = [other]
-    F.DatasetWriter(copy).write_history("train", h)
+    DatasetWriter(copy).write_history("train", h)
     with pytest.raises(ValidationError, match=rf"train_history.json: user {u} category 0: item {other} has category 1"):
         validate_dataset(F.SafeDataset(copy))
-    F.DatasetWriter(copy).write_history("train", ds.history("train"))
+    DatasetWriter(copy).write_history("train", ds.history("train"))
     iid = int(ds.split("test").outfits[0, 0])
     (copy / "images" / ds.image_paths[iid]).unlink()
     with pytest.raises(ValidationError, match=rf"1 referenced item image\(s\) missing, first: \[\({iid}, "):

@@ -42,7 +42,7 @@ def test_fingerprint_tracks_sources_and_stage3(setup):
     assert a.builder_config.name == again.builder_config.name
     assert a.as_data_source("train")[0]["caption_ids"].shape == (3, 96)
     aug = {k: v[:2] for k, v in ds.augmented.items()}
-    from dualfashion_jax.data.format import DatasetWriter
+    from dualfashion_jax.data.writer import DatasetWriter
 
     DatasetWriter(ds.root).write_augmented(aug)
     changed = build_stage_tfds(ds.root, d / "tok", d / "out", stage=3, max_length=96)

@@ -9,7 +9,8 @@ import pytest
 
 from dualfashion_jax.data import examples as E, keys as K
 from dualfashion_jax.data.cli import main as data_main
-from dualfashion_jax.data.format import DatasetWriter, SafeDataset, preference_text, sentence_text
+from dualfashion_jax.data.format import SafeDataset, preference_text, sentence_text
+from dualfashion_jax.data.writer import DatasetWriter
 from dualfashion_jax.data.tiny import make_tiny_dataset
 from dualfashion_jax.generation.api import trained_with_appearance
 from dualfashion_jax.sessions import profile as P

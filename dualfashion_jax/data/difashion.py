@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dualfashion_jax.data import difashion_text
-from dualfashion_jax.data.format import SPLITS, CandidateTable, DatasetWriter, OutfitTable, SafeDataset
+from dualfashion_jax.data.format import SPLITS, CandidateTable, OutfitTable, SafeDataset
+from dualfashion_jax.data.writer import DatasetWriter
 from dualfashion_jax.data.pickled import ConversionInputError, load_pickled, load_pickled_dict, require_trust
 from dualfashion_jax.data.validate import (ValidationError, check_candidates, check_fitb_alignment,
                                            check_history, check_history_users, check_outfits,

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from dualfashion_jax.data.format import DatasetWriter
+from dualfashion_jax.data.writer import DatasetWriter
 from dualfashion_jax.data.pickled import ConversionInputError, load_pickled_dict
 from dualfashion_jax.text.tokenizer import CaptionError, caption_json, check_caption
 

@@ -2,7 +2,7 @@
 
 Nothing in a dataset folder is pickled: numeric tables are `.npz` read with `allow_pickle=False`, everything
 else is JSON. Both the real-data converter (`data/difashion.py`) and the synthetic generator write through
-`DatasetWriter`; everything downstream reads through `SafeDataset`, which checks each file's structure
+`data/writer.DatasetWriter`; everything downstream reads through `SafeDataset`, which checks each file's structure
 (keys, dtypes, shapes, id ranges) as it loads it and raises `FormatError` naming the file and field.
 Cross-file consistency (ids resolve, categories agree, FITB rows align) lives in `data/validate.py`. The
 folder layout (meta, items, splits/, text/, latents/) is drawn in docs/ARCHITECTURE.md.
@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from operator import index
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from dualfashion_jax.data.safe_io import FormatError, read_json, read_npz, write
 from dualfashion_jax.text.tokenizer import caption_json
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "CAPTION_KEYS", "FormatError", "OutfitTable", "CandidateTable",
-           "DatasetWriter", "SafeDataset", "sentence_text", "preference_text", "read_json", "read_npz", "write_json",
+           "SafeDataset", "sentence_text", "preference_text", "read_json", "read_npz", "write_json",
            "write_npz"]
 
 FORMAT_VERSION = 1
@@ -86,7 +85,8 @@ class CandidateTable:
         return CandidateTable(self.uids[rows], self.oids[rows], self.candidates[rows])
 
 
-def _as_int(path: Path, field: str, a: Any, ndim: int, width: int | None = None, dtype=np.int64) -> np.ndarray:
+def as_int(path: Path, field: str, a: Any, ndim: int, width: int | None = None, dtype=np.int64) -> np.ndarray:
+    """`a` as an integer array of `ndim` dims (last dim `width`), or FormatError naming the file and field."""
     a = np.asarray(a)
     if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
         raise FormatError(f"{path}: field {field!r} must be integer, got dtype {a.dtype}")
@@ -96,23 +96,26 @@ def _as_int(path: Path, field: str, a: Any, ndim: int, width: int | None = None,
     return a.astype(dtype)
 
 
-def _check_rows(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def check_rows(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """FormatError unless every field of one table has the same number of rows."""
     lengths = {k: int(v.shape[0]) for k, v in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise FormatError(f"{path}: fields have different row counts {lengths}")
 
 
-def _check_split(split: str) -> str:
+def check_split(split: str) -> str:
+    """`split` if it is one of SPLITS, else FormatError."""
     if split not in SPLITS:
         raise FormatError(f"unknown split {split!r}; expected one of {SPLITS}")
     return split
 
 
-def _check_outfit_table(path: Path, uids, oids, outfits, category, *, allow_zero: bool) -> OutfitTable:
+def check_outfit_table(path: Path, uids, oids, outfits, category, *, allow_zero: bool) -> OutfitTable:
+    """An OutfitTable of checked int columns (item ids >= 1, or >= 0 with the FITB blank), or FormatError."""
     t = OutfitTable(
-        _as_int(path, "uids", uids, 1), _as_int(path, "oids", oids, 1),
-        _as_int(path, "outfits", outfits, 2, OUTFIT_SIZE), _as_int(path, "category", category, 2, OUTFIT_SIZE))
-    _check_rows(path, {"uids": t.uids, "oids": t.oids, "outfits": t.outfits, "category": t.category})
+        as_int(path, "uids", uids, 1), as_int(path, "oids", oids, 1),
+        as_int(path, "outfits", outfits, 2, OUTFIT_SIZE), as_int(path, "category", category, 2, OUTFIT_SIZE))
+    check_rows(path, {"uids": t.uids, "oids": t.oids, "outfits": t.outfits, "category": t.category})
     low = 0 if allow_zero else 1
     if t.outfits.size and t.outfits.min() < low:
         r = int(np.argwhere(t.outfits < low)[0, 0])
@@ -133,8 +136,7 @@ def _int_keyed(path: Path, d: Any, what: str) -> dict[int, Any]:
         raise FormatError(f"{path}: key {bad!r} is not an integer id ({what})") from None
 
 
-# ------------------------------------------------------------------------------------------------------ writer
-def _check_appearance(path: Path, d: Any) -> dict:
+def check_appearance(path: Path, d: Any) -> dict:
     """{uid: {str: str}} or FormatError naming the file and user."""
     if not isinstance(d, dict):
         raise FormatError(f"{path}: expected {{'<uid>': {{'body_shape': str, ...}}}}")
@@ -142,105 +144,6 @@ def _check_appearance(path: Path, d: Any) -> dict:
         if not isinstance(a, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in a.items()):
             raise FormatError(f"{path}: user {u}: appearance must map attribute names to strings, got {a!r:.80}")
     return d
-
-
-class DatasetWriter:
-    """Writes one dataset folder in the safe format; every method validates its input before writing."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def images_dir(self) -> Path:
-        return self.root / "images"
-
-    def write_meta(self, *, name: str, num_items: int, num_categories: int, image_size: int | None,
-                   source: str, **extra: Any) -> None:
-        meta = {"name": str(name), "format_version": FORMAT_VERSION, "num_items": int(num_items),
-                "num_categories": int(num_categories), "image_size": None if image_size is None else int(image_size),
-                "source": str(source), **extra}
-        write_json(self.root / "meta.json", meta)
-
-    def write_categories(self, categories: Mapping[int, str]) -> None:
-        out = {}
-        for k, v in categories.items():
-            if not isinstance(v, str) or not v:
-                raise FormatError(f"categories: category {k!r} must map to a non-empty name, got {v!r}")
-            out[str(int(k))] = v
-        write_json(self.root / "categories.json", out)
-
-    def write_items(self, iid_category: np.ndarray) -> None:
-        """iid_category [num_items+1]: category of each item id; index 0 (the blank) must be -1."""
-        a = _as_int(self.root / "items.npz", "iid_category", iid_category, 1, dtype=np.int32)
-        if a.size == 0 or a[0] != -1:
-            raise FormatError(f"{self.root / 'items.npz'}: iid_category[0] (the blank item) must be -1")
-        write_npz(self.root / "items.npz", iid_category=a)
-
-    def write_image_paths(self, paths: Sequence[str]) -> None:
-        """paths[iid] relative to images/ ("" for iid 0 and for items without an image)."""
-        paths = [str(p) for p in paths]
-        if paths and paths[0] != "":
-            raise FormatError("image_paths.json: entry 0 (the blank item) must be ''")
-        write_json(self.root / "image_paths.json", paths)
-
-    def write_split(self, split: str, uids, oids, outfits, category) -> None:
-        p = self.root / "splits" / f"{_check_split(split)}.npz"
-        t = _check_outfit_table(p, uids, oids, outfits, category, allow_zero=False)
-        write_npz(p, uids=t.uids, oids=t.oids, outfits=t.outfits, category=t.category)
-
-    def write_fitb(self, split: str, uids, oids, outfits, category) -> None:
-        p = self.root / "splits" / f"fitb_{_check_split(split)}.npz"
-        t = _check_outfit_table(p, uids, oids, outfits, category, allow_zero=True)
-        write_npz(p, uids=t.uids, oids=t.oids, outfits=t.outfits, category=t.category)
-
-    def write_candidates(self, split: str, uids, oids, candidates) -> None:
-        p = self.root / "splits" / f"fitb_{_check_split(split)}_candidates.npz"
-        c = CandidateTable(_as_int(p, "uids", uids, 1), _as_int(p, "oids", oids, 1),
-                           _as_int(p, "candidates", candidates, 2, NUM_CANDIDATES))
-        _check_rows(p, {"uids": c.uids, "oids": c.oids, "candidates": c.candidates})
-        write_npz(p, uids=c.uids, oids=c.oids, candidates=c.candidates)
-
-    def write_history(self, split: str, history: Mapping[int, Mapping[int, Sequence[int]]]) -> None:
-        """history {uid: {cid: [iid, ...]}} (DiFashion caps each list at 10)."""
-        p = self.root / "splits" / f"{_check_split(split)}_history.json"
-        try:  # operator.index: numpy/python ints only (a float id would be silently truncated by int())
-            out = {str(index(u)): {str(index(c)): [index(i) for i in items] for c, items in per.items()}
-                   for u, per in history.items()}
-        except TypeError as e:
-            raise FormatError(f"{p}: ids must be integers: {e}") from None
-        bad = [(u, c) for u, per in out.items() for c, items in per.items() if any(i < 1 for i in items)]
-        if bad:
-            raise FormatError(f"{p}: user {bad[0][0]} category {bad[0][1]}: item ids must be >= 1")
-        write_json(p, out)
-
-    def write_item_info(self, item_info: Mapping[int, Mapping[str, Any]]) -> None:
-        """item_info {iid: {"elements": {4 caption keys: value}}}."""
-        write_json(self.root / "text" / "item_info.json", {str(int(k)): v for k, v in item_info.items()})
-
-    def write_preference(self, split: str, prefs: Mapping[int, Mapping[int, Mapping[str, Any]]]) -> None:
-        """prefs {uid: {cid: {"Frequency": {4 caption keys: value}}}}."""
-        out = {str(int(u)): {str(int(c)): v for c, v in per.items()} for u, per in prefs.items()}
-        write_json(self.root / "text" / f"{_check_split(split)}_preference.json", out)
-
-    def write_stage1(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """records [{"iid", "caption", "re_caption"}] (stage-1 image/caption pairs)."""
-        out = []
-        for n, r in enumerate(records):
-            if not {"iid", "caption", "re_caption"} <= set(r):
-                raise FormatError(f"text/stage1.json: record {n} needs keys iid, caption, re_caption; got {sorted(r)}")
-            out.append({**r, "iid": int(r["iid"])})
-        write_json(self.root / "text" / "stage1.json", out)
-
-    def write_augmented(self, augmented: Mapping[int, Sequence[str]]) -> None:
-        """augmented {iid: [caption json str, ...]} (stage 3)."""
-        write_json(self.root / "text" / "augmented.json",
-                   {str(int(k)): [str(s) for s in v] for k, v in augmented.items()})
-
-    def write_appearance(self, appearance: Mapping[int, Mapping[str, str]]) -> None:
-        """OPTIONAL appearance {uid: {"body_shape", "height", "skin_tone", ...: str}} (absent in real data)."""
-        write_json(self.root / "text" / "appearance.json", _check_appearance(
-            self.root / "text" / "appearance.json", {str(int(u)): dict(a) for u, a in appearance.items()}))
 
 
 # ------------------------------------------------------------------------------------------------------ reader
@@ -305,7 +208,7 @@ class SafeDataset:
     def iid_category(self) -> np.ndarray:
         def load():
             p = self.root / "items.npz"
-            a = _as_int(p, "iid_category", read_npz(p, ["iid_category"])["iid_category"], 1, dtype=np.int32)
+            a = as_int(p, "iid_category", read_npz(p, ["iid_category"])["iid_category"], 1, dtype=np.int32)
             if a.shape[0] != self.num_items + 1:
                 raise FormatError(f"{p}: iid_category has {a.shape[0]} entries, meta.json num_items+1 = "
                                   f"{self.num_items + 1}")
@@ -340,31 +243,31 @@ class SafeDataset:
         return [s for s in SPLITS if (self.root / "splits" / f"{s}.npz").is_file()]
 
     def split(self, split: str) -> OutfitTable:
-        p = self.root / "splits" / f"{_check_split(split)}.npz"
-        return self._cached(f"split/{split}", lambda: _check_outfit_table(
+        p = self.root / "splits" / f"{check_split(split)}.npz"
+        return self._cached(f"split/{split}", lambda: check_outfit_table(
             p, **read_npz(p, ["uids", "oids", "outfits", "category"]), allow_zero=False))
 
     def has_fitb(self, split: str) -> bool:
         return (self.root / "splits" / f"fitb_{split}.npz").is_file()
 
     def fitb(self, split: str) -> OutfitTable:
-        p = self.root / "splits" / f"fitb_{_check_split(split)}.npz"
-        return self._cached(f"fitb/{split}", lambda: _check_outfit_table(
+        p = self.root / "splits" / f"fitb_{check_split(split)}.npz"
+        return self._cached(f"fitb/{split}", lambda: check_outfit_table(
             p, **read_npz(p, ["uids", "oids", "outfits", "category"]), allow_zero=True))
 
     def candidates(self, split: str) -> CandidateTable:
-        p = self.root / "splits" / f"fitb_{_check_split(split)}_candidates.npz"
+        p = self.root / "splits" / f"fitb_{check_split(split)}_candidates.npz"
 
         def load():
             d = read_npz(p, ["uids", "oids", "candidates"])
-            c = CandidateTable(_as_int(p, "uids", d["uids"], 1), _as_int(p, "oids", d["oids"], 1),
-                               _as_int(p, "candidates", d["candidates"], 2, NUM_CANDIDATES))
-            _check_rows(p, {"uids": c.uids, "oids": c.oids, "candidates": c.candidates})
+            c = CandidateTable(as_int(p, "uids", d["uids"], 1), as_int(p, "oids", d["oids"], 1),
+                               as_int(p, "candidates", d["candidates"], 2, NUM_CANDIDATES))
+            check_rows(p, {"uids": c.uids, "oids": c.oids, "candidates": c.candidates})
             return c
         return self._cached(f"candidates/{split}", load)
 
     def history(self, split: str) -> dict[int, dict[int, list[int]]]:
-        p = self.root / "splits" / f"{_check_split(split)}_history.json"
+        p = self.root / "splits" / f"{check_split(split)}_history.json"
 
         def load():
             out = {}
@@ -394,7 +297,7 @@ class SafeDataset:
         return self._cached("item_info", load)
 
     def preference(self, split: str) -> dict[int, dict[int, dict]]:
-        p = self.root / "text" / f"{_check_split(split)}_preference.json"
+        p = self.root / "text" / f"{check_split(split)}_preference.json"
 
         def load():
             return {u: _int_keyed(p, per, f"category id -> preference (user {u})")
@@ -433,7 +336,7 @@ class SafeDataset:
     def appearance(self) -> dict[int, dict[str, str]]:
         """Per-user appearance from the optional text/appearance.json; {} when the dataset has none."""
         p = self.root / "text" / "appearance.json"
-        return self._cached("appearance", lambda: _int_keyed(p, _check_appearance(p, read_json(p)), "user id -> "
+        return self._cached("appearance", lambda: _int_keyed(p, check_appearance(p, read_json(p)), "user id -> "
                                                              "appearance") if p.is_file() else {})
 
     @property

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dualfashion_jax.data.format import SPLITS, DatasetWriter
+from dualfashion_jax.data.format import SPLITS
+from dualfashion_jax.data.writer import DatasetWriter
 from dualfashion_jax.text.tokenizer import caption_json
 
 CATEGORY_NAMES = ("dress", "women's shoe", "crossbody bag", "earrings", "women's sweater", "skirt")

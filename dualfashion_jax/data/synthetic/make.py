@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dualfashion_jax.data.format import DatasetWriter, read_json, write_json
+from dualfashion_jax.data.format import read_json, write_json
+from dualfashion_jax.data.writer import DatasetWriter
 from dualfashion_jax.data.synthetic import appearance as AP
 from dualfashion_jax.data.synthetic import attributes as A
 from dualfashion_jax.data.synthetic import captions as C
