@@ -21,17 +21,29 @@ def toy_logits(xp, p):
 
 NP_LOGITS = toy_logits(np, P)
 J_LOGITS = toy_logits(jnp, {k: jnp.asarray(v) for k, v in P.items()})
+FLAT = {k: v * 0.3 for k, v in P.items()}  # flatter p: tempered and argmax draws differ from p's
+NP_FLAT, J_FLAT = toy_logits(np, FLAT), toy_logits(jnp, {k: jnp.asarray(v) for k, v in FLAT.items()})
 
 
-def np_sample(template, attn, label, uniforms, steps=STEPS, eps=1e-5, mask_padding=False):
-    """The original algorithm written out plainly (MDLM _ddpm_caching_update + noise removal), float32."""
+def np_tempered(p, temperature):
+    """p^(1/T) renormalised (T = 0: one-hot argmax), written out in NumPy."""
+    if temperature == 0:
+        return np.eye(p.shape[-1], dtype=p.dtype)[np.argmax(p, -1)]
+    w = np.exp(np.log(np.maximum(p, 1e-30)) / temperature)
+    return w / w.sum(-1, keepdims=True)
+
+
+def np_sample(template, attn, label, uniforms, steps=STEPS, eps=1e-5, mask_padding=False, temperature=1.0,
+              logits=NP_LOGITS):
+    """The original algorithm written out plainly (MDLM _ddpm_caching_update + noise removal), float32; tokens
+    drawn from p^(1/T) when temperature != 1 (not the original)."""
     keep = (attn > 0) & (label == 0) if mask_padding else label == 0
     x = np.where(keep, template, MASK)
     timesteps = np.linspace(1.0, eps, steps + 1).astype(np.float32)
     dt = (1 - eps) / steps
 
     def p_x0(x):
-        lg = NP_LOGITS(x).astype(np.float32)
+        lg = logits(x).astype(np.float32)
         lg[:, :, MASK] += np.float32(-1e6)
         lg = lg - lg.max(-1, keepdims=True)
         lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
@@ -49,7 +61,7 @@ def np_sample(template, attn, label, uniforms, steps=STEPS, eps=1e-5, mask_paddi
             cache = p_x0(x)
         else:
             stats["cache_hits"] += 1
-        q = cache * (t - (t - dt))
+        q = (cache if temperature == 1.0 else np_tempered(cache, temperature)) * (t - (t - dt))
         q[:, :, MASK] = t - dt
         gumbel_norm = 1e-10 - np.log(uniforms[i] + 1e-10)
         x_new = np.argmax(q / gumbel_norm, axis=-1)
@@ -95,6 +107,28 @@ def test_matches_numpy_transcription_exactly(case, mask_padding, t_min):
     np.testing.assert_array_equal(got[keep], template[keep])  # template tokens survive
     if not mask_padding:
         assert np.all(got[attn == 0] == EOS)  # the fix: padding stays EOS
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_temperature_matches_numpy(case, temperature):
+    """Tempered / argmax token draws: same unmasking race, tokens from p^(1/T); T = 0 gives argmax tokens."""
+    template, attn, label, uniforms = case
+    ref, _ = np_sample(template, attn, label, uniforms, temperature=temperature, logits=NP_FLAT)
+    got = np.asarray(mc.sample_caption(J_FLAT, jnp.asarray(template), jnp.asarray(attn), jnp.asarray(label),
+                                       mask_id=MASK, uniforms=jnp.asarray(uniforms), steps=STEPS,
+                                       temperature=temperature))
+    np.testing.assert_array_equal(got, ref)
+    base, _ = np_sample(template, attn, label, uniforms, logits=NP_FLAT)
+    assert not np.array_equal(ref, base)  # the knob changes the draws on this case
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        mc.tempered(jnp.ones((2, V)) / V, -1.0)
+
+
+def test_tempered_known_answers():
+    p = jnp.asarray([[0.5, 0.3, 0.2, 0.0]])
+    np.testing.assert_allclose(np.asarray(mc.tempered(p, 0.0)), [[1, 0, 0, 0]])
+    np.testing.assert_allclose(np.asarray(mc.tempered(p, 0.5)), [[25 / 38, 9 / 38, 4 / 38, 0]], atol=1e-6)
+    assert mc.tempered(p, 1.0) is p
 
 
 def test_prior_and_key_path(case):

@@ -4,6 +4,8 @@ Prior: template tokens where kept, MASK elsewhere. For t on linspace(1, 1e-5, st
 p = exp(SUBS log-probs(model(x))), q(v) = p(v)(t - s), q(MASK) = s, draw argmax(q / E) with
 E = 1e-10 - log(U + 1e-10), U ~ U(0,1) (the original's exponential race); positions already unmasked are
 copied through. Finally any MASK left becomes argmax p.
+`temperature` T != 1 (not the original) draws the tokens from p^(1/T) renormalised, T = 0 from the one-hot argmax
+of p; when a position is unmasked stays the original's race (q(MASK) = s vs t - s), only which token changes.
 
 The original reuses p when a step changed nothing (the model is time-agnostic). Recomputing gives the
 same p, so `use_cache=True` keeps that optimisation exactly with a `lax.cond` (one branch runs on
@@ -69,6 +71,17 @@ def _probs(logits_fn: LogitsFn, x: jax.Array, mask_id: int) -> jax.Array:
     return jnp.exp(masked_text.subs_log_probs(logits, x, mask_id))
 
 
+def tempered(p: jax.Array, temperature: float) -> jax.Array:
+    """p^(1/T) renormalised over the last axis [.., V]; T = 1 returns p, T = 0 the one-hot argmax of p."""
+    if temperature < 0:
+        raise ValueError(f"sample_caption: temperature must be >= 0, got {temperature}")
+    if temperature == 1.0:
+        return p
+    if temperature == 0.0:
+        return jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=p.dtype)
+    return jax.nn.softmax(jnp.log(jnp.maximum(p, 1e-30)) / temperature, axis=-1)
+
+
 def _uniform(key: jax.Array, i, shape: tuple[int, ...]) -> jax.Array:
     """U(0,1) of `shape` [B, L, V] for step i: one key for the batch, or one key per row (key [B])."""
     if key.ndim == 0:
@@ -81,14 +94,14 @@ def _uniform(key: jax.Array, i, shape: tuple[int, ...]) -> jax.Array:
 def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask: jax.Array, label_mask: jax.Array,
                    *, mask_id: int, key: jax.Array | None = None, uniforms: jax.Array | None = None,
                    steps: int = 64, t_min: float = 1e-5, mask_padding: bool = False,
-                   use_cache: bool = True) -> jax.Array:
+                   use_cache: bool = True, temperature: float = 1.0) -> jax.Array:
     """Samples caption token ids int32 [B, L] (no MASK left).
 
     Randomness: `key` (U for step i from fold_in(key, i)), a batch of keys [B] (row b draws from
     fold_in(key[b], i): each row's caption is independent of the batch it is in, as generation needs for
     batching/sharding invariance) or explicit `uniforms` [steps, B, L, V] (tests).
     logits_fn runs inside lax.fori_loop/cond: build it with `caption_logits_fn` (or keep it free of NNX modules
-    created outside, see diffusion/pure_fn.py).
+    created outside, see diffusion/pure_fn.py). `temperature`: see the module docstring (1 = the original).
     """
     if (key is None) == (uniforms is None):
         raise ValueError("sample_caption: pass exactly one of key= or uniforms=")
@@ -110,7 +123,7 @@ def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask:
             p = _probs(logits_fn, x, mask_id)
         t = ts[i]
         s = t - dt
-        q = jnp.where(is_mask_col, s, p * (t - s))  # [B, L, V]
+        q = jnp.where(is_mask_col, s, tempered(p, temperature) * (t - s))  # [B, L, V]
         u = uniforms[i] if uniforms is not None else _uniform(key, i, p.shape)
         e = 1e-10 - jnp.log(u + 1e-10)
         draw = jnp.argmax(q / e, axis=-1).astype(jnp.int32)  # [B, L]
