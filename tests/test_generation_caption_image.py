@@ -1,5 +1,6 @@
 """The caption branch's image stream (context mean / own generated image / null) and the caption sampler knobs
-(`GenSettings.caption_image`, `caption_temperature`): known-answer selection, validation, CLI and config wiring."""
+(`GenSettings.caption_image`, `caption_temperature`, `caption_order`): known-answer selection, validation, CLI
+and config wiring."""
 import numpy as np
 import pytest
 import jax.numpy as jnp
@@ -27,19 +28,21 @@ def test_caption_image_known_answers():
 
 def test_settings_validation_and_defaults():
     s = GenSettings()
-    assert s.caption_image == "context" and s.caption_temperature == 1.0  # the original
+    assert s.caption_image == "context" and s.caption_temperature == 1.0 and s.caption_order == "random"  # original
+    with pytest.raises(ValueError, match="caption_order must be one of"):
+        GenSettings(caption_order="left")
     with pytest.raises(ValueError, match="caption_image must be one of"):
         GenSettings(caption_image="image")
     with pytest.raises(ValueError, match="caption_temperature must be >= 0"):
         GenSettings(caption_temperature=-0.5)
-    assert GenSettings.from_json({k: v for k, v in s.to_json().items()
-                                  if k not in ("caption_image", "caption_temperature")}) == s  # older run.json
+    new = ("caption_image", "caption_temperature", "caption_order")
+    assert GenSettings.from_json({k: v for k, v in s.to_json().items() if k not in new}) == s  # older run.json
 
 
 def test_cli_flags_reach_the_settings():
     args = cli._parser().parse_args(["--task", "pfitb", "--checkpoint", "x", "--out", "y", "--caption-image",
-                                     "generated", "--caption-temperature", "0"])
+                                     "generated", "--caption-temperature", "0", "--caption-order", "confidence"])
     s = cli.settings_from_args(args)
-    assert s.caption_image == "generated" and s.caption_temperature == 0.0
+    assert s.caption_image == "generated" and s.caption_temperature == 0.0 and s.caption_order == "confidence"
     s = cli.settings_from_args(cli._parser().parse_args(["--task", "gor", "--checkpoint", "x", "--out", "y"]))
     assert s.caption_image == "context" and s.caption_temperature == 1.0

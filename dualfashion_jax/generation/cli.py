@@ -5,7 +5,7 @@
       [--guidance four_way|cfg|none] [--scales 8,7,8] [--guidance-interval 0,1] [--caption-steps 64] \
       [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
-      [--caption-image context|generated|null] [--caption-temperature 1] \
+      [--caption-image context|generated|null] [--caption-temperature 1] [--caption-order random|confidence] \
       [--context-sample] [--gor-offset mlp|projector] [--original-layout] [--dvbpr WORKDIR --dvbpr-eta 0.1]
   dualfashion-jax generate --task design --checkpoint WORKDIR --dvbpr DVBPR_WORKDIR --out results/design \
       [--strength 0.6] [--dvbpr-eta 1] [--guidance cfg|none] [--scales 4] [--steps 28] [--max-rows K]
@@ -25,13 +25,15 @@ import sys
 from dualfashion_jax.generation import settings as settings_lib
 from dualfashion_jax.generation.settings import CAPTION_CONDS, CAPTION_IMAGES, GOR_OFFSETS, TASKS, GenSettings
 from dualfashion_jax.samplers.flow_euler import GUIDANCE_MODES
+from dualfashion_jax.samplers.masked_caption import ORDERS
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 
 
 # flags that override the same-named field of the generation config (configs/generate.py)
 CONFIG_FLAGS = ("num_images", "num_captions", "seed", "steps", "shift", "guidance", "scales", "guidance_interval",
-                "caption_steps", "template", "caption_cond", "caption_image", "caption_temperature", "mask_padding",
-                "context_sample", "match_train_input", "guidance_space", "original_guidance", "gor_offset", "dvbpr_eta")
+                "caption_steps", "template", "caption_cond", "caption_image", "caption_temperature", "caption_order",
+                "mask_padding", "context_sample", "match_train_input", "guidance_space", "original_guidance",
+                "gor_offset", "dvbpr_eta")
 DESIGN_TASK = "design"
 
 
@@ -70,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                         "generated image, or null tokens; context")
     p.add_argument("--caption-temperature", type=float,
                    help="config: caption tokens drawn from p^(1/T); 0 = argmax tokens; 1 (original)")
+    p.add_argument("--caption-order", choices=ORDERS,
+                   help="config: caption unmasking order: the original random race, or most probable first; random")
     p.add_argument("--mask-padding", action="store_true", default=None,
                    help="config: original caption prior (also masks padding)")
     p.add_argument("--context-sample", action="store_true", default=None,

@@ -156,7 +156,8 @@ class Programs:
         keys = sample_key(s.seed, rep(b["uid"], m), rep(b["oid"], m), b["caption_idx"].reshape(-1), STREAM_CAPTION)
         ids = sample_caption(logits_fn, rep(b["tmpl_ids"], m), rep(b["tmpl_mask"], m), rep(b["tmpl_labels"], m),
                              mask_id=self.bundle.tokenizer.mask_id, key=keys, steps=s.caption_steps,
-                             mask_padding=s.mask_padding, temperature=s.caption_temperature)
+                             mask_padding=s.mask_padding, temperature=s.caption_temperature,
+                             order=s.caption_order)
         return lat.reshape((c, n) + lat.shape[1:]), ids.reshape(c, m, length)
 
     def _decode_fn(self, states, latents):
