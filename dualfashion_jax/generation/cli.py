@@ -6,6 +6,7 @@
       [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
       [--caption-image context|generated|null] [--caption-temperature 1] [--caption-order random|confidence] \
+      [--caption-checkpoint STAGE3_WORKDIR] \
       [--context-sample] [--gor-offset mlp|projector] [--original-layout] [--dvbpr WORKDIR --dvbpr-eta 0.1]
   dualfashion-jax generate --task design --checkpoint WORKDIR --dvbpr DVBPR_WORKDIR --out results/design \
       [--strength 0.6] [--dvbpr-eta 1] [--guidance cfg|none] [--scales 4] [--steps 28] [--max-rows K]
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="config: caption tokens drawn from p^(1/T); 0 = argmax tokens; 1 (original)")
     p.add_argument("--caption-order", choices=ORDERS,
                    help="config: caption unmasking order: the original random race, or most probable first; random")
+    p.add_argument("--caption-checkpoint", default=None,
+                   help="a stage-3 workdir whose model and T5 write the captions (same tokenizer and latents; "
+                        "default: --checkpoint's)")
     p.add_argument("--mask-padding", action="store_true", default=None,
                    help="config: original caption prior (also masks padding)")
     p.add_argument("--context-sample", action="store_true", default=None,
@@ -168,6 +172,9 @@ def main(argv: list[str]) -> int:
 
         b = bundle_lib.load_bundle(args.checkpoint, ema=args.ema, data=args.data, t5=args.t5, vae=args.vae,
                                    tokenizer=args.tokenizer, dtype=args.dtype)
+        if args.caption_checkpoint:
+            cap = bundle_lib.load_bundle(args.caption_checkpoint, ema=args.ema, data=args.data, dtype=args.dtype)
+            b = bundle_lib.with_captioner(b, cap)
         dv, dv_info = _load_dvbpr(args.dvbpr, design or settings.score.eta > 0,
                                   "--task design" if design else f"--dvbpr-eta {settings.score.eta}")
         if design:

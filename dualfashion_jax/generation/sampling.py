@@ -74,6 +74,8 @@ class Programs:
         self.rules = table = rules_lib.get(rules)
         self.graphs, self.states = {}, {}
         mods = [("model", bundle.model), ("t5", bundle.t5), ("vae", bundle.vae)]
+        if bundle.captioner is not None:  # the caption branch's own model and T5 (bundle.with_captioner)
+            mods += [("cap_model", bundle.captioner[0]), ("cap_t5", bundle.captioner[1])]
         if settings.score.eta > 0:
             if dvbpr is None:
                 raise ValueError(f"DVBPR preference guidance (eta {settings.score.eta}, --dvbpr-eta) needs a trained "
@@ -147,6 +149,10 @@ class Programs:
             hook = score_guidance.guide(score, s.score)
         lat = sample_images(model, x0, rep(off, n), rep(neg, n), rep(sent, n), rep(pref, n), g,
                             target_role=r_t, velocity_hook=hook, start_step=self.start_step)  # [C*N, h, w, ch]
+        if "cap_model" in states:  # the caption model reads its own T5's vectors
+            model, t5 = self._merge(states, "cap_model"), self._merge(states, "cap_t5")
+            pref = cond.encode_segment(t5, b["pref_ids"], b["pref_mask"])
+            sent = cond.encode_segment(t5, b["sent_ids"], b["sent_mask"])
         segs = [pref, sent]
         if s.caption_cond == "original":
             segs.append(cond.encode_segment(t5, b["tmpl_ids"], b["tmpl_mask"]))  # T5(masked template), §5.2
