@@ -92,7 +92,10 @@ def test_caption_model_writes_the_captions_and_leaves_the_images(two_bundles):
 def test_caption_model_mismatch_is_named(two_bundles):
     _, a, b = two_bundles
     cfg = dataclasses.replace(b.model.config, in_channels=b.model.config.in_channels + 1)
-    other = types.SimpleNamespace(tokenizer=b.tokenizer, model=types.SimpleNamespace(config=cfg),
+    other = types.SimpleNamespace(tokenizer=b.tokenizer, model=types.SimpleNamespace(config=cfg), vae=b.vae,
                                   info={"source": "wd_c"})
     with pytest.raises(BundleError, match="caption model wd_c: does not fit the image model .*latent"):
+        with_captioner(a, other)
+    other.model, other.vae = b.model, a.t5  # right latents, a module that is not this VAE
+    with pytest.raises(BundleError, match="VAE weights differ"):
         with_captioner(a, other)

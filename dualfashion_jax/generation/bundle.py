@@ -12,7 +12,7 @@ Sources, in this order:
                     tokenizer folder), or `<dir>` = the converted transformer with t5=/vae=/tokenizer= given.
 Caption model (`with_captioner`, opt-in): the caption branch may run another stage-3 model with its own T5 (e.g. a
 caption model fine-tuned on a pretrained stand-in T5 while the images keep the random-T5 model, docs/demo_captions.md);
-it must share the tokenizer and the latent shape.
+it must share the tokenizer, the latent shape and the VAE.
 Caption template budget (`value_lengths`): the median value token length per attribute over the dataset's
 item captions (samplers/templates.py), else DEFAULT_VALUE_LENGTH tokens per value.
 """
@@ -25,6 +25,7 @@ import pathlib
 import warnings
 from typing import Any
 
+import jax
 import ml_collections as mlc
 import numpy as np
 from flax import nnx
@@ -87,7 +88,8 @@ def check_compatible(model, t5, vae, tok, *, where: str) -> None:
 
 
 def with_captioner(bundle: Bundle, other: Bundle) -> Bundle:
-    """`bundle` whose caption branch runs `other`'s model and T5 (same tokenizer ids and latent shape required)."""
+    """`bundle` whose caption branch runs `other`'s model and T5 (same tokenizer ids, latent shape and VAE weights
+    required: the caption model reads the image model's latents)."""
     a, b = bundle.tokenizer, other.tokenizer
     probe = ['{"Color": "navy blue", "Material": "polka dot chiffon"}']
     errs = []
@@ -97,6 +99,9 @@ def with_captioner(bundle: Bundle, other: Bundle) -> Bundle:
     ca, cb = bundle.model.config, other.model.config
     if (ca.latent_hw, ca.in_channels) != (cb.latent_hw, cb.in_channels):
         errs.append(f"latent {cb.latent_hw} x {cb.in_channels} != {ca.latent_hw} x {ca.in_channels}")
+    va, vb = (jax.tree.leaves(nnx.state(m.vae)) for m in (bundle, other))
+    if len(va) != len(vb) or any(x.shape != y.shape or not np.array_equal(x, y) for x, y in zip(va, vb)):
+        errs.append("VAE weights differ")
     if errs:
         raise BundleError(f"caption model {other.info.get('source', '<in-memory>')}: does not fit the image model "
                           f"{bundle.info.get('source', '<in-memory>')}: " + "; ".join(errs))
