@@ -43,17 +43,21 @@ def test_settings_validation_and_defaults():
         GenSettings(caption_order="left")
     with pytest.raises(ValueError, match="caption_image must be one of"):
         GenSettings(caption_image="image")
+    with pytest.raises(ValueError, match="caption_image_scale must be >= 0 and needs"):
+        GenSettings(caption_image="null", caption_image_scale=2.0)
     with pytest.raises(ValueError, match="caption_temperature must be >= 0"):
         GenSettings(caption_temperature=-0.5)
-    new = ("caption_image", "caption_temperature", "caption_order")
+    new = ("caption_image", "caption_temperature", "caption_order", "caption_image_scale")
     assert GenSettings.from_json({k: v for k, v in s.to_json().items() if k not in new}) == s  # older run.json
 
 
 def test_cli_flags_reach_the_settings():
     args = cli._parser().parse_args(["--task", "pfitb", "--checkpoint", "x", "--out", "y", "--caption-image",
-                                     "generated", "--caption-temperature", "0", "--caption-order", "confidence"])
+                                     "generated", "--caption-temperature", "0", "--caption-order", "confidence",
+                                     "--caption-image-scale", "2"])
     s = cli.settings_from_args(args)
     assert s.caption_image == "generated" and s.caption_temperature == 0.0 and s.caption_order == "confidence"
+    assert s.caption_image_scale == 2.0
     s = cli.settings_from_args(cli._parser().parse_args(["--task", "gor", "--checkpoint", "x", "--out", "y"]))
     assert s.caption_image == "context" and s.caption_temperature == 1.0
 

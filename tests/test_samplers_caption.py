@@ -178,6 +178,17 @@ def test_confidence_step_commits_the_surest_first():
     np.testing.assert_array_equal(np.asarray(got), [[0, 1, 0, 2]])
 
 
+def test_guided_logits_known_answer():
+    """log p_c + s (log p_c - log p_u) on hand-made logits; scale 0 is p_c itself."""
+    lc, lu = jnp.log(jnp.asarray([[[0.5, 0.25, 0.25]]])), jnp.log(jnp.asarray([[[0.25, 0.5, 0.25]]]))
+    g = mc.guided_logits_fn(lambda x: lc * 3 + 1.0, lambda x: lu - 2.0, 2.0)(None)  # raw logits: renormalised
+    lc3 = np.log(np.asarray([0.5 ** 3, 0.25 ** 3, 0.25 ** 3]) / (0.5 ** 3 + 2 * 0.25 ** 3))
+    want = lc3 + 2.0 * (lc3 - np.log([0.25, 0.5, 0.25]))
+    np.testing.assert_allclose(np.asarray(g)[0, 0], want, rtol=1e-5, atol=1e-5)
+    g0 = mc.guided_logits_fn(lambda x: lc, lambda x: lu, 0.0)(None)
+    np.testing.assert_allclose(np.asarray(g0), np.asarray(lc), atol=1e-6)
+
+
 def test_tempered_known_answers():
     p = jnp.asarray([[0.5, 0.3, 0.2, 0.0]])
     np.testing.assert_allclose(np.asarray(mc.tempered(p, 0.0)), [[1, 0, 0, 0]])

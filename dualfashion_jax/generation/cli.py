@@ -6,7 +6,7 @@
       [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
       [--caption-image context|generated|null] [--caption-temperature 1] [--caption-order random|confidence] \
-      [--caption-checkpoint STAGE3_WORKDIR] \
+      [--caption-image-scale 0] [--caption-checkpoint STAGE3_WORKDIR] \
       [--context-sample] [--gor-offset mlp|projector] [--original-layout] [--dvbpr WORKDIR --dvbpr-eta 0.1]
   dualfashion-jax generate --task design --checkpoint WORKDIR --dvbpr DVBPR_WORKDIR --out results/design \
       [--strength 0.6] [--dvbpr-eta 1] [--guidance cfg|none] [--scales 4] [--steps 28] [--max-rows K]
@@ -33,8 +33,8 @@ from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 # flags that override the same-named field of the generation config (configs/generate.py)
 CONFIG_FLAGS = ("num_images", "num_captions", "seed", "steps", "shift", "guidance", "scales", "guidance_interval",
                 "caption_steps", "template", "caption_cond", "caption_image", "caption_temperature", "caption_order",
-                "mask_padding", "context_sample", "match_train_input", "guidance_space", "original_guidance",
-                "gor_offset", "dvbpr_eta")
+                "caption_image_scale", "mask_padding", "context_sample", "match_train_input", "guidance_space",
+                "original_guidance", "gor_offset", "dvbpr_eta")
 DESIGN_TASK = "design"
 
 
@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="config: caption tokens drawn from p^(1/T); 0 = argmax tokens; 1 (original)")
     p.add_argument("--caption-order", choices=ORDERS,
                    help="config: caption unmasking order: the original random race, or most probable first; random")
+    p.add_argument("--caption-image-scale", type=float,
+                   help="config: caption guidance toward the image stream vs the null tokens (2 passes); 0 = off")
     p.add_argument("--caption-checkpoint", default=None,
                    help="a stage-3 workdir whose model and T5 write the captions (same tokenizer and latents; "
                         "default: --checkpoint's)")

@@ -35,7 +35,7 @@ from dualfashion_jax.models import mmdit
 from dualfashion_jax.models import vae as vae_lib
 from dualfashion_jax.samplers import score_guidance
 from dualfashion_jax.samplers.flow_euler import initial_noise, sample_images
-from dualfashion_jax.samplers.masked_caption import caption_logits_fn, sample_caption
+from dualfashion_jax.samplers.masked_caption import caption_logits_fn, guided_logits_fn, sample_caption
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 
 # keys of a `sample` batch (all [C, ...]); see `Programs.sample`
@@ -157,8 +157,11 @@ class Programs:
         if s.caption_cond == "original":
             segs.append(cond.encode_segment(t5, b["tmpl_ids"], b["tmpl_mask"]))  # T5(masked template), §5.2
         length = b["tmpl_ids"].shape[1]
-        logits_fn = caption_logits_fn(model, t5, caption_image(s.caption_image, ctx, lat, n, m),
-                                      [rep(x, m) for x in segs], length)
+        segs = [rep(x, m) for x in segs]
+        logits_fn = caption_logits_fn(model, t5, caption_image(s.caption_image, ctx, lat, n, m), segs, length)
+        if s.caption_image_scale:  # guidance toward the image stream, against the null tokens
+            logits_fn = guided_logits_fn(logits_fn, caption_logits_fn(model, t5, None, segs, length),
+                                         s.caption_image_scale)
         keys = sample_key(s.seed, rep(b["uid"], m), rep(b["oid"], m), b["caption_idx"].reshape(-1), STREAM_CAPTION)
         ids = sample_caption(logits_fn, rep(b["tmpl_ids"], m), rep(b["tmpl_mask"], m), rep(b["tmpl_labels"], m),
                              mask_id=self.bundle.tokenizer.mask_id, key=keys, steps=s.caption_steps,

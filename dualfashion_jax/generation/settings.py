@@ -45,6 +45,7 @@ class GenSettings:
     caption_image: str = "context"    # see CAPTION_IMAGES; caption j of a blank reads image j % num_images
     caption_temperature: float = 1.0  # caption token draws from p^(1/T) (1: the original; 0: argmax tokens)
     caption_order: str = "random"     # unmasking order: the original race | "confidence" (most probable first)
+    caption_image_scale: float = 0.0  # > 0: caption guidance toward its image stream vs the null tokens (0 = off)
     mask_padding: bool = False        # True: the original prior also masks padding (spec §7.2 item 11)
     context_sample: bool = False      # False: VAE posterior MEAN for context items (fix of §7.2 item 16)
     gor_offset: str = "mlp"           # GOR: trained MatchingMLP (fix of §7.2 item 13) | original projector/gate
@@ -63,6 +64,9 @@ class GenSettings:
             raise ValueError(f"GenSettings.caption_image must be one of {CAPTION_IMAGES}, got {self.caption_image!r}")
         if not self.caption_temperature >= 0:
             raise ValueError(f"GenSettings.caption_temperature must be >= 0, got {self.caption_temperature!r}")
+        if not self.caption_image_scale >= 0 or (self.caption_image_scale and self.caption_image == "null"):
+            raise ValueError(f"GenSettings.caption_image_scale must be >= 0 and needs caption_image context or "
+                             f"generated, got {self.caption_image_scale!r} with {self.caption_image!r}")
         if self.caption_order not in ORDERS:
             raise ValueError(f"GenSettings.caption_order must be one of {ORDERS}, got {self.caption_order!r}")
         if self.gor_offset not in GOR_OFFSETS:
@@ -121,7 +125,8 @@ def from_config(c: mlc.ConfigDict) -> GenSettings:
                        guidance=GuidanceConfig(**g), caption_steps=c.caption_steps, template_source=c.template,
                        caption_cond=c.caption_cond, caption_image=c.get("caption_image", "context"),
                        caption_temperature=float(c.get("caption_temperature", 1.0)),
-                       caption_order=c.get("caption_order", "random"), mask_padding=c.mask_padding,
+                       caption_order=c.get("caption_order", "random"),
+                       caption_image_scale=float(c.get("caption_image_scale", 0.0)), mask_padding=c.mask_padding,
                        context_sample=c.context_sample,
                        gor_offset=c.gor_offset, score=ScoreGuidanceConfig(eta=eta))
 

@@ -71,6 +71,15 @@ def caption_logits_fn(model_fn: Callable[..., tuple[Any, Any]], t5_fn: Callable[
     return logits_fn
 
 
+def guided_logits_fn(cond_fn: LogitsFn, uncond_fn: LogitsFn, scale: float) -> LogitsFn:
+    """Classifier-free guidance on the caption (not the original): log p_c + scale (log p_c - log p_u) [B, L, V],
+    e.g. p_c with the image stream and p_u with the null tokens, so values follow the image more."""
+    def logits_fn(x_t):
+        lc, lu = jax.nn.log_softmax(cond_fn(x_t), -1), jax.nn.log_softmax(uncond_fn(x_t), -1)
+        return lc + scale * (lc - lu)
+    return logits_fn
+
+
 def _probs(logits_fn: LogitsFn, x: jax.Array, mask_id: int) -> jax.Array:
     logits = logits_fn(x)[:, : x.shape[1]]  # [B, L, V]
     return jnp.exp(masked_text.subs_log_probs(logits, x, mask_id))
