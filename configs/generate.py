@@ -36,5 +36,9 @@ def get_config(arg=None):
     c.caption_steps = 64
     c.template = "budget"               # GT-free length budget (§7.2 item 12) | ground_truth (the original)
     c.caption_cond = "original"         # [pref, sent, T5(template)] (original) | [pref, sent] (training)
+    c.caption_image = "context"         # caption's image stream: context mean (original) | generated | null
+    c.caption_temperature = 1.0         # caption tokens from p^(1/T); 0 = argmax tokens; 1 = the original
+    c.caption_order = "random"          # caption unmasking: the original race | confidence (most probable first)
+    c.caption_image_scale = 0.0         # caption guidance toward the image stream vs null tokens; 0 = off
     c.mask_padding = False              # the original caption prior (also masks padding, §7.2 item 11)
     return c

@@ -34,6 +34,11 @@ def test_caption_colour_scores_against_image_and_preference():
     image = np.array([0, 0, 7, 3, 7])
     out = cm.caption_colour_scores(caps, image, np.array([10, 10, 11, 11, 11]), np.array([0, 1, 0, 1, 1]), truth)
     assert out["caption_colour_image"] == pytest.approx(2 / 5)  # red = red, black = black
+    # random pairing: P_cap(red) P_img(red) + P_cap(black) P_img(black) = 1/5 * 2/5 + 1/5 * 2/5
+    assert out["caption_colour_image_chance"] == pytest.approx(4 / 25)
+    assert out["caption_colour_image_lift"] == pytest.approx(0.4 / 0.16)
+    const = cm.caption_colour_scores([_cap("black")] * 5, image, np.array([10] * 5), np.zeros(5, np.int64), truth)
+    assert const["caption_colour_image"] == pytest.approx(2 / 5) and const["caption_colour_image_lift"] == 1.0
     assert out["caption_pref_colour_match"] == pytest.approx(3 / 5)  # red (fav 0), orange (fav 1), black (fav 7)
     assert out["caption_pref_colour_chance"] == pytest.approx(1 / 8)
     assert out["caption_pref_colour_lift"] == pytest.approx(0.6 * 8)

@@ -155,14 +155,20 @@ def caption_colours(captions: Sequence[str | None]) -> np.ndarray:
 
 def caption_colour_scores(captions: Sequence[str | None], image_colour: np.ndarray, uids: np.ndarray,
                           categories: np.ndarray, truth) -> dict[str, float]:
-    """Caption colour vs the oracle's colour of the same image [N], and vs the user's favourite colour of the
-    requested category (match, chance = the non-personalised prior's rate, lift)."""
+    """Caption colour vs the oracle's colour of the same image [N] (match; chance = the match rate if captions and
+    images were paired at random with the same colour frequencies, sum_c P_caption(c) P_image(c); lift), and vs
+    the user's favourite colour of the requested category (match, chance = the non-personalised prior's rate, lift).
+    The image chance exposes captions that name one colour for everything (a constant caption scores its share)."""
     colours = caption_colours(captions)
     if colours.shape != np.asarray(image_colour).shape:
         raise ValueError(f"caption_colour_scores: {colours.shape[0]} captions for {np.asarray(image_colour).shape} "
                          "decoded image colours")
     pref = preference_match({"colour": colours}, uids, categories, truth)
-    return {"caption_colour_image": float(np.mean(colours == np.asarray(image_colour))),
+    image_colour = np.asarray(image_colour)
+    match = float(np.mean(colours == image_colour))
+    chance = float(sum(np.mean(colours == c) * np.mean(image_colour == c) for c in np.unique(image_colour)))
+    return {"caption_colour_image": match, "caption_colour_image_chance": chance,
+            "caption_colour_image_lift": match / chance if chance > 0 else float("nan"),
             **{f"caption_{k}": v for k, v in pref.items()}}
 
 

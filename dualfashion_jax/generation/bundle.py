@@ -10,6 +10,9 @@ Sources, in this order:
                     the same seeded random init training used).
   converted         `<dir>/{transformer, t5, vae, tokenizer}` (`dualfashion-jax convert ...` outputs + the T5
                     tokenizer folder), or `<dir>` = the converted transformer with t5=/vae=/tokenizer= given.
+Caption model (`with_captioner`, opt-in): the caption branch may run another stage-3 model with its own T5 (e.g. a
+caption model fine-tuned on a pretrained stand-in T5 while the images keep the random-T5 model, docs/demo_captions.md);
+it must share the tokenizer, the latent shape and the VAE.
 Caption template budget (`value_lengths`): the median value token length per attribute over the dataset's
 item captions (samplers/templates.py), else DEFAULT_VALUE_LENGTH tokens per value.
 """
@@ -22,6 +25,7 @@ import pathlib
 import warnings
 from typing import Any
 
+import jax
 import ml_collections as mlc
 import numpy as np
 from flax import nnx
@@ -52,6 +56,7 @@ class Bundle:
     value_lengths: dict[str, int] | int = DEFAULT_VALUE_LENGTH
     data_dir: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    captioner: tuple[mmdit.DualMMDiT, t5_lib.T5Encoder] | None = None  # the caption branch's (model, T5); None: ours
 
     def __post_init__(self):
         check_compatible(self.model, self.t5, self.vae, self.tokenizer, where=self.info.get("source", "bundle"))
@@ -80,6 +85,28 @@ def check_compatible(model, t5, vae, tok, *, where: str) -> None:
         errs.append(f"tokenizer vocab {tok.vocab_size} ({tok.source}) > T5 embedding rows {t5.cfg.vocab_size}")
     if errs:
         raise BundleError(f"{where}: checkpoint/config mismatch: " + "; ".join(errs))
+
+
+def with_captioner(bundle: Bundle, other: Bundle) -> Bundle:
+    """`bundle` whose caption branch runs `other`'s model and T5 (same tokenizer ids, latent shape and VAE weights
+    required: the caption model reads the image model's latents)."""
+    a, b = bundle.tokenizer, other.tokenizer
+    probe = ['{"Color": "navy blue", "Material": "polka dot chiffon"}']
+    errs = []
+    if (a.vocab_size, a.mask_id) != (b.vocab_size, b.mask_id) or not np.array_equal(a.encode(probe)[0],
+                                                                                  b.encode(probe)[0]):
+        errs.append(f"tokenizer {b.source} != {a.source}")
+    ca, cb = bundle.model.config, other.model.config
+    if (ca.latent_hw, ca.in_channels) != (cb.latent_hw, cb.in_channels):
+        errs.append(f"latent {cb.latent_hw} x {cb.in_channels} != {ca.latent_hw} x {ca.in_channels}")
+    va, vb = (jax.tree.leaves(nnx.state(m.vae)) for m in (bundle, other))
+    if len(va) != len(vb) or any(x.shape != y.shape or not np.array_equal(x, y) for x, y in zip(va, vb)):
+        errs.append("VAE weights differ")
+    if errs:
+        raise BundleError(f"caption model {other.info.get('source', '<in-memory>')}: does not fit the image model "
+                          f"{bundle.info.get('source', '<in-memory>')}: " + "; ".join(errs))
+    info = {**bundle.info, "caption_model": {k: other.info.get(k) for k in ("source", "step", "ema", "t5")}}
+    return dataclasses.replace(bundle, captioner=(other.model, other.t5), info=info)
 
 
 # --------------------------------------------------------------------------------------------------- entry

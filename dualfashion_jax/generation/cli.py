@@ -5,6 +5,8 @@
       [--guidance four_way|cfg|none] [--scales 8,7,8] [--guidance-interval 0,1] [--caption-steps 64] \
       [--rows-per-batch 4] [--max-rows K] \
       [--ema/--no-ema] [--param-sharding dp|fsdp] [--template budget|ground_truth] [--caption-cond original|train] \
+      [--caption-image context|generated|null] [--caption-temperature 1] [--caption-order random|confidence] \
+      [--caption-image-scale 0] [--caption-checkpoint STAGE3_WORKDIR] \
       [--context-sample] [--gor-offset mlp|projector] [--original-layout] [--dvbpr WORKDIR --dvbpr-eta 0.1]
   dualfashion-jax generate --task design --checkpoint WORKDIR --dvbpr DVBPR_WORKDIR --out results/design \
       [--strength 0.6] [--dvbpr-eta 1] [--guidance cfg|none] [--scales 4] [--steps 28] [--max-rows K]
@@ -22,15 +24,17 @@ import argparse
 import sys
 
 from dualfashion_jax.generation import settings as settings_lib
-from dualfashion_jax.generation.settings import CAPTION_CONDS, GOR_OFFSETS, TASKS, GenSettings
+from dualfashion_jax.generation.settings import CAPTION_CONDS, CAPTION_IMAGES, GOR_OFFSETS, TASKS, GenSettings
 from dualfashion_jax.samplers.flow_euler import GUIDANCE_MODES
+from dualfashion_jax.samplers.masked_caption import ORDERS
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 
 
 # flags that override the same-named field of the generation config (configs/generate.py)
 CONFIG_FLAGS = ("num_images", "num_captions", "seed", "steps", "shift", "guidance", "scales", "guidance_interval",
-                "caption_steps", "template", "caption_cond", "mask_padding", "context_sample", "match_train_input",
-                "guidance_space", "original_guidance", "gor_offset", "dvbpr_eta")
+                "caption_steps", "template", "caption_cond", "caption_image", "caption_temperature", "caption_order",
+                "caption_image_scale", "mask_padding", "context_sample", "match_train_input", "guidance_space",
+                "original_guidance", "gor_offset", "dvbpr_eta")
 DESIGN_TASK = "design"
 
 
@@ -64,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-cond", choices=CAPTION_CONDS,
                    help="config: caption conditioning: [pref, sent, T5(template)] (original) or [pref, sent] "
                         "(training); original")
+    p.add_argument("--caption-image", choices=CAPTION_IMAGES,
+                   help="config: the caption branch's image stream: context mean (original), the blank's own "
+                        "generated image, or null tokens; context")
+    p.add_argument("--caption-temperature", type=float,
+                   help="config: caption tokens drawn from p^(1/T); 0 = argmax tokens; 1 (original)")
+    p.add_argument("--caption-order", choices=ORDERS,
+                   help="config: caption unmasking order: the original random race, or most probable first; random")
+    p.add_argument("--caption-image-scale", type=float,
+                   help="config: caption guidance toward the image stream vs the null tokens (2 passes); 0 = off")
+    p.add_argument("--caption-checkpoint", default=None,
+                   help="a stage-3 workdir whose model and T5 write the captions (same tokenizer and latents; "
+                        "default: --checkpoint's)")
     p.add_argument("--mask-padding", action="store_true", default=None,
                    help="config: original caption prior (also masks padding)")
     p.add_argument("--context-sample", action="store_true", default=None,
@@ -158,6 +174,9 @@ def main(argv: list[str]) -> int:
 
         b = bundle_lib.load_bundle(args.checkpoint, ema=args.ema, data=args.data, t5=args.t5, vae=args.vae,
                                    tokenizer=args.tokenizer, dtype=args.dtype)
+        if args.caption_checkpoint:
+            cap = bundle_lib.load_bundle(args.caption_checkpoint, ema=args.ema, data=args.data, dtype=args.dtype)
+            b = bundle_lib.with_captioner(b, cap)
         dv, dv_info = _load_dvbpr(args.dvbpr, design or settings.score.eta > 0,
                                   "--task design" if design else f"--dvbpr-eta {settings.score.eta}")
         if design:

@@ -76,6 +76,8 @@ def run(task: str, bundle, settings: GenSettings, *, out, split: str = "test", d
     run_info = {"task": task, "split": split, "data": str(inputs.ds.root.resolve()), "sampler": settings.to_json(),
                 "model": bundle.info.get("source", "<in-memory>"), "step": bundle.info.get("step"),
                 "ema": bundle.info.get("ema"), "value_lengths": bundle.value_lengths}
+    if bundle.captioner is not None:  # only then: run.json of single-model runs stays as before
+        run_info["caption_model"] = bundle.info.get("caption_model")
     if settings.score.eta > 0:  # only then: run.json of runs without DVBPR stays as before
         run_info["dvbpr"] = dvbpr_info or {"source": "<in-memory>"}
     run_path = out / RUN_FILE

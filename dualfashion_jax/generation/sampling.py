@@ -6,7 +6,8 @@ axis, split over the mesh's batch axes (data, fsdp); the model/T5/VAE states are
   encode   uint8 context images [C, K, S, S, 3] -> latents [C, K, h, w, ch] (posterior mean or per-row sample)
   sample   -> N image latents [C, N, h, w, ch] (Euler + guidance, spec §5.1) and M caption ids [C, M, L] (§5.2);
            with `start_step` k > 0 the image chains start from given clean latents noised to sigma_k (SDEdit,
-           `design.noised`) and run steps k..n-1 (sessions' image-grounded "more like #k")
+           `design.noised`) and run steps k..n-1 (sessions' image-grounded "more like #k"); the captions read the
+           context mean (the original) or their own generated image (`GenSettings.caption_image`)
   decode   latents [C, N, h, w, ch] -> uint8 images [C, N, S, S, 3]
 Every random draw is keyed per chain by (seed, uid, oid, sample index, stream) (`settings.sample_key`,
 `flow_euler.initial_noise`), so results do not depend on the batch size, padding or device count.
@@ -34,7 +35,7 @@ from dualfashion_jax.models import mmdit
 from dualfashion_jax.models import vae as vae_lib
 from dualfashion_jax.samplers import score_guidance
 from dualfashion_jax.samplers.flow_euler import initial_noise, sample_images
-from dualfashion_jax.samplers.masked_caption import caption_logits_fn, sample_caption
+from dualfashion_jax.samplers.masked_caption import caption_logits_fn, guided_logits_fn, sample_caption
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 
 # keys of a `sample` batch (all [C, ...]); see `Programs.sample`
@@ -73,6 +74,8 @@ class Programs:
         self.rules = table = rules_lib.get(rules)
         self.graphs, self.states = {}, {}
         mods = [("model", bundle.model), ("t5", bundle.t5), ("vae", bundle.vae)]
+        if bundle.captioner is not None:  # the caption branch's own model and T5 (bundle.with_captioner)
+            mods += [("cap_model", bundle.captioner[0]), ("cap_t5", bundle.captioner[1])]
         if settings.score.eta > 0:
             if dvbpr is None:
                 raise ValueError(f"DVBPR preference guidance (eta {settings.score.eta}, --dvbpr-eta) needs a trained "
@@ -146,15 +149,24 @@ class Programs:
             hook = score_guidance.guide(score, s.score)
         lat = sample_images(model, x0, rep(off, n), rep(neg, n), rep(sent, n), rep(pref, n), g,
                             target_role=r_t, velocity_hook=hook, start_step=self.start_step)  # [C*N, h, w, ch]
+        if "cap_model" in states:  # the caption model reads its own T5's vectors
+            model, t5 = self._merge(states, "cap_model"), self._merge(states, "cap_t5")
+            pref = cond.encode_segment(t5, b["pref_ids"], b["pref_mask"])
+            sent = cond.encode_segment(t5, b["sent_ids"], b["sent_mask"])
         segs = [pref, sent]
         if s.caption_cond == "original":
             segs.append(cond.encode_segment(t5, b["tmpl_ids"], b["tmpl_mask"]))  # T5(masked template), §5.2
         length = b["tmpl_ids"].shape[1]
-        logits_fn = caption_logits_fn(model, t5, rep(ctx, m), [rep(x, m) for x in segs], length)
+        segs = [rep(x, m) for x in segs]
+        logits_fn = caption_logits_fn(model, t5, caption_image(s.caption_image, ctx, lat, n, m), segs, length)
+        if s.caption_image_scale:  # guidance toward the image stream, against the null tokens
+            logits_fn = guided_logits_fn(logits_fn, caption_logits_fn(model, t5, None, segs, length),
+                                         s.caption_image_scale)
         keys = sample_key(s.seed, rep(b["uid"], m), rep(b["oid"], m), b["caption_idx"].reshape(-1), STREAM_CAPTION)
         ids = sample_caption(logits_fn, rep(b["tmpl_ids"], m), rep(b["tmpl_mask"], m), rep(b["tmpl_labels"], m),
                              mask_id=self.bundle.tokenizer.mask_id, key=keys, steps=s.caption_steps,
-                             mask_padding=s.mask_padding)
+                             mask_padding=s.mask_padding, temperature=s.caption_temperature,
+                             order=s.caption_order)
         return lat.reshape((c, n) + lat.shape[1:]), ids.reshape(c, m, length)
 
     def _decode_fn(self, states, latents):
@@ -210,6 +222,19 @@ class Programs:
         with self.traced():
             out = self._decode(self.states, self._put(latents))
         return self._get(out)
+
+
+def caption_image(mode: str, ctx: jax.Array, lat: jax.Array, n: int, m: int) -> jax.Array | None:
+    """The caption branch's image stream for C chains x M captions, [C*M, h, w, ch] (None: the null tokens):
+    the context mean [C, h, w, ch] (the original), or caption j reads generated image j % N of lat [C*N, ...]."""
+    if mode == "context":
+        return jnp.repeat(ctx, m, axis=0)
+    if mode == "null":
+        return None
+    if mode == "generated":
+        own = lat.reshape((-1, n) + lat.shape[1:])[:, np.arange(m) % n]  # [C, M, h, w, ch]
+        return own.reshape((-1,) + lat.shape[1:])
+    raise ValueError(f"caption image stream {mode!r}: expected one of context, generated, null")
 
 
 def pad_rows(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -17,11 +17,15 @@ import numpy as np
 
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.samplers.flow_euler import GuidanceConfig
+from dualfashion_jax.samplers.masked_caption import ORDERS
 from dualfashion_jax.samplers.score_guidance import ScoreGuidanceConfig
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 
 TASKS = ("pfitb", "gor")
 CAPTION_CONDS = ("original", "train")  # [pref, sent, T5(masked template)] (spec §5.2) | [pref, sent] (training)
+# the caption branch's image stream: the context mean (spec §5.3, the original) | the blank's own generated image
+# (clean, t = 0, as stage 1's i2t: the caption can name what was drawn) | the null tokens (as stage 3 trains)
+CAPTION_IMAGES = ("context", "generated", "null")
 GOR_OFFSETS = ("mlp", "projector")
 # Streams folded after (seed, uid, oid, sample): keep image noise, captions, context samples and GOR orders apart.
 STREAM_CAPTION, STREAM_CONTEXT, STREAM_ORDER = 1, 2, 3
@@ -38,6 +42,10 @@ class GenSettings:
     caption_steps: int = 64
     template_source: str = "budget"   # GT-free length budget (fix of spec §7.2 item 12) | "ground_truth"
     caption_cond: str = "original"
+    caption_image: str = "context"    # see CAPTION_IMAGES; caption j of a blank reads image j % num_images
+    caption_temperature: float = 1.0  # caption token draws from p^(1/T) (1: the original; 0: argmax tokens)
+    caption_order: str = "random"     # unmasking order: the original race | "confidence" (most probable first)
+    caption_image_scale: float = 0.0  # > 0: caption guidance toward its image stream vs the null tokens (0 = off)
     mask_padding: bool = False        # True: the original prior also masks padding (spec §7.2 item 11)
     context_sample: bool = False      # False: VAE posterior MEAN for context items (fix of §7.2 item 16)
     gor_offset: str = "mlp"           # GOR: trained MatchingMLP (fix of §7.2 item 13) | original projector/gate
@@ -52,6 +60,15 @@ class GenSettings:
             raise ValueError(f"GenSettings.template_source must be one of {TEMPLATE_SOURCES}, got {self.template_source!r}")
         if self.caption_cond not in CAPTION_CONDS:
             raise ValueError(f"GenSettings.caption_cond must be one of {CAPTION_CONDS}, got {self.caption_cond!r}")
+        if self.caption_image not in CAPTION_IMAGES:
+            raise ValueError(f"GenSettings.caption_image must be one of {CAPTION_IMAGES}, got {self.caption_image!r}")
+        if not self.caption_temperature >= 0:
+            raise ValueError(f"GenSettings.caption_temperature must be >= 0, got {self.caption_temperature!r}")
+        if not self.caption_image_scale >= 0 or (self.caption_image_scale and self.caption_image == "null"):
+            raise ValueError(f"GenSettings.caption_image_scale must be >= 0 and needs caption_image context or "
+                             f"generated, got {self.caption_image_scale!r} with {self.caption_image!r}")
+        if self.caption_order not in ORDERS:
+            raise ValueError(f"GenSettings.caption_order must be one of {ORDERS}, got {self.caption_order!r}")
         if self.gor_offset not in GOR_OFFSETS:
             raise ValueError(f"GenSettings.gor_offset must be one of {GOR_OFFSETS}, got {self.gor_offset!r}")
 
@@ -106,7 +123,11 @@ def from_config(c: mlc.ConfigDict) -> GenSettings:
         raise ValueError(f"--dvbpr-eta {eta}: must be >= 0 (0 = no DVBPR preference guidance)")
     return GenSettings(num_images=c.num_images, num_captions=c.num_captions, seed=c.seed,
                        guidance=GuidanceConfig(**g), caption_steps=c.caption_steps, template_source=c.template,
-                       caption_cond=c.caption_cond, mask_padding=c.mask_padding, context_sample=c.context_sample,
+                       caption_cond=c.caption_cond, caption_image=c.get("caption_image", "context"),
+                       caption_temperature=float(c.get("caption_temperature", 1.0)),
+                       caption_order=c.get("caption_order", "random"),
+                       caption_image_scale=float(c.get("caption_image_scale", 0.0)), mask_padding=c.mask_padding,
+                       context_sample=c.context_sample,
                        gor_offset=c.gor_offset, score=ScoreGuidanceConfig(eta=eta))
 
 

@@ -4,6 +4,12 @@ Prior: template tokens where kept, MASK elsewhere. For t on linspace(1, 1e-5, st
 p = exp(SUBS log-probs(model(x))), q(v) = p(v)(t - s), q(MASK) = s, draw argmax(q / E) with
 E = 1e-10 - log(U + 1e-10), U ~ U(0,1) (the original's exponential race); positions already unmasked are
 copied through. Finally any MASK left becomes argmax p.
+`temperature` T != 1 (not the original) draws the tokens from p^(1/T) renormalised, T = 0 from the one-hot argmax
+of p; when a position is unmasked stays the original's race (q(MASK) = s vs t - s), only which token changes.
+`order="confidence"` (not the original; MaskGIT-style) replaces that race: each step draws a token for every
+masked position (from p^(1/T), same exponential race without the MASK column) and unmasks the most probable
+ones, leaving floor(N_b * s) of row b's N_b label positions masked (the race's expected count at s), so values
+are committed where the model is surest first.
 
 The original reuses p when a step changed nothing (the model is time-agnostic). Recomputing gives the
 same p, so `use_cache=True` keeps that optimisation exactly with a `lax.cond` (one branch runs on
@@ -30,6 +36,7 @@ from dualfashion_jax.diffusion.conditioning import concat_segments
 from dualfashion_jax.diffusion.pure_fn import as_pure
 
 LogitsFn = Callable[[jax.Array], jax.Array]  # x_t [B, L] int32 -> logits [B, >=L, V]
+ORDERS = ("random", "confidence")  # which masked positions a step unmasks: the original race | most probable first
 
 
 def caption_prior(template_ids: jax.Array, attention_mask: jax.Array, label_mask: jax.Array, mask_id: int,
@@ -64,9 +71,29 @@ def caption_logits_fn(model_fn: Callable[..., tuple[Any, Any]], t5_fn: Callable[
     return logits_fn
 
 
+def guided_logits_fn(cond_fn: LogitsFn, uncond_fn: LogitsFn, scale: float) -> LogitsFn:
+    """Classifier-free guidance on the caption (not the original): log p_c + scale (log p_c - log p_u) [B, L, V],
+    e.g. p_c with the image stream and p_u with the null tokens, so values follow the image more."""
+    def logits_fn(x_t):
+        lc, lu = jax.nn.log_softmax(cond_fn(x_t), -1), jax.nn.log_softmax(uncond_fn(x_t), -1)
+        return lc + scale * (lc - lu)
+    return logits_fn
+
+
 def _probs(logits_fn: LogitsFn, x: jax.Array, mask_id: int) -> jax.Array:
     logits = logits_fn(x)[:, : x.shape[1]]  # [B, L, V]
     return jnp.exp(masked_text.subs_log_probs(logits, x, mask_id))
+
+
+def tempered(p: jax.Array, temperature: float) -> jax.Array:
+    """p^(1/T) renormalised over the last axis [.., V]; T = 1 returns p, T = 0 the one-hot argmax of p."""
+    if temperature < 0:
+        raise ValueError(f"sample_caption: temperature must be >= 0, got {temperature}")
+    if temperature == 1.0:
+        return p
+    if temperature == 0.0:
+        return jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=p.dtype)
+    return jax.nn.softmax(jnp.log(jnp.maximum(p, 1e-30)) / temperature, axis=-1)
 
 
 def _uniform(key: jax.Array, i, shape: tuple[int, ...]) -> jax.Array:
@@ -78,18 +105,35 @@ def _uniform(key: jax.Array, i, shape: tuple[int, ...]) -> jax.Array:
     return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i), shape[1:]))(key)
 
 
+def confidence_step(x: jax.Array, p_tok: jax.Array, p: jax.Array, e: jax.Array, n0: jax.Array, s: jax.Array,
+                    mask_id: int) -> jax.Array:
+    """One `order="confidence"` step: x [B, L], token weights p_tok and probs p [B, L, V], race noise e [B, L, V],
+    initial masked counts n0 [B], next time s -> x with all but floor(n0 * s) masked positions committed."""
+    masked = x == mask_id  # [B, L]
+    w = jnp.where(jnp.arange(p.shape[-1]) == mask_id, 0.0, p_tok)
+    tok = jnp.argmax(w / e, axis=-1).astype(jnp.int32)  # [B, L]
+    conf = jnp.where(masked, jnp.take_along_axis(p, tok[..., None], axis=-1)[..., 0], -jnp.inf)
+    left = jnp.minimum(jnp.floor(n0 * s).astype(jnp.int32), masked.sum(-1))  # [B] positions to leave masked
+    rank = jnp.argsort(jnp.argsort(-conf, axis=-1, stable=True), axis=-1, stable=True)  # 0 = most confident
+    commit = masked & (rank < (masked.sum(-1) - left)[:, None])
+    return jnp.where(commit, tok, x)
+
+
 def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask: jax.Array, label_mask: jax.Array,
                    *, mask_id: int, key: jax.Array | None = None, uniforms: jax.Array | None = None,
                    steps: int = 64, t_min: float = 1e-5, mask_padding: bool = False,
-                   use_cache: bool = True) -> jax.Array:
+                   use_cache: bool = True, temperature: float = 1.0, order: str = "random") -> jax.Array:
     """Samples caption token ids int32 [B, L] (no MASK left).
 
     Randomness: `key` (U for step i from fold_in(key, i)), a batch of keys [B] (row b draws from
     fold_in(key[b], i): each row's caption is independent of the batch it is in, as generation needs for
     batching/sharding invariance) or explicit `uniforms` [steps, B, L, V] (tests).
     logits_fn runs inside lax.fori_loop/cond: build it with `caption_logits_fn` (or keep it free of NNX modules
-    created outside, see diffusion/pure_fn.py).
+    created outside, see diffusion/pure_fn.py). `temperature`, `order`: see the module docstring (1 and "random"
+    are the original).
     """
+    if order not in ORDERS:
+        raise ValueError(f"sample_caption: order must be one of {ORDERS}, got {order!r}")
     if (key is None) == (uniforms is None):
         raise ValueError("sample_caption: pass exactly one of key= or uniforms=")
     ts, dt = time_grid(steps, t_min)
@@ -101,6 +145,7 @@ def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask:
         raise ValueError(f"sample_caption: uniforms must be [steps, B, L, V] = {(steps,) + p0.shape}, "
                          f"got {uniforms.shape}")
     is_mask_col = jnp.arange(vocab) == mask_id  # [V]
+    n0 = jnp.sum(x == mask_id, axis=-1).astype(jnp.float32)  # [B] label positions to fill
 
     def body(i, carry):
         x, p, fresh = carry
@@ -110,11 +155,14 @@ def sample_caption(logits_fn: LogitsFn, template_ids: jax.Array, attention_mask:
             p = _probs(logits_fn, x, mask_id)
         t = ts[i]
         s = t - dt
-        q = jnp.where(is_mask_col, s, p * (t - s))  # [B, L, V]
         u = uniforms[i] if uniforms is not None else _uniform(key, i, p.shape)
         e = 1e-10 - jnp.log(u + 1e-10)
-        draw = jnp.argmax(q / e, axis=-1).astype(jnp.int32)  # [B, L]
-        x_next = jnp.where(x != mask_id, x, draw)
+        if order == "confidence":
+            x_next = confidence_step(x, tempered(p, temperature), p, e, n0, s, mask_id)
+        else:
+            q = jnp.where(is_mask_col, s, tempered(p, temperature) * (t - s))  # [B, L, V]
+            draw = jnp.argmax(q / e, axis=-1).astype(jnp.int32)  # [B, L]
+            x_next = jnp.where(x != mask_id, x, draw)
         return x_next, p, jnp.all(x_next == x)
 
     x, p, fresh = jax.lax.fori_loop(0, steps, body, (x, p0, jnp.bool_(True)))
