@@ -20,8 +20,9 @@ def get_config(arg=None):
     c = mlc.ConfigDict()
     c.data = dict(num_users=16 if fast else 160, image_size=32)
     # space-to-depth pixel autoencoder (factor, channels: configs/common.py, shared with the MMDiT's in/out channels):
-    # 32 px -> 8 x 8 x 16 latents; 4x4x3 pixel blocks -> their top-16 principal directions (99.3 % variance)
-    c.vae = dict(factor=common.DEMO_VAE_FACTOR, basis="pca", latent_channels=common.DEMO_LATENT_CHANNELS)
+    # 32 px -> 8 x 8 x 16 latents; 4x4x3 pixel blocks -> their top-16 principal directions (99.3 % variance), not
+    # whitened: each channel keeps its pixel energy, so the flow loss weighs errors as the image does (docs/demo.md)
+    c.vae = dict(factor=common.DEMO_VAE_FACTOR, basis="pca_unwhitened", latent_channels=common.DEMO_LATENT_CHANNELS)
     c.tokenizer = dict(vocab_size=200 if fast else 400)  # sentencepiece soft limit; max_length: the stage configs'
     # the frozen text encoder: "pretrained" = the stage configs' small_demo T5 v1.1 trained with span corruption on
     # the demo texts (encoder-decoder, the encoder kept, saved as a converted T5 to OUT/t5; docs/demo.md), "random"
@@ -35,7 +36,7 @@ def get_config(arg=None):
         image_steps=2 if fast else 12,        # Euler steps per image
         caption_steps=2 if fast else 8,       # masked-diffusion caption steps
         guidance="four_way",
-        scales="1,1,12",                      # text, context, preference: v = v_M + 12 (v_P - v_M)
+        scales="1,1,4",                       # text, context, preference: v = v_M + 4 (v_P - v_M) (12: FID 5.11x)
         match_train_input=True,               # sample with the input stage 2 trained on (spec 7.2 item 7): +19 pt
         caption_cond="train",                 # no T5(template) 4th segment (spec 7.2 item 10)
         rows_per_batch=4 if fast else 16)

@@ -11,6 +11,7 @@ Expected: as stage1.py. sd3_medium: global batch 1 (total_steps = the released c
 from dualfashion_jax.core import config as cc
 
 common = cc.sibling(__file__, "common")
+stage1 = cc.sibling(__file__, "stage1")  # DEMO_TRAIN_SHIFT
 
 # demo: 1100 steps fit the 10-minute budget; the preference is learned late (1500 -> 2500 steps lifts it: quality)
 STEPS = dict(tiny=200, demo=1100, demo_quality=2500, demo_fast=8, sd3_medium=57500)
@@ -29,4 +30,5 @@ def get_config(arg=None):
         # P(drop the preference): the original's 0.5 left the preference too rare a cue for the small demo model
         # to learn in 2500 steps (colour lift 1.5x; 0.2: 2.2x). Guidance still gets the preference-free branch.
         c.loss.preference_dropout = 0.2
+        c.loss.shift = stage1.DEMO_TRAIN_SHIFT  # as stage 1: more training steps at high noise
     return c

@@ -134,3 +134,29 @@ def test_pca_basis_is_the_best_rank_c_linear_autoencoder(tmp_path, factor, chann
     pixel_ae.save(pixel_ae.PixelAutoencoder(ae.cfg, proj=w + 0.1), tmp_path / "bad")  # not a PCA basis
     with pytest.raises(ValueError, match="orthogonal columns"):
         load_vae(tmp_path / "bad")
+
+
+def test_unwhitened_pca_keeps_each_component_energy(tmp_path):
+    """basis "pca_unwhitened": the same subspace as "pca" (identical reconstructions), orthonormal columns (latent
+    L2 = pixel L2 of the projected blocks), channel energies in descending order; saves/loads via the VAE loader."""
+    from dualfashion_jax.modeling.vae import load_vae
+
+    u8 = _garments()
+    white = pixel_ae.fit(pixel_ae.PixelAEConfig(factor=4, basis="pca"), u8)
+    plain = pixel_ae.fit(pixel_ae.PixelAEConfig(factor=4, basis="pca_unwhitened"), u8)
+    w = np.asarray(plain.proj[...])  # [48, 16]
+    np.testing.assert_allclose(w.T @ w, np.eye(16), atol=1e-5)  # orthonormal columns: no whitening
+    wv = np.asarray(white.proj[...])
+    np.testing.assert_allclose(wv / np.linalg.norm(wv, axis=0), w, atol=1e-5)  # same directions, same signs
+    x = jnp.asarray(u8.astype(np.float32) / 127.5 - 1.0)
+    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(white(x)), atol=1e-4)  # tolerance: fp32 rounding
+    z = np.asarray(vae.encode_images(plain, u8, sample=False))  # [N, 8, 8, 16] model space
+    assert abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4  # global shift/scale still fitted
+    std = z.reshape(-1, 16).std(0)
+    assert np.all(np.diff(std[:4]) < 0) and std[0] > 3 * std[-1]  # the first components carry the energy
+    pixel_ae.save(plain, tmp_path / "plain")
+    loaded = load_vae(tmp_path / "plain")
+    assert loaded.cfg == plain.cfg
+    np.testing.assert_array_equal(np.asarray(loaded.proj[...]), w)
+    with pytest.raises(ValueError, match="'pca_unwhitened' needs proj of shape"):
+        pixel_ae.PixelAutoencoder(plain.cfg)

@@ -13,6 +13,9 @@ a matrix W [d, latent_channels]: encode z = x W, decode x = z W^T. Two bases:
       category/colour/material from the reconstructions. Each latent pixel carries 16 numbers, not 64, which
       a 64-wide demo MMDiT can denoise at patch size 1, and a generator's error in a minor component is
       scaled down by that component's small s when decoded.
+  "pca_unwhitened": the same top-16 directions without the whitening, W = V (orthonormal columns): a latent
+      channel keeps its component's pixel energy, so the flow loss weighs an error as the decoded image does
+      and the noise drowns the fine components before the block means (coarse-to-fine, as in pixel space).
 The posterior is (nearly) a point mass: logvar = `posterior_logvar` (default -30).
 `shift_factor`/`scaling_factor` play SD3's roles; `fit_scaling` sets them from the demo images (mean 0, std 1).
 Saved like a converted VAE (kind "vae", config with architecture "pixel_s2d"); `modeling.vae` (the one VAE loader)
@@ -36,7 +39,8 @@ from dualfashion_jax.models.vae import DiagonalGaussian, check_nhwc
 from dualfashion_jax.sharding import axes
 
 ARCHITECTURE = "pixel_s2d"
-BASES = ("orthonormal", "pca")
+BASES = ("orthonormal", "pca", "pca_unwhitened")
+FITTED_BASES = ("pca", "pca_unwhitened")  # fitted to the images by `fit_pca`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,7 @@ class PixelAEConfig:
     shift_factor: float = 0.0
     posterior_logvar: float = -30.0  # the (constant) posterior log-variance: a near point mass
     seed: int = 0                   # seed of the orthonormal projection
-    basis: str = "orthonormal"      # "orthonormal" (seeded, exact; f*f*C <= latent_channels) | "pca" (fitted)
+    basis: str = "orthonormal"      # "orthonormal" (seeded, exact; f*f*C <= latent_channels) | FITTED_BASES
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -70,8 +74,8 @@ class PixelAEConfig:
             raise ValueError(f"PixelAEConfig: factor={self.factor} gives {d} channels per latent pixel, more than "
                              f"latent_channels={self.latent_channels} (not invertible); use a smaller factor, more "
                              "latent channels, or basis='pca' (a fitted lossy projection)")
-        if self.basis == "pca" and d < self.latent_channels:
-            raise ValueError(f"PixelAEConfig: basis='pca' needs factor^2 * in_channels = {d} >= latent_channels="
+        if self.basis in FITTED_BASES and d < self.latent_channels:
+            raise ValueError(f"PixelAEConfig: basis={self.basis!r} needs factor^2 * in_channels = {d} >= latent_channels="
                              f"{self.latent_channels}; use basis='orthonormal' (exact) for this factor")
         if self.scaling_factor == 0:
             raise ValueError("PixelAEConfig.scaling_factor must be non-zero")
@@ -127,7 +131,8 @@ def depth_to_space(x: jax.Array, f: int) -> jax.Array:
 
 def fit_pca(cfg: PixelAEConfig, images_uint8: np.ndarray) -> np.ndarray:
     """W [f*f*C, latent_channels] = V diag(1/s): the top right singular vectors V of the images' (uncentred)
-    f x f blocks, each divided by the std s of its coefficient over the blocks (whitening).
+    f x f blocks, each divided by the std s of its coefficient over the blocks (whitening); W = V for
+    basis "pca_unwhitened".
 
     Uncentred because encode/decode have no bias: x V V^T is then the best rank-C reconstruction of the blocks.
     Column signs are fixed (largest entry positive), so the basis is a deterministic function of the images.
@@ -138,6 +143,8 @@ def fit_pca(cfg: PixelAEConfig, images_uint8: np.ndarray) -> np.ndarray:
     _, _, vt = np.linalg.svd(blocks, full_matrices=False)
     w = vt[: cfg.latent_channels].T  # [d, C]
     w = w * np.sign(w[np.abs(w).argmax(0), np.arange(w.shape[1])])[None, :]
+    if cfg.basis == "pca_unwhitened":
+        return np.ascontiguousarray(w).astype(np.float32)
     std = np.maximum((blocks @ w).std(0), 1e-3)  # [C] (a constant direction keeps a finite scale)
     return np.ascontiguousarray(w / std[None, :]).astype(np.float32)
 
@@ -151,7 +158,7 @@ def _decode_matrix(w: jax.Array, basis: str) -> jax.Array:
 class PixelAutoencoder(nnx.Module):
     """`encode(images [-1, 1] NHWC) -> DiagonalGaussian`, `decode(z unscaled) -> images` (linear; see module doc).
 
-    `proj` is the basis W [f*f*C, latent_channels]: required for basis "pca" (from `fit_pca`, or the loader's
+    `proj` is the basis W [f*f*C, latent_channels]: required for the FITTED_BASES (from `fit_pca`, or the loader's
     placeholder before the checkpoint's values are copied in); for "orthonormal" it is built from cfg.seed.
     """
 
@@ -164,7 +171,7 @@ class PixelAutoencoder(nnx.Module):
                 raise ValueError("PixelAutoencoder: basis 'orthonormal' is built from cfg.seed; do not pass proj")
             w = orthonormal_rows(cfg.pixel_channels, cfg.latent_channels, cfg.seed)
         elif proj is None or tuple(np.shape(proj)) != want:
-            raise ValueError(f"PixelAutoencoder: basis 'pca' needs proj of shape {list(want)} (from fit_pca), got "
+            raise ValueError(f"PixelAutoencoder: basis {cfg.basis!r} needs proj of shape {list(want)} (from fit_pca), got "
                              f"{None if proj is None else list(np.shape(proj))}")
         else:
             w = np.asarray(proj, np.float32)
@@ -215,7 +222,7 @@ def fit_scaling(cfg: PixelAEConfig, images_uint8: np.ndarray, proj: np.ndarray |
 
 def fit(cfg: PixelAEConfig, images_uint8: np.ndarray) -> PixelAutoencoder:
     """The autoencoder for `images_uint8` [N, S, S, 3]: its basis (fitted for "pca") and shift/scale (mean 0, std 1)."""
-    proj = fit_pca(cfg, images_uint8) if cfg.basis == "pca" else None
+    proj = fit_pca(cfg, images_uint8) if cfg.basis in FITTED_BASES else None
     return PixelAutoencoder(fit_scaling(cfg, images_uint8, proj), proj=proj)
 
 
@@ -240,6 +247,6 @@ def load(folder: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: An
     if cfg.basis == "orthonormal" and not np.allclose(w, seeded, atol=1e-6):
         raise ValueError(f"{folder}: params/proj differs from the projection of seed {cfg.seed} in {src}")
     gram = w.T.astype(np.float64) @ w
-    if cfg.basis == "pca" and not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-4 * np.abs(gram).max()):
+    if cfg.basis in FITTED_BASES and not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-4 * np.abs(gram).max()):
         raise ValueError(f"{folder}: params/proj of a 'pca' basis must have orthogonal columns (W^T W diagonal)")
     return ae
