@@ -70,6 +70,8 @@ class DemoPlan:
     scales: str
     match_train_input: bool
     caption_cond: str
+    caption_image: str                 # the caption branch's image stream (`generate --caption-image`)
+    caption_temperature: float         # caption token temperature (0 = argmax tokens)
     rows_per_batch: int
     metrics: str                       # PFITB
     gor_metrics: str
@@ -97,6 +99,7 @@ class DemoPlan:
                    preference_dropout=st[1].loss.preference_dropout, gen_rows=g.max_rows, num_images=g.num_images,
                    image_steps=g.image_steps, caption_steps=g.caption_steps, guidance=g.guidance, scales=g.scales,
                    match_train_input=g.match_train_input, caption_cond=g.caption_cond,
+                   caption_image=g.caption_image, caption_temperature=float(g.caption_temperature),
                    rows_per_batch=g.rows_per_batch, metrics=d.evaluate.pfitb_metrics,
                    gor_metrics=d.evaluate.gor_metrics, size=size)
 
@@ -262,7 +265,8 @@ def generate(out: pathlib.Path, plan: DemoPlan, task: str) -> pathlib.Path:
         argv += ["--max-rows", str(plan.gen_rows)]
     if plan.match_train_input:
         argv += ["--match-train-input"]
-    argv += ["--caption-cond", plan.caption_cond]
+    argv += ["--caption-cond", plan.caption_cond, "--caption-image", plan.caption_image,
+             "--caption-temperature", str(plan.caption_temperature)]
     _cli(argv, f"generate {task}")
     return res
 
