@@ -150,7 +150,7 @@ def test_unwhitened_pca_keeps_each_component_energy(tmp_path):
     np.testing.assert_allclose(wv / np.linalg.norm(wv, axis=0), w, atol=1e-5)  # same directions, same signs
     x = jnp.asarray(u8.astype(np.float32) / 127.5 - 1.0)
     np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(white(x)), atol=1e-4)  # tolerance: fp32 rounding
-    z = np.asarray(vae.encode_images(plain, u8, sample=False))  # [N, 8, 8, 16] model space
+    z = np.asarray(latents.encode_images(plain, u8, sample=False))  # [N, 8, 8, 16] model space
     assert abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-4  # global shift/scale still fitted
     std = z.reshape(-1, 16).std(0)
     assert np.all(np.diff(std[:4]) < 0) and std[0] > 3 * std[-1]  # the first components carry the energy
