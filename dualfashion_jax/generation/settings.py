@@ -123,10 +123,12 @@ def from_config(c: mlc.ConfigDict) -> GenSettings:
         raise ValueError(f"--dvbpr-eta {eta}: must be >= 0 (0 = no DVBPR preference guidance)")
     return GenSettings(num_images=c.num_images, num_captions=c.num_captions, seed=c.seed,
                        guidance=GuidanceConfig(**g), caption_steps=c.caption_steps, template_source=c.template,
-                       caption_cond=c.caption_cond, caption_image=c.get("caption_image", "context"),
-                       caption_temperature=float(c.get("caption_temperature", 1.0)),
-                       caption_order=c.get("caption_order", "random"),
-                       caption_image_scale=float(c.get("caption_image_scale", 0.0)), mask_padding=c.mask_padding,
+                       caption_cond=c.caption_cond,  # config files written before #20 lack the caption fields
+                       caption_image=c.get("caption_image", GenSettings.caption_image),
+                       caption_temperature=float(c.get("caption_temperature", GenSettings.caption_temperature)),
+                       caption_order=c.get("caption_order", GenSettings.caption_order),
+                       caption_image_scale=float(c.get("caption_image_scale", GenSettings.caption_image_scale)),
+                       mask_padding=c.mask_padding,
                        context_sample=c.context_sample,
                        gor_offset=c.gor_offset, score=ScoreGuidanceConfig(eta=eta))
 
