@@ -87,15 +87,16 @@ def main(argv=None) -> int:
     demo.make_tokenizer(out, plan)
     built = {n: list(build(out, plan, a.stage, o)) for n, o in json.loads(a.variants).items()}
     first = next(iter(built))
-    comp0, _, data0, frozen0, mesh0 = built[first]
-    b0 = next(data0)
-    b0.pop("ids", None)
-    fixed = partition.put_batch(b0, mesh0)
+    fixed = {}  # one fixed batch per variant (a variant may change the batch size)
+    for n, (_, _, data_n, _, mesh_n) in built.items():
+        b0 = next(data_n)
+        b0.pop("ids", None)
+        fixed[n] = partition.put_batch(b0, mesh_n)
 
     def step_only(n):
         comp, state, _, frozen, _ = built[n]
         t0 = time.perf_counter()
-        state, m = comp(state, fixed, frozen)
+        state, m = comp(state, fixed[n], frozen)
         jax.block_until_ready(m)
         built[n][1] = state
         return time.perf_counter() - t0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dualfashion_jax.diffusion import losses
 from dualfashion_jax.models import attention as attn_lib
 from dualfashion_jax.models import mmdit, mmdit_config, remat
 from dualfashion_jax.sharding import axes
@@ -257,3 +258,22 @@ def test_convert_cli_errors_are_clean(tmp_path, capsys):
     assert cli.main(["convert", "transformer", str(tmp_path / "w.safetensors"), str(tmp_path / "out")]) == 1
     assert "no config.json next to the weights" in capsys.readouterr().err
     assert cli.main(["convert", "vae", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1  # lazily imported
+
+
+def test_sample_prediction_returns_the_velocity_of_its_x0(batch):
+    """prediction="sample": the head's output is x0_hat, so x_in - sigma F gives it back (loss and sampler
+    read x0 that way), the loss is plain ||head - x0||^2, and t = 0 stays finite."""
+    x, txt, t = batch
+    vel_model = _perturbed(CFG)
+    smp_model = _with_state(dataclasses.replace(CFG, prediction="sample"), nnx.state(vel_model))
+    head = np.asarray(nnx.jit(lambda m: m(x, txt, t, heads=("image",))[0])(vel_model), np.float64)
+    f = np.asarray(nnx.jit(lambda m: m(x, txt, t, heads=("image",))[0])(smp_model), np.float64)
+    sigma = np.asarray(t, np.float64)[:, None, None, None] / 1000.0
+    np.testing.assert_allclose(np.asarray(x, np.float64) - sigma * f, head, atol=2e-5)
+    x0 = np.asarray(jax.random.normal(jax.random.key(3), x.shape), np.float64)
+    got = losses.flow_x0_loss(jnp.asarray(f, jnp.float32), x, jnp.asarray(x0, jnp.float32), t / 1000.0)
+    np.testing.assert_allclose(np.asarray(got), np.mean((head - x0) ** 2, axis=(1, 2, 3)), rtol=1e-4)
+    at_zero = nnx.jit(lambda m: m(x, txt, jnp.zeros_like(t), heads=("image",))[0])(smp_model)
+    assert np.isfinite(np.asarray(at_zero)).all()
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        mmdit_config.get("tiny", prediction="noise")

@@ -20,6 +20,8 @@ from dualfashion_jax.models.stage2 import Stage2
 from dualfashion_jax.sharding import activations as act, axes
 
 HEADS = ("image", "text")
+# x-prediction's velocity divides by sigma = t / 1000; the floor only guards t = 0 (clean-image conditioning)
+SAMPLE_SIGMA_FLOOR = 1e-4
 # Variables a checkpoint holds: trainable params + the (non-trainable) pos-embed buffer. Optimise only nnx.Param.
 WEIGHTS = (nnx.Param, embeddings.PosEmbedBuffer)
 
@@ -28,6 +30,12 @@ def _null_init(dim: int):
     def init(key, shape, dtype):
         return jax.random.normal(key, shape, dtype) / jnp.sqrt(jnp.asarray(dim, dtype))
     return init
+
+
+def velocity_from_sample(x_in: jax.Array, x0_hat: jax.Array, t: jax.Array) -> jax.Array:
+    """(x_in - x0_hat) / sigma, sigma = t / 1000 floored: the velocity whose x0 estimate is x0_hat, fp32 [B, H, W, C]."""
+    sigma = jnp.maximum(t.astype(jnp.float32) / 1000.0, SAMPLE_SIGMA_FLOOR).reshape((-1, 1, 1, 1))
+    return (x_in.astype(jnp.float32) - x0_hat.astype(jnp.float32)) / sigma
 
 
 class DualMMDiT(nnx.Module):
@@ -123,6 +131,8 @@ class DualMMDiT(nnx.Module):
             else:
                 p = cfg.patch_size
                 img_out = self._image_head(img, temb, x_img.shape[1] // p, x_img.shape[2] // p)
+                if cfg.prediction == "sample":  # head = x0_hat; return F with x_in - sigma F = x0_hat
+                    img_out = velocity_from_sample(jnp.asarray(x_img), img_out, t)
         logits = None
         if "text" in heads:
             if text_logits_len is not None:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from dualfashion_jax.models import config_io
 
 STAGE2_VARIANTS = ("mlp", "gor_projector")
+PREDICTIONS = ("velocity", "sample")  # what the image head's linear output is (see `MMDiTConfig.prediction`)
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims", "save_attn_out", "save_named",
                   "offload_named")  # models/remat.py RematPolicy
 
@@ -44,6 +45,9 @@ class MMDiTConfig:
     attention_backend: str = "xla"       # see models/attention.py
     remat_policy: str = "none"           # see models/remat.py
     scan_layers: bool = True             # False: unroll the layer loop (params stay stacked either way)
+    # "velocity": the head predicts F (SD3, the original); "sample": it predicts the clean latent x0 and the
+    # model returns the velocity it implies, (x_in - x0) / sigma (x-prediction, Li & He 2025; the demo's choice)
+    prediction: str = "velocity"
 
     def __post_init__(self):
         if isinstance(self.latent_size, (list, tuple)):  # JSON gives [H, W]
@@ -59,6 +63,8 @@ class MMDiTConfig:
             raise ValueError(f"MMDiTConfig.stage2_variant must be one of {STAGE2_VARIANTS}, got {self.stage2_variant!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"MMDiTConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"MMDiTConfig.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.sample_size % self.patch_size:
             raise ValueError(f"MMDiTConfig.sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % 4:
