@@ -31,7 +31,9 @@ def get_config(arg=None):
     c.t5 = dict(encoder="pretrained" if fast else "random", steps=30 if fast else 300, batch_size=16 if fast else 64, lr=3e-3,
                 mlm_weight=1.0, seed=0)
     c.generate = dict(
-        max_rows=4 if fast else 0,            # 0 = the whole test split
+        max_rows=4 if fast else 0,            # PFITB rows, 0 = the whole test split (160 blanks)
+        # GOR outfits: the default's first 80 of the 160 test outfits (320 items; all 160 cost ~33 s more), --quality all
+        gor_max_rows=4 if fast else 0 if size == "demo_quality" else 80,
         num_images=1,                         # samples per blank (generate's task defaults, 2 / 5, cost 2x / 5x)
         image_steps=2 if fast else 12,        # Euler steps per image
         caption_steps=2 if fast else 8,       # masked-diffusion caption steps

@@ -62,7 +62,8 @@ class DemoPlan:
     lr: tuple
     lr_decay: tuple                    # `optim.decay` per stage
     preference_dropout: float          # stage 2's
-    gen_rows: int                      # 0 = the whole test split
+    gen_rows: int                      # PFITB test rows (0 = the whole test split)
+    gor_rows: int                      # GOR test outfits (0 = the whole test split)
     num_images: int
     image_steps: int
     caption_steps: int
@@ -96,7 +97,8 @@ class DemoPlan:
                    model=tuple((k, st[0].model.overrides[k]) for k in MODEL_KEYS),
                    steps=tuple(c.total_steps for c in st), batch=tuple(c.batch_size for c in st),
                    lr=tuple(c.optim.lr for c in st), lr_decay=tuple(c.optim.decay for c in st),
-                   preference_dropout=st[1].loss.preference_dropout, gen_rows=g.max_rows, num_images=g.num_images,
+                   preference_dropout=st[1].loss.preference_dropout, gen_rows=g.max_rows, gor_rows=g.gor_max_rows,
+                   num_images=g.num_images,
                    image_steps=g.image_steps, caption_steps=g.caption_steps, guidance=g.guidance, scales=g.scales,
                    match_train_input=g.match_train_input, caption_cond=g.caption_cond,
                    caption_image=g.caption_image, caption_temperature=float(g.caption_temperature),
@@ -261,8 +263,9 @@ def generate(out: pathlib.Path, plan: DemoPlan, task: str) -> pathlib.Path:
             "--data", str(out / "data"), "--steps", str(plan.image_steps), "--caption-steps", str(plan.caption_steps),
             "--guidance", plan.guidance, "--scales", plan.scales, "--rows-per-batch", str(plan.rows_per_batch),
             "--num-images", str(plan.num_images)]
-    if plan.gen_rows:
-        argv += ["--max-rows", str(plan.gen_rows)]
+    rows = plan.gor_rows if task == "gor" else plan.gen_rows
+    if rows:
+        argv += ["--max-rows", str(rows)]
     if plan.match_train_input:
         argv += ["--match-train-input"]
     argv += ["--caption-cond", plan.caption_cond, "--caption-image", plan.caption_image,
