@@ -45,6 +45,9 @@ def get_config(arg=None):
         # parse 74 -> 100 %, in vocabulary 13 -> 29 %, colour = image 4 -> 9 % (docs/demo_captions.md)
         caption_image="generated",
         caption_temperature=0.0,
+        # the most probable positions first (MaskGIT-style; not the original's random order): same images, captions
+        # in vocabulary 50.2 -> 51.9 %, colour = image 56.9 -> 61.9 %, colour = preference 2.12x -> 2.55x (docs/demo.md)
+        caption_order="confidence",
         rows_per_batch=4 if fast else 16)
     # every network real-weight (installed by scripts/install.sh) on PFITB (160 images); GOR has 4x the images: FID
     # there would cost minutes of the budget; LPIPS on 2x2 collages at the images' own scale (64 px, not 1024)

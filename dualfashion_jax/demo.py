@@ -73,6 +73,7 @@ class DemoPlan:
     caption_cond: str
     caption_image: str                 # the caption branch's image stream (`generate --caption-image`)
     caption_temperature: float         # caption token temperature (0 = argmax tokens)
+    caption_order: str                 # which masked caption positions a step commits (`generate --caption-order`)
     rows_per_batch: int
     metrics: str                       # PFITB
     gor_metrics: str
@@ -102,6 +103,7 @@ class DemoPlan:
                    image_steps=g.image_steps, caption_steps=g.caption_steps, guidance=g.guidance, scales=g.scales,
                    match_train_input=g.match_train_input, caption_cond=g.caption_cond,
                    caption_image=g.caption_image, caption_temperature=float(g.caption_temperature),
+                   caption_order=g.caption_order,
                    rows_per_batch=g.rows_per_batch, metrics=d.evaluate.pfitb_metrics,
                    gor_metrics=d.evaluate.gor_metrics, size=size)
 
@@ -269,7 +271,7 @@ def generate(out: pathlib.Path, plan: DemoPlan, task: str) -> pathlib.Path:
     if plan.match_train_input:
         argv += ["--match-train-input"]
     argv += ["--caption-cond", plan.caption_cond, "--caption-image", plan.caption_image,
-             "--caption-temperature", str(plan.caption_temperature)]
+             "--caption-temperature", str(plan.caption_temperature), "--caption-order", plan.caption_order]
     _cli(argv, f"generate {task}")
     return res
 
