@@ -22,6 +22,7 @@ from dualfashion_jax.evaluators.nets import weights as en
 from dualfashion_jax.evaluators import batched, preprocess
 from dualfashion_jax.evaluators.context import EvalContext
 from dualfashion_jax.evaluators.nets.fid_inception import FIDInception
+from dualfashion_jax.evaluators.nets.inception_blocks import compiler_options
 from dualfashion_jax.evaluators.registry import register
 
 
@@ -93,16 +94,22 @@ class FIDFeatures:
         return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _features(graphdef, state, images01):
-    """[b, H, W, 3] in [0, 1] -> [b, 2048]; module-level so both image sets of a FID share one compilation."""
+    """[b, H, W, 3] in [0, 1] -> [b, 2048]."""
     return nnx.merge(graphdef, state)(preprocess.inception_input(images01))
+
+
+@functools.cache
+def _features_jit():
+    """One jitted `_features` per process, so both image sets of a FID share one compilation; built on first
+    use because the Inception compiler options depend on the backend."""
+    return jax.jit(_features, static_argnums=0, compiler_options=compiler_options())
 
 
 def feature_fn(model):
     """Jitted [b, H, W, 3] images in [0, 1] -> [b, 2048] pool3 features (resize + range inside the jit)."""
     graphdef, state = nnx.split(model)
-    return lambda images01: _features(graphdef, state, images01)  # state is an argument, not a baked-in constant
+    return lambda images01: _features_jit()(graphdef, state, images01)  # state is an argument, not a constant
 
 
 def extract_features(model, images01: np.ndarray, *, batch_size: int = 32, show_progress: bool = True) -> np.ndarray:

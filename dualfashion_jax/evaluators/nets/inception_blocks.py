@@ -23,23 +23,43 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _windows(x: jax.Array, window: int, stride: int, padding: int, fill: float):
+    """The window*window strided views [B, H', W', C] of `x` padded with `fill` (torch floor-mode output size)."""
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=fill)
+    ho, wo = (x.shape[1] - window) // stride + 1, (x.shape[2] - window) // stride + 1
+    for i in range(window):
+        for j in range(window):
+            yield x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+
+
+# Pools are an elementwise max / sum of the window's strided slices (one fused loop): XLA:CPU's generic
+# `reduce_window` ran these 3x3 pools 3-4x slower (benchmarks/fid_features.py, BENCHMARKS.md).
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
     """torch `max_pool2d` (floor mode) on NHWC; padded cells never win."""
-    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pad)
+    out = None
+    for v in _windows(x, window, stride, padding, -jnp.inf):
+        out = v if out is None else jnp.maximum(out, v)
+    return out
 
 
 def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0, *,
              count_include_pad: bool = True) -> jax.Array:
     """torch `avg_pool2d` (floor mode) on NHWC; `count_include_pad=False` divides by the valid cells only."""
-    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    dims, strides = (1, window, window, 1), (1, stride, stride, 1)
-    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, dims, strides, pad)
+    total = None
+    for v in _windows(x, window, stride, padding, 0.0):
+        total = v if total is None else total + v
     if count_include_pad or padding == 0:
         return total / (window * window)
     ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
-    count = jax.lax.reduce_window(ones, jnp.zeros((), x.dtype), jax.lax.add, dims, strides, pad)
+    count = sum(_windows(ones, window, stride, padding, 0.0))     # [1, H', W', 1], a compile-time constant
     return total / count
+
+
+def compiler_options() -> dict[str, str]:
+    """XLA options for jitting an Inception forward: on CPU, XLA's own (Eigen) convolutions instead of YNNPACK's
+    fusions, which ran this net 1.5x slower on a 2-core Zen 4 (BENCHMARKS.md, issue #20). Empty elsewhere."""
+    return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
 
 
 class BasicConv2d(nnx.Module):
