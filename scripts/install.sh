@@ -11,7 +11,8 @@ if [ ! -x "$VENV/bin/python" ]; then "$PY" -m venv "$VENV"; fi
 PIP=("$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt)
 # torch first and pinned exactly: any other version pulls a multi-GB CUDA build on CPU machines.
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[test,convert]"
+# the demo needs only the core package (its metric material below uses torch once); `test` adds the extras
+if [ "$MODE" = test ]; then "${PIP[@]}" -e ".[test,convert]"; else "${PIP[@]}" -e .; fi
 # The demo's FID / LPIPS / CLIP-BPE files; `test` adds the parity-only references.
 VENV="$VENV" bash scripts/test_material.sh "$([ "$MODE" = test ] && echo test || echo metrics)"
 # `test`: the browser test (tests/test_web_browser.py) drives Debian's headless Chromium through chromedriver.

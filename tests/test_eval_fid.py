@@ -30,15 +30,30 @@ def _feature_sets(d=64, n=200, rank=None, seed=0):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("method", fid.FRECHET_METHODS)
 @pytest.mark.parametrize("rank", [None, 8])
-def test_frechet_distance_matches_pytorch_fid(rank):
+def test_frechet_distance_matches_pytorch_fid(rank, method):
     ref = upstream_modules()["pytorch_fid_score"].calculate_frechet_distance
     a, b = _feature_sets(rank=rank)
     sa, sb = fid.FIDFeatures.from_features(a), fid.FIDFeatures.from_features(b)
     want = ref(sa.mu, sa.sigma, sb.mu, sb.sigma)
-    got = fid.frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    got = fid.frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma, method=method)
     assert got == pytest.approx(float(want), rel=FID_RTOL)
     assert sa.distance(sa) == pytest.approx(0.0, abs=1e-6 * np.trace(sa.sigma))
+
+
+def test_trace_sqrt_product_at_pool3_size_against_sqrtm():
+    """The default (eigh) trace term vs scipy's sqrtm at the demo's shape: 160 images, D = 2048 (rank 159)."""
+    rs = np.random.RandomState(1)
+    a = rs.randn(160, 2048) * np.linspace(2.0, 0.01, 2048)
+    b = a[::-1] * 0.9 + rs.randn(160, 2048) * 0.3
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    want = np.trace(fid.linalg.sqrtm(s1 @ s2).real)
+    assert fid.trace_sqrt_product(s1, s2) == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="method must be one of"):
+        fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2), method="svd")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fid.frechet_distance(np.zeros(2), np.full((2, 2), np.nan), np.zeros(2), np.eye(2))
 
 
 def test_frechet_distance_singular_offset_and_closed_form(monkeypatch):
@@ -46,7 +61,8 @@ def test_frechet_distance_singular_offset_and_closed_form(monkeypatch):
     s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 0.0])
     mu1, mu2 = np.zeros(3), np.array([1.0, 0.0, 2.0])
     want = 1 + 4 + (1 - 2) ** 2 + (2 - 1) ** 2 + (3 - 0) ** 2
-    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, abs=1e-6)
+    for method in fid.FRECHET_METHODS:
+        assert fid.frechet_distance(mu1, s1, mu2, s2, method=method) == pytest.approx(want, abs=1e-6)
     # Non-finite sqrtm(S1 S2) -> retry on (S1 + eps I)(S2 + eps I) (pytorch-fid behaviour). Recent scipy rarely
     # returns non-finite values, so the first call is forced to; the retry must use the offset matrices.
     real_sqrtm = fid.linalg.sqrtm
@@ -58,7 +74,7 @@ def test_frechet_distance_singular_offset_and_closed_form(monkeypatch):
 
     monkeypatch.setattr(fid.linalg, "sqrtm", fake_sqrtm)
     with pytest.warns(UserWarning, match="singular"):
-        v = fid.frechet_distance(mu1, s1, mu2, s2, eps=1e-3)
+        v = fid.frechet_distance(mu1, s1, mu2, s2, eps=1e-3, method="sqrtm")
     np.testing.assert_allclose(calls[1], (s1 + 1e-3 * np.eye(3)) @ (s2 + 1e-3 * np.eye(3)))
     d1, d2 = np.diag(s1) + 1e-3, np.diag(s2) + 1e-3
     want_eps = 5.0 + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(d1 * d2))

@@ -26,14 +26,29 @@ from dualfashion_jax.evaluators.nets.inception_blocks import compiler_options
 from dualfashion_jax.evaluators.registry import register
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), as pytorch-fid computes it.
+FRECHET_METHODS = ("eigh", "sqrtm")
 
-    scipy `sqrtm(S1 @ S2)`; if the result is not finite (near-singular covariances), retries with
-    `eps * I` added to both covariances; a complex result keeps its real part (ValueError if the diagonal's
-    imaginary part exceeds 1e-3, which means the statistics are broken).
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr sqrt(S1 S2) for covariances S1, S2 [D, D]: S1 S2 has the eigenvalues of the symmetric S1^1/2 S2 S1^1/2,
+    so two `eigh` replace scipy's `sqrtm` (2 s instead of 15 s at D = 2048, the same value to ~1e-8 relative)."""
+    w, v = np.linalg.eigh(sigma1)
+    half = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S1^1/2 (round-off negatives clipped)
+    lam = np.linalg.eigvalsh(half @ sigma2 @ half)
+    return float(np.sum(np.sqrt(np.clip(lam, 0.0, None))))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6, method: str = "eigh") -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), the quantity pytorch-fid computes.
+
+    `method="eigh"` (default): the trace term from `trace_sqrt_product`. `"sqrtm"`: pytorch-fid's arithmetic,
+    scipy `sqrtm(S1 @ S2)`; if the result is not finite (near-singular covariances), retries with `eps * I` added
+    to both covariances; a complex result keeps its real part (ValueError if the diagonal's imaginary part
+    exceeds 1e-3, which means the statistics are broken).
     """
+    if method not in FRECHET_METHODS:
+        raise ValueError(f"frechet_distance: method must be one of {FRECHET_METHODS}, got {method!r}")
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape:
@@ -42,6 +57,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"frechet_distance: covariances {sigma1.shape} / {sigma2.shape} do not match "
                          f"the mean dimension {mu1.shape[0]}")
     diff = mu1 - mu2
+    if method == "eigh":
+        if not (np.isfinite(sigma1).all() and np.isfinite(sigma2).all()):
+            raise ValueError("frechet_distance: a covariance holds NaN or inf (broken features)")
+        return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
     covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         warnings.warn(f"frechet_distance: sqrtm(S1 S2) is singular; adding {eps} to the covariance diagonals")
@@ -158,8 +177,14 @@ def cached_features(ctx: EvalContext, name: str, images) -> FIDFeatures:
         fid_net(ctx), images(), batch_size=ctx.opt.batch_size, show_progress=ctx.opt.show_progress)))
 
 
+def cached_fid(ctx: EvalContext, name_a: str, images_a, name_b: str, images_b) -> float:
+    """FID between two image sets of this evaluation, computed once per run (`fid` and `fid_ratio` share it)."""
+    return ctx.cached(f"fid_{name_a}_vs_{name_b}", lambda: cached_features(ctx, name_a, images_a).distance(
+        cached_features(ctx, name_b, images_b)))
+
+
 @register("fid", networks=["fid"], group="Fidelity", headline=[("fid", "FID↓")],
           description="FID (TF-FID Inception pool3) generated vs GT images of the same slots")
 def run_fid(ctx: EvalContext) -> dict:
-    value = cached_features(ctx, "gen", ctx.gen_images).distance(cached_features(ctx, "gt", ctx.gt_images))
+    value = cached_fid(ctx, "gen", ctx.gen_images, "gt", ctx.gt_images)
     return {"fid": value, "n": len(ctx.entries)}

@@ -36,10 +36,9 @@ def random_real_iids(item_category: np.ndarray, n: int, seed: int = RANDOM_REAL_
 def run_fid_ratio(ctx: EvalContext) -> dict:
     size = ctx.gt_images().shape[1]
     iids = random_real_iids(ctx.item_category(), len(ctx.entries))
-    gt = fid_lib.cached_features(ctx, "gt", ctx.gt_images)
-    fid_gen = fid_lib.cached_features(ctx, "gen", ctx.gen_images).distance(gt)
-    fid_real = fid_lib.cached_features(
-        ctx, "random_real", lambda: np.stack([ctx.item_image(i, size) for i in iids])).distance(gt)
+    fid_gen = fid_lib.cached_fid(ctx, "gen", ctx.gen_images, "gt", ctx.gt_images)
+    fid_real = fid_lib.cached_fid(ctx, "random_real", lambda: np.stack([ctx.item_image(i, size) for i in iids]),
+                                  "gt", ctx.gt_images)
     return {"fid": fid_gen, "fid_random_real": fid_real, "fid_ratio": fid_gen / fid_real, "n": len(ctx.entries)}
 
 
