@@ -8,7 +8,8 @@ VENV="${VENV:-$PWD/.venv}"
 MODE="${1:-demo}"
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then "$PY" -m venv "$VENV"; fi
-PIP=("$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt)
+# --no-compile: no .pyc for every installed module (~30 s of a fresh install); Python writes them on first import
+PIP=("$VENV/bin/pip" install -q --disable-pip-version-check --no-compile -c constraints.txt)
 # torch first and pinned exactly: any other version pulls a multi-GB CUDA build on CPU machines.
 "${PIP[@]}" torch==2.13.0
 # the demo needs only the core package (its metric material below uses torch once); `test` adds the extras
