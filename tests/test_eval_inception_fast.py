@@ -63,7 +63,6 @@ def test_compiler_options_turn_ynnpack_off_on_cpu_only():
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 8 images: rank-deficient 2048-d covariances,
 def test_fast_features_match_the_previous_forward_on_real_weights(monkeypatch):
     """`fid.extract_features` (tuned compile, slice pools) == a default compile with reduce_window pools; the FID of
     two 8-image sets (singular covariances, as the demo's 160-image sets are) agrees too."""
