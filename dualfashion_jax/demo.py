@@ -4,7 +4,8 @@ Phases (OUT/phases.json records what each was built from: a rerun skips finished
 redoes, after moving its old output to OUT/stale/, any phase whose inputs changed; OUT/plan.json ties OUT to one plan):
   data       `data make-demo` equivalent: OUT/data (safe format + oracle truth)
   vae        the stand-in VAE (space-to-depth pixel autoencoder, models/pixel_ae.py) fitted to the images'
-             mean/std, saved as a converted VAE (OUT/vae), and `encode-latents` -> OUT/data/latents
+             mean/std, its learned decoder head fitted as a latent denoiser (training/pixel_refiner.py), saved as a
+             converted VAE (OUT/vae), and `encode-latents` -> OUT/data/latents
   tokenizer  a sentencepiece tokenizer with T5's id layout trained on the demo texts -> OUT/tokenizer
   t5         `--t5 pretrained` (the full sizes' default is the random T5, configs/demo.py): a `small_demo` T5 v1.1
              encoder-decoder pretrained with span corruption on the demo texts, its encoder saved as a converted
@@ -51,6 +52,7 @@ class DemoPlan:
     vae_factor: int                    # space-to-depth factor: 32 px -> 8 x 8 x 16 latents
     vae_basis: str
     vae_channels: int                  # latent channels (= the MMDiT's in/out channels)
+    vae_refiner: tuple                 # the learned decoder head: width, depth + `RefinerFit` knobs, (name, value)
     vocab_size: int                    # tokenizer (soft limit)
     max_length: int                    # tokens per text segment
     t5_preset: str                     # the frozen T5's architecture
@@ -92,7 +94,8 @@ class DemoPlan:
             raise ValueError(f"configs/demo.py:{size}: t5.encoder must be one of {T5_ENCODERS}, "
                              f"got {t.get('encoder')!r}")
         return cls(num_users=d.data.num_users, image_size=d.data.image_size, vae_factor=d.vae.factor,
-                   vae_basis=d.vae.basis, vae_channels=ch, vocab_size=d.tokenizer.vocab_size,
+                   vae_basis=d.vae.basis, vae_channels=ch,
+                   vae_refiner=tuple(sorted(dict(d.vae.get("refiner", {})).items())), vocab_size=d.tokenizer.vocab_size,
                    max_length=st[0].data.max_length,
                    t5_preset=st[0].t5.preset, t5=t.pop("encoder"), t5_pretrain=tuple(sorted(t.items())),
                    model=tuple((k, st[0].model.overrides[k]) for k in MODEL_KEYS),
@@ -127,6 +130,8 @@ class DemoPlan:
         del d["size"]
         if self.vae_channels == 16:
             del d["vae_channels"]
+        if not self.vae_refiner:
+            del d["vae_refiner"]
         if self.t5 == "random":
             del d["t5"], d["t5_pretrain"]
         return d
@@ -144,22 +149,29 @@ def make_data(out: pathlib.Path, plan: DemoPlan) -> pathlib.Path:
 
 
 def make_vae(out: pathlib.Path, plan: DemoPlan) -> pathlib.Path:
-    """Pixel-autoencoder VAE stand-in fitted to the images, saved to OUT/vae; latents via `encode_dataset`."""
+    """Pixel-autoencoder VAE stand-in (+ its refiner) fitted to the images, saved to OUT/vae; latents via
+    `encode_dataset` (encode is linear: the refiner changes only decoding)."""
     import numpy as np
 
     from dualfashion_jax.data import encode_latents
     from dualfashion_jax.data.format import SafeDataset
     from dualfashion_jax.data.images import ItemImages
     from dualfashion_jax.models import pixel_ae
+    from dualfashion_jax.training import pixel_refiner
 
     data, vae_dir = out / "data", out / "vae"
     if not (vae_dir / "config.json").is_file():
         ds = SafeDataset(data)
         iids = [i for i in range(1, ds.num_items + 1) if ds.image_paths[i]]
         images = ItemImages(ds).many(np.asarray(iids))  # [N, S, S, 3] uint8
+        refiner = dict(plan.vae_refiner)
         cfg = pixel_ae.PixelAEConfig(factor=plan.vae_factor, sample_size=plan.image_size, basis=plan.vae_basis,
-                                     latent_channels=plan.vae_channels)
-        pixel_ae.save(pixel_ae.fit(cfg, images), vae_dir)
+                                     latent_channels=plan.vae_channels, refiner_width=refiner.pop("width", 0),
+                                     refiner_depth=refiner.pop("depth", 0))
+        ae = pixel_ae.fit(cfg, images)
+        if ae.refiner is not None:  # the learned decoder head, fitted on the same catalogue images as the basis
+            pixel_refiner.fit_refiner(ae, images, pixel_refiner.RefinerFit(**refiner))
+        pixel_ae.save(ae, vae_dir)
     if not (data / "latents" / "latents.npy").is_file():
         ae = encode_latents.load_vae(vae_dir)  # the same loader as `dualfashion-jax encode-latents --vae`
         encode_latents.encode_dataset(data, ae, mode="mean", batch_size=64, vae_name=str(vae_dir))

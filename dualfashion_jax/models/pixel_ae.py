@@ -16,6 +16,9 @@ a matrix W [d, latent_channels]: encode z = x W, decode x = z W^T. Two bases:
   "pca_unwhitened": the same top-16 directions without the whitening, W = V (orthonormal columns): a latent
       channel keeps its component's pixel energy, so the flow loss weighs an error as the decoded image does
       and the noise drowns the fine components before the block means (coarse-to-fine, as in pixel space).
+Optional learned decoder head (`refiner_width` > 0): `models/pixel_refiner.PixelRefiner` corrects the linear
+decode from the latent (fitted by `training/pixel_refiner.py`; an untrained one is the identity), as SD3's conv
+decoder maps a latent near the data onto a plausible image. Encode stays linear.
 The posterior is (nearly) a point mass: logvar = `posterior_logvar` (default -30).
 `shift_factor`/`scaling_factor` play SD3's roles; `fit_scaling` sets them from the demo images (mean 0, std 1).
 Saved like a converted VAE (kind "vae", config with architecture "pixel_s2d"); `modeling.vae` (the one VAE loader)
@@ -35,6 +38,7 @@ from flax import nnx
 
 from dualfashion_jax.core import converted, params as core_params
 from dualfashion_jax.models import config_io
+from dualfashion_jax.models.pixel_refiner import PixelRefiner
 from dualfashion_jax.models.vae import DiagonalGaussian, check_nhwc
 from dualfashion_jax.sharding import axes
 
@@ -58,6 +62,8 @@ class PixelAEConfig:
     posterior_logvar: float = -30.0  # the (constant) posterior log-variance: a near point mass
     seed: int = 0                   # seed of the orthonormal projection
     basis: str = "orthonormal"      # "orthonormal" (seeded, exact; f*f*C <= latent_channels) | FITTED_BASES
+    refiner_width: int = 0          # learned decoder head (`PixelRefiner`) channels; 0 = the linear decoder only
+    refiner_depth: int = 0          # its residual 3x3 convs
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -79,6 +85,9 @@ class PixelAEConfig:
                              f"{self.latent_channels}; use basis='orthonormal' (exact) for this factor")
         if self.scaling_factor == 0:
             raise ValueError("PixelAEConfig.scaling_factor must be non-zero")
+        if self.refiner_width < 0 or self.refiner_depth < 0 or (self.refiner_depth and not self.refiner_width):
+            raise ValueError(f"PixelAEConfig: refiner_width={self.refiner_width}, refiner_depth={self.refiner_depth}: "
+                             "expected refiner_width > 0 with refiner_depth >= 0, or both 0 (no refiner)")
         object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
 
@@ -156,14 +165,13 @@ def _decode_matrix(w: jax.Array, basis: str) -> jax.Array:
 
 
 class PixelAutoencoder(nnx.Module):
-    """`encode(images [-1, 1] NHWC) -> DiagonalGaussian`, `decode(z unscaled) -> images` (linear; see module doc).
+    """`encode(images [-1, 1] NHWC) -> DiagonalGaussian`, `decode(z unscaled) -> images` (linear, + the refiner if any; see module doc).
 
     `proj` is the basis W [f*f*C, latent_channels]: required for the FITTED_BASES (from `fit_pca`, or the loader's
     placeholder before the checkpoint's values are copied in); for "orthonormal" it is built from cfg.seed.
     """
 
     def __init__(self, cfg: PixelAEConfig, *, proj: np.ndarray | None = None, rngs: nnx.Rngs | None = None):
-        del rngs  # deterministic (the argument keeps AutoencoderKL's signature)
         self.cfg = cfg
         want = (cfg.pixel_channels, cfg.latent_channels)
         if cfg.basis == "orthonormal":
@@ -179,6 +187,10 @@ class PixelAutoencoder(nnx.Module):
         init = lambda key, shape, dtype: jnp.asarray(w, dtype)  # noqa: E731  (a constant initializer)
         self.proj = nnx.Param(nnx.with_partitioning(init, (axes.CONV_IN, axes.CONV_OUT))(
             None, w.shape, cfg.param_dtype))
+        # the refiner's initial weights are seeded (its output conv is zero: the identity until fitted or loaded)
+        self.refiner = PixelRefiner(cfg.latent_channels, cfg.factor, cfg.refiner_width, cfg.refiner_depth,
+                                    dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                    rngs=rngs or nnx.Rngs(cfg.seed)) if cfg.refiner_width else None
 
     def encode(self, images: jax.Array) -> DiagonalGaussian:
         """images [B, H, W, C_in] in [-1, 1] (H, W multiples of factor) -> posterior over [B, H/f, W/f, C_lat]."""
@@ -188,12 +200,20 @@ class PixelAutoencoder(nnx.Module):
         mean = jnp.einsum("bhwd,dc->bhwc", x, self.proj[...].astype(self.cfg.dtype)).astype(jnp.float32)
         return DiagonalGaussian(mean=mean, logvar=jnp.full_like(mean, self.cfg.posterior_logvar))
 
-    def decode(self, z: jax.Array) -> jax.Array:
+    def decode_linear(self, z: jax.Array) -> jax.Array:
         """z [B, h, w, C_lat] raw latents -> images [B, h*f, w*f, C_out] (projection onto the image subspace)."""
         check_nhwc(z, self.cfg.latent_channels, 1, "PixelAutoencoder.decode: latents")
         dec = _decode_matrix(self.proj[...].astype(jnp.float32), self.cfg.basis).astype(self.cfg.dtype)
         x = jnp.einsum("bhwc,dc->bhwd", z.astype(self.cfg.dtype), dec)
         return depth_to_space(x, self.cfg.factor)  # [B, H, W, C]
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z [B, h, w, C_lat] raw latents -> images [B, H, W, C_out]: the linear decode, corrected by the refiner
+        (which reads the model-space latent, (z - shift) * scale) when the config has one."""
+        x = self.decode_linear(z)
+        if self.refiner is None:
+            return x
+        return self.refiner(x, (z.astype(self.cfg.dtype) - self.cfg.shift_factor) * self.cfg.scaling_factor)
 
     def __call__(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """Reconstruction: encode, sample (or the mean when key is None), decode."""
@@ -212,7 +232,8 @@ def _check_uint8(images_uint8: np.ndarray, what: str) -> None:
 def fit_scaling(cfg: PixelAEConfig, images_uint8: np.ndarray, proj: np.ndarray | None = None) -> PixelAEConfig:
     """cfg with shift/scale such that the model-space latents of `images_uint8` [N, S, S, 3] have mean 0, std 1."""
     _check_uint8(images_uint8, "fit_scaling")
-    ae = PixelAutoencoder(dataclasses.replace(cfg, shift_factor=0.0, scaling_factor=1.0), proj=proj)
+    ae = PixelAutoencoder(dataclasses.replace(cfg, shift_factor=0.0, scaling_factor=1.0, refiner_width=0,
+                                              refiner_depth=0), proj=proj)
     z = np.asarray(ae.encode(jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0).mode())
     std = float(z.std())
     if not np.isfinite(std) or std < 1e-6:
@@ -221,7 +242,8 @@ def fit_scaling(cfg: PixelAEConfig, images_uint8: np.ndarray, proj: np.ndarray |
 
 
 def fit(cfg: PixelAEConfig, images_uint8: np.ndarray) -> PixelAutoencoder:
-    """The autoencoder for `images_uint8` [N, S, S, 3]: its basis (fitted for "pca") and shift/scale (mean 0, std 1)."""
+    """The autoencoder for `images_uint8` [N, S, S, 3]: its basis (fitted for "pca") and shift/scale (mean 0, std 1);
+    a refiner in cfg starts as the identity (`training.pixel_refiner.fit_refiner` fits it)."""
     proj = fit_pca(cfg, images_uint8) if cfg.basis in FITTED_BASES else None
     return PixelAutoencoder(fit_scaling(cfg, images_uint8, proj), proj=proj)
 
@@ -229,8 +251,9 @@ def fit(cfg: PixelAEConfig, images_uint8: np.ndarray) -> PixelAutoencoder:
 def save(ae: PixelAutoencoder, out_dir: str | os.PathLike) -> None:
     """Writes `out_dir` as a converted VAE checkpoint (kind "vae", `core.converted` format)."""
     converted.save_converted(out_dir, kind="vae", config=ae.cfg.to_dict(), params=core_params.flat_params(ae),
-                             extra={"note": f"space-to-depth pixel autoencoder, {ae.cfg.basis} basis "
-                                            "(demo stand-in for the SD3 VAE)"})
+                             extra={"note": f"space-to-depth pixel autoencoder, {ae.cfg.basis} basis"
+                                            + (", learned refiner" if ae.refiner is not None else "")
+                                            + " (demo stand-in for the SD3 VAE)"})
 
 
 def load(folder: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> PixelAutoencoder:
