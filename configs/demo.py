@@ -23,11 +23,10 @@ def get_config(arg=None):
     # 32 px -> 8 x 8 x 16 latents; 4x4x3 pixel blocks -> their top-16 principal directions (99.3 % variance), not
     # whitened: each channel keeps its pixel energy, so the flow loss weighs errors as the image does (docs/demo.md)
     # + a learned decoder head (models/pixel_refiner.py) fitted as a latent denoiser on the catalogue
-    # (training/pixel_refiner.py): PFITB FID / random real 4.82x -> 3.45x, render error 28.3 -> 20.9 on the same
-    # generated latents, ~25 s (docs/demo.md "A learned decoder head"); width 0 = the linear decoder only
-    refiner = (dict(width=8, depth=1, steps=10, batch_size=4) if fast else
-               dict(width=32, depth=4, steps=600, batch_size=32) if size == "demo_quality" else
-               dict(width=24, depth=3, steps=400, batch_size=16))
+    # (training/pixel_refiner.py): on the same generated latents PFITB FID / random real 4.82x -> 3.14x, render error
+    # 28.3 -> 19.9, ~21 s (docs/demo.md "A learned decoder head"); width 0 = the linear decoder only
+    refiner = dict(width=8, depth=1, steps=10, batch_size=4) if fast else dict(
+        width=16, depth=3, steps=1600 if size == "demo_quality" else 800, batch_size=16)
     c.vae = dict(factor=common.DEMO_VAE_FACTOR, basis="pca_unwhitened", latent_channels=common.DEMO_LATENT_CHANNELS,
                  refiner=dict(refiner, sigma_max=1.0, lr=3e-3))
     c.tokenizer = dict(vocab_size=200 if fast else 400)  # sentencepiece soft limit; max_length: the stage configs'
