@@ -116,7 +116,7 @@ class DemoPlan:
 
     @classmethod
     def quality(cls) -> "DemoPlan":
-        """The tuned full demo (`demo --quality`): 2.3x the default's stage-2 steps, ~14 min with the install."""
+        """The tuned full demo (`demo --quality`): 2.3x the default's stage-2 steps, 14-21 min with the install."""
         return cls.from_configs(SIZES["quality"])
 
     @classmethod
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--fast", action="store_true", help="a tiny run (few users, steps and rows) for tests")
     size.add_argument("--quality", action="store_true",
-                      help="the tuned full demo: 500 / 2500 / 20 steps (~14 min with the install, vs ~10 by default)")
+                      help="the tuned full demo: 500 / 2500 / 20 steps (14-21 min with the install, vs 10-14 by default)")
     p.add_argument("--t5", choices=T5_ENCODERS, default=None,
                    help="the frozen text encoder: 'pretrained' (span corruption on the demo texts, OUT/t5) or "
                         "'random' (the seeded random init); default: configs/demo.py (random, --fast: pretrained)")

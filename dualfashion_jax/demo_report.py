@@ -47,7 +47,7 @@ dataset with stand-in encoders: a space-to-depth pixel autoencoder for the SD3 V
 | where | what |
 |---|---|
 | `data/` | synthetic dataset (safe format), `data/truth/` oracle ground truth, `data/latents/` stand-in VAE latents |
-| `vae/` | the stand-in VAE (converted-VAE format, architecture `pixel_s2d`) |
+| `vae/` | the stand-in VAE (converted-VAE format, architecture `pixel_s2d`: PCA encode / decode + a learned decoder head) |
 | `tokenizer/` | sentencepiece tokenizer with T5's id layout (`<extra_id_0>` = MASK) |
 | `t5/` | the stand-in T5 encoder (converted-T5 format; absent with `--t5 random`) |
 | `stage1/` .. `stage3/` | `checkpoints/`, `metrics.jsonl`, TensorBoard, `loss_curve.png`, `frozen/t5` (random T5) |

@@ -50,8 +50,11 @@ def test_artefacts_and_table(run):
     assert t5_meta["kind"] == "t5" and t5_meta["pretrain"]["steps"] == 30 and not (out / "stage2" / "frozen").exists()
     assert "Captions (oracle)" in readme and "caption_oracle" in json.loads(
         (out / "generations" / "pfitb" / "report.json").read_text())["metrics"]
-    assert json.loads((out / "vae" / "config.json").read_text())["config"]["architecture"] == "pixel_s2d"
-    plan = demo.DemoPlan.fast()  # the latents the MMDiT was trained on: image size / VAE factor, the VAE's channels
+    vae_cfg = json.loads((out / "vae" / "config.json").read_text())["config"]
+    plan = demo.DemoPlan.fast()
+    assert vae_cfg["architecture"] == "pixel_s2d"  # + the fitted decoder head, sized by the plan
+    assert (vae_cfg["refiner_width"], vae_cfg["refiner_depth"]) == (dict(plan.vae_refiner)["width"],
+                                                                    dict(plan.vae_refiner)["depth"]) != (0, 0)  # the latents the MMDiT was trained on: image size / VAE factor, the VAE's channels
     h = plan.image_size // plan.vae_factor
     assert np.load(out / "data" / "latents" / "latents.npy", mmap_mode="r").shape[1:] == (h, h, plan.vae_channels)
 
