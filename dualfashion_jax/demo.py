@@ -94,8 +94,8 @@ class DemoPlan:
             raise ValueError(f"configs/demo.py:{size}: t5.encoder must be one of {T5_ENCODERS}, "
                              f"got {t.get('encoder')!r}")
         return cls(num_users=d.data.num_users, image_size=d.data.image_size, vae_factor=d.vae.factor,
-                   vae_basis=d.vae.basis, vae_channels=ch,
-                   vae_refiner=tuple(sorted(dict(d.vae.get("refiner", {})).items())), vocab_size=d.tokenizer.vocab_size,
+                   vae_basis=d.vae.basis, vae_channels=ch, vae_refiner=tuple(sorted(d.vae.get("refiner", {}).items())),
+                   vocab_size=d.tokenizer.vocab_size,
                    max_length=st[0].data.max_length,
                    t5_preset=st[0].t5.preset, t5=t.pop("encoder"), t5_pretrain=tuple(sorted(t.items())),
                    model=tuple((k, st[0].model.overrides[k]) for k in MODEL_KEYS),
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--fast", action="store_true", help="a tiny run (few users, steps and rows) for tests")
     size.add_argument("--quality", action="store_true",
-                      help="the tuned full demo: 500 / 2500 / 20 steps (14-21 min with the install, vs 10-14 by default)")
+                      help="the tuned full demo: 500 / 2500 / 20 steps (14-21 min with the install; default 10-14)")
     p.add_argument("--t5", choices=T5_ENCODERS, default=None,
                    help="the frozen text encoder: 'pretrained' (span corruption on the demo texts, OUT/t5) or "
                         "'random' (the seeded random init); default: configs/demo.py (random, --fast: pretrained)")

@@ -165,7 +165,8 @@ def _decode_matrix(w: jax.Array, basis: str) -> jax.Array:
 
 
 class PixelAutoencoder(nnx.Module):
-    """`encode(images [-1, 1] NHWC) -> DiagonalGaussian`, `decode(z unscaled) -> images` (linear, + the refiner if any; see module doc).
+    """`encode(images [-1, 1] NHWC) -> DiagonalGaussian`, `decode(z unscaled) -> images` (linear, + the refiner if
+    the config has one; see module doc).
 
     `proj` is the basis W [f*f*C, latent_channels]: required for the FITTED_BASES (from `fit_pca`, or the loader's
     placeholder before the checkpoint's values are copied in); for "orthonormal" it is built from cfg.seed.
