@@ -39,7 +39,7 @@ from flax import nnx
 from dualfashion_jax.core import converted, params as core_params
 from dualfashion_jax.models import config_io
 from dualfashion_jax.models.pixel_refiner import PixelRefiner
-from dualfashion_jax.models.vae import DiagonalGaussian, check_nhwc
+from dualfashion_jax.models.vae import DiagonalGaussian, check_nhwc, to_model_latents
 from dualfashion_jax.sharding import axes
 
 ARCHITECTURE = "pixel_s2d"
@@ -214,7 +214,7 @@ class PixelAutoencoder(nnx.Module):
         x = self.decode_linear(z)
         if self.refiner is None:
             return x
-        return self.refiner(x, (z.astype(self.cfg.dtype) - self.cfg.shift_factor) * self.cfg.scaling_factor)
+        return self.refiner(x, to_model_latents(z.astype(self.cfg.dtype), self.cfg))
 
     def __call__(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """Reconstruction: encode, sample (or the mean when key is None), decode."""

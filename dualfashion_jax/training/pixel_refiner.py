@@ -17,6 +17,7 @@ import tqdm
 from flax import nnx
 
 from dualfashion_jax.models import pixel_ae
+from dualfashion_jax.models.vae import from_model_latents, to_model_latents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ def denoising_loss(ae: pixel_ae.PixelAutoencoder, refiner, images: jax.Array, z:
     k_sigma, k_eps = jax.random.split(key)
     sigma = jax.random.uniform(k_sigma, (z.shape[0], 1, 1, 1)) * sigma_max     # [B, 1, 1, 1]
     noisy = z + sigma * jax.random.normal(k_eps, z.shape)                        # [B, h, w, C]
-    x0 = ae.decode_linear(noisy / ae.cfg.scaling_factor + ae.cfg.shift_factor)   # raw latents -> [B, S, S, 3]
+    x0 = ae.decode_linear(from_model_latents(noisy, ae.cfg))                     # raw latents -> [B, S, S, 3]
     return jnp.mean(jnp.abs(refiner(x0, noisy) - images))
 
 
@@ -53,9 +54,8 @@ def fit_refiner(ae: pixel_ae.PixelAutoencoder, images_uint8: np.ndarray, fit: Re
     if images_uint8.ndim != 4 or images_uint8.dtype != np.uint8 or images_uint8.shape[-1] != 3:
         raise ValueError(f"fit_refiner: expected uint8 images [N, S, S, 3], got {images_uint8.dtype} "
                          f"{images_uint8.shape}")
-    cfg = ae.cfg
     images = jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0                 # [N, S, S, 3]
-    z_all = (ae.encode(images).mode() - cfg.shift_factor) * cfg.scaling_factor    # [N, h, w, C] model space
+    z_all = to_model_latents(ae.encode(images).mode(), ae.cfg)                   # [N, h, w, C] model space
     opt = nnx.Optimizer(ae.refiner, optax.adamw(optax.cosine_decay_schedule(fit.lr, fit.steps), weight_decay=0.0),
                         wrt=nnx.Param)
 
