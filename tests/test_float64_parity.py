@@ -1,11 +1,13 @@
 """Project fp32 vs a float64 PyTorch reference at odd configs: every output at the fp32 noise floor.
 
 The reference is the torch model in float64 (diffusers computes the timestep sinusoid in float32 even then,
-so both sides share that table). Bound: max |ours - ref64| <= 3e-5 x std(ref64) for every output, with the
-transformer's weights ~N(0, 0.2), a scale where the reference's own fp32 error is <= 6e-6 x std. At N(0, 0.3)
-the trunk is chaotic (gates ~3-10, attention logits ~80): there +-1 ulp on the fp32 weights and inputs moves the
-float64 output by up to 1.7e-4 x std, so any fp32 arithmetic (torch's included) lands there; that config is
-checked against that measured sensitivity (`test_transformer_chaotic_config`). Figures print with -s.
+so both sides share that table). Well-conditioned configs (transformer weights ~N(0, 0.2), T5 ~N(0, 0.15)): max
+|ours - ref64| <= 3e-5 x std(ref64) for every output, where the reference's own fp32 error is <= 9e-6 x std. At
+N(0, 0.3) both trunks are chaotic (MMDiT gates ~3-10, attention logits ~80; T5 attention is unscaled): any fp32
+arithmetic lands anywhere in a wide spread there (T5: torch's own fp32 error 2-5e-5 x std over ulp-nudged copies of
+one problem, the float64 output moves 2.5-9.6e-5 under +-1 ulp; which kernels XLA picks, e.g. on AVX2 vs AVX-512
+CPUs, moves ours within it). Those configs are checked against that spread, sampled on N_NUDGES copies
+(`_noise_floor`). Figures print with -s.
 """
 import copy
 
@@ -28,8 +30,10 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 REL_TOL = 3e-5
 WEIGHT_SCALE = 0.2    # well conditioned: reference fp32 floor <= 6e-6 x std over 6 seeds, ours <= 1.3e-5
 CHAOTIC_SCALE = 0.3   # the issue's config: the reference's own fp32 error reaches 2.8e-4 x std on some seeds
-# Chaotic config: ours <= CHAOS_FACTOR x max(reference fp32 error, float64 move under +-1 ulp of weights, inputs).
+T5_SCALE = 0.15       # well conditioned: ours 6-7e-6, reference fp32 6-9e-6 over 3 seeds
+# Chaotic configs: ours <= CHAOS_FACTOR x the fp32 noise sampled on N_NUDGES ulp-nudged copies (`_noise_floor`).
 CHAOS_FACTOR = 2.0
+N_NUDGES = 6
 
 
 def _err(got, ref64):
@@ -147,39 +151,57 @@ def test_transformer_stage2_inputs(mmdit_case):
 
 
 def _ulp_nudge(a: torch.Tensor, rng) -> torch.Tensor:
-    """fp32 `a` moved by one ulp up or down per element (random signs), as float64."""
+    """fp32 `a` moved by one ulp up or down per element (random signs)."""
     a = a.detach().float().numpy()
     step = np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf).astype(np.float32)
-    return torch.from_numpy(np.asarray(np.nextafter(a, step), np.float32).reshape(a.shape)).double()
+    return torch.from_numpy(np.asarray(np.nextafter(a, step), np.float32).reshape(a.shape))
+
+
+def _nudged_copies(ref, ref64, tensors):
+    """N_NUDGES copies of the fp32 problem, every weight and float input moved +-1 ulp: (fp32 model, float64 model,
+    the copy's fp32 inputs)."""
+    rng = np.random.default_rng(0)
+    copies = []
+    for _ in range(N_NUDGES):
+        sd = {k: _ulp_nudge(v, rng) if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+        m32, m64 = copy.deepcopy(ref), copy.deepcopy(ref64)
+        m32.load_state_dict(sd)
+        m64.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in sd.items()})
+        copies.append((m32, m64, [_ulp_nudge(a, rng) for a in tensors]))
+    return copies
+
+
+def _noise_floor(want, r32, pairs) -> float:
+    """fp32 noise of a chaotic config, x std: the reference's fp32 error and, on each ulp-nudged copy ((fp32 out,
+    float64 out) in `pairs`), the float64 output's move and the reference's own fp32 error there."""
+    return max([_err(r32, want)] + [max(_err(o64, want), _err(o32, o64)) for o32, o64 in pairs])
 
 
 @pytest.mark.parametrize("variant", ["mlp", "gor_projector"])
 def test_transformer_chaotic_config(variant):
-    """N(0, 0.3): ours within CHAOS_FACTOR x the reference's own fp32 error or its move under +-1 ulp on every weight
-    and input (the same size as the gap: e.g. gor null tokens t=731,250,40: ours 5.4e-5, ulp moves 3.4e-5..1.7e-4)."""
+    """N(0, 0.3): ours within CHAOS_FACTOR x the sampled fp32 noise (e.g. gor joint text logits t=0: ours 4.5e-5, the
+    reference 5.6e-6, but 0.3-5.0e-5 on nudged copies; gor null tokens t=731,250,40: ours 8.9e-5, copies to 2e-4)."""
     ref, ref64, ours, x, txt = _mmdit(variant, CHAOTIC_SCALE)
-    rng = np.random.default_rng(0)
-    nudged = []
-    for _ in range(2):
-        m = copy.deepcopy(ref64)
-        m.load_state_dict({k: _ulp_nudge(v, rng) for k, v in ref.state_dict().items()})
-        nudged.append((m, _ulp_nudge(x, rng), _ulp_nudge(txt, rng)))
+    copies = _nudged_copies(ref, ref64, (x, txt))
     for ts, tv in sorted(T_CASES.items()):
         t = torch.tensor(tv)
         want = _outputs(ref64, x.double(), txt.double(), t.double())
-        moves = [_outputs(m, xn, tn, t.double()) for m, xn, tn in nudged]
+        outs = [(_outputs(m32, xn, tn, t), _outputs(m64, xn.double(), tn.double(), t.double()))
+                for m32, m64, (xn, tn) in copies]
         got = ours(x, txt, t) + ours(None, txt, t)
         for j, (name, r32) in enumerate(zip(OUTPUTS, _outputs(ref, x, txt, t))):
-            e, floor = _err(got[j], want[j]), _err(r32, want[j])
-            move = max(_err(mv[j], want[j]) for mv in moves)
-            print(f"chaotic {variant} {name} {ts}: ours {e:.2e}  reference fp32 {floor:.2e}  1-ulp move {move:.2e}")
-            assert e <= max(REL_TOL, CHAOS_FACTOR * max(floor, move)), f"{name} {ts}: {e:.3g} x std"
+            e = _err(got[j], want[j])
+            floor = _noise_floor(want[j], r32, [(o32[j], o64[j]) for o32, o64 in outs])
+            print(f"chaotic {variant} {name} {ts}: ours {e:.2e}  reference fp32 {_err(r32, want[j]):.2e}  "
+                  f"fp32 noise {floor:.2e}")
+            assert e <= max(REL_TOL, CHAOS_FACTOR * floor), f"{name} {ts}: {e:.3g} x std (noise {floor:.3g})"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # T5 encoder (odd widths, 3 layers, relative buckets exercised) and VAE (odd channels, non-square input).
 # ----------------------------------------------------------------------------------------------------------
-def test_t5_encoder(tmp_path):
+def _t5(tmp_path, scale):
+    """A 3-layer T5 encoder, weights ~N(0, scale) (norms 1 + that): the torch fp32 / float64 pair and ours."""
     hf = transformers.T5Config(vocab_size=41, d_model=36, d_kv=12, d_ff=52, num_layers=3, num_heads=3,
                                relative_attention_num_buckets=10, relative_attention_max_distance=12,
                                feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6)
@@ -188,23 +210,46 @@ def test_t5_encoder(tmp_path):
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g) + (1.0 if p.ndim == 1 else 0.0))
+            p.copy_(scale * torch.randn(p.shape, generator=g) + (1.0 if p.ndim == 1 else 0.0))
     model.save_pretrained(tmp_path)
-    ours = t5_conv.load(tmp_path)
     model64 = transformers.T5EncoderModel(hf).eval().double()
     model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
-    rng = np.random.default_rng(0)
-    ids = torch.from_numpy(rng.integers(2, 41, size=(3, 29)))
-    mask = torch.ones(3, 29, dtype=torch.int64)
-    mask[1, 17:] = 0
+    return model, model64, t5_conv.load(tmp_path)
+
+
+T5_IDS = torch.from_numpy(np.random.default_rng(0).integers(2, 41, size=(3, 29)))
+T5_MASK = torch.ones(3, 29, dtype=torch.int64)
+T5_MASK[1, 17:] = 0
+
+
+def _t5_cases(model, model64, ours):
+    """(what, ours, reference fp32, reference float64, float64 / fp32 runners) without and with a padding mask."""
     for use_mask in (False, True):
-        kw = {"attention_mask": mask} if use_mask else {}
-        with torch.no_grad():
-            want64 = model64(input_ids=ids, **kw).last_hidden_state.numpy()
-            want32 = model(input_ids=ids, **kw).last_hidden_state.numpy()
-        got = jax.jit(lambda m, i, a: m(i, a))(ours, jnp.asarray(ids.numpy()),
-                                              jnp.asarray(mask.numpy()) if use_mask else None)
-        _check(got, want32, want64, f"T5 encoder (mask={use_mask})")
+        kw = {"attention_mask": T5_MASK} if use_mask else {}
+
+        def run(m, kw=kw):
+            with torch.no_grad():
+                return m(input_ids=T5_IDS, **kw).last_hidden_state.numpy()
+
+        got = jax.jit(lambda m, i, a: m(i, a))(ours, jnp.asarray(T5_IDS.numpy()),
+                                              jnp.asarray(T5_MASK.numpy()) if use_mask else None)
+        yield f"T5 encoder (mask={use_mask})", got, run(model), run(model64), run
+
+
+def test_t5_encoder(tmp_path):
+    for what, got, want32, want64, _ in _t5_cases(*_t5(tmp_path, T5_SCALE)):
+        _check(got, want32, want64, what)
+
+
+def test_t5_encoder_chaotic_config(tmp_path):
+    """N(0, 0.3), unscaled attention: ours within CHAOS_FACTOR x the sampled fp32 noise (seed 2: ours 6.4e-5 on an
+    AVX2 CPU, 2.5e-5 with YNNPACK fusions off; the reference 1.8e-5, 2.0-5.3e-5 on nudged copies)."""
+    model, model64, ours = _t5(tmp_path, CHAOTIC_SCALE)
+    copies = _nudged_copies(model, model64, ())
+    for what, got, want32, want64, run in _t5_cases(model, model64, ours):
+        e, floor = _err(got, want64), _noise_floor(want64, want32, [(run(m32), run(m64)) for m32, m64, _ in copies])
+        print(f"chaotic {what}: ours {e:.2e}  reference fp32 {_err(want32, want64):.2e}  fp32 noise {floor:.2e}")
+        assert e <= max(REL_TOL, CHAOS_FACTOR * floor), f"{what}: {e:.3g} x std (noise {floor:.3g})"
 
 
 def test_vae_encode_decode(tmp_path):
