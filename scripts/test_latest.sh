@@ -3,31 +3,38 @@
 # (no constraints.txt; torch==2.13.0 first, as any other torch pulls a multi-GB CUDA build), then runs the
 # tokenizer tests and the fast demo test in it. Reuses the venv and upgrades it on later runs.
 # Usage: bash scripts/test_latest.sh [extra pytest args]
+# LATEST_PHASE=install | tests runs one half (scripts/test.sh installs while the pinned suite runs); default both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV_LATEST="${VENV_LATEST:-$PWD/.venv-latest}"
 PY="${PYTHON:-python3}"
-TORCH_PIN="$(mktemp)"
-trap 'rm -f "$TORCH_PIN"' EXIT
-echo "torch==2.13.0" > "$TORCH_PIN"
-t0=$SECONDS
-if [ ! -x "$VENV_LATEST/bin/python" ]; then "$PY" -m venv "$VENV_LATEST"; fi
-PIP=("$VENV_LATEST/bin/pip" install -q --disable-pip-version-check -c "$TORCH_PIN")
-"${PIP[@]}" torch==2.13.0
-"${PIP[@]}" --upgrade --upgrade-strategy eager -e ".[test]"
-"$VENV_LATEST/bin/python" - <<'EOF'
+PHASE="${LATEST_PHASE:-all}"
+case "$PHASE" in all|install|tests) ;; *) echo "LATEST_PHASE: expected all, install or tests, got '$PHASE'" >&2; exit 2;; esac
+if [ "$PHASE" != tests ]; then
+  TORCH_PIN="$(mktemp)"
+  trap 'rm -f "$TORCH_PIN"' EXIT
+  echo "torch==2.13.0" > "$TORCH_PIN"
+  t0=$SECONDS
+  if [ ! -x "$VENV_LATEST/bin/python" ]; then "$PY" -m venv "$VENV_LATEST"; fi
+  PIP=("$VENV_LATEST/bin/pip" install -q --disable-pip-version-check -c "$TORCH_PIN")
+  "${PIP[@]}" torch==2.13.0
+  "${PIP[@]}" --upgrade --upgrade-strategy eager -e ".[test]"
+  "$VENV_LATEST/bin/python" - <<'PYEOF'
 from importlib import metadata
 print("[test_latest] " + ", ".join(f"{p} {metadata.version(p)}" for p in
       ("transformers", "tokenizers", "sentencepiece", "jax", "flax", "optax", "orbax-checkpoint", "grain", "numpy")))
-EOF
-VENV="$VENV_LATEST" bash scripts/test_material.sh metrics  # the fast demo's real-weight FID / LPIPS
-echo "[test_latest] install: $((SECONDS - t0)) s"
+PYEOF
+  VENV="$VENV_LATEST" bash scripts/test_material.sh metrics  # the fast demo's real-weight FID / LPIPS
+  echo "[test_latest] install: $((SECONDS - t0)) s"
+fi
+[ "$PHASE" = install ] && exit 0
+if [ ! -x "$VENV_LATEST/bin/python" ]; then echo "test_latest: no venv at $VENV_LATEST (run LATEST_PHASE=install)" >&2; exit 1; fi
 t1=$SECONDS
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 set +e
-# the fast demo end to end (the rerun / ledger tests are version-independent and run in the pinned suite)
+# the fast demo end to end (the fresh-machine / rerun / ledger tests are version-independent and run in the pinned suite)
 "$VENV_LATEST/bin/python" -m pytest -q -rs tests/test_tokenizer.py tests/test_demo.py \
-    -k "not rerun and not redone and not other_plan" "$@"
+    -k "not empty_home and not rerun and not redone and not other_plan" "$@"
 rc=$?
 set -e
 echo "[test_latest] tests: $((SECONDS - t1)) s (rc $rc)"

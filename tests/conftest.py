@@ -32,7 +32,7 @@ def splits_dir() -> pathlib.Path:
 
 # Files that take minutes go first: scripts/test.sh hands whole files to two pytest-xdist workers in collection
 # order, and a long file started last would leave one worker running it alone at the end.
-_SLOW_FILES_FIRST = ("test_demo.py", "test_partitioning.py", "test_partitioning_stages.py", "test_fresh_machine.py",
+_SLOW_FILES_FIRST = ("test_demo.py", "test_partitioning.py", "test_partitioning_stages.py",
                      "test_eval_fidelity.py", "test_sessions_engine.py", "test_train_stages.py", "test_mmdit.py",
                      "test_dvbpr_generate.py", "test_sharding.py", "test_checkpoint.py", "test_memory.py",
                      "test_t5_pretrain.py")

@@ -139,6 +139,20 @@ def test_train_run_writes_metrics_tensorboard_png(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["stage"] == "toy"
 
 
+def test_init_from_params_enter_the_init_and_other_shapes_are_refused(tmp_path):
+    """init_from: the loaded params go into the init program (no random copy to overwrite): a run of 0 steps returns
+    that state, whose params and EMA equal the source's bit for bit; a model of another width is refused naming the
+    source and the parameter."""
+    src = train.run(_toy_config(), str(tmp_path / "a"))
+    out = train.run(_toy_config(init_from=str(tmp_path / "a"), total_steps=0), str(tmp_path / "b"))
+    assert out["init_from_fresh"] == [] and out["start_step"] == 0
+    for key in ("params", "ema"):
+        jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(out["state"][key]),
+                     nnx.to_pure_dict(src["state"]["params"]))
+    with pytest.raises(ValueError, match=r"init_from=.*/a: \d+ parameter\(s\) have different shapes.*checkpoint"):
+        train.run(_toy_config(init_from=str(tmp_path / "a"), **{"model.width": 48}), str(tmp_path / "c"))
+
+
 def test_config_overrides_are_type_checked():
     argv = ["--config", CONFIG, "--workdir", "/tmp/x"]
     c, _ = main_lib.parse(argv + ["--config.optim.lr=1e-4", "--config.mesh.tensor=2", "--config.init_from=/x"])

@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
@@ -26,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dualfashion_jax.data import keys as K
 from dualfashion_jax.modeling import frozen as frozen_lib, params as params_lib
 from dualfashion_jax.modeling.transformer import MODEL_CONFIG
-from dualfashion_jax.core import keys
+from dualfashion_jax.core import keys, params as core_params
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 from dualfashion_jax.training import checkpoint as ckpt_lib, metrics as metrics_lib, optim, step as step_lib, tasks
 from dualfashion_jax.training import workdir as workdir_lib
@@ -38,29 +37,27 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf loss or gradient norm; names the step and the batch's example ids."""
 
 
-def _merge_init_from(fresh: nnx.State, loaded: dict, source: str) -> tuple[nnx.State, list[str]]:
-    """Copies every loaded param whose path and shape match into `fresh`; returns the paths kept fresh."""
-    flat_loaded = keys.flatten(loaded)
-    kept, mismatched = [], []
-
-    def one(path, x):
+def _init_from_params(abstract: nnx.State, shardings: nnx.State, loaded: dict,
+                      source: str) -> tuple[dict[str, jax.Array], list[str]]:
+    """The loaded params whose path and shape match the model, on their shards ({key: array}); and the paths kept
+    fresh. Shape mismatches and a checkpoint matching nothing are refused, naming `source`."""
+    flat_loaded, flat_sh = keys.flatten(loaded), core_params.flat_view(shardings)
+    placed, kept, mismatched = {}, [], []
+    for path, x in jax.tree_util.tree_flatten_with_path(abstract)[0]:
         key = keys.key_str(path)
         v = flat_loaded.get(key)
         if v is None:
             kept.append(key)
-            return x
-        if tuple(v.shape) != tuple(x.shape):
+        elif tuple(v.shape) != tuple(x.shape):
             mismatched.append(f"{key}: checkpoint {tuple(v.shape)} vs model {tuple(x.shape)}")
-            return x
-        return partition.put_global(np.asarray(v, dtype=x.dtype), x.sharding)  # multi-host too
-
-    merged = jax.tree_util.tree_map_with_path(one, fresh)
+        else:
+            placed[key] = partition.put_global(np.asarray(v, dtype=x.dtype), flat_sh[key])  # multi-host too
     if mismatched:
         raise ValueError(f"config.init_from={source}: {len(mismatched)} parameter(s) have different shapes than "
                          f"the model (different preset/latent size?): {mismatched[:10]}")
-    if len(kept) == len(jax.tree.leaves(fresh)):
+    if not placed:
         raise ValueError(f"config.init_from={source}: no parameter matched the model (wrong stage/size?)")
-    return merged, kept
+    return placed, kept
 
 
 @dataclasses.dataclass
@@ -72,7 +69,7 @@ class StateSpec:
     use_ema: bool
     abstract: dict          # ShapeDtypeStructs of the train state (step.init_state layout)
     shardings: dict         # NamedShardings, same structure
-    init: Callable[[], dict]  # builds a fresh state (run it under jit with out_shardings)
+    init: Callable[..., dict]  # (overrides={key: param}) -> a fresh state; run under jit with out_shardings
 
 
 def build_state_spec(config, task: tasks.Task, mesh, rules) -> StateSpec:
@@ -89,8 +86,11 @@ def build_state_spec(config, task: tasks.Task, mesh, rules) -> StateSpec:
         "ema": p_sh if use_ema else {}, "step": replicated, "rng": replicated,
     }
 
-    def init():
+    def init(overrides=None):
+        """Under jit, XLA drops the random init of every overridden param (init_from: no second copy, no compile)."""
         _, params, rest = nnx.split(task.model_factory(nnx.Rngs(config.seed)), nnx.Param, ...)
+        if overrides:
+            params = jax.tree_util.tree_map_with_path(lambda p, x: overrides.get(keys.key_str(p), x), params)
         return step_lib.init_state(params, rest, tx, config.seed, use_ema)
 
     return StateSpec(graphdef, tx, schedule, use_ema, jax.eval_shape(init), shardings, init)
@@ -162,16 +162,15 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict[str,
         data.set_state(data_state)
         log.info("resumed from %s/%d", ckpt.directory, start)
     else:
-        state = partition.sharded_init(spec.init, state_sh)
         start, fresh = 0, None
-        if config.get("init_from"):
+        if config.get("init_from"):  # the loaded params go into the init program (the EMA starts from them)
             src_step, loaded = params_lib.load_params(config.init_from, use_ema=config.get("init_from_ema", False))
-            params, fresh = _merge_init_from(state["params"], loaded, config.init_from)
-            state["params"] = params
-            if use_ema:
-                state["ema"] = jax.tree.map(jnp.copy, params)
+            placed, fresh = _init_from_params(abs_state["params"], state_sh["params"], loaded, config.init_from)
+            state = jax.jit(spec.init, out_shardings=state_sh, donate_argnums=0)(placed)
             log.info("init_from %s step %d; %d params kept fresh: %s", config.init_from, src_step, len(fresh),
                      fresh[:20])
+        else:
+            state = partition.sharded_init(spec.init, state_sh)
 
     # ------------------------------------------------------------------------------------------------
     # The step function: jit with explicit shardings, state donated, compiled ahead of time.
