@@ -43,8 +43,7 @@ def _init_from_params(abstract: nnx.State, shardings: nnx.State, loaded: dict,
     fresh. Shape mismatches and a checkpoint matching nothing are refused, naming `source`."""
     flat_loaded, flat_sh = keys.flatten(loaded), core_params.flat_view(shardings)
     placed, kept, mismatched = {}, [], []
-    for path, x in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        key = keys.key_str(path)
+    for key, x in core_params.flat_view(abstract).items():
         v = flat_loaded.get(key)
         if v is None:
             kept.append(key)
