@@ -10,8 +10,9 @@ Round k's candidates are a pure function of (the stored feedback log, the round'
 round seed is derived from (session id, round number) and keys the request (`Request.key = (0, seed)`, an input of
 the compiled sampler, so rounds do not recompile), so `replay` regenerates equal candidates. PFITB rounds go through
 `generation/api.recommend_many` (n samples of a round, and the rounds of several sessions, in one batch of chains
-padded to the stored `chains`); "more like #k" starts the samples from candidate k's image (SDEdit at the stored
-`like_strength`). A GOR round makes the 4 items slot by slot, each conditioned on the candidate's items so far.
+padded to the stored `chains`; a replay samples a round at its stored row `chain`, as XLA:CPU may round the rows of
+one batch apart); "more like #k" starts the samples from candidate k's image (SDEdit at the stored `like_strength`).
+A GOR round makes the 4 items slot by slot, each conditioned on the candidate's items so far.
 """
 from __future__ import annotations
 
@@ -276,8 +277,8 @@ class SessionEngine:
                     groups.setdefault(plan.batch_key(), []).append((i, plan))
             for group in groups.values():
                 size = chains or 1 << (len(group) - 1).bit_length()
-                for _, plan in group:
-                    plan.settings["chains"] = max(size, len(group))
+                for row, (_, plan) in enumerate(group):  # the row too: XLA:CPU rounds rows of a batch apart
+                    plan.settings.update(chains=max(size, len(group)), chain=row)
                 for (i, plan), cands in zip(group, self._sample_pfitb([p for _, p in group])):
                     out[i] = self._store(plan.session.id, Round(plan.number, plan.feedback, plan.parsed,
                                                                 plan.state, cands, plan.settings))
@@ -346,8 +347,10 @@ class SessionEngine:
             ctx = [self.images(int(i)) for i in s.outfit if i]
             requests.append(Request(p.text[cat], cat, ctx, (0, p.settings["seed"]), self._appearance(s), p.starts))
             p.progress(0, m)
-        images, captions = recommend_many(self.bundle, requests, m, m, gen.seed, gen, strength=plans[0].strength(),
-                                          chains=st.get("chains", 1))  # [C, m, S, S, 3], [C][m]
+        row = st.get("chain", 0) if len(plans) == 1 else 0  # a replayed round samples at its live batch row
+        images, captions = recommend_many(self.bundle, requests * (row + 1), m, m, gen.seed, gen,
+                                          strength=plans[0].strength(), chains=st.get("chains", 1))
+        images, captions = images[row:], captions[row:]  # [C, m, S, S, 3], [C][m]
         out = []
         for p, r, ims, caps in zip(plans, requests, images, captions):
             p.progress(m, m)
