@@ -1,11 +1,13 @@
 """The demo's stage-N train step (dualfashion_jax/demo.py DemoPlan), A/B'd in one process, interleaved.
 
     python benchmarks/demo_step_ab.py --stage 2 --rounds 12
-Two comparisons, each round-robin so both sides see the same load (median, min-max, load average printed):
-  * step variants (`--variants`): the compiled step alone on one fixed batch, per config override
-    (e.g. '{"scan": {}, "unroll": {"model.overrides.scan_layers": false}}');
-  * the loop: `--block` steps with the real data pipeline (next(data) + put_batch + step), fetching the metrics
-    every step (`float(v)`, the old training/train.py loop) vs once per block (the current loop).
+    python benchmarks/demo_step_ab.py --stage 2 --rounds 8 --variants \
+        '{"scan": {"model.overrides.scan_layers": true, "t5.overrides.scan_layers": true}, "unroll": {}}'
+Round-robin comparisons, so all sides see the same load (median, min-max, load average printed):
+  * step variants (`--variants`, config overrides of the demo's stage config): the compiled step alone on one
+    fixed batch, and the loop: `--block` steps with the real data pipeline (next(data) + put_batch + step,
+    metrics fetched once per block, as training/train.py does); each variant's compile time is printed;
+  * for the first variant, the loop fetching the metrics every step (`float(v)`, the old training loop).
 Demo inputs (synthetic data, VAE stand-in, tokenizer) are built under --out on first use.
 """
 from __future__ import annotations
@@ -60,9 +62,10 @@ def build(out: pathlib.Path, plan, stage: int, overrides: dict):
     data = task.make_data(0, 1)
     b = next(data)
     b.pop("ids", None)
+    t0 = time.perf_counter()
     with jax.set_mesh(mesh), activations.use_rules(rules):
         comp = jitted.lower(state, partition.put_batch(b, mesh), frozen).compile()
-    return comp, state, data, frozen, mesh
+    return comp, state, data, frozen, mesh, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -88,21 +91,22 @@ def main(argv=None) -> int:
     built = {n: list(build(out, plan, a.stage, o)) for n, o in json.loads(a.variants).items()}
     first = next(iter(built))
     fixed = {}  # one fixed batch per variant (a variant may change the batch size)
-    for n, (_, _, data_n, _, mesh_n) in built.items():
+    for n, (_, _, data_n, _, mesh_n, compile_s) in built.items():
+        print(f"  {n}: lower + compile {compile_s:.1f} s")
         b0 = next(data_n)
         b0.pop("ids", None)
         fixed[n] = partition.put_batch(b0, mesh_n)
 
     def step_only(n):
-        comp, state, _, frozen, _ = built[n]
+        comp, state, _, frozen, _, _ = built[n]
         t0 = time.perf_counter()
         state, m = comp(state, fixed[n], frozen)
         jax.block_until_ready(m)
         built[n][1] = state
         return time.perf_counter() - t0
 
-    def loop(sync_every_step: bool):
-        comp, state, data, frozen, mesh = built[first]
+    def loop(n, sync_every_step: bool):
+        comp, state, data, frozen, mesh, _ = built[n]
         t0, ms = time.perf_counter(), []
         for _ in range(a.block):
             hb = next(data)
@@ -114,15 +118,16 @@ def main(argv=None) -> int:
                 ms.append(m)
         jax.device_get(ms)
         jax.block_until_ready(state)
-        built[first][1] = state
+        built[n][1] = state
         return (time.perf_counter() - t0) / a.block
 
     load0 = os.getloadavg()[0]
-    times = {**{f"step[{n}]": [] for n in built}, "loop: sync every step": [], "loop: fetch per block": []}
+    times = {**{f"step[{n}]": [] for n in built}, **{f"loop[{n}]": [] for n in built},
+             f"loop[{first}], sync every step": []}
     for r in range(a.rounds + 2):
         row = {f"step[{n}]": step_only(n) for n in built}
-        row["loop: sync every step"] = loop(True)
-        row["loop: fetch per block"] = loop(False)
+        row.update({f"loop[{n}]": loop(n, False) for n in built})
+        row[f"loop[{first}], sync every step"] = loop(first, True)
         if r >= 2:
             for k, v in row.items():
                 times[k].append(v)

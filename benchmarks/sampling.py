@@ -146,6 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each side (after a warm-up)")
+    p.add_argument("--no_scan", action="store_true", help="unroll the layer loop (the demo's CPU setting)")
     a = p.parse_args(argv)
     kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
     print(f"host memory kept in-process (mallopt): {kept}")
@@ -159,9 +160,9 @@ def main(argv=None) -> int:
     if a.config == "demo":  # the demo's trunk (benchmarks/train_step.py DEMO) with its stage-2 modules
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from train_step import DEMO
-        cfg = mmdit_config.get("small", **DEMO, dtype=a.dtype)
+        cfg = mmdit_config.get("small", **DEMO, dtype=a.dtype, scan_layers=not a.no_scan)
     else:
-        cfg = mmdit_config.get(a.config, dtype=a.dtype)  # compute dtype (params stay fp32)
+        cfg = mmdit_config.get(a.config, dtype=a.dtype, scan_layers=not a.no_scan)  # compute dtype (params fp32)
     inp = _inputs(cfg, a.rows, a.txt_len)
     ref = None
     if a.config == "sd3_medium" and a.no_torch:

@@ -40,5 +40,6 @@ def get_config(arg=None):
     c.caption_temperature = 1.0         # caption tokens from p^(1/T); 0 = argmax tokens; 1 = the original
     c.caption_order = "random"          # caption unmasking: the original race | confidence (most probable first)
     c.caption_image_scale = 0.0         # caption guidance toward the image stream vs null tokens; 0 = off
+    c.caption_image_keys = "all"        # the caption values that guidance acts on: all | e.g. Color
     c.mask_padding = False              # the original caption prior (also masks padding, §7.2 item 11)
     return c

@@ -47,17 +47,25 @@ def test_settings_validation_and_defaults():
         GenSettings(caption_image="null", caption_image_scale=2.0)
     with pytest.raises(ValueError, match="caption_temperature must be >= 0"):
         GenSettings(caption_temperature=-0.5)
-    new = ("caption_image", "caption_temperature", "caption_order", "caption_image_scale")
+    for bad in ("Colour", "", "Color,Size"):
+        with pytest.raises(ValueError, match="caption_image_keys must be 'all' or comma-separated keys"):
+            GenSettings(caption_image="generated", caption_image_scale=1.0, caption_image_keys=bad)
+    with pytest.raises(ValueError, match="with template_source 'budget'"):  # GT templates may lack a key's run
+        GenSettings(caption_image_keys="Color", template_source="ground_truth")
+    assert GenSettings(caption_image_keys="Color").caption_image_runs() == (0,)
+    assert GenSettings(caption_image_keys="Material, Clothing Fashion Style").caption_image_runs() == (1, 3)
+    assert s.caption_image_runs() is None
+    new = ("caption_image", "caption_temperature", "caption_order", "caption_image_scale", "caption_image_keys")
     assert GenSettings.from_json({k: v for k, v in s.to_json().items() if k not in new}) == s  # older run.json
 
 
 def test_cli_flags_reach_the_settings():
     args = cli._parser().parse_args(["--task", "pfitb", "--checkpoint", "x", "--out", "y", "--caption-image",
                                      "generated", "--caption-temperature", "0", "--caption-order", "confidence",
-                                     "--caption-image-scale", "2"])
+                                     "--caption-image-scale", "2", "--caption-image-keys", "Color"])
     s = cli.settings_from_args(args)
     assert s.caption_image == "generated" and s.caption_temperature == 0.0 and s.caption_order == "confidence"
-    assert s.caption_image_scale == 2.0
+    assert s.caption_image_scale == 2.0 and s.caption_image_keys == "Color"
     s = cli.settings_from_args(cli._parser().parse_args(["--task", "gor", "--checkpoint", "x", "--out", "y"]))
     assert s.caption_image == "context" and s.caption_temperature == 1.0
 

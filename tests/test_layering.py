@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("diffusion", "samplers"),                               # 6
     ("training", "generation"),                              # 7
     ("evaluators",),                                         # 8: incl. evaluators/nets and their converters
-    ("perf", "reference", "demo", "demo_state", "demo_report", "cli",  # 9: top; so is every module named cli.py
+    ("perf", "reference", "demo", "demo_plan", "demo_state", "demo_report", "cli",  # 9: top; so is every module named cli.py
      "sessions",                                             #    sessions: above generation and evaluators
      "web"),                                                 #    web: the `serve` page, a client of sessions
 )

@@ -189,6 +189,24 @@ def test_guided_logits_known_answer():
     np.testing.assert_allclose(np.asarray(g0), np.asarray(lc), atol=1e-6)
 
 
+def test_run_positions_and_guidance_on_chosen_positions():
+    """Label runs numbered left to right (a budget template's values in key order); guidance only where chosen."""
+    labels = jnp.asarray([[0, 1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0], [1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 1, 1]])
+    np.testing.assert_array_equal(np.asarray(mc.run_positions(labels, [0])),
+                                  [[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(mc.run_positions(labels, [1, 3])),
+                                  [[0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1]])
+    r = np.random.default_rng(0)
+    c, u = r.standard_normal((2, 12, 5)), r.standard_normal((2, 12, 5))
+    where = mc.run_positions(labels, [2])
+    g = np.asarray(mc.guided_logits_fn(lambda x: jnp.asarray(c), lambda x: jnp.asarray(u), 1.5, where)(None))
+    lc = c - np.log(np.exp(c).sum(-1, keepdims=True))
+    lu = u - np.log(np.exp(u).sum(-1, keepdims=True))
+    want = np.where(np.asarray(where)[..., None], lc + 1.5 * (lc - lu), lc)
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(g, lc + 1.5 * (lc - lu), atol=1e-3)  # positions outside the run are not guided
+
+
 def test_tempered_known_answers():
     p = jnp.asarray([[0.5, 0.3, 0.2, 0.0]])
     np.testing.assert_allclose(np.asarray(mc.tempered(p, 0.0)), [[1, 0, 0, 0]])

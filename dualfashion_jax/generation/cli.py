@@ -33,7 +33,7 @@ from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 # flags that override the same-named field of the generation config (configs/generate.py)
 CONFIG_FLAGS = ("num_images", "num_captions", "seed", "steps", "shift", "guidance", "scales", "guidance_interval",
                 "caption_steps", "template", "caption_cond", "caption_image", "caption_temperature", "caption_order",
-                "caption_image_scale", "mask_padding", "context_sample", "match_train_input", "guidance_space",
+                "caption_image_scale", "caption_image_keys", "mask_padding", "context_sample", "match_train_input", "guidance_space",
                 "original_guidance", "gor_offset", "dvbpr_eta")
 DESIGN_TASK = "design"
 
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="config: caption unmasking order: the original random race, or most probable first; random")
     p.add_argument("--caption-image-scale", type=float,
                    help="config: caption guidance toward the image stream vs the null tokens (2 passes); 0 = off")
+    p.add_argument("--caption-image-keys",
+                   help="config: the caption values that --caption-image-scale guides: all, or comma-separated keys "
+                        "(e.g. Color; budget template); all")
     p.add_argument("--caption-checkpoint", default=None,
                    help="a stage-3 workdir whose model and T5 write the captions (same tokenizer and latents; "
                         "default: --checkpoint's)")

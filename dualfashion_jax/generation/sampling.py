@@ -35,7 +35,7 @@ from dualfashion_jax.models import mmdit
 from dualfashion_jax.models import vae as vae_lib
 from dualfashion_jax.samplers import score_guidance
 from dualfashion_jax.samplers.flow_euler import initial_noise, sample_images
-from dualfashion_jax.samplers.masked_caption import caption_logits_fn, guided_logits_fn, sample_caption
+from dualfashion_jax.samplers.masked_caption import caption_logits_fn, guided_logits_fn, run_positions, sample_caption
 from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
 
 # keys of a `sample` batch (all [C, ...]); see `Programs.sample`
@@ -160,8 +160,10 @@ class Programs:
         segs = [rep(x, m) for x in segs]
         logits_fn = caption_logits_fn(model, t5, caption_image(s.caption_image, ctx, lat, n, m), segs, length)
         if s.caption_image_scale:  # guidance toward the image stream, against the null tokens
+            runs = s.caption_image_runs()  # None: every position; else the budget template's value runs (keys)
+            where = None if runs is None else rep(run_positions(b["tmpl_labels"], runs), m)  # [C*M, L]
             logits_fn = guided_logits_fn(logits_fn, caption_logits_fn(model, t5, None, segs, length),
-                                         s.caption_image_scale)
+                                         s.caption_image_scale, where)
         keys = sample_key(s.seed, rep(b["uid"], m), rep(b["oid"], m), b["caption_idx"].reshape(-1), STREAM_CAPTION)
         ids = sample_caption(logits_fn, rep(b["tmpl_ids"], m), rep(b["tmpl_mask"], m), rep(b["tmpl_labels"], m),
                              mask_id=self.bundle.tokenizer.mask_id, key=keys, steps=s.caption_steps,

@@ -20,6 +20,7 @@ from dualfashion_jax.samplers.flow_euler import GuidanceConfig
 from dualfashion_jax.samplers.masked_caption import ORDERS
 from dualfashion_jax.samplers.score_guidance import ScoreGuidanceConfig
 from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
+from dualfashion_jax.text.tokenizer import CAPTION_KEYS
 
 TASKS = ("pfitb", "gor")
 CAPTION_CONDS = ("original", "train")  # [pref, sent, T5(masked template)] (spec §5.2) | [pref, sent] (training)
@@ -46,6 +47,7 @@ class GenSettings:
     caption_temperature: float = 1.0  # caption token draws from p^(1/T) (1: the original; 0: argmax tokens)
     caption_order: str = "random"     # unmasking order: the original race | "confidence" (most probable first)
     caption_image_scale: float = 0.0  # > 0: caption guidance toward its image stream vs the null tokens (0 = off)
+    caption_image_keys: str = "all"   # the values that guidance acts on: "all" or comma-separated CAPTION_KEYS
     mask_padding: bool = False        # True: the original prior also masks padding (spec §7.2 item 11)
     context_sample: bool = False      # False: VAE posterior MEAN for context items (fix of §7.2 item 16)
     gor_offset: str = "mlp"           # GOR: trained MatchingMLP (fix of §7.2 item 13) | original projector/gate
@@ -67,10 +69,25 @@ class GenSettings:
         if not self.caption_image_scale >= 0 or (self.caption_image_scale and self.caption_image == "null"):
             raise ValueError(f"GenSettings.caption_image_scale must be >= 0 and needs caption_image context or "
                              f"generated, got {self.caption_image_scale!r} with {self.caption_image!r}")
+        if self.caption_image_keys != "all":
+            bad = [k for k in self.caption_image_key_names() if k not in CAPTION_KEYS]
+            if bad or not self.caption_image_key_names() or self.template_source != "budget":
+                raise ValueError(f"GenSettings.caption_image_keys must be 'all' or comma-separated keys of "
+                                 f"{list(CAPTION_KEYS)} with template_source 'budget' (its values are the label "
+                                 f"runs in that order), got {self.caption_image_keys!r} with {self.template_source!r}")
         if self.caption_order not in ORDERS:
             raise ValueError(f"GenSettings.caption_order must be one of {ORDERS}, got {self.caption_order!r}")
         if self.gor_offset not in GOR_OFFSETS:
             raise ValueError(f"GenSettings.gor_offset must be one of {GOR_OFFSETS}, got {self.gor_offset!r}")
+
+    def caption_image_key_names(self) -> list[str]:
+        return [k.strip() for k in self.caption_image_keys.split(",") if k.strip()]
+
+    def caption_image_runs(self) -> tuple[int, ...] | None:
+        """The template's label runs that caption guidance acts on (None: every position)."""
+        if self.caption_image_keys == "all":
+            return None
+        return tuple(CAPTION_KEYS.index(k) for k in self.caption_image_key_names())
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -128,6 +145,7 @@ def from_config(c: mlc.ConfigDict) -> GenSettings:
                        caption_temperature=float(c.get("caption_temperature", GenSettings.caption_temperature)),
                        caption_order=c.get("caption_order", GenSettings.caption_order),
                        caption_image_scale=float(c.get("caption_image_scale", GenSettings.caption_image_scale)),
+                       caption_image_keys=c.get("caption_image_keys", GenSettings.caption_image_keys),
                        mask_padding=c.mask_padding,
                        context_sample=c.context_sample,
                        gor_offset=c.gor_offset, score=ScoreGuidanceConfig(eta=eta))

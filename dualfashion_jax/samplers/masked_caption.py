@@ -71,13 +71,25 @@ def caption_logits_fn(model_fn: Callable[..., tuple[Any, Any]], t5_fn: Callable[
     return logits_fn
 
 
-def guided_logits_fn(cond_fn: LogitsFn, uncond_fn: LogitsFn, scale: float) -> LogitsFn:
+def guided_logits_fn(cond_fn: LogitsFn, uncond_fn: LogitsFn, scale: float,
+                     where: jax.Array | None = None) -> LogitsFn:
     """Classifier-free guidance on the caption (not the original): log p_c + scale (log p_c - log p_u) [B, L, V],
-    e.g. p_c with the image stream and p_u with the null tokens, so values follow the image more."""
+    e.g. p_c with the image stream and p_u with the null tokens, so values follow the image more. `where` [B, L]
+    bool: guide only those positions (e.g. the Color value, `run_positions`); log p_c elsewhere."""
     def logits_fn(x_t):
         lc, lu = jax.nn.log_softmax(cond_fn(x_t), -1), jax.nn.log_softmax(uncond_fn(x_t), -1)
-        return lc + scale * (lc - lu)
+        guided = lc + scale * (lc - lu)
+        return guided if where is None else jnp.where(where[:, : lc.shape[1], None], guided, lc)
     return logits_fn
+
+
+def run_positions(label_mask: jax.Array, runs: Sequence[int]) -> jax.Array:
+    """[B, L] bool: the positions of the label runs numbered `runs` (0-based, left to right) of label_mask [B, L];
+    a budget template's runs are its attribute values in CAPTION_KEYS order."""
+    lab = label_mask.astype(bool)
+    starts = lab & ~jnp.pad(lab[:, :-1], ((0, 0), (1, 0)))  # [B, L] first position of each run
+    index = jnp.cumsum(starts, axis=1) - 1  # [B, L] run number of each label position
+    return lab & jnp.isin(index, jnp.asarray(list(runs), jnp.int32))
 
 
 def _probs(logits_fn: LogitsFn, x: jax.Array, mask_id: int) -> jax.Array:
