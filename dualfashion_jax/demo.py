@@ -35,7 +35,7 @@ from typing import Callable
 
 from dualfashion_jax import demo_report, demo_state
 from dualfashion_jax.core import config as config_lib
-from dualfashion_jax.demo_plan import MODEL_KEYS, SIZES, T5_ENCODERS, DemoPlan  # noqa: F401  (demo.DemoPlan, ...)
+from dualfashion_jax.demo_plan import T5_ENCODERS, DemoPlan
 
 
 # --------------------------------------------------------------------------------------------------- phases

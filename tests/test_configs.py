@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dualfashion_jax import demo
+from dualfashion_jax import demo, demo_plan
 from dualfashion_jax.core import config as config_lib
 from dualfashion_jax.generation import cli as gen_cli
 from dualfashion_jax.training import main as train_main
@@ -60,7 +60,7 @@ def test_demo_plan_and_generate_flags_unchanged(size, monkeypatch):
         demo.generate(OUT, plan, task)
     assert seen == GOLDEN["demo_generate_argv"][size]
     assert {"default": demo.DemoPlan.default(), "quality": demo.DemoPlan.quality(),
-            "fast": demo.DemoPlan.fast()}[{v: k for k, v in demo.SIZES.items()}[size]] == plan
+            "fast": demo.DemoPlan.fast()}[{v: k for k, v in demo_plan.SIZES.items()}[size]] == plan
 
 
 def test_old_config_files_are_sizes_now():
