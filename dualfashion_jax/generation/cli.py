@@ -33,8 +33,8 @@ from dualfashion_jax.samplers.templates import TEMPLATE_SOURCES
 # flags that override the same-named field of the generation config (configs/generate.py)
 CONFIG_FLAGS = ("num_images", "num_captions", "seed", "steps", "shift", "guidance", "scales", "guidance_interval",
                 "caption_steps", "template", "caption_cond", "caption_image", "caption_temperature", "caption_order",
-                "caption_image_scale", "caption_image_keys", "mask_padding", "context_sample", "match_train_input", "guidance_space",
-                "original_guidance", "gor_offset", "dvbpr_eta")
+                "caption_image_scale", "caption_image_keys", "mask_padding", "context_sample", "match_train_input",
+                "guidance_space", "original_guidance", "gor_offset", "dvbpr_eta")
 DESIGN_TASK = "design"
 
 

@@ -84,8 +84,8 @@ def guided_logits_fn(cond_fn: LogitsFn, uncond_fn: LogitsFn, scale: float,
 
 
 def run_positions(label_mask: jax.Array, runs: Sequence[int]) -> jax.Array:
-    """[B, L] bool: the positions of the label runs numbered `runs` (0-based, left to right) of label_mask [B, L];
-    a budget template's runs are its attribute values in CAPTION_KEYS order."""
+    """[B, L] bool: the positions of the label runs numbered `runs` (0-based, left to right) of label_mask [B, L]
+    (`templates.value_runs` in-program); a budget template's runs are its attribute values in CAPTION_KEYS order."""
     lab = label_mask.astype(bool)
     starts = lab & ~jnp.pad(lab[:, :-1], ((0, 0), (1, 0)))  # [B, L] first position of each run
     index = jnp.cumsum(starts, axis=1) - 1  # [B, L] run number of each label position
