@@ -77,8 +77,8 @@ class DemoPlan:
                    image_steps=g.image_steps, caption_steps=g.caption_steps, guidance=g.guidance, scales=g.scales,
                    match_train_input=g.match_train_input, caption_cond=g.caption_cond,
                    caption_image=g.caption_image, caption_temperature=float(g.caption_temperature),
-                   caption_order=g.caption_order, caption_image_scale=float(g.get("caption_image_scale", 0.0)),
-                   caption_image_keys=g.get("caption_image_keys", "all"),
+                   caption_order=g.caption_order, caption_image_scale=float(g.caption_image_scale),
+                   caption_image_keys=g.caption_image_keys,
                    rows_per_batch=g.rows_per_batch, metrics=d.evaluate.pfitb_metrics,
                    gor_metrics=d.evaluate.gor_metrics, size=size)
 

@@ -70,8 +70,8 @@ class GenSettings:
             raise ValueError(f"GenSettings.caption_image_scale must be >= 0 and needs caption_image context or "
                              f"generated, got {self.caption_image_scale!r} with {self.caption_image!r}")
         if self.caption_image_keys != "all":
-            bad = [k for k in self.caption_image_key_names() if k not in CAPTION_KEYS]
-            if bad or not self.caption_image_key_names() or self.template_source != "budget":
+            names = self.caption_image_key_names()
+            if not names or any(k not in CAPTION_KEYS for k in names) or self.template_source != "budget":
                 raise ValueError(f"GenSettings.caption_image_keys must be 'all' or comma-separated keys of "
                                  f"{list(CAPTION_KEYS)} with template_source 'budget' (its values are the label "
                                  f"runs in that order), got {self.caption_image_keys!r} with {self.template_source!r}")
