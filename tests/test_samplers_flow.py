@@ -176,3 +176,31 @@ def test_x0_space_guidance_is_exact_for_a_perfect_x0_predictor(inputs):
     assert float(jnp.max(jnp.abs(vel - z_star))) > 0.1
     with pytest.raises(ValueError, match="space"):
         fe.GuidanceConfig(space="eps")
+
+
+@pytest.mark.parametrize("scales,branches", [((1.0, 1.0, 4.0), "MP"), ((1.0, 3.0, 3.0), "TP"),
+                                             ((8.0, 7.0, 8.0), "0TMP")])
+def test_weight_zero_branches_are_not_run(inputs, scales, branches):
+    """sT = sM = 1 (the demo's 1,1,4): v = vM + 4 (vP - vM), so 0 and T cancel and are not run; the result equals
+    the original 4-branch sum (the NumPy loop) and the model sees 2 branches per step, not 4."""
+    x, c, neg, sent, pref = inputs
+    n = 4
+    cfg = fe.GuidanceConfig(num_steps=n, text_scale=scales[0], context_scale=scales[1], preference_scale=scales[2],
+                            space="velocity")
+    assert cfg.branches == tuple(branches) and cfg.num_branches == len(branches)
+    sig = flow.inference_sigmas(n, 3.0)
+    ref = x.copy()
+    for i in range(n):
+        ref = ref + (sig[i + 1] - sig[i]) * np_guided_v(ref, sig[i], c, neg, sent, pref, scales=scales, train=True)
+    seen = []
+
+    def counting(lat, txt, t, **kw):
+        seen.append(lat.shape[0])
+        return J_MODEL(lat, txt, t, **kw)
+    got = jax.jit(lambda *a: fe.sample_images(counting, *a, cfg))(*map(jnp.asarray, (x, c, neg, sent, pref)))
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
+    assert seen == [B], seen  # vmapped over the branches: one traced call on [B] rows ...
+    txt = fe.branch_texts(*map(jnp.asarray, (neg, sent, pref)), cfg)
+    assert txt.shape[0] == len(branches)  # ... of len(branches) stacked inputs
+    interval = fe.GuidanceConfig(text_scale=1.0, context_scale=1.0, preference_scale=0.0, interval=(0.2, 0.8))
+    assert interval.branches == ("M", "P")  # P has weight 0 but the steps outside the interval use it

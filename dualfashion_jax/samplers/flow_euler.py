@@ -8,6 +8,7 @@ batch sharded over devices stays local (each device runs its own rows' 4 branche
   (0) x         with [neg, neg]        (T) x         with [neg, sentence]
   (M) x + lam c with [neg, sentence]   (P) x + lam c with [pref, sentence]
   v = v0 + sT (vT - v0) + sM (vM - vT) + sP (vP - vM), defaults sT = 8, sM = 7, sP = 8, lam = 0.1.
+A branch whose weight in that sum is 0 is not run (`GuidanceConfig.branches`; e.g. sT = sM = 1 needs only M, P).
 The original feeds x + lam c (no (1-lam), no r_t) although training fed (1-lam) x_t(z0 + r_t) + lam m c
 (spec §7.2 item 7). `match_train_input=True` offers the train-consistent input instead: every branch gets
 (1-lam) (x + (1-sigma) r_t) + lam m c, with m = 1 for (M, P) and 0 for (0, T), and r_t only if given.
@@ -86,8 +87,24 @@ class GuidanceConfig:
         return self.mode
 
     @property
+    def branch_weights(self) -> dict[str, float]:
+        """four_way's guided velocity as a sum w_b v_b over the branches 0, T, M, P (the weights sum to 1)."""
+        st, sm, sp = self.text_scale, self.context_scale, self.preference_scale
+        return {"0": 1.0 - st, "T": st - sm, "M": sm - sp, "P": sp}
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """The branches the sampler runs: four_way skips those of weight 0 (sT = sM = 1: v = vM + sP (vP - vM)
+        needs only M and P, half the forwards), keeping P for the steps outside `interval`."""
+        mode = self.effective_mode
+        if mode != "four_way":
+            return {"cfg": ("0", "P"), "none": ("P",)}[mode]
+        w = self.branch_weights
+        return tuple(b for b in "0TMP" if w[b] != 0 or (b == "P" and self.interval != (0.0, 1.0)))
+
+    @property
     def num_branches(self) -> int:
-        return {"four_way": 4, "cfg": 2, "none": 1}[self.effective_mode]
+        return len(self.branches)
 
 
 def initial_noise(seed: int, uid, oid, sample_idx, latent_shape: tuple[int, ...]) -> jax.Array:
@@ -119,14 +136,8 @@ def _check(x, offset, neg, sentence, pref):
 def branch_texts(neg: jax.Array, sentence: jax.Array, pref: jax.Array, cfg: GuidanceConfig) -> jax.Array:
     """The guidance branches' texts stacked on a new leading axis: [n, B, 2L, D] (constant over the steps)."""
     cat = lambda *s: jnp.concatenate(s, axis=1)  # noqa: E731  [B, 2L, D]
-    mode = cfg.effective_mode
-    if mode == "four_way":
-        txt = [cat(neg, neg), cat(neg, sentence), cat(neg, sentence), cat(pref, sentence)]
-    elif mode == "cfg":
-        txt = [cat(neg, neg), cat(pref, sentence)]
-    else:
-        txt = [cat(pref, sentence)]
-    return jnp.stack(txt, axis=0)
+    txt = {"0": (neg, neg), "T": (neg, sentence), "M": (neg, sentence), "P": (pref, sentence)}
+    return jnp.stack([cat(*txt[b]) for b in cfg.branches], axis=0)
 
 
 def branch_latents(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, cfg: GuidanceConfig,
@@ -139,23 +150,26 @@ def branch_latents(x: jax.Array, sigma: jax.Array, offset: jax.Array | None, cfg
         plain, with_ctx = (1.0 - lam) * z, (1.0 - lam) * z + lam * c
     else:
         plain, with_ctx = x, x + lam * c
-    lat = {"four_way": [plain, plain, with_ctx, with_ctx], "cfg": [plain, with_ctx], "none": [with_ctx]}
-    return jnp.stack(lat[cfg.effective_mode], axis=0)
+    lat = {"0": plain, "T": plain, "M": with_ctx, "P": with_ctx}
+    return jnp.stack([lat[b] for b in cfg.branches], axis=0)
 
 
 def combine(v: jax.Array, cfg: GuidanceConfig, sigma: jax.Array | float = 1.0) -> jax.Array:
-    """Guided velocity [B, ...] from the stacked branch velocities [n, B, ...] (fp32); outside `cfg.interval`
-    (by the step's sigma) the fully conditional branch vP."""
+    """Guided velocity [B, ...] from the stacked branch velocities [n, B, ...] (`cfg.branches`, fp32); outside
+    `cfg.interval` (by the step's sigma) the fully conditional branch vP."""
     v = v.astype(jnp.float32)
-    mode = cfg.effective_mode
+    mode, branches = cfg.effective_mode, cfg.branches
+    vp = v[branches.index("P")]
     if mode == "none":
-        return v[0]
+        return vp
     if mode == "cfg":
-        v0, vp = v[0], v[1]
-        guided = v0 + cfg.cfg_scale * (vp - v0)
-    else:
-        v0, vt, vm, vp = v[0], v[1], v[2], v[3]
+        guided = v[0] + cfg.cfg_scale * (vp - v[0])
+    elif len(branches) == 4:  # the original's formula, term by term
+        v0, vt, vm = v[0], v[1], v[2]
         guided = v0 + cfg.text_scale * (vt - v0) + cfg.context_scale * (vm - vt) + cfg.preference_scale * (vp - vm)
+    else:  # the same sum without the weight-0 branches
+        w = cfg.branch_weights
+        guided = sum(w[b] * v[i] for i, b in enumerate(branches))
     if cfg.interval == (0.0, 1.0):
         return guided
     lo, hi = cfg.interval
