@@ -3,6 +3,8 @@
     python benchmarks/demo_step_ab.py --stage 2 --rounds 12
     python benchmarks/demo_step_ab.py --stage 2 --rounds 8 --variants \
         '{"scan": {"model.overrides.scan_layers": true, "t5.overrides.scan_layers": true}, "unroll": {}}'
+    python benchmarks/demo_step_ab.py --stage 2 --rounds 6 --variants \
+        '{"O2": {}, "O1": {"xla_backend_optimization_level": 1}}'   # xla_* keys: XLA options of that compile
 Round-robin comparisons, so all sides see the same load (median, min-max, load average printed):
   * step variants (`--variants`, config overrides of the demo's stage config): the compiled step alone on one
     fixed batch, and the loop: `--block` steps with the real data pipeline (next(data) + put_batch + step,
@@ -36,7 +38,8 @@ def build(out: pathlib.Path, plan, stage: int, overrides: dict):
 
     c = demo.stage_config(out, plan, stage)
     c.init_from = ""
-    for k, v in overrides.items():
+    xla = {k: v for k, v in overrides.items() if k.startswith("xla_")}  # XLA options of this one compile
+    for k, v in ((k, v) for k, v in overrides.items() if not k.startswith("xla_")):
         node = c
         *ps, leaf = k.split(".")
         for p_ in ps:
@@ -64,7 +67,7 @@ def build(out: pathlib.Path, plan, stage: int, overrides: dict):
     b.pop("ids", None)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), activations.use_rules(rules):
-        comp = jitted.lower(state, partition.put_batch(b, mesh), frozen).compile()
+        comp = jitted.lower(state, partition.put_batch(b, mesh), frozen).compile(compiler_options=xla or None)
     return comp, state, data, frozen, mesh, time.perf_counter() - t0
 
 

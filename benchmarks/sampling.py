@@ -5,6 +5,7 @@ CPU, side by side (default):
     python benchmarks/sampling.py --config tiny --rows 8 --batch 8 --steps 28 --caption-steps 64
 The demo's sampling shape (DemoPlan: 12 Euler steps, 8 caption steps, 16 rows per batch, 24-token segments):
     python benchmarks/sampling.py --config demo --rows 16 --batch 16 --steps 12 --caption-steps 8 --txt-len 24
+    ... --scales 1,1,4   (the demo's guidance: JAX runs the 2 branches of weight != 0, the original loop all 4)
 GPU (JAX batched vs torch per-row on CUDA when torch sees a GPU, else JAX only):
     python benchmarks/sampling.py --config sd3_medium --device gpu --dtype bfloat16 --rows 32 --batch 8
 One PFITB item = one row: 1 image (`--steps` Euler steps, 4-way guidance = a batch of 4 per step) + 1 caption
@@ -41,7 +42,7 @@ def _inputs(cfg, rows: int, txt_len: int, seed: int = 0):
             "labels": labels, "mask_id": mask_id}
 
 
-def jax_sampler(cfg, model, inp, batch: int, steps: int, caption_steps: int):
+def jax_sampler(cfg, model, inp, batch: int, steps: int, caption_steps: int, scales=(8.0, 7.0, 8.0)):
     """run(rows) -> None: all rows in batches of `batch` through one jitted image + caption program."""
     import jax
     import jax.numpy as jnp
@@ -50,7 +51,7 @@ def jax_sampler(cfg, model, inp, batch: int, steps: int, caption_steps: int):
     from dualfashion_jax.samplers.flow_euler import GuidanceConfig, sample_images
     from dualfashion_jax.samplers.masked_caption import caption_logits_fn, sample_caption
 
-    g = GuidanceConfig(num_steps=steps)
+    g = GuidanceConfig(num_steps=steps, text_scale=scales[0], context_scale=scales[1], preference_scale=scales[2])
     graph, state = nnx.split(model)
     table = jnp.asarray(inp["table"])
     length = inp["tmpl"].shape[1]
@@ -79,7 +80,7 @@ def jax_sampler(cfg, model, inp, batch: int, steps: int, caption_steps: int):
     return run
 
 
-def torch_sampler(cfg, ref, inp, steps: int, caption_steps: int, device: str, dtype):
+def torch_sampler(cfg, ref, inp, steps: int, caption_steps: int, device: str, dtype, scales=(8.0, 7.0, 8.0)):
     """run() -> None: the original's per-row loops (4-way guidance batch of 4; ddpm_cache caption sampler)."""
     import torch
 
@@ -89,7 +90,7 @@ def torch_sampler(cfg, ref, inp, steps: int, caption_steps: int, device: str, dt
     T = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
     sig = inference_sigmas(steps, 3.0).tolist()
     table, neg = T(inp["table"]).to(dtype), T(inp["neg"]).to(dtype)
-    mask_id, sT, sM, sP = inp["mask_id"], 8.0, 7.0, 8.0
+    mask_id, (sT, sM, sP) = inp["mask_id"], scales
 
     @torch.no_grad()
     def row(i):
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each side (after a warm-up)")
     p.add_argument("--no_scan", action="store_true", help="unroll the layer loop (the demo's CPU setting)")
+    p.add_argument("--scales", default="8,7,8", help="4-way guidance text,context,preference scales (the "
+                   "original's 8,7,8; the demo's 1,1,4 runs 2 branches in JAX, the original loop always 4)")
     a = p.parse_args(argv)
     kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
     print(f"host memory kept in-process (mallopt): {kept}")
@@ -156,6 +159,7 @@ def main(argv=None) -> int:
 
     from dualfashion_jax.conversion import mmdit as conv
     from dualfashion_jax.models import mmdit_config
+    from dualfashion_jax.samplers.flow_euler import GuidanceConfig
 
     if a.config == "demo":  # the demo's trunk (benchmarks/train_step.py DEMO) with its stage-2 modules
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +181,10 @@ def main(argv=None) -> int:
     print(f"config {a.config} ({cfg.num_layers} layers, D={cfg.hidden_size}, latent {cfg.latent_hw}, vocab "
           f"{cfg.vocab_size}), {a.rows} rows, image steps {a.steps} (4-way), caption steps {a.caption_steps}, "
           f"text segments {a.txt_len}, {a.dtype}, JAX on {jax.devices()[0].platform} x{jax.device_count()}")
-    run = jax_sampler(cfg, model, inp, a.batch, a.steps, a.caption_steps)
+    scales = tuple(float(v) for v in a.scales.split(","))
+    g = GuidanceConfig(text_scale=scales[0], context_scale=scales[1], preference_scale=scales[2])
+    print(f"guidance scales {a.scales}: JAX runs branches {','.join(g.branches)}, the torch loop 0,T,M,P")
+    run = jax_sampler(cfg, model, inp, a.batch, a.steps, a.caption_steps, scales)
     t0 = time.perf_counter()
     run()
     print(f"JAX  compile+first run {time.perf_counter() - t0:.1f}s")
@@ -193,7 +200,7 @@ def main(argv=None) -> int:
             if a.torch_threads:
                 torch.set_num_threads(a.torch_threads)
             tdt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
-            fns["torch"] = torch_sampler(cfg, ref, inp, a.steps, a.caption_steps, dev, tdt)
+            fns["torch"] = torch_sampler(cfg, ref, inp, a.steps, a.caption_steps, dev, tdt, scales)
             fns["torch"]()  # warm-up
     load0 = os.getloadavg()[0]
     times = {n: [] for n in fns}
