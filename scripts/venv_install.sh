@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/install.sh and scripts/test_latest.sh. venv_install VENV [--upgrade] ARGS... installs ARGS
 # (requirements, -e ".[extras]", -c FILE) into VENV with uv, pip-installed into the venv first (a fresh demo-mode
-# install: ~70 s with pip, ~11 s with uv here), or with pip when DUALFASHION_INSTALLER=pip or when uv fails.
+# install: its packages ~70 s with pip, ~11 s with uv here), or with pip when DUALFASHION_INSTALLER=pip or when uv fails.
 # uv reads none of pip's configuration: scripts/pip_to_uv.py passes pip's find-links, index URLs and constraint
 # files on, and --index-strategy unsafe-best-match picks across indexes as pip does.
 UV_VERSION="0.13.8"

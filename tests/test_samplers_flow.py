@@ -179,7 +179,7 @@ def test_x0_space_guidance_is_exact_for_a_perfect_x0_predictor(inputs):
 
 
 @pytest.mark.parametrize("scales,branches", [((1.0, 1.0, 4.0), "MP"), ((1.0, 3.0, 3.0), "TP"),
-                                             ((8.0, 7.0, 8.0), "0TMP")])
+                                             ((1.0, 1.0, 0.0), "M"), ((8.0, 7.0, 8.0), "0TMP")])
 def test_weight_zero_branches_are_not_run(inputs, scales, branches):
     """sT = sM = 1 (the demo's 1,1,4): v = vM + 4 (vP - vM), so 0 and T cancel and are not run; the result equals
     the original 4-branch sum (the NumPy loop) and the model sees 2 branches per step, not 4."""

@@ -159,13 +159,12 @@ def combine(v: jax.Array, cfg: GuidanceConfig, sigma: jax.Array | float = 1.0) -
     `cfg.interval` (by the step's sigma) the fully conditional branch vP."""
     v = v.astype(jnp.float32)
     mode, branches = cfg.effective_mode, cfg.branches
-    vp = v[branches.index("P")]
     if mode == "none":
-        return vp
+        return v[0]
     if mode == "cfg":
-        guided = v[0] + cfg.cfg_scale * (vp - v[0])
+        guided = v[0] + cfg.cfg_scale * (v[1] - v[0])
     elif len(branches) == 4:  # the original's formula, term by term
-        v0, vt, vm = v[0], v[1], v[2]
+        v0, vt, vm, vp = v[0], v[1], v[2], v[3]
         guided = v0 + cfg.text_scale * (vt - v0) + cfg.context_scale * (vm - vt) + cfg.preference_scale * (vp - vm)
     else:  # the same sum without the weight-0 branches
         w = cfg.branch_weights
@@ -173,7 +172,7 @@ def combine(v: jax.Array, cfg: GuidanceConfig, sigma: jax.Array | float = 1.0) -
     if cfg.interval == (0.0, 1.0):
         return guided
     lo, hi = cfg.interval
-    return jnp.where((sigma >= lo) & (sigma <= hi), guided, vp)
+    return jnp.where((sigma >= lo) & (sigma <= hi), guided, v[branches.index("P")])  # P is kept for this
 
 
 def sample_images(model_fn: Callable[..., tuple[Any, Any]], x_init: jax.Array, offset: jax.Array | None,
