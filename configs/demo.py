@@ -1,6 +1,6 @@
 """`dualfashion-jax demo`'s own knobs (docs/demo.md): dataset, stand-in VAE, tokenizer, generation, evaluation.
 Training reads the stage configs at the same size (`stage{1,2,3}.py:SIZE,out=OUT`); `demo.DemoPlan` is the view
-of both. Sizes: demo (the default: 10-14 min with the install on a 2-core CPU, docs/demo.md), demo_quality
+of both. Sizes: demo (the default: 10-11.5 min with the install on a 2-core CPU, docs/demo.md), demo_quality
 (`--quality`: longer stages 1 and 2, 14-21 min), demo_fast (`--fast`: a tiny run for the tests).
 """
 import ml_collections as mlc
