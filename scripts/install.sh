@@ -9,10 +9,14 @@ MODE="${1:-demo}"
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then "$PY" -m venv "$VENV"; fi
 source "$(dirname "${BASH_SOURCE[0]}")/venv_install.sh"  # uv (pip when it fails or DUALFASHION_INSTALLER=pip)
+# `test` byte-compiles the venv (the suite starts ~100 Python processes; see venv_install --compile)
+COMPILE=(); if [ "$MODE" = test ]; then COMPILE=(--compile); fi
 # torch first and pinned exactly: any other version pulls a multi-GB CUDA build on CPU machines.
-venv_install "$VENV" -c constraints.txt torch==2.13.0
+venv_install "$VENV" "${COMPILE[@]}" -c constraints.txt torch==2.13.0
 # the demo needs only the core package (its metric material below uses torch once); `test` adds the extras
-if [ "$MODE" = test ]; then venv_install "$VENV" -c constraints.txt -e ".[test,convert]"
+if [ "$MODE" = test ]; then
+  venv_install "$VENV" "${COMPILE[@]}" -c constraints.txt -e ".[test,convert]"
+  "$VENV/bin/python" -m compileall -q -j 0 dualfashion_jax > /dev/null  # the editable package's own .pyc
 else venv_install "$VENV" -c constraints.txt -e .; fi
 # The demo's FID / LPIPS / CLIP-BPE files; `test` adds the parity-only references.
 VENV="$VENV" bash scripts/test_material.sh "$([ "$MODE" = test ] && echo test || echo metrics)"

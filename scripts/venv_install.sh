@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by scripts/install.sh and scripts/test_latest.sh. venv_install VENV [--upgrade] ARGS... installs ARGS
+# Sourced by scripts/install.sh and scripts/test_latest.sh. venv_install VENV [--upgrade] [--compile] ARGS... installs ARGS
 # (requirements, -e ".[extras]", -c FILE) into VENV with uv, pip-installed into the venv first (a fresh demo-mode
 # install: its packages ~70 s with pip, ~11 s with uv here), or with pip when DUALFASHION_INSTALLER=pip or when uv fails.
 # uv reads none of pip's configuration: scripts/pip_to_uv.py passes pip's find-links, index URLs and constraint
@@ -19,17 +19,27 @@ _uv_install() {
     "${settings[@]}" "$@"
 }
 
+# --compile writes the installed modules' .pyc files (uv --compile-bytecode; pip's default): worth it where many
+# Python processes start (the test suite), as PYTHONDONTWRITEBYTECODE=1 (set on some machines, this project's CI
+# among them) makes every process recompile each module it imports (~4 s per `train` start here); without it none.
 venv_install() {
   local venv="$1"; shift
-  local -a upgrade=()
-  if [ "${1:-}" = --upgrade ]; then upgrade=(--upgrade); shift; fi
+  local -a uv_opts=() pip_opts=(--no-compile)
+  while [ "$#" -gt 0 ]; do
+    case "$1" in
+      --upgrade) uv_opts+=(--upgrade); pip_opts+=(--upgrade --upgrade-strategy eager); shift;;
+      --compile) uv_opts+=(--compile-bytecode); pip_opts=("${pip_opts[@]/--no-compile}"); shift;;
+      *) break;;
+    esac
+  done
   if [ "${DUALFASHION_INSTALLER:-uv}" = uv ]; then
-    if _uv_install "$venv" "${upgrade[@]}" "$@"; then return 0; fi
+    if _uv_install "$venv" "${uv_opts[@]}" "$@"; then return 0; fi
     echo "venv_install: uv could not install '$*'; installing with pip instead (slower)" >&2
   elif [ "${DUALFASHION_INSTALLER}" != pip ]; then
     echo "venv_install: DUALFASHION_INSTALLER must be uv or pip, got '${DUALFASHION_INSTALLER}'" >&2; return 2
   fi
-  local -a pip=("$venv/bin/pip" install -q --disable-pip-version-check --no-compile)
-  if [ "${#upgrade[@]}" -gt 0 ]; then pip+=(--upgrade --upgrade-strategy eager); fi
+  local -a pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+  local o
+  for o in "${pip_opts[@]}"; do [ -n "$o" ] && pip+=("$o"); done
   "${pip[@]}" "$@"
 }

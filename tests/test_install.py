@@ -72,3 +72,11 @@ def test_installer_choice_pip_and_a_bad_value(tmp_path):
     assert proc.returncode == 0 and calls == ["pip install -q --disable-pip-version-check --no-compile -e ."]
     proc, _ = _venv_install(tmp_path, venv, "-e", ".", installer="conda")
     assert proc.returncode == 2 and "DUALFASHION_INSTALLER must be uv or pip, got 'conda'" in proc.stderr
+
+
+def test_compile_writes_bytecode_with_either_installer(tmp_path):
+    venv = _fake_venv(tmp_path, uv_rc=1)  # uv fails: both commands are logged
+    proc, calls = _venv_install(tmp_path, venv, "--upgrade", "--compile", "-e", ".")
+    assert proc.returncode == 0, proc.stderr
+    assert calls[0].endswith("--upgrade --compile-bytecode -e .")
+    assert calls[1] == "pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e ."
