@@ -7,11 +7,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Mapping
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it is installed (2-4 s
+    per process) only to accept torch tensors, and only Python floats are written here."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError inside tensorboardX, which it handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]  # a later `import torch` elsewhere loads it as usual
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -26,8 +41,7 @@ class MetricWriter:
             self._f = open(self.path, "a", encoding="utf-8")
             if tensorboard:
                 try:
-                    from tensorboardX import SummaryWriter
-                    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
                 except ImportError:
                     log.warning("tensorboardX not installed: TensorBoard logging off (metrics.jsonl still written)")
 
