@@ -45,10 +45,24 @@ def test_lpips_parity_random_trunk(torch_ref, pairs):
     sd = {k: v.numpy() for k, v in ref.state_dict().items()}
     from flax import nnx
     model = ev.build(lambda: lpips_vgg.LPIPSVGG(rngs=nnx.Rngs(0)), ev.lpips_vgg_from_torch(sd), source="random lpips")
-    got = np.asarray(nnx.jit(lambda m, x, y: m(x, y))(model, a, b))
-    want = _torch_lpips(torch, a, b, ref)
-    assert want.min() > 1e-3
-    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    fwd = nnx.jit(lambda m, x, y: m(x, y))
+    for size in (28, 32):  # VGG's last stage on 1x1 and on 2x2 maps: both run `conv3x3`'s GEMM path
+        p = (size - 28) // 2
+        x, y = (np.pad(v, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge") for v in (a, b))
+        got = np.asarray(fwd(model, x, y))
+        want = _torch_lpips(torch, x, y, ref)
+        assert want.min() > 1e-3
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0, err_msg=f"{size} px")
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 2), (2, 5), (3, 3)])
+def test_conv3x3_gemm_path_equals_the_conv(h, w):
+    """Small maps take the GEMM path (side <= GEMM_MAX_SIDE), larger ones the conv; both equal nnx.Conv."""
+    from flax import nnx
+    conv = nnx.Conv(64, 32, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+    conv.bias[...] = np.linspace(-1, 1, 32, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((3, h, w, 64)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(lpips_vgg.conv3x3(conv, x)), np.asarray(conv(x)), atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ def write_row(out: pathlib.Path, res: RowResult, inputs, seed: int, gt_caption=N
                                                               for s in order]))
     sections.append(("ground truth", [(gt_imgs[s], (gt_caption(r.outfit[s]) if gt_caption else "") or "")
                                       for s in res.blank_slots]))
-    grid_image(sections).save(d / "grid.png")
+    grid_image(sections).save(d / "grid.png", compress_level=1)  # ~600 x 800 px: 19 -> 12 ms, 59 -> 71 kB
     safe_io.write_json(d / DONE_FILE, {"index": r.index, "record": rec.to_json(),
                                        "caption_entry": caption_entry(res, rec, rel_dir)}, indent=1)
     return rec

@@ -57,8 +57,8 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0, *,
 
 
 def compiler_options() -> dict[str, str]:
-    """XLA options for jitting an Inception forward: on CPU, XLA's own (Eigen) convolutions instead of YNNPACK's
-    fusions, which ran this net 1.5x slower on a 2-core Zen 4 (BENCHMARKS.md, issue #20). Empty elsewhere."""
+    """XLA options for jitting a conv net's forward (Inception, LPIPS-VGG): on CPU, XLA's own (Eigen) convolutions
+    instead of YNNPACK's fusions, which ran Inception 1.5x and LPIPS 1.2-1.4x slower on 2 cores (BENCHMARKS.md)."""
     return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
 
 

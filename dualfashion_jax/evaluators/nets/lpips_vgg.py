@@ -23,6 +23,20 @@ _SCALE = (0.458, 0.448, 0.450)
 # VGG16 `features` conv widths; a 2x2 max pool precedes stage k > 0. Taps after the last conv of each stage.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 TAP_CHANNELS = tuple(stage[-1] for stage in VGG16_STAGES)  # (64, 128, 256, 512, 512)
+GEMM_MAX_SIDE = 2  # maps this small or smaller run their 3x3 convs as one GEMM (`conv3x3`)
+
+
+def conv3x3(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(x)` for a 3x3 'same' conv; on maps of side <= GEMM_MAX_SIDE one GEMM over the 9 shifted copies, as XLA:CPU
+    ran those convolutions at ~1 GFLOP/s (32 x 2² x 512 -> 512: 447 ms vs 9 ms; BENCHMARKS.md, LPIPS)."""
+    b, h, w, c = x.shape                                                             # [B, H, W, Cin]
+    if min(h, w) > GEMM_MAX_SIDE:
+        return conv(x)
+    dtype = conv.dtype or x.dtype
+    xp = jnp.pad(x.astype(dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)  # [B, H, W, 9 Cin]
+    y = cols @ conv.kernel[...].astype(dtype).reshape(9 * c, -1)                                   # [B, H, W, Cout]
+    return y + conv.bias[...].astype(dtype) if conv.bias is not None else y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +78,7 @@ class LPIPSVGG(nnx.Module):
             if k > 0:
                 x = max_pool(x, 2, 2)
             for _ in stage:
-                x = jax.nn.relu(self.convs[i](x))
+                x = jax.nn.relu(conv3x3(self.convs[i], x))
                 i += 1
             f = x.astype(jnp.float32)
             norm = jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True))
