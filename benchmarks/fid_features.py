@@ -18,11 +18,11 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+import timing  # noqa: E402  (benchmarks/timing.py: the script's own folder is on sys.path)
 from dualfashion_jax.core import host_memory  # noqa: E402
 
 SIDES = ("before", "after", "torch")
@@ -102,21 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         if "torch" in sides:
             fns["torch"] = torch_side(bs)
         outs = {k: fn(images) for k, fn in fns.items()}  # warm-up: compile / TorchScript profiling
-        times, loads = {k: [] for k in fns}, []
-        for _ in range(args.rounds):
-            loads.append(os.getloadavg()[0])
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(images)
-                times[k].append(time.perf_counter() - t0)
-        loads.append(os.getloadavg()[0])
-        load = f"{min(loads):.1f}-{max(loads):.1f}"
-        for k, t in times.items():
-            med = float(np.median(t))
-            up = f"{np.median(times['before']) / med:.2f}x" if "before" in times else "-"
+        times, load = timing.interleaved_rounds(fns, args.rounds, images)
+        for k in times:
+            med, cell, up = timing.spread(times, k)
             diff = f"{np.abs(outs[k] - outs['after']).max():.1e}" if "after" in outs else "-"
-            print(f"| {bs} | {k} | {med:.1f} ({min(t):.1f}-{max(t):.1f}) | {args.images / med:.1f} | {up} | {diff} | "
-                  f"{load} |", flush=True)
+            print(f"| {bs} | {k} | {cell} | {args.images / med:.1f} | {up} | {diff} | {load} |", flush=True)
     return 0
 
 

@@ -23,6 +23,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402  (benchmarks/timing.py)
 
 SIDES = ("before", "after", "torch")
 
@@ -141,19 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         if "torch" in sides:
             fns["torch"] = torch_side(args.batch_size)
         outs = {k: float(np.mean(fn(a, b))) for k, fn in fns.items()}  # warm-up: compile
-        times, loads = {k: [] for k in fns}, []
-        for _ in range(args.rounds):
-            loads.append(os.getloadavg()[0])
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(a, b)
-                times[k].append(time.perf_counter() - t0)
-        loads.append(os.getloadavg()[0])
-        for k, t in times.items():
-            med = float(np.median(t))
-            up = f"{np.median(times['before']) / med:.2f}x" if "before" in times else "-"
-            print(f"| {size} | {k} | {med:.2f} ({min(t):.2f}-{max(t):.2f}) | {args.pairs / med:.1f} | {up} | "
-                  f"{outs[k]:.6f} | {min(loads):.1f}-{max(loads):.1f} |", flush=True)
+        times, load = timing.interleaved_rounds(fns, args.rounds, a, b)
+        for k in times:
+            med, cell, up = timing.spread(times, k, digits=2)
+            print(f"| {size} | {k} | {cell} | {args.pairs / med:.1f} | {up} | {outs[k]:.6f} | {load} |", flush=True)
     return 0
 
 
