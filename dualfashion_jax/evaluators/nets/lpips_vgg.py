@@ -28,7 +28,7 @@ GEMM_MAX_SIDE = 2  # maps this small or smaller run their 3x3 convs as one GEMM 
 
 def conv3x3(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     """`conv(x)` for a 3x3 'same' conv; on maps of side <= GEMM_MAX_SIDE one GEMM over the 9 shifted copies, as XLA:CPU
-    ran those convolutions at ~1 GFLOP/s (32 x 2² x 512 -> 512: 447 ms vs 9 ms; BENCHMARKS.md, LPIPS)."""
+    ran those convolutions at ~1 GFLOP/s (32 x 2² x 512 -> 512: 461 ms vs 8 ms; BENCHMARKS.md, LPIPS)."""
     b, h, w, c = x.shape                                                             # [B, H, W, Cin]
     if min(h, w) > GEMM_MAX_SIDE:
         return conv(x)
