@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
@@ -99,18 +98,14 @@ def conv_table(rounds: int) -> None:
             lpips_vgg.GEMM_MAX_SIDE = limit
             fns[name] = jax.jit(lambda st, v: lpips_vgg.conv3x3(nnx.merge(graphdef, st), v)).lower(state, x).compile()
         lpips_vgg.GEMM_MAX_SIDE = keep
-        times, load = {k: [] for k in fns}, os.getloadavg()[0]
-        for fn in fns.values():
-            jax.block_until_ready(fn(state, x))
-        for _ in range(rounds):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(state, x))
-                times[k].append(time.perf_counter() - t0)
+        calls = {k: (lambda fn=fn: jax.block_until_ready(fn(state, x))) for k, fn in fns.items()}
+        for call in calls.values():
+            call()  # warm-up
+        times, load = timing.interleaved_rounds(calls, rounds)
         med = {k: float(np.median(t)) * 1e3 for k, t in times.items()}
         gflop = 2 * 32 * side * side * 9 * cin * cout / 1e9
         print(f"| [32, {side}, {side}, {cin}] -> {cout} | {med['conv']:.2f} | {med['gemm']:.2f} | "
-              f"{gflop / med['conv'] * 1e3:.0f} / {gflop / med['gemm'] * 1e3:.0f} | {load:.1f} |", flush=True)
+              f"{gflop / med['conv'] * 1e3:.0f} / {gflop / med['gemm'] * 1e3:.0f} | {load} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
