@@ -2,12 +2,16 @@
 
     python benchmarks/cpu_levers.py --config small --variants base,ynn_off,unroll,unroll_ynn_off
     python benchmarks/cpu_levers.py --config demo --variants base,ynn_off
+    python benchmarks/cpu_levers.py --config small --variants unroll,unroll_autodiff
 A variant = scan/unroll of the layer loop x XLA compile options (per-program `compiler_options`, so every variant
-lives in the same process and sees the same load). Prints median (min-max) ms/step, JAX/PyTorch time, load average.
+lives in the same process and sees the same load) x the backward of layer norm / GELU / attention (the
+hand-written rules of models/custom_grads.py, or `*autodiff`: JAX's own). Prints median (min-max) ms/step,
+JAX/PyTorch time, load average.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,9 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as ts  # noqa: E402  (benchmarks/train_step.py: presets, torch step, interleaved timing)
 
 from dualfashion_jax.core import host_memory
+from dualfashion_jax.models import custom_grads
 
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}  # XLA's own (Eigen) dots/fusions instead of YNNPACK's
-VARIANTS = {"base": (True, {}), "ynn_off": (True, YNN_OFF), "unroll": (False, {}), "unroll_ynn_off": (False, YNN_OFF)}
+VARIANTS = {"base": (True, {}), "ynn_off": (True, YNN_OFF), "unroll": (False, {}), "unroll_ynn_off": (False, YNN_OFF),
+            "autodiff": (True, {}), "unroll_autodiff": (False, {})}
 
 
 def jax_variant(cfg, batch: int, txt_len: int, options: dict):
@@ -62,8 +68,10 @@ def main(argv=None) -> int:
     table = {**VARIANTS, **extra}
     for name in [v for v in a.variants.split(",") if v] + list(extra):
         scan, opts = table[name]
-        cfg = ts.preset(a.config, stage2=False, scan_layers=scan)
-        fns[name], host = jax_variant(cfg, batch, txt_len, opts)
+        autodiff = name.endswith("autodiff")
+        cfg = ts.preset(a.config, stage2=False, scan_layers=scan, **({"attention_backend": "xla_autodiff"} if autodiff else {}))
+        with custom_grads.autodiff_norms() if autodiff else contextlib.nullcontext():  # traced + compiled inside
+            fns[name], host = jax_variant(cfg, batch, txt_len, opts)
     if not a.no_torch:
         import torch
         torch.set_num_threads(len(os.sched_getaffinity(0)))

@@ -11,6 +11,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes as flax_dtypes
 from jax.ad_checkpoint import checkpoint_name
 
+from dualfashion_jax.models import custom_grads
 from dualfashion_jax.models.mmdit_config import MMDiTConfig
 from dualfashion_jax.sharding import activations as act, axes
 
@@ -67,11 +68,9 @@ def linear(in_features: int, out_features: int, logical: tuple[str | None, str |
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """LayerNorm without affine params (diffusers `elementwise_affine=False`); statistics in fp32."""
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+    """LayerNorm without affine params (diffusers `elementwise_affine=False`); statistics in fp32, with
+    a hand-written backward (`custom_grads.layer_norm`)."""
+    return custom_grads.layer_norm(x, eps)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -113,6 +112,6 @@ class FeedForward(nnx.Module):
         self.proj_out = linear(4 * d, d, (axes.MLP, axes.EMBED), cfg, rngs=rngs)   # torch ff.net.2
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = act.constrain(jax.nn.gelu(self.proj_in(x), approximate=True), act.MLP)  # [B, L, 4D]
+        h = act.constrain(custom_grads.gelu_tanh(self.proj_in(x)), act.MLP)  # [B, L, 4D]
         h = checkpoint_name(h, "mlp_hidden")
         return self.proj_out(h)

@@ -84,7 +84,7 @@ class DualMMDiT(nnx.Module):
             img_, txt_ = block(act.constrain(carry[0], act.RESIDUAL), act.constrain(carry[1], act.RESIDUAL), temb_)
             return act.constrain(img_, act.RESIDUAL), act.constrain(txt_, act.RESIDUAL)  # block boundary
 
-        block_fn = remat.apply(block_fn, self.config.remat_policy)
+        block_fn = remat.apply(block_fn, self.config.remat_policy, prevent_cse=not self.config.scan_layers)
 
         # scan_layers=False fully unrolls the loop (same stacked params; no while loop in the HLO).
         @nnx.scan(in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry, unroll=True if not self.config.scan_layers else 1)

@@ -67,8 +67,11 @@ def checkpoint_policy(policy: str | RematPolicy) -> Callable[..., bool] | None:
     return table[policy]
 
 
-def apply(fn: Callable, policy: str | RematPolicy) -> Callable:
-    """Wraps a block function `fn(block, *args)` in `nnx.remat` with `policy` (identity for 'none')."""
+def apply(fn: Callable, policy: str | RematPolicy, *, prevent_cse: bool = False) -> Callable:
+    """Wraps a block function `fn(block, *args)` in `nnx.remat` with `policy` (identity for 'none').
+
+    `prevent_cse=False` suits a block inside a scanned loop; an unrolled block needs True, or XLA may merge the
+    recomputed forward with the original one and keep every activation (seen with custom-VJP ops)."""
     if RematPolicy(policy) is RematPolicy.NONE:
         return fn
-    return nnx.remat(fn, policy=checkpoint_policy(policy), prevent_cse=False)
+    return nnx.remat(fn, policy=checkpoint_policy(policy), prevent_cse=prevent_cse)
