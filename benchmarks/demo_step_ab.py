@@ -5,6 +5,8 @@
         '{"scan": {"model.overrides.scan_layers": true, "t5.overrides.scan_layers": true}, "unroll": {}}'
     python benchmarks/demo_step_ab.py --stage 2 --rounds 6 --variants \
         '{"O2": {}, "O1": {"xla_backend_optimization_level": 1}}'   # xla_* keys: XLA options of that compile
+    python benchmarks/demo_step_ab.py --stage 2 --rounds 8 --variants '{"custom": {}, "autodiff": {"autodiff": true}}'
+                                    # "autodiff": JAX's own backward for layer norm / GELU / attention
 Round-robin comparisons, so all sides see the same load (median, min-max, load average printed):
   * step variants (`--variants`, config overrides of the demo's stage config): the compiled step alone on one
     fixed batch, and the loop: `--block` steps with the real data pipeline (next(data) + put_batch + step,
@@ -15,6 +17,7 @@ Demo inputs (synthetic data, VAE stand-in, tokenizer) are built under --out on f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -33,11 +36,16 @@ def build(out: pathlib.Path, plan, stage: int, overrides: dict):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from dualfashion_jax import demo
+    from dualfashion_jax.models import custom_grads
     from dualfashion_jax.sharding import activations, mesh as mesh_lib, partition, rules as rules_lib
     from dualfashion_jax.training import step as step_lib, tasks, train
 
     c = demo.stage_config(out, plan, stage)
     c.init_from = ""
+    overrides = dict(overrides)
+    autodiff = overrides.pop("autodiff", False)  # models/custom_grads.py's rules off (the A/B of its backward)
+    if autodiff:
+        overrides["model.overrides.attention_backend"] = "xla_autodiff"
     xla = {k: v for k, v in overrides.items() if k.startswith("xla_")}  # XLA options of this one compile
     for k, v in ((k, v) for k, v in overrides.items() if not k.startswith("xla_")):
         node = c
@@ -66,7 +74,8 @@ def build(out: pathlib.Path, plan, stage: int, overrides: dict):
     b = next(data)
     b.pop("ids", None)
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh), activations.use_rules(rules):
+    grads = custom_grads.autodiff_norms() if autodiff else contextlib.nullcontext()
+    with grads, jax.set_mesh(mesh), activations.use_rules(rules):
         comp = jitted.lower(state, partition.put_batch(b, mesh), frozen).compile(compiler_options=xla or None)
     return comp, state, data, frozen, mesh, time.perf_counter() - t0
 
