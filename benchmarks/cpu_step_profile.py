@@ -1,7 +1,7 @@
 """Where the CPU train step's time goes: forward, forward+backward, optimizer+EMA and the whole step, interleaved.
 
     python benchmarks/cpu_step_profile.py --config small --batch 4 --txt_len 64 --rounds 15 [--ops]
-    python benchmarks/cpu_step_profile.py --config demo --batch 16 --txt_len 72 --rounds 15 [--ops]
+    python benchmarks/cpu_step_profile.py --config demo --batch 16 --txt_len 72 --rounds 15 [--ops] [--autodiff]
 Each part is its own jitted program on the bench step's shapes (`dualfashion_jax/perf/step.py`); all parts are
 timed round-robin in one process (median, min-max) with the load average printed beside them.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import sys
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--no_scan", action="store_true")
     p.add_argument("--ops", action="store_true", help="also: per-op-category thread time of the whole step (trace)")
+    p.add_argument("--autodiff", action="store_true",
+                   help="JAX's own backward for layer norm / GELU / attention (not models/custom_grads.py's)")
     a = p.parse_args(argv)
     kept = host_memory.keep_freed_memory()  # as the CLI does (docs/performance.md §8); both sides share it
     print(f"host memory kept in-process (mallopt): {kept}")
@@ -45,7 +48,13 @@ def main(argv=None) -> int:
     from dualfashion_jax.models import mmdit
     from dualfashion_jax.training import optim
 
-    cfg = ts.preset(a.config, stage2=False, scan_layers=not a.no_scan)
+    from dualfashion_jax.models import custom_grads
+
+    grads = contextlib.ExitStack()  # holds the switch for the rest of main(): every program is traced below
+    if a.autodiff:
+        grads.enter_context(custom_grads.autodiff_norms())
+    cfg = ts.preset(a.config, stage2=False, scan_layers=not a.no_scan,
+                    **({"attention_backend": "xla_autodiff"} if a.autodiff else {}))
     shape = bench_step.StepShape(a.batch, a.txt_len)
     model = mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
@@ -121,7 +130,7 @@ def main(argv=None) -> int:
         jax.block_until_ready(full())
         if r >= 2:
             times["whole step"].append(time.perf_counter() - t0)
-    print(f"[{a.config}] B={a.batch} txt={a.txt_len} scan={not a.no_scan} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
+    print(f"[{a.config}] B={a.batch} txt={a.txt_len} scan={not a.no_scan} autodiff={a.autodiff} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
           f"cpus {len(os.sched_getaffinity(0))}; load avg {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     for n, t in times.items():
         t = np.array(t) * 1e3
