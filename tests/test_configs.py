@@ -131,7 +131,7 @@ def test_demo_plan_is_a_view_of_the_configs():
     s2 = config_lib.load("stage2.py:demo_quality")
     assert plan.steps[1] == s2.total_steps == 2500 and plan.preference_dropout == s2.loss.preference_dropout
     latent = ("in_channels", "out_channels")
-    skip = ("joint_attention_dim",) + latent
+    skip = ("joint_attention_dim", "scan_layers") + latent  # scan_layers: speed only, per stage (not in plan.json)
     assert dict(plan.model) == {k: v for k, v in s2.model.overrides.items() if k not in skip}
     assert [s2.model.overrides[k] for k in latent] == [plan.vae_channels] * 2  # the MMDiT takes the VAE's latents
     assert dataclasses.replace(plan, size="x").record() == plan.record()  # plan.json does not hold the size name
