@@ -69,12 +69,14 @@ def test_shape_mismatch_is_a_config_mismatch_not_corruption(tmp_path):
 
 
 def test_differences_ignores_runtime_and_warns_on_paths():
-    saved = {"seed": 0, "mesh": {"data": -1}, "data": {"dir": "/a", "max_length": 24}, "model": {"remat_policy": "x"},
-             "removed_field": 1}
-    new = {"seed": 0, "mesh": {"data": 2}, "data": {"dir": "/b", "max_length": 32}, "model": {"remat_policy": "y"},
-           "optim": {"field_added_later": "mean"}}
+    saved = {"seed": 0, "mesh": {"data": -1}, "data": {"dir": "/a", "max_length": 24}, "removed_field": 1,
+             "model": {"remat_policy": "x", "overrides": {"scan_layers": True, "num_layers": 4}}}
+    new = {"seed": 0, "mesh": {"data": 2}, "data": {"dir": "/b", "max_length": 32}, "optim": {"field_added_later": "mean"},
+           "model": {"remat_policy": "y", "overrides": {"scan_layers": False, "num_layers": 4}}}
     identity, paths = workdir.differences(saved, new)
     assert identity == ["data.max_length: 24 -> 32"] and paths == ["data.dir: '/a' -> '/b'"]
+    new["model"]["overrides"]["num_layers"] = 6  # an architecture field of the same block is identity
+    assert workdir.differences(saved, new)[0] == ["data.max_length: 24 -> 32", "model.overrides.num_layers: 4 -> 6"]
     assert checkpoint.has_checkpoints("/nonexistent") is False
 
 

@@ -16,7 +16,8 @@ CONFIG_FILE = "config.json"
 
 # Dotted prefixes that may change between runs of one workdir without changing what is trained.
 RUNTIME_FIELDS = ("total_steps", "log_every", "tensorboard", "progress_bar", "debug_step_delay_s", "checkpoint",
-                  "mesh", "sharding", "model.attention_backend", "model.remat_policy")
+                  "mesh", "sharding", "model.attention_backend", "model.remat_policy",
+                  "model.overrides.scan_layers")  # same stacked params either way
 # Dotted fields that name folders: a moved folder is not a different run (warned, not refused).
 PATH_FIELDS = ("data.dir", "data.tokenizer", "init_from", "t5.checkpoint", "vae.checkpoint")
 
