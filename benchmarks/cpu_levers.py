@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     for name in [v for v in a.variants.split(",") if v] + list(extra):
         scan, opts = table[name]
         autodiff = name.endswith("autodiff")
-        cfg = ts.preset(a.config, stage2=False, scan_layers=scan, **({"attention_backend": "xla_autodiff"} if autodiff else {}))
+        backend = "xla_autodiff" if autodiff else "xla"
+        cfg = ts.preset(a.config, stage2=False, scan_layers=scan, attention_backend=backend)
         with custom_grads.autodiff_norms() if autodiff else contextlib.nullcontext():  # traced + compiled inside
             fns[name], host = jax_variant(cfg, batch, txt_len, opts)
     if not a.no_torch:

@@ -45,16 +45,14 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from dualfashion_jax.perf import step as bench_step
-    from dualfashion_jax.models import mmdit
+    from dualfashion_jax.models import custom_grads, mmdit
     from dualfashion_jax.training import optim
-
-    from dualfashion_jax.models import custom_grads
 
     grads = contextlib.ExitStack()  # holds the switch for the rest of main(): every program is traced below
     if a.autodiff:
         grads.enter_context(custom_grads.autodiff_norms())
     cfg = ts.preset(a.config, stage2=False, scan_layers=not a.no_scan,
-                    **({"attention_backend": "xla_autodiff"} if a.autodiff else {}))
+                    attention_backend="xla_autodiff" if a.autodiff else "xla")
     shape = bench_step.StepShape(a.batch, a.txt_len)
     model = mmdit.DualMMDiT(cfg, rngs=nnx.Rngs(0))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
@@ -130,8 +128,9 @@ def main(argv=None) -> int:
         jax.block_until_ready(full())
         if r >= 2:
             times["whole step"].append(time.perf_counter() - t0)
-    print(f"[{a.config}] B={a.batch} txt={a.txt_len} scan={not a.no_scan} autodiff={a.autodiff} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
-          f"cpus {len(os.sched_getaffinity(0))}; load avg {load0:.2f} -> {os.getloadavg()[0]:.2f}")
+    print(f"[{a.config}] B={a.batch} txt={a.txt_len} scan={not a.no_scan} autodiff={a.autodiff} "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} cpus {len(os.sched_getaffinity(0))}; "
+          f"load avg {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     for n, t in times.items():
         t = np.array(t) * 1e3
         print(f"  {n:>26}: median {np.median(t):7.1f} ms  (min {t.min():.1f}, max {t.max():.1f})")

@@ -45,7 +45,7 @@ def build(out: pathlib.Path, plan, stage: int, overrides: dict):
     overrides = dict(overrides)
     autodiff = overrides.pop("autodiff", False)  # models/custom_grads.py's rules off (the A/B of its backward)
     if autodiff:
-        overrides["model.overrides.attention_backend"] = "xla_autodiff"
+        overrides["model.attention_backend"] = "xla_autodiff"
     xla = {k: v for k, v in overrides.items() if k.startswith("xla_")}  # XLA options of this one compile
     for k, v in ((k, v) for k, v in overrides.items() if not k.startswith("xla_")):
         node = c
