@@ -1,4 +1,5 @@
-"""Test-session setup: 8 fake CPU devices, no hub access, fp32 matmuls, a persistent compile cache.
+"""Test-session setup: 8 fake CPU devices, XLA's LLVM backend at -O0, no hub access, fp32 matmuls, a persistent
+compile cache.
 
 All of this must happen before JAX initialises a backend, hence at import time.
 """
@@ -6,6 +7,12 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# jax_disable_most_optimizations: XLA:CPU's LLVM backend at -O0 without its expensive passes (child processes
+# inherit it). The HLO, buffers, FLOPs and collectives are unchanged; results move by rounding only (no FMA
+# contraction at -O0: the tiny MMDiT's loss is bit-equal, its gradient leaves within 1e-8), while a cold compile
+# is ~35 % shorter, and first compiles are most of a fresh clone's CI time. Compute-bound tests take
+# `xla_optimized`; the fresh-machine demo test and scripts/test_latest.sh run at XLA's defaults, as a user does.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # otherwise hub ids retry DNS for minutes
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,6 +27,18 @@ import pytest  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 SPLITS = SHARED / "data" / "difashion_splits"
+
+
+@pytest.fixture
+def xla_optimized():
+    """XLA's default optimisation for this test's compiles (a test that runs hundreds of steps: -O0 doubles it)."""
+    import jax
+    from jax._src import compiler  # defines the flag; jax.config.update switches it for later compiles
+
+    before = compiler._DISABLE_MOST_OPTIMIZATIONS.value
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="session")

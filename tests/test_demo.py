@@ -1,9 +1,9 @@
 """`dualfashion-jax demo --fast` end to end (data -> 3 stages -> PFITB/GOR -> evaluate).
 
-First as a new user meets the README's command: a new venv, and HOME, XDG_CACHE_HOME and DUALFASHION_CACHE pointing
-at empty folders, so nothing an earlier run left behind can hide a missing install step; stopped by SIGTERM during
-stage 1, it must exit non-zero saying how to resume, and the rerun must finish with FID and LPIPS from real weights
-in the main table. The finished folder of that resumed run is then checked in-process (one demo per file): the
+First as a new user meets the README's command: a new venv, HOME, XDG_CACHE_HOME and DUALFASHION_CACHE pointing at
+empty folders and none of the suite's XLA / JAX settings, so nothing an earlier run left behind can hide a missing
+install step; stopped by SIGTERM during stage 1, it must exit non-zero saying how to resume, and the rerun must
+finish with FID and LPIPS from real weights in the main table. The finished folder of that resumed run is then checked in-process (one demo per file): the
 artefacts exist, both training losses fall, a rerun resumes instead of redoing work, another plan is refused with
 nothing touched, and a redone input redoes every later phase (the old outputs moved to stale/).
 scripts/test_latest.sh deselects the fresh-machine test, so its in-process part builds the folder with one
@@ -28,7 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _fresh_env(tmp: pathlib.Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DUALFASHION", "XDG", "VIRTUAL_ENV"))}
+    # none of the suite's settings either: no fake devices or -O0 (XLA_FLAGS), no compile cache or platform (JAX_*)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST", "DUALFASHION", "XDG", "VIRTUAL_ENV", "XLA_", "JAX_"))}
     for name in ("home", "xdg_cache", "project_cache"):
         (tmp / name).mkdir()
     env.update(HOME=str(tmp / "home"), XDG_CACHE_HOME=str(tmp / "xdg_cache"),

@@ -103,7 +103,7 @@ def test_mlm_view_masks_tokens_but_never_eos_or_padding():
 
 
 @pytest.mark.slow
-def test_pretrained_demo_encoder_tells_masked_caption_slots_apart(tmp_path: pathlib.Path):
+def test_pretrained_demo_encoder_tells_masked_caption_slots_apart(tmp_path: pathlib.Path, xla_optimized):
     # the demo's setting on demo-like texts: a random small T5 maps every MASK of the caption template to the same
     # vector (cosine 0.9992, docs/demo.md); 300 pretraining steps move them apart (here 0.990, in demo runs
     # 0.54-0.80; span corruption alone: 0.9998): 1 - cosine at least 5x the random init's
