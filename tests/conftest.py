@@ -11,7 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # inherit it). The HLO, buffers, FLOPs and collectives are unchanged; results move by rounding only (no FMA
 # contraction at -O0: the tiny MMDiT's loss is bit-equal, its gradient leaves within 1e-8), while a cold compile
 # is ~35 % shorter, and first compiles are most of a fresh clone's CI time. Compute-bound tests take
-# `xla_optimized`; the fresh-machine demo test and scripts/test_latest.sh run at XLA's defaults, as a user does.
+# `xla_optimized`; the fresh-machine demo test runs at XLA's defaults, as a user does.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # otherwise hub ids retry DNS for minutes
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
