@@ -31,9 +31,9 @@ fi
 if [ ! -x "$VENV_LATEST/bin/python" ]; then echo "test_latest: no venv at $VENV_LATEST (run LATEST_PHASE=install)" >&2; exit 1; fi
 t1=$SECONDS
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# tests/conftest.py's settings (8 fake devices, LLVM -O0), as the pinned suite: the in-process fast demo then reuses
-# the generation / evaluation programs test_demo.py's redo test compiled (the compile cache; one jax version). At
-# XLA's defaults (1 device, -O2) every program compiled cold: 112 -> 204 s
+# tests/conftest.py's settings (8 fake devices, LLVM -O0), as in the pinned suite: these tests took 184 s in a CI run,
+# 204 s at XLA's defaults (1 device, -O2) in the run before (~7 % faster machine state); 112 s while the fresh-machine
+# demo test still filled the compile cache with the demo's programs (it now runs without the suite's settings)
 set +e
 # the fast demo end to end (the fresh-machine / rerun / ledger tests are version-independent and run in the pinned suite)
 "$VENV_LATEST/bin/python" -m pytest -q -rs tests/test_tokenizer.py tests/test_demo.py \
