@@ -3,9 +3,10 @@
 First as a new user meets the README's command: a new venv, HOME, XDG_CACHE_HOME and DUALFASHION_CACHE pointing at
 empty folders and none of the suite's XLA / JAX settings, so nothing an earlier run left behind can hide a missing
 install step; stopped by SIGTERM during stage 1, it must exit non-zero saying how to resume, and the rerun must
-finish with FID and LPIPS from real weights in the main table. The finished folder of that resumed run is then checked in-process (one demo per file): the
-artefacts exist, both training losses fall, a rerun resumes instead of redoing work, another plan is refused with
-nothing touched, and a redone input redoes every later phase (the old outputs moved to stale/).
+finish with FID and LPIPS from real weights in the main table. The finished folder of that resumed run is then
+checked in-process (one demo per file): the artefacts exist, both training losses fall, a rerun resumes instead of
+redoing work, another plan is refused with nothing touched, and a redone input redoes every later phase (the old
+outputs moved to stale/).
 scripts/test_latest.sh deselects the fresh-machine test, so its in-process part builds the folder with one
 in-process run in the newest versions.
 """
