@@ -34,7 +34,7 @@ import time
 from typing import Callable
 
 from dualfashion_jax import demo_report, demo_state
-from dualfashion_jax.core import config as config_lib
+from dualfashion_jax.core import compile_cache, config as config_lib
 from dualfashion_jax.demo_plan import T5_ENCODERS, DemoPlan
 
 
@@ -249,19 +249,21 @@ def run(out: str | os.PathLike, plan: DemoPlan | None = None, *, log: Callable[[
     handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)} \
         if threading.current_thread() is threading.main_thread() else {}
     try:
-        for name, deps, outputs, fn in phases(out, plan, strict):
-            current["phase"] = name
-            if ledger.is_current(name, deps, outputs):
-                log(f"demo: {name}: done earlier from the same inputs (skipped)")
-                timings[name] = 0.0
-                continue
-            log(f"\n{'=' * 24} demo: {name} {'=' * 24}")
-            ledger.start(name, deps, outputs)
-            t0 = time.perf_counter()
-            fn()
-            timings[name] = round(time.perf_counter() - t0, 1)
-            ledger.finish(name)
-            log(f"---- {name}: {timings[name]:.1f}s")
+        with compile_cache.scoped(out / ".jax_cache") as cache_dir:
+            log(f"demo: compiled programs are cached in {cache_dir} (a rerun or resume loads them, not compiles)")
+            for name, deps, outputs, fn in phases(out, plan, strict):
+                current["phase"] = name
+                if ledger.is_current(name, deps, outputs):
+                    log(f"demo: {name}: done earlier from the same inputs (skipped)")
+                    timings[name] = 0.0
+                    continue
+                log(f"\n{'=' * 24} demo: {name} {'=' * 24}")
+                ledger.start(name, deps, outputs)
+                t0 = time.perf_counter()
+                fn()
+                timings[name] = round(time.perf_counter() - t0, 1)
+                ledger.finish(name)
+                log(f"---- {name}: {timings[name]:.1f}s")
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)

@@ -53,6 +53,7 @@ dataset with stand-in encoders: a space-to-depth pixel autoencoder for the SD3 V
 | `stage1/` .. `stage3/` | `checkpoints/`, `metrics.jsonl`, TensorBoard, `loss_curve.png`, `frozen/t5` (random T5) |
 | `generations/{{pfitb,gor}}/` | images, captions, `records.json`, `index.html`, `report.json`, `report.md` |
 | `plan.json`, `timings.json` | the demo settings and each phase's wall time |
+| `.jax_cache/` | the compiled XLA programs (a rerun or resume loads them; safe to delete) |
 
 ## Wall time (s)
 

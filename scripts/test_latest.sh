@@ -31,9 +31,10 @@ fi
 if [ ! -x "$VENV_LATEST/bin/python" ]; then echo "test_latest: no venv at $VENV_LATEST (run LATEST_PHASE=install)" >&2; exit 1; fi
 t1=$SECONDS
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# tests/conftest.py's settings (8 fake devices, LLVM -O0), as in the pinned suite: these tests took 184 s in a CI run,
-# 204 s at XLA's defaults (1 device, -O2) in the run before (~7 % faster machine state); 112 s while the fresh-machine
-# demo test still filled the compile cache with the demo's programs (it now runs without the suite's settings)
+# XLA as a user has it (tests/conftest.py: 1 device, LLVM -O2, default matmul precision), the settings of the
+# pinned suite's fresh-machine demo test, which copied its compiled programs into the suite's cache: the fast demo
+# below loads them (these tests took 163-204 s compiling everything themselves)
+export DUALFASHION_TEST_XLA=user
 set +e
 # the fast demo end to end (the fresh-machine / rerun / ledger tests are version-independent and run in the pinned suite)
 "$VENV_LATEST/bin/python" -m pytest -q -rs tests/test_tokenizer.py tests/test_demo.py \

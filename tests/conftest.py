@@ -1,25 +1,34 @@
-"""Test-session setup: 8 fake CPU devices, XLA's LLVM backend at -O0, no hub access, fp32 matmuls, a persistent
-compile cache.
+"""Test-session setup: 8 fake CPU devices, XLA's LLVM backend at -O0, fp32 matmuls (DUALFASHION_TEST_XLA=user: a
+user's XLA settings instead), no hub access, a persistent compile cache.
 
 All of this must happen before JAX initialises a backend, hence at import time.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# DUALFASHION_TEST_XLA=user (scripts/test_latest.sh): XLA as a user has it (1 CPU device, LLVM -O2, default matmul
+# precision), the fresh-machine demo test's settings: its fast demo then loads the programs that test compiled.
+_XLA = os.environ.get("DUALFASHION_TEST_XLA", "suite")
+if _XLA not in ("suite", "user"):
+    raise ValueError(f"DUALFASHION_TEST_XLA: expected 'suite' (default) or 'user', got {_XLA!r}")
+if _XLA == "suite":
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    # jax_disable_most_optimizations: XLA:CPU's LLVM backend at -O0 without its expensive passes (child processes
+    # inherit it). The HLO, buffers, FLOPs and collectives are unchanged; results move by rounding only (no FMA
+    # contraction at -O0: the tiny MMDiT's loss is bit-equal, its gradient leaves within 1e-8), while a cold
+    # compile is ~35 % shorter, and first compiles are most of a fresh clone's CI time. Compute-bound tests take
+    # `xla_optimized`; the fresh-machine demo test runs at XLA's defaults, as a user does.
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# jax_disable_most_optimizations: XLA:CPU's LLVM backend at -O0 without its expensive passes (child processes
-# inherit it). The HLO, buffers, FLOPs and collectives are unchanged; results move by rounding only (no FMA
-# contraction at -O0: the tiny MMDiT's loss is bit-equal, its gradient leaves within 1e-8), while a cold compile
-# is ~35 % shorter, and first compiles are most of a fresh clone's CI time. Compute-bound tests take
-# `xla_optimized`; the fresh-machine demo test runs at XLA's defaults, as a user does.
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # otherwise hub ids retry DNS for minutes
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 _cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# keys independent of the cache folder's path (jax adds XLA's GPU autotune-cache folder to every key otherwise), as
+# in the demo's own cache on CPU: what the fresh-machine demo test cached in its folder loads from the suite's
+os.environ.setdefault("JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES", "none")
 
 import pathlib  # noqa: E402
 

@@ -8,13 +8,15 @@ checked in-process (one demo per file): the artefacts exist, both training losse
 redoing work, another plan is refused with nothing touched, and a redone input redoes every later phase (the old
 outputs moved to stale/).
 scripts/test_latest.sh deselects the fresh-machine test, so its in-process part builds the folder with one
-in-process run in the newest versions.
+in-process run in the newest versions, at the fresh-machine test's XLA settings, loading the programs that test
+compiled (`_seed_suite_cache`).
 """
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import time
@@ -62,7 +64,21 @@ def fresh_run(tmp_path_factory) -> dict:
                "stage2_exists": (out / "stage2").exists()}
     with open(log_path, "a") as log:  # the same command again resumes and finishes
         rc = _demo(env, out, log).wait(timeout=1500)
+    _seed_suite_cache(out / ".jax_cache")
     return {"tmp": tmp, "out": out, "stopped": stopped, "rc": rc, "log": log_path.read_text()}
+
+
+def _seed_suite_cache(demo_cache: pathlib.Path) -> None:
+    """Copies the run's compiled programs into the suite's compile cache: scripts/test_latest.sh runs the fast demo
+    at the same XLA settings (DUALFASHION_TEST_XLA=user) and loads them (entries are keyed by the jax version and
+    the program, so a changed program is compiled, never loaded stale)."""
+    suite = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not suite or not demo_cache.is_dir():
+        return
+    pathlib.Path(suite).mkdir(parents=True, exist_ok=True)
+    for f in demo_cache.iterdir():
+        if f.is_file() and not (pathlib.Path(suite) / f.name).exists():
+            shutil.copy2(f, pathlib.Path(suite) / f.name)
 
 
 def test_demo_from_an_empty_home_sigterm_then_resume(fresh_run):
@@ -80,6 +96,8 @@ def test_demo_from_an_empty_home_sigterm_then_resume(fresh_run):
     main_table = (out / "generations" / "pfitb" / "report.md").read_text().split("## Networks")[0]
     assert "FID↓" in main_table and "LPIPS↓" in main_table and "not available" not in main_table
     assert not any((tmp / "project_cache").iterdir()), "the demo wrote into the project cache"
+    assert f"compiled programs are cached in {out / '.jax_cache'}" in fresh_run["log"]  # no user cache: its own
+    assert any((out / ".jax_cache").iterdir())
     assert not (tmp / "home" / ".cache" / "dualfashion_jax").exists()  # nothing of ours in HOME either
 
 
@@ -182,19 +200,25 @@ def test_random_t5_folder_is_another_plan(run):
         demo.run(out, dataclasses.replace(demo.DemoPlan.fast(), t5="random"), log=lambda s: None)
 
 
-def test_redone_stage_redoes_every_later_phase(run):
+def test_redone_input_redoes_every_later_phase(run):
+    """GOR generated from a stage 3 that was trained again since: GOR's generation is redone (its old output moved
+    to stale/, not deleted), which gives it a new id and so redoes its evaluation; PFITB's phases are kept."""
     out = run
     ledger = json.loads((out / "phases.json").read_text())
-    ledger["stage3"]["id"] = "a-stage-3-trained-again"  # as if stage 3 had been redone since the generations
+    ledger["generate_gor"]["built_from"] = {"stage3": "an-older-stage-3"}
     (out / "phases.json").write_text(json.dumps(ledger))
-    old_records = (out / "generations" / "pfitb" / "records.json").read_bytes()
+    old_records = (out / "generations" / "gor" / "records.json").read_bytes()
     messages = []
     result = demo.run(out, demo.DemoPlan.fast(), log=messages.append)
     t = result["timings"]
-    assert t["stage3"] == 0.0 and t["generate_pfitb"] > 0 and t["evaluate_gor"] > 0, t
+    assert t["stage3"] == t["generate_pfitb"] == t["evaluate_pfitb"] == 0.0, t
+    assert t["generate_gor"] > 0 and t["evaluate_gor"] > 0, t
     stale = sorted((out / "stale").iterdir())
-    assert [p.name.split(".")[0] for p in stale] == ["generate_gor", "generate_pfitb"], stale
-    assert (stale[1] / "generations" / "pfitb" / "records.json").read_bytes() == old_records  # moved, not deleted
-    assert any("built from other inputs" in m for m in messages)
+    assert [p.name.split(".")[0] for p in stale] == ["generate_gor"], stale
+    assert (stale[0] / "generations" / "gor" / "records.json").read_bytes() == old_records  # moved, not deleted
+    assert any("generate_gor: generations/gor were built from other inputs" in m for m in messages), messages
     new = json.loads((out / "phases.json").read_text())
-    assert new["generate_pfitb"]["built_from"] == {"stage3": "a-stage-3-trained-again"}
+    assert new["generate_gor"]["built_from"] == {"stage3": ledger["stage3"]["id"]}
+    assert new["generate_gor"]["id"] != ledger["generate_gor"]["id"]
+    assert new["evaluate_gor"]["built_from"] == {"generate_gor": new["generate_gor"]["id"]}
+    assert new["generate_pfitb"] == ledger["generate_pfitb"] and new["evaluate_pfitb"] == ledger["evaluate_pfitb"]
