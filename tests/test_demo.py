@@ -75,10 +75,11 @@ def _seed_suite_cache(demo_cache: pathlib.Path) -> None:
     suite = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if not suite or not demo_cache.is_dir():
         return
-    pathlib.Path(suite).mkdir(parents=True, exist_ok=True)
+    dest = pathlib.Path(suite)
+    dest.mkdir(parents=True, exist_ok=True)
     for f in demo_cache.iterdir():
-        if f.is_file() and not (pathlib.Path(suite) / f.name).exists():
-            shutil.copy2(f, pathlib.Path(suite) / f.name)
+        if f.is_file() and not (dest / f.name).exists():
+            shutil.copy2(f, dest / f.name)
 
 
 def test_demo_from_an_empty_home_sigterm_then_resume(fresh_run):
